@@ -1,0 +1,1 @@
+"""The `rem` command line: the runbook's commands for ad-hoc runs."""

@@ -1,0 +1,67 @@
+"""One way to finish a command: a JSON document with --json, rich text otherwise, and exit codes
+0 success, 1 the operation failed or found problems, 2 bad usage or configuration."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import orjson
+import typer
+from rich.console import Console
+
+from rem.errors import ConfigError, RemError, UsageError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
+    """Print the command's result: exactly one JSON document, or the human rendering."""
+    if as_json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    elif render is not None:
+        render(out)
+
+
+def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
+    """One clear line on stderr (and a JSON error document with --json), then exit."""
+    if as_json:
+        sys.stdout.write(orjson.dumps({"ok": False, "error": message}).decode() + "\n")
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def command(as_json: bool) -> Iterator[None]:
+    """Turn this toolkit's errors into one line and the right exit code."""
+    try:
+        yield
+    except (ConfigError, UsageError) as exc:
+        fail(str(exc), 2, as_json)
+    except RemError as exc:
+        fail(str(exc), 1, as_json)
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on a terminal; nothing at all when stderr is not one."""
+    if not err.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"

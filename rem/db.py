@@ -1,0 +1,236 @@
+"""Open a REM database read-write, read-only or as a secondary, with every column family it has."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    DBCompressionType,
+    Options,
+    ReadOptions,
+    Rdict,
+    SliceTransform,
+    WriteBatch,
+)
+
+from rem.errors import DatabaseLocked, DatabaseNotFound, UsageError
+from rem.format import CF_NAMES, CF_SPECS, CFSpec, WAL_PREFIX, parse_wal_key
+
+Mode = Literal["rw", "ro", "secondary"]
+
+# rocksdict writes this into every database it opens; the engine's directory is not ours to litter.
+ROCKSDICT_CONFIG = "rocksdict-config.json"
+
+
+def cf_options(spec: CFSpec) -> Options:
+    """The engine's options for one column family (see DESIGN.md's table)."""
+    opts = Options(raw_mode=True)
+    opts.set_compression_type(DBCompressionType.lz4() if spec.compression == "lz4" else DBCompressionType.none())
+    table = BlockBasedOptions()
+    table.set_block_size(spec.block_size)
+    table.set_bloom_filter(spec.bloom_bits, False)
+    opts.set_block_based_table_factory(table)
+    if spec.prefix_len:
+        opts.set_prefix_extractor(SliceTransform.create_fixed_prefix(spec.prefix_len))
+    return opts
+
+
+def is_database(path: str | os.PathLike) -> bool:
+    return (Path(path) / "CURRENT").is_file()
+
+
+def read_options(lower: bytes | None = None, upper: bytes | None = None) -> ReadOptions:
+    """Total-order iteration: the fixed-prefix extractors would otherwise stop scans at a prefix edge."""
+    ro = ReadOptions()
+    ro.set_total_order_seek(True)
+    if upper is not None:
+        ro.set_iterate_upper_bound(upper)
+    if lower is not None:
+        ro.set_iterate_lower_bound(lower)
+    return ro
+
+
+def prefix_upper_bound(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with prefix."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b""
+
+
+class RemDB:
+    """An open REM database. Use as a context manager; closing drops every handle first."""
+
+    def __init__(self, path: Path, rdict: Rdict, mode: Mode, cf_names: list[str]):
+        self.path = path
+        self.mode = mode
+        self._rdict = rdict
+        self.cf_names = cf_names
+        self._cfs: dict[str, Rdict] = {}
+        self._handles: dict = {}
+
+    def __enter__(self) -> "RemDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def rdict(self) -> Rdict:
+        return self._rdict
+
+    def has_cf(self, name: str) -> bool:
+        return name in self.cf_names
+
+    def cf(self, name: str) -> Rdict:
+        if name not in self._cfs:
+            if name not in self.cf_names:
+                raise UsageError(f"unknown column family {name!r}; this database has: {', '.join(self.cf_names)}")
+            self._cfs[name] = self._rdict.get_column_family(name)
+        return self._cfs[name]
+
+    def handle(self, name: str):
+        if name not in self._handles:
+            self.cf(name)
+            self._handles[name] = self._rdict.get_column_family_handle(name)
+        return self._handles[name]
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        return self.cf(cf).get(key)
+
+    def items(self, cf: str, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of a column family whose key starts with prefix, from start on."""
+        upper = prefix_upper_bound(prefix) if prefix else None
+        lower = start if start is not None else (prefix or None)
+        ro = read_options(upper=upper or None)
+        return self.cf(cf).items(from_key=lower, read_opt=ro) if lower is not None else self.cf(cf).items(read_opt=ro)
+
+    def keys(self, cf: str, prefix: bytes = b"") -> Iterator[bytes]:
+        upper = prefix_upper_bound(prefix) if prefix else None
+        ro = read_options(upper=upper or None)
+        return self.cf(cf).keys(from_key=prefix or None, read_opt=ro) if prefix else self.cf(cf).keys(read_opt=ro)
+
+    def batch(self) -> WriteBatch:
+        return WriteBatch(raw_mode=True)
+
+    def write(self, batch: WriteBatch, write_options=None) -> None:
+        self._rdict.write(batch, write_options) if write_options is not None else self._rdict.write(batch)
+
+    def latest_wal_seq(self) -> int:
+        """Highest WAL sequence number stored, 0 when the WAL column family is empty."""
+        if not self.has_cf("wal"):
+            return 0
+        it = self.cf("wal").iter(read_options())
+        it.seek_to_last()
+        seq = parse_wal_key(it.key()) if it.valid() and it.key().startswith(WAL_PREFIX) else 0
+        del it
+        return seq
+
+    def catch_up(self) -> None:
+        """A secondary instance follows the writer; call before each read pass."""
+        if self.mode == "secondary":
+            self._rdict.try_catch_up_with_primary()
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._cfs.clear()
+        if self._rdict is not None:
+            self._rdict.close()
+            self._rdict = None  # type: ignore[assignment]
+
+
+def _engine_options(path: Path) -> tuple[Options, dict[str, Options]]:
+    """The database's own options, read from its OPTIONS file, in raw mode."""
+    opts, cf_opts = Options.load_latest(str(path))
+    return opts, cf_opts
+
+
+@contextmanager
+def _no_litter(path: Path):
+    """Remove rocksdict's config file after an open when it was not there before."""
+    litter = path / ROCKSDICT_CONFIG
+    existed = litter.exists()
+    try:
+        yield
+    finally:
+        if not existed and litter.exists():
+            litter.unlink()
+
+
+def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.PathLike | None = None,
+            info_log_dir: str | os.PathLike | None = None) -> RemDB:
+    """Open an existing database with every column family it has (known or not).
+
+    `ro` sees every write acknowledged before the open (it replays the writer's WAL) and then
+    stays frozen; `secondary` follows the writer through catch_up(); `rw` takes the lock.
+    """
+    path = Path(path)
+    if not is_database(path):
+        raise DatabaseNotFound(str(path))
+    cf_names = Rdict.list_cf(str(path))
+    opts, cf_opts = _engine_options(path)
+    if info_log_dir is not None:
+        opts.set_db_log_dir(str(info_log_dir))
+    if mode == "rw":
+        access = AccessType.read_write()
+    elif mode == "ro":
+        access = AccessType.read_only(False)
+    else:
+        if secondary_dir is None:
+            raise UsageError("a secondary instance needs a scratch directory of its own")
+        Path(secondary_dir).mkdir(parents=True, exist_ok=True)
+        access = AccessType.secondary(str(secondary_dir))
+        opts.set_max_open_files(-1)
+    try:
+        with _no_litter(path):
+            rdict = Rdict(str(path), options=opts, column_families=cf_opts, access_type=access)
+    except Exception as exc:  # rocksdict raises plain Exception with RocksDB's status text
+        if "lock" in str(exc).lower() and mode == "rw":
+            raise DatabaseLocked(str(path)) from exc
+        raise
+    return RemDB(path, rdict, mode, [n for n in cf_names])
+
+
+def init_db(path: str | os.PathLike) -> RemDB:
+    """Create a new REM database with all nine column families; refuse a path that holds anything."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"{path}: already exists and is not empty; choose a new path")
+    path.mkdir(parents=True, exist_ok=True)
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_max_background_jobs(4)
+    try:
+        with _no_litter(path):
+            rdict = Rdict(str(path), options=opts,
+                          column_families={name: cf_options(spec) for name, spec in CF_SPECS.items()})
+    except Exception:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return RemDB(path, rdict, "rw", ["default", *CF_NAMES])
+
+
+def lock_is_held(path: str | os.PathLike) -> bool:
+    """Whether another process holds the database's write lock, asked with F_GETLK (which takes nothing).
+
+    Only call this from a process that does not have the database open: closing any descriptor of
+    LOCK drops the caller's own fcntl locks on it.
+    """
+    lock = Path(path) / "LOCK"
+    if not lock.exists():
+        return False
+    query = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    finally:
+        os.close(fd)
+    return struct.unpack("@hhqqi4x", answer)[0] != fcntl.F_UNLCK

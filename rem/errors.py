@@ -1,0 +1,38 @@
+"""Typed errors. Each message is one line that says what is wrong and what to do."""
+
+
+class RemError(Exception):
+    """Base class for every error this toolkit raises on purpose."""
+
+
+class DatabaseLocked(RemError):
+    def __init__(self, path: str):
+        super().__init__(
+            f"{path}: a writer holds its lock (another process has it open read-write); "
+            "stop that process or use a read-only command"
+        )
+        self.path = path
+
+
+class DatabaseNotFound(UsageError):
+    def __init__(self, path: str):
+        super().__init__(f"{path}: no REM database here (no CURRENT file); check --db-path / P8_DB_PATH")
+        self.path = path
+
+
+class DecodeError(RemError):
+    """Bytes in a column family that do not decode as that column family's format."""
+
+    def __init__(self, cf: str, key: bytes, reason: str):
+        super().__init__(f"column family {cf!r}, key {key!r}: {reason}")
+        self.cf = cf
+        self.key = key
+        self.reason = reason
+
+
+class ConfigError(RemError):
+    """Bad configuration: names where it came from, the key, and what is accepted."""
+
+
+class UsageError(RemError):
+    """Bad input from the user (a path, a name, a flag combination)."""

@@ -1,0 +1,157 @@
+"""Settings: command-line flags beat P8_* environment variables, which beat the TOML file.
+
+The TOML file (`--config` or P8_CONFIG) uses the runbook's tables:
+
+    db_path = "/var/lib/rem/db"
+    [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id
+    [backup.s3]     bucket, prefix, endpoint_url, region, storage_class
+    [pitr]          enabled, interval_seconds, bucket
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from rem.errors import ConfigError
+
+# (table, key) in the TOML file -> settings field
+TOML_KEYS: dict[tuple[str, str], str] = {
+    ("", "db_path"): "db_path",
+    ("", "default_tenant"): "default_tenant",
+    ("backup", "compression"): "backup_compression",
+    ("backup", "chunk_size_mb"): "backup_chunk_size_mb",
+    ("backup", "dir"): "backup_dir",
+    ("backup", "upload_concurrency"): "backup_upload_concurrency",
+    ("backup", "encryption"): "backup_encryption",
+    ("backup", "kms_key_id"): "kms_key_id",
+    ("backup.s3", "bucket"): "s3_bucket",
+    ("backup.s3", "prefix"): "s3_prefix",
+    ("backup.s3", "endpoint_url"): "s3_endpoint_url",
+    ("backup.s3", "region"): "s3_region",
+    ("backup.s3", "storage_class"): "s3_storage_class",
+    ("pitr", "enabled"): "pitr_enabled",
+    ("pitr", "interval_seconds"): "pitr_interval_seconds",
+    ("pitr", "bucket"): "pitr_bucket",
+}
+FIELD_TO_TOML = {field: (table, key) for (table, key), field in TOML_KEYS.items()}
+STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Flatten the runbook's tables into settings fields; unknown keys are an error naming the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; check --config / P8_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    flat: dict[str, Any] = {}
+
+    def walk(table: str, values: dict) -> None:
+        for key, value in values.items():
+            name = f"{table}.{key}" if table else key
+            if isinstance(value, dict) and any(t == name for t, _ in TOML_KEYS):
+                walk(name, value)
+            elif (table, key) in TOML_KEYS:
+                flat[TOML_KEYS[(table, key)]] = value
+            else:
+                accepted = ", ".join(k for t, k in TOML_KEYS if t == table) or "none"
+                shown = f"[{table}] {key}" if table else key
+                raise ConfigError(f"{path}: unknown key {shown}; accepted{' in [' + table + ']' if table else ''}: {accepted}")
+
+    walk("", data)
+    return flat
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+class Settings(BaseSettings):
+    """Everything a command needs to find the database and where its backups go."""
+
+    model_config = SettingsConfigDict(env_prefix="P8_", extra="ignore", validate_default=True)
+
+    db_path: Path = Field(Path.home() / ".p8" / "db", description="The REM database directory")
+    default_tenant: str = Field("default", description="Tenant used when a command is not given one")
+    backup_dir: Path | None = Field(None, description="Local backups; default: backups/ beside the database directory")
+    backup_compression: int = Field(3, ge=1, le=22, description="zstd level, 1 to 22")
+    backup_chunk_size_mb: int = Field(100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5)")
+    backup_upload_concurrency: int = Field(2, ge=1, le=64, description="Parts uploaded or downloaded at once")
+    backup_encryption: Literal["none", "AES256", "aws:kms"] = Field("none", description="Server-side encryption")
+    kms_key_id: str | None = Field(None, description="KMS key for aws:kms encryption")
+    s3_bucket: str | None = Field(None, min_length=3, description="Bucket for backups, WAL archive and exports")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...)")
+    s3_region: str = Field("us-east-1", description="AWS region")
+    s3_storage_class: Literal[STORAGE_CLASSES] = Field("STANDARD_IA", description="S3 storage class of backup objects")
+    pitr_enabled: bool = Field(False, description="Continuous WAL archival is on")
+    pitr_interval_seconds: int = Field(300, ge=10, description="Seconds between WAL archival passes")
+    pitr_bucket: str | None = Field(None, min_length=3, description="WAL archive bucket; default: s3_bucket")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings, _TomlSource(settings_cls, _toml_values.get() or {})
+
+    @property
+    def local_backup_dir(self) -> Path:
+        return self.backup_dir or self.db_path.parent / "backups"
+
+
+class _ContextValue:
+    """The TOML values of the settings being built (pydantic-settings builds sources per class)."""
+
+    def __init__(self):
+        self.value: dict[str, Any] | None = None
+
+    def get(self):
+        return self.value
+
+
+_toml_values = _ContextValue()
+
+
+def _describe_source(field: str, flags: dict[str, Any], config_path: Path | None) -> str:
+    if field in flags:
+        return f"--{field.replace('_', '-')}"
+    env = f"P8_{field.upper()}"
+    if env in os.environ:
+        return env
+    if config_path is not None and field in FIELD_TO_TOML:
+        table, key = FIELD_TO_TOML[field]
+        return f"{config_path}: [{table}] {key}" if table else f"{config_path}: {key}"
+    return field
+
+
+def load_settings(config: str | os.PathLike | None = None, **flags: Any) -> Settings:
+    """Build settings from flags (None means not given), the environment and the TOML file."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    config_path = Path(config) if config else (Path(os.environ["P8_CONFIG"]) if os.environ.get("P8_CONFIG") else None)
+    _toml_values.value = read_toml(config_path) if config_path else {}
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        info = Settings.model_fields.get(field)
+        accepted = f"; accepted: {info.description}" if info and info.description else ""
+        raise ConfigError(f"{_describe_source(field, flags, config_path)}: {err['msg']} "
+                          f"(got {err.get('input')!r}){accepted}") from None
+    finally:
+        _toml_values.value = None

@@ -1,0 +1,135 @@
+"""Database statistics: exact counts by scanning, sizes from RocksDB properties."""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+
+from rem.db import RemDB
+from rem.format import CF_NAMES, SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, entity_prefix
+
+
+@dataclass
+class CFStats:
+    keys: int
+    size_bytes: int
+    sst_files: int
+    compression: str
+
+
+@dataclass
+class DBStats:
+    path: str
+    entities_live: int
+    entities_soft_deleted: int
+    schemas: int
+    embeddings: int
+    edges: int
+    disk_usage_bytes: int
+    wal_entries: int
+    wal_size_bytes: int
+    wal_latest_seq: int
+    column_families: dict[str, CFStats] = field(default_factory=dict)
+
+    @property
+    def entities_total(self) -> int:
+        return self.entities_live + self.entities_soft_deleted
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["entities_total"] = self.entities_total
+        return data
+
+
+def directory_size(path: str | os.PathLike) -> int:
+    """Bytes of every file below path (what `du` would count, without block rounding)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # a live engine may delete a file between listing and stat
+                pass
+    return total
+
+
+def cf_compression(path: Path) -> dict[str, str]:
+    """Each column family's configured compression, from the engine's newest OPTIONS file."""
+    options = sorted(path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not options:
+        return {}
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(options[-1])
+    found = {}
+    for section in parser.sections():
+        if section.startswith('CFOptions "'):
+            name = section[len('CFOptions "'):-1]
+            raw = parser[section].get("compression", "unknown").strip()
+            found[name] = {"kNoCompression": "none", "kLZ4Compression": "lz4", "kLZ4HCCompression": "lz4hc",
+                           "kZSTD": "zstd", "kSnappyCompression": "snappy", "kZlibCompression": "zlib"}.get(raw, raw)
+    return found
+
+
+def count_keys(db: RemDB, cf: str) -> int:
+    return sum(1 for _ in db.keys(cf))
+
+
+def cf_stats(db: RemDB, cf: str, compression: dict[str, str]) -> CFStats:
+    handle = db.cf(cf)
+    levels = 7
+    sst_files = sum(handle.property_int_value(f"rocksdb.num-files-at-level{n}") or 0 for n in range(levels))
+    return CFStats(
+        keys=count_keys(db, cf),
+        size_bytes=handle.property_int_value("rocksdb.total-sst-files-size") or 0,
+        sst_files=sst_files,
+        compression=compression.get(cf, "unknown"),
+    )
+
+
+def entity_counts(db: RemDB) -> tuple[int, int, int]:
+    """(live entities, soft-deleted entities, live schemas); schema entities are not counted as entities."""
+    live = deleted = schemas = 0
+    schema_prefix = entity_prefix(SCHEMA_TENANT)
+    for key, value in db.items("entities"):
+        entity = orjson.loads(value)
+        if key.startswith(schema_prefix) and entity.get("entity_type") == SCHEMA_ENTITY_TYPE:
+            schemas += entity.get("deleted_at") is None
+        elif entity.get("deleted_at") is None:
+            live += 1
+        else:
+            deleted += 1
+    return live, deleted, schemas
+
+
+def collect_stats(db: RemDB, only_cf: str | None = None) -> DBStats:
+    """Statistics of an open database; with only_cf, the per-CF table holds that one column family."""
+    compression = cf_compression(db.path)
+    known_first = [n for n in CF_NAMES if db.has_cf(n)] + [n for n in db.cf_names if n not in CF_NAMES and n != "default"]
+    names = [only_cf] if only_cf else known_first
+    if only_cf:
+        db.cf(only_cf)  # raises with the list of real column families when unknown
+    per_cf = {name: cf_stats(db, name, compression) for name in names}
+    live, deleted, schemas = entity_counts(db) if db.has_cf("entities") else (0, 0, 0)
+
+    def keys_of(cf: str) -> int:
+        return per_cf[cf].keys if cf in per_cf else (count_keys(db, cf) if db.has_cf(cf) else 0)
+
+    wal_size = per_cf["wal"].size_bytes if "wal" in per_cf else (
+        db.cf("wal").property_int_value("rocksdb.total-sst-files-size") or 0 if db.has_cf("wal") else 0)
+    return DBStats(
+        path=str(db.path),
+        entities_live=live,
+        entities_soft_deleted=deleted,
+        schemas=schemas,
+        embeddings=keys_of("embeddings"),
+        edges=keys_of("edges"),
+        disk_usage_bytes=directory_size(db.path),
+        wal_entries=keys_of("wal"),
+        wal_size_bytes=wal_size,
+        wal_latest_seq=db.latest_wal_seq(),
+        column_families=per_cf,
+    )
