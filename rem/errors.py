@@ -5,6 +5,10 @@ class RemError(Exception):
     """Base class for every error this toolkit raises on purpose."""
 
 
+class UsageError(RemError):
+    """Bad input from the user (a path, a name, a flag combination)."""
+
+
 class DatabaseLocked(RemError):
     def __init__(self, path: str):
         super().__init__(
@@ -33,6 +37,3 @@ class DecodeError(RemError):
 class ConfigError(RemError):
     """Bad configuration: names where it came from, the key, and what is accepted."""
 
-
-class UsageError(RemError):
-    """Bad input from the user (a path, a name, a flag combination)."""
