@@ -174,6 +174,9 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
     path = Path(path)
     if not is_database(path):
         raise DatabaseNotFound(str(path))
+    if mode == "rw" and lock_is_held(path):
+        # Checked before opening: a refused read-write open still rotates the holder's LOG file.
+        raise DatabaseLocked(str(path))
     cf_names = Rdict.list_cf(str(path))
     opts, cf_opts = _engine_options(path)
     if info_log_dir is not None:

@@ -292,7 +292,8 @@ def _write_sample(path: Path, batches, names: tuple[str, ...], seed: int, embedd
         schema_clock = _Clock(rng, -len(SCHEMAS) * 1_000_000)
         with writer.batch():
             for schema in SCHEMAS:
-                writer.insert(SCHEMA_TENANT, schema_entity(schema, embedding_dim, rng, schema_clock.tick()))
+                ts = schema_clock.tick()
+                writer.insert(SCHEMA_TENANT, schema_entity(schema, embedding_dim, rng, ts), timestamp=ts)
         handles = {name: db.handle(name) for name in db.cf_names if name != "default"}
         for made in batches:
             batch = db.batch()

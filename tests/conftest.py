@@ -1,0 +1,123 @@
+"""Session-scoped real parts: moto's S3 server and a Prefect server on 127.0.0.1, sample databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Fake credentials: nothing here may ever reach a real AWS account.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+# Runs of the command line stay in-process (no Prefect API) unless a test points them at a server.
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {seconds} s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """moto in server mode on 127.0.0.1, reached by boto3 over HTTP."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/moto-api/", proc, 30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"rem-test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real `prefect server` on 127.0.0.1 with its own PREFECT_HOME, started once per session."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_http(url + "/health", proc, 90)
+        yield {"url": url, "home": str(home)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def _sample_cache(tmp_path_factory):
+    from rem.sample import create_sample
+
+    cache: dict[tuple, Path] = {}
+
+    def get(entities: int, tenants: int, seed: int, dim: int) -> Path:
+        key = (entities, tenants, seed, dim)
+        if key not in cache:
+            path = tmp_path_factory.mktemp("samples") / f"sample-{entities}-{tenants}-{seed}-{dim}"
+            create_sample(path, entities, tenants, seed, dim)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def make_sample(_sample_cache, tmp_path):
+    """Factory: a fresh copy of a sample database (built once per session for each set of arguments)."""
+    counter = iter(range(1000))
+
+    def make(entities: int = 500, tenants: int = 3, seed: int = 7, dim: int = 16) -> Path:
+        target = tmp_path / f"db-{next(counter)}"
+        shutil.copytree(_sample_cache(entities, tenants, seed, dim), target)
+        return target
+
+    return make

@@ -1,0 +1,91 @@
+"""Independent readers for assertions: plain rocksdict and json, none of the code under test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict, ReadOptions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def dump_all(path: str | os.PathLike) -> dict[str, dict[bytes, bytes]]:
+    """Every key and value of every column family, read with raw rocksdict (read-only)."""
+    path = str(path)
+    litter = os.path.join(path, "rocksdict-config.json")
+    existed = os.path.exists(litter)
+    opts, cf_opts = Options.load_latest(path)
+    db = Rdict(path, options=opts, column_families=cf_opts, access_type=AccessType.read_only(False))
+    try:
+        out = {}
+        for name in Rdict.list_cf(path):
+            cf = db.get_column_family(name)
+            ro = ReadOptions()
+            ro.set_total_order_seek(True)
+            out[name] = dict(cf.items(read_opt=ro))
+            del cf
+        return out
+    finally:
+        db.close()
+        if not existed and os.path.exists(litter):
+            os.remove(litter)
+
+
+def digest(rows: dict[str, dict[bytes, bytes]]) -> str:
+    h = hashlib.sha256()
+    for cf in sorted(rows):
+        for k in sorted(rows[cf]):
+            h.update(cf.encode() + b"\0" + k + b"\0" + rows[cf][k] + b"\0")
+    return h.hexdigest()
+
+
+def brute_force_stats(path) -> dict:
+    rows = dump_all(path)
+    live = deleted = schemas = 0
+    for key, value in rows["entities"].items():
+        e = json.loads(value)
+        if e["entity_type"] == "schemas" and key.startswith(b"entity:default:"):
+            schemas += e["deleted_at"] is None
+        elif e["deleted_at"] is None:
+            live += 1
+        else:
+            deleted += 1
+    wal_seqs = [json.loads(v)["seq"] for v in rows["wal"].values()]
+    return {"entities_live": live, "entities_soft_deleted": deleted, "schemas": schemas,
+            "embeddings": len(rows["embeddings"]), "edges": len(rows["edges"]),
+            "wal_entries": len(rows["wal"]), "wal_latest_seq": max(wal_seqs, default=0),
+            "keys": {cf: len(v) for cf, v in rows.items() if cf != "default"}}
+
+
+def rem(*args: str, env: dict | None = None, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the `rem` command line in a fresh process, as on-call would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rem {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def snapshot_dir(path) -> dict[str, tuple[int, int, bytes]]:
+    """(size, mtime_ns, sha256) of every file below path, for 'left exactly as it was' checks."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            p = os.path.join(root, name)
+            st = os.stat(p)
+            with open(p, "rb") as f:
+                found[os.path.relpath(p, path)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read()).digest())
+    return found

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from rem.sample import create_sample
+from tests.helpers import brute_force_stats, digest, dump_all, rem
+
+
+def test_same_seed_same_database_whatever_the_number_of_workers(tmp_path):
+    create_sample(tmp_path / "a", 3000, 3, seed=5, embedding_dim=8, batch_size=500, workers=0)
+    create_sample(tmp_path / "b", 3000, 3, seed=5, embedding_dim=8, batch_size=500, workers=2)
+    create_sample(tmp_path / "c", 3000, 3, seed=6, embedding_dim=8, batch_size=500, workers=0)
+    assert digest(dump_all(tmp_path / "a")) == digest(dump_all(tmp_path / "b"))
+    assert digest(dump_all(tmp_path / "a")) != digest(dump_all(tmp_path / "c"))
+
+
+def test_sample_content_is_realistic(make_sample):
+    path = make_sample(entities=2000, tenants=4, dim=8)
+    rows = dump_all(path)
+    assert set(rows) >= {"entities", "key_index", "edges", "edges_reverse", "embeddings", "indexes", "wal",
+                         "keys", "bm25_index"}
+    stats = brute_force_stats(path)
+    assert stats["entities_live"] + stats["entities_soft_deleted"] == 2000
+    assert 0.03 < stats["entities_soft_deleted"] / 2000 < 0.07
+    assert stats["schemas"] == 5 and stats["edges"] > 500
+    tenants = {k.split(b":")[1] for k in rows["entities"]} - {b"default"}
+    assert len(tenants) == 4
+    # One WAL entry per write, timestamps rising with the sequence.
+    entries = [json.loads(v) for _, v in sorted(rows["wal"].items())]
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    stamps = [e["timestamp"] for e in entries]
+    assert stamps == sorted(stamps) and len(entries) > 2000
+    assert all(len(rows["embeddings"][k]) == 8 * 4 for k in rows["embeddings"])
+
+
+def test_init_refuses_a_path_that_holds_anything(tmp_path):
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    proc = rem("--db-path", str(target), "db", "init", "--sample", "10")
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("cf", [None, "entities"])
+def test_db_stats_json_agrees_with_a_brute_force_scan(make_sample, cf):
+    path = make_sample(entities=1500, tenants=3, dim=8)
+    args = ["--db-path", str(path), "db", "stats", "--json"] + (["--cf", cf] if cf else [])
+    proc = rem(*args, check=True)
+    got = json.loads(proc.stdout)
+    want = brute_force_stats(path)
+    for field in ("entities_live", "entities_soft_deleted", "schemas", "embeddings", "edges", "wal_entries",
+                  "wal_latest_seq"):
+        assert got[field] == want[field], field
+    expected_cfs = {cf: want["keys"][cf]} if cf else want["keys"]
+    assert {name: c["keys"] for name, c in got["column_families"].items()} == expected_cfs
+    assert got["disk_usage_bytes"] > 0 and all(c["size_bytes"] > 0 for c in got["column_families"].values())
+
+
+def test_db_stats_unknown_column_family_lists_the_real_ones(make_sample):
+    proc = rem("--db-path", str(make_sample()), "db", "stats", "--cf", "nope")
+    assert proc.returncode == 2 and "entities" in proc.stderr and "bm25_index" in proc.stderr
