@@ -126,6 +126,113 @@ def _render_stats(console, stats) -> None:
     console.print(table)
 
 
+# ------------------------------------------------------------------------------------ backup
+
+
+def _settings_dict(settings) -> dict:
+    return settings.model_dump(mode="json")
+
+
+@backup_app.command("create")
+def backup_create(
+    ctx: typer.Context,
+    name: Optional[str] = typer.Option(None, "--name", help="Backup name (default: the UTC time)"),
+    upload: bool = typer.Option(False, "--upload", help="Store in S3 (P8_S3_BUCKET) instead of the local directory"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Back up only this tenant (plus the schemas)"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Full (or per-tenant) backup: snapshot -> tar + zstd -> chunked upload -> metadata last."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        if upload and not settings.s3_bucket:
+            fail("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket in the config, or --bucket)", 2,
+                 as_json)
+        from flows.backup import full_backup
+
+        result = full_backup(_settings_dict(settings), tenant=tenant, name=name, upload=upload)
+        emit(result, as_json, lambda c: c.print(
+            f"Backup [bold]{result['name']}[/] of {result['tenant_id'] or 'the whole database'}: "
+            f"{result['entity_count']:,} entities, {human_bytes(result['size_bytes'])} "
+            f"(from {human_bytes(result['uncompressed_bytes'])}) in {result['duration_seconds']:.1f} s\n"
+            f"Location: {result['location']}\nSHA-256: {result['checksum_sha256']}"))
+
+
+@backup_app.command("list")
+def backup_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Backups, local and S3 merged, newest first."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.restore import list_backups
+
+        rows = list_backups(_settings_dict(settings))
+
+        def render(console) -> None:
+            from rich.table import Table
+
+            table = Table("NAME", "TENANT", "SIZE", "CREATED", "LOCATION")
+            for row in rows:
+                table.add_row(row["name"], row["tenant_id"] or "(all)", human_bytes(row["size_bytes"]),
+                              row["created"], row["location"])
+            console.print(table if rows else "No backups found.")
+
+        emit(rows, as_json, render)
+
+
+@backup_app.command("download")
+def backup_download(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
+    output: Path = typer.Option(..., "--output", help="Directory; the backup goes to OUTPUT/NAME/"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Download a backup (parallel ranged GETs; an interrupted download resumes)."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.restore import download_backup
+
+        with progress("Downloading", None) as advance:
+            result = download_backup(name, str(output), _settings_dict(settings), tenant, progress=advance)
+        emit(result, as_json, lambda c: c.print(f"Downloaded {name} to {result['path']}"))
+
+
+@backup_app.command("restore")
+def backup_restore(
+    ctx: typer.Context,
+    source: Path = typer.Option(..., "--source", help="Backup directory (as written by create or download)"),
+    target: Optional[Path] = typer.Option(None, "--target", help="Database directory (default: --db-path)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty target (kept in quarantine "
+                                   "until the restored copy verifies)"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Verify the checksum, extract safely, check every column family, then put into place."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.restore import restore
+
+        result = restore(str(source), str(target or settings.db_path), overwrite)
+        emit(result, as_json, lambda c: c.print(
+            f"Restored {result['name']} into {result['target']}: {result['entity_count']:,} entities, "
+            f"checksum verified" + (" (repaired, nothing dropped)" if result["repaired"] else "")))
+
+
+@backup_app.command("verify")
+def backup_verify(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Checksum plus a trial restore into a temporary directory; the live database is not touched."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.restore import verify_backup
+
+        result = verify_backup(name, _settings_dict(settings), tenant)
+        emit(result, as_json, lambda c: c.print(
+            f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
+
+
 # ------------------------------------------------------------------- groups of later issues
 
 

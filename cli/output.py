@@ -14,7 +14,8 @@ from rich.console import Console
 
 from rem.errors import ConfigError, RemError, UsageError
 
-out = Console(highlight=False)
+# Piped output keeps whole lines (names, paths, s3:// URLs) rather than rich's 80-column folding.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 

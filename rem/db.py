@@ -123,6 +123,11 @@ class RemDB:
     def write(self, batch: WriteBatch, write_options=None) -> None:
         self._rdict.write(batch, write_options) if write_options is not None else self._rdict.write(batch)
 
+    def flush_all(self) -> None:
+        """Flush the memtables of every column family to SST files and wait."""
+        for name in self.cf_names:
+            self.cf(name).flush(True)
+
     def latest_wal_seq(self) -> int:
         """Highest WAL sequence number stored, 0 when the WAL column family is empty."""
         if not self.has_cf("wal"):
@@ -219,6 +224,21 @@ def init_db(path: str | os.PathLike) -> RemDB:
         shutil.rmtree(path, ignore_errors=True)
         raise
     return RemDB(path, rdict, "rw", ["default", *CF_NAMES])
+
+
+def init_like(source: RemDB, path: str | os.PathLike) -> RemDB:
+    """Create an empty database with the same column families and engine options as source."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise UsageError(f"{path}: already exists and is not empty; choose a new path")
+    path.mkdir(parents=True, exist_ok=True)
+    opts, cf_opts = _engine_options(source.path)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    wanted = {name: cf_opts[name] for name in source.cf_names if name in cf_opts}
+    with _no_litter(path):
+        rdict = Rdict(str(path), options=opts, column_families=wanted)
+    return RemDB(path, rdict, "rw", list(source.cf_names))
 
 
 def lock_is_held(path: str | os.PathLike) -> bool:

@@ -52,13 +52,15 @@ CF_NAMES: tuple[str, ...] = tuple(CF_SPECS)
 SCHEMA_TENANT = "default"
 SCHEMA_ENTITY_TYPE = "schemas"
 
-_TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_tenant(tenant: str) -> str:
-    """Return the tenant id, or raise ValueError when it could not be a key segment."""
+    """Return the tenant id, or raise UsageError when it could not be a key segment."""
+    from rem.errors import UsageError
+
     if not _TENANT_RE.match(tenant):
-        raise ValueError(f"tenant id {tenant!r} must be letters, digits, '_', '-' or '.'")
+        raise UsageError(f"tenant id {tenant!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit")
     return tenant
 
 

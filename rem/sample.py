@@ -322,5 +322,5 @@ def _write_sample(path: Path, batches, names: tuple[str, ...], seed: int, embedd
                 applier.put("bm25_index", f"meta:{tenant}:doc_count".encode(), struct.pack("<Q", live[tenant]))
             for (tenant, word), ids in sorted(postings.items()):
                 applier.put("bm25_index", f"post:{tenant}:{word}".encode(), bytes(ids))
-        db.rdict.flush()
+        db.flush_all()
         return SampleSummary(str(path), entities, list(names), len(SCHEMAS), soft_deleted, updates, writer.seq)

@@ -1,0 +1,69 @@
+"""Blocks for the backup flows, modelled on prefect-aws (a description on every field)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from prefect.blocks.core import Block
+from prefect_aws import S3Bucket
+from pydantic import Field, model_validator
+
+from rem.settings import STORAGE_CLASSES
+from tasks.storage import encryption_args
+
+
+class RemDatabase(Block):
+    """A REM database on a host: the directory the engine opens."""
+
+    _block_type_name = "REM Database"
+    _block_type_slug = "rem-database"
+    _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
+    _description = "Where a REM (percolate-rocks) database lives on its host."
+
+    path: str = Field(default=..., description="Directory of the REM database (P8_DB_PATH).")
+    default_tenant: Optional[str] = Field(
+        default=None, description="Tenant backed up when a run names none; empty means the whole database.")
+    backup_dir: Optional[str] = Field(
+        default=None, description="Local backup directory; default: backups/ beside the database directory.")
+
+
+class BackupEncryption(Block):
+    """Server-side encryption of backup objects, turned into upload ExtraArgs."""
+
+    _block_type_name = "REM Backup Encryption"
+    _block_type_slug = "rem-backup-encryption"
+    _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
+    _description = "SSE-S3 (AES256) or SSE-KMS settings applied to every backup object."
+
+    mode: Literal["AES256", "aws:kms"] = Field(default="AES256", description="S3 server-side encryption algorithm.")
+    kms_key_id: Optional[str] = Field(
+        default=None, description="KMS key id or ARN; required for aws:kms, ignored for AES256.")
+
+    @model_validator(mode="after")
+    def _kms_needs_a_key(self) -> "BackupEncryption":
+        if self.mode == "aws:kms" and not self.kms_key_id:
+            raise ValueError("aws:kms encryption needs kms_key_id")
+        return self
+
+    def extra_args(self) -> dict[str, str]:
+        """The boto3 upload ExtraArgs for this encryption."""
+        return encryption_args(self.mode, self.kms_key_id)
+
+
+class BackupStorage(Block):
+    """An S3 (or S3-compatible) bucket for backups, with how they are uploaded."""
+
+    _block_type_name = "REM Backup Storage"
+    _block_type_slug = "rem-backup-storage"
+    _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
+    _description = "Bucket, credentials and endpoint for REM backups, with storage class, part size and compression."
+
+    bucket: S3Bucket = Field(
+        default=..., description="prefect-aws S3Bucket: bucket name, AwsCredentials (keys, region, endpoint_url "
+                                 "in aws_client_parameters for S3-compatible stores) and bucket folder.")
+    prefix: str = Field(default="", description="Key prefix inside the bucket, before backups/full/.")
+    storage_class: Literal[STORAGE_CLASSES] = Field(  # type: ignore[valid-type]
+        default="STANDARD_IA", description="S3 storage class of backup objects.")
+    chunk_size_mb: int = Field(default=100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5).")
+    concurrency: int = Field(default=2, ge=1, le=64, description="Parts uploaded or downloaded in parallel.")
+    compression_level: int = Field(default=3, ge=1, le=22, description="zstd compression level.")

@@ -1,0 +1,41 @@
+"""full_backup: snapshot -> compress -> chunked upload -> schemas -> metadata (last) -> tags."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rem.format import check_tenant
+from rem.settings import Settings, load_settings
+from tasks.backup import build_metadata, compress_and_store, describe, snapshot, store_metadata, store_schemas, utc_now
+from tasks.runtime import flow, get_logger
+from tasks.storage import ALL_TENANTS, backup_name, check_name, make_store
+
+
+def resolve_settings(settings: dict[str, Any] | None) -> Settings:
+    return Settings.model_validate(settings) if settings else load_settings()
+
+
+@flow("full-backup", description="Consistent snapshot of a REM database, compressed and stored with its metadata.")
+def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = None, name: str | None = None,
+                upload: bool = False, storage_block: str | None = None,
+                encryption_block: str | None = None) -> dict[str, Any]:
+    cfg = resolve_settings(settings)
+    started = time.monotonic()
+    taken_at = utc_now()
+    name = check_name(name) if name else backup_name(taken_at)
+    segment = check_tenant(tenant) if tenant else ALL_TENANTS
+    store = make_store(cfg, upload or bool(storage_block), storage_block, encryption_block)
+    store.prepare(segment, name)
+    snap = snapshot(str(cfg.db_path), tenant)
+    try:
+        facts = describe(snap)
+        archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
+        store_schemas(store, segment, name, facts)
+        metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap.live)
+        store_metadata(store, metadata)
+    finally:
+        snap.remove()
+    location = store.location(segment, name)
+    get_logger().info("backup %s stored at %s (%d bytes)", name, location, metadata.size_bytes)
+    return {**metadata.model_dump(), "location": location}

@@ -1,0 +1,55 @@
+"""Which rows of each column family belong to one tenant.
+
+Keys of entities, key_index, indexes, embeddings, keys (`tenant:{t}:...`) and bm25_index carry the
+tenant as their second segment. Edge keys carry no tenant: an edge belongs to the tenant of its
+source entity. WAL entries belong to the tenant named in their op. Schemas (tenant `default`,
+entity_type `schemas`) go with every tenant's backup but are never replaced by a tenant restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from rem.db import RemDB
+from rem.format import SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, entity_prefix, parse_entity_key
+
+# Column families whose keys are `{kind}:{tenant}:...`, with the prefixes a tenant's rows use.
+PREFIXED_CFS = {
+    "entities": ("entity",),
+    "key_index": ("key",),
+    "indexes": ("idx",),
+    "embeddings": ("emb",),
+    "keys": ("tenant",),
+    "bm25_index": ("meta", "post"),
+}
+EDGE_CFS = ("edges", "edges_reverse")
+
+
+def tenant_entity_ids(db: RemDB, tenant: str) -> set[str]:
+    return {parse_entity_key(k).uuid for k in db.keys("entities", entity_prefix(tenant))}
+
+
+def schema_rows(db: RemDB) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in db.items("entities", entity_prefix(SCHEMA_TENANT)):
+        if orjson.loads(value).get("entity_type") == SCHEMA_ENTITY_TYPE:
+            yield key, value
+
+
+def tenant_rows(db: RemDB, tenant: str, cf: str, entity_ids: set[str] | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of cf that belongs to tenant. Unknown column families yield nothing."""
+    if cf in PREFIXED_CFS:
+        for kind in PREFIXED_CFS[cf]:
+            yield from db.items(cf, f"{kind}:{tenant}:".encode())
+    elif cf in EDGE_CFS:
+        ids = entity_ids if entity_ids is not None else tenant_entity_ids(db, tenant)
+        src_at = 1 if cf == "edges" else 3  # src:{src}:dst:... | dst:{dst}:src:{src}:...
+        for key, value in db.items(cf):
+            if key.split(b":", 4)[src_at].decode() in ids:
+                yield key, value
+    elif cf == "wal":
+        needle = f'"tenant_id":"{tenant}"'.encode()
+        for key, value in db.items("wal"):
+            if needle in value and orjson.loads(value)["op"].popitem()[1]["tenant_id"] == tenant:
+                yield key, value

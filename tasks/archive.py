@@ -1,0 +1,123 @@
+"""tar + zstd streams with a SHA-256 of the compressed bytes computed while they are written,
+and extraction that refuses anything but plain files and directories inside the destination."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from rem.errors import RemError
+
+ARCHIVE_ROOT = "rocksdb"
+COPY_BUFFER = 1 << 20
+
+
+class UnsafeArchive(RemError):
+    pass
+
+
+class ChecksumMismatch(RemError):
+    pass
+
+
+@dataclass
+class ArchiveStats:
+    sha256: str
+    size_bytes: int
+    uncompressed_bytes: int
+    files: int
+
+
+class CountingWriter:
+    """Passes bytes to a sink, counting them (and hashing them when asked) on the way."""
+
+    def __init__(self, sink: BinaryIO, hashed: bool = False):
+        self.sink = sink
+        self.hash = hashlib.sha256() if hashed else None
+        self.size = 0
+
+    def write(self, data) -> int:
+        if self.hash is not None:
+            self.hash.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = -1) -> ArchiveStats:
+    """Stream src_dir as tar + zstd (multi-threaded) into sink; the sink is not closed."""
+    hashing = CountingWriter(sink, hashed=True)
+    compressor = zstandard.ZstdCompressor(level=level, threads=threads)
+    files = 0
+    with compressor.stream_writer(hashing, closefd=False, write_size=COPY_BUFFER) as zstream:
+        plain = CountingWriter(zstream)
+        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER) as tar:
+            for path in sorted(src_dir.rglob("*")):
+                if path.is_file():
+                    tar.add(path, arcname=f"{ARCHIVE_ROOT}/{path.relative_to(src_dir)}", recursive=False)
+                    files += 1
+        zstream.flush(zstandard.FLUSH_FRAME)
+    return ArchiveStats(hashing.hash.hexdigest(), hashing.size, plain.size, files)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_BUFFER):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path, expected: str) -> None:
+    """Raise ChecksumMismatch naming both digests unless the file's SHA-256 is expected."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumMismatch(f"{path}: SHA-256 checksum mismatch (metadata says {expected}, file is {actual}); "
+                               "the backup is corrupt: restore from another backup")
+
+
+def _only_files_inside(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    if not (member.isfile() or member.isdir()):
+        kind = "link" if member.issym() or member.islnk() else "device or special file"
+        raise UnsafeArchive(f"archive member {member.name!r} is a {kind}; backups hold only files: refused")
+    if member.name != ARCHIVE_ROOT and not member.name.startswith(ARCHIVE_ROOT + "/"):
+        raise UnsafeArchive(f"archive member {member.name!r} is outside {ARCHIVE_ROOT}/: refused")
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchive(f"archive member {member.name!r}: {exc}: refused") from None
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract into dest (which must be empty or new) and return the database directory inside it.
+
+    Absolute paths, '..', links and devices are refused before anything of theirs is written."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(archive, "rb") as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_BUFFER)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|", copybufsize=COPY_BUFFER) as tar:
+                tar.extractall(dest, filter=_only_files_inside)
+        except (tarfile.TarError, zstandard.ZstdError) as exc:
+            raise UnsafeArchive(f"{archive}: not a readable tar.zst archive ({exc})") from None
+    return dest / ARCHIVE_ROOT
+
+
+def fsync_tree(path: Path) -> None:
+    """Make extracted files durable before they replace anything."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

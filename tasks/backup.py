@@ -1,0 +1,117 @@
+"""Backup steps: snapshot -> describe -> compress and store -> schemas -> metadata (last) -> tags."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+
+import orjson
+
+import rem
+from rem.db import open_db
+from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
+from rem.stats import entity_counts, count_keys
+from rem.tenant import schema_rows
+from tasks.archive import ArchiveStats, write_archive
+from tasks.runtime import task
+from tasks.storage import ALL_TENANTS, METADATA, SCHEMAS, BackupMetadata
+
+NO_RETRY = 0
+
+
+@dataclass
+class SnapshotFacts:
+    """What a snapshot holds, counted from the snapshot itself (so metadata describes the bytes stored)."""
+
+    column_families: dict[str, int]
+    entity_count: int
+    schema_count: int
+    wal_last_seq: int
+    schemas_json: bytes
+    rocksdb_version: str
+
+
+def engine_version(db_dir: Path) -> str:
+    """The RocksDB version that wrote the database's newest OPTIONS file (the engine's, not ours)."""
+    options = sorted(db_dir.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    if options:
+        match = re.search(r"rocksdb_version=([\d.]+)", options[-1].read_text(errors="replace"))
+        if match:
+            return match.group(1)
+    return "unknown"
+
+
+def describe_snapshot(db_dir: Path) -> SnapshotFacts:
+    with open_db(db_dir, "ro") as db:
+        counts = {cf: count_keys(db, cf) for cf in db.cf_names if cf != "default"}
+        live, deleted, schemas = entity_counts(db) if db.has_cf("entities") else (0, 0, 0)
+        schema_docs = [orjson.loads(v) for _, v in schema_rows(db)] if db.has_cf("entities") else []
+        wal_last = db.latest_wal_seq()
+    return SnapshotFacts(counts, live + deleted, schemas, wal_last,
+                         json.dumps(schema_docs, indent=2, sort_keys=True).encode(), engine_version(db_dir))
+
+
+def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts, archive: ArchiveStats,
+                   started: float, level: int, online: bool) -> BackupMetadata:
+    import hashlib
+
+    return BackupMetadata(
+        name=name, kind="tenant" if tenant else "full", tenant_id=tenant,
+        timestamp=taken_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        size_bytes=archive.size_bytes, uncompressed_bytes=archive.uncompressed_bytes,
+        entity_count=facts.entity_count, schema_count=facts.schema_count, checksum_sha256=archive.sha256,
+        rocksdb_version=facts.rocksdb_version, schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16],
+        wal_last_seq=facts.wal_last_seq, column_families=facts.column_families, host=socket.gethostname(),
+        tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
+        duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=online)
+
+
+# ------------------------------------------------------------------------------- tasks
+
+
+@task("snapshot", retries=2, retry_delay_seconds=5)
+def snapshot(db_path: str, tenant: str | None) -> Snapshot:
+    """Take a consistent copy of the database (or one tenant) beside it."""
+    return take_tenant_snapshot(db_path, tenant) if tenant else take_snapshot(db_path)
+
+
+@task("describe-snapshot", retries=NO_RETRY)
+def describe(snap: Snapshot) -> SnapshotFacts:
+    """Count what the snapshot holds: keys per column family, entities, schemas, last WAL sequence."""
+    return describe_snapshot(snap.path / "db")
+
+
+@task("compress-and-upload", retries=2, retry_delay_seconds=10)
+def compress_and_store(snap: Snapshot, store, tenant_segment: str, name: str, level: int) -> ArchiveStats:
+    """Stream the snapshot as tar + zstd into the store (chunked, parallel upload for S3)."""
+    try:
+        with store.archive_writer(tenant_segment, name, 0) as sink:
+            return write_archive(snap.path / "db", sink, level)
+    except BaseException:
+        store.discard(tenant_segment, name)
+        raise
+
+
+@task("store-schemas", retries=3, retry_delay_seconds=5)
+def store_schemas(store, tenant_segment: str, name: str, facts: SnapshotFacts) -> None:
+    """Write schemas.json beside the archive."""
+    store.put_file_bytes(tenant_segment, name, SCHEMAS, facts.schemas_json)
+
+
+@task("tag-metadata", retries=3, retry_delay_seconds=5)
+def store_metadata(store, metadata: BackupMetadata) -> None:
+    """Write metadata.json last (the backup becomes visible), then tag the objects."""
+    store.put_file_bytes(metadata.tenant_segment, metadata.name, METADATA, metadata.model_dump_json(indent=2).encode())
+    store.finish(metadata.tenant_segment, metadata.name,
+                 {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_segment})
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+

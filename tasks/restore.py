@@ -1,0 +1,176 @@
+"""Restore steps: verify the checksum -> extract safely beside the target -> check against the
+metadata (repairing only the extracted copy, only when it will not open) -> put into place."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rocksdict import Options, Rdict
+
+from rem.db import is_database, lock_is_held, open_db
+from rem.errors import DatabaseLocked, RemError, UsageError
+from rem.snapshot import copy_rows, scratch_dir
+from rem.stats import count_keys, entity_counts
+from rem.tenant import tenant_entity_ids, tenant_rows
+from tasks.archive import extract_archive, fsync_tree, verify_checksum
+from tasks.runtime import task
+from tasks.storage import ARCHIVE, BackupMetadata
+
+
+class RestoreCheckFailed(RemError):
+    pass
+
+
+@dataclass
+class CheckReport:
+    column_families: dict[str, int]
+    entity_count: int
+    repaired: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)  # keys lost per column family by repair
+    missing_column_families: list[str] = field(default_factory=list)
+    lost_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.dropped and not self.missing_column_families
+
+
+def check_target(target: Path, overwrite: bool, tenant: str | None) -> None:
+    """Refuse before any work: a non-empty target without --overwrite, or one a writer holds."""
+    occupied = target.exists() and (not target.is_dir() or any(target.iterdir()))
+    if occupied and not overwrite:
+        what = f"replace tenant {tenant!r} in it" if tenant and is_database(target) else "replace it"
+        raise UsageError(f"{target}: not empty; pass --overwrite to {what} (the old data is kept in quarantine "
+                         "until the restored copy verifies) or choose another --target")
+    if occupied and not is_database(target):
+        raise UsageError(f"{target}: not empty and not a REM database; refusing to overwrite it")
+    if occupied and lock_is_held(target):
+        raise DatabaseLocked(str(target))
+
+
+def count_database(db_dir: Path) -> tuple[list[str], dict[str, int], int]:
+    with open_db(db_dir, "ro") as db:
+        counts = {cf: count_keys(db, cf) for cf in db.cf_names if cf != "default"}
+        live, deleted, _ = entity_counts(db) if db.has_cf("entities") else (0, 0, 0)
+        return list(db.cf_names), counts, live + deleted
+
+
+def compare(metadata: BackupMetadata, names: list[str], counts: dict[str, int], entities: int) -> CheckReport:
+    report = CheckReport(counts, entities)
+    report.missing_column_families = [cf for cf in metadata.column_families if cf not in names]
+    report.dropped = {cf: want - counts.get(cf, 0) for cf, want in metadata.column_families.items()
+                      if counts.get(cf, 0) != want}
+    if entities != metadata.entity_count:
+        report.dropped["entities (count)"] = metadata.entity_count - entities
+    return report
+
+
+def repair_copy(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
+    """Rdict.repair on the extracted copy (never the only one), reporting exactly what it dropped."""
+    opts = Options(raw_mode=True)
+    Rdict.repair(str(db_dir), opts)
+    names, counts, entities = count_database(db_dir)
+    report = compare(metadata, names, counts, entities)
+    report.repaired = True
+    lost = db_dir / "lost"
+    report.lost_files = sorted(str(p.relative_to(db_dir)) for p in lost.rglob("*") if p.is_file()) if lost.exists() else []
+    return report
+
+
+def describe_problems(report: CheckReport) -> str:
+    parts = []
+    if report.missing_column_families:
+        parts.append(f"column families missing: {', '.join(report.missing_column_families)}")
+    if report.dropped:
+        parts.append("keys missing: " + ", ".join(f"{cf} {n:+d}" for cf, n in report.dropped.items()))
+    if report.lost_files:
+        parts.append(f"repair moved to lost/: {', '.join(report.lost_files)}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------- tasks
+
+
+@task("verify-checksum", retries=0)
+def verify_archive(source: Path, metadata: BackupMetadata) -> None:
+    """SHA-256 of the archive against metadata.json, before anything touches the target."""
+    verify_checksum(source / ARCHIVE, metadata.checksum_sha256)
+
+
+@task("extract", retries=1, retry_delay_seconds=2)
+def extract(source: Path, beside: Path) -> Path:
+    """Safe extraction into a new directory beside the target; returns the database directory."""
+    work = scratch_dir(beside, "restore")
+    try:
+        db_dir = extract_archive(source / ARCHIVE, work)
+        fsync_tree(db_dir)
+        return db_dir
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+@task("check-and-repair", retries=0)
+def check_restored(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
+    """Open every column family and compare keys and entities with the metadata; repair the
+    extracted copy only when it does not open."""
+    try:
+        names, counts, entities = count_database(db_dir)
+    except Exception:  # RocksDB's own error, or no CURRENT file: only then repair
+        report = repair_copy(db_dir, metadata)
+    else:
+        report = compare(metadata, names, counts, entities)
+    if not report.ok:
+        raise RestoreCheckFailed(f"restored copy at {db_dir} does not match backup {metadata.name}: "
+                                 f"{describe_problems(report)}; the target was not touched")
+    return report
+
+
+@task("put-into-place", retries=0)
+def put_into_place(db_dir: Path, target: Path) -> Path | None:
+    """Rename the verified copy over the target; the old database waits in quarantine until the
+    new one opens in place, then goes (or comes back if it does not)."""
+    work = db_dir.parent
+    quarantine = None
+    if target.exists():
+        quarantine = target.parent / f".rem-quarantine-{target.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        target.rename(quarantine)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        db_dir.rename(target)
+        count_database(target)
+    except BaseException:
+        if quarantine is not None:
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            quarantine.rename(target)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    if quarantine is not None:
+        shutil.rmtree(quarantine, ignore_errors=True)
+    return None
+
+
+@task("replace-tenant", retries=0)
+def replace_tenant(db_dir: Path, target: Path, tenant: str) -> dict[str, int]:
+    """Replace one tenant's rows in an existing database with the backup's; other tenants' rows and
+    the shared WAL (whose sequence numbers other tenants' entries now use) are left as they are."""
+    written: dict[str, int] = {}
+    with open_db(db_dir, "ro") as backup, open_db(target, "rw") as live:
+        old_ids = tenant_entity_ids(live, tenant)
+        new_ids = tenant_entity_ids(backup, tenant)
+        for cf in live.cf_names:
+            if cf in ("default", "wal") or not backup.has_cf(cf):
+                continue
+            batch = live.batch()
+            handle = live.handle(cf)
+            for key, _ in tenant_rows(live, tenant, cf, old_ids):
+                batch.delete(key, handle)
+            live.write(batch)
+            written[cf] = copy_rows(live, cf, tenant_rows(backup, tenant, cf, new_ids))
+        live.flush_all()
+    shutil.rmtree(db_dir.parent, ignore_errors=True)
+    return written

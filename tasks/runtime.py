@@ -1,0 +1,120 @@
+"""Prefect when a Prefect API is configured; the same functions and retry policy in-process otherwise.
+
+Prefect's ephemeral server takes 11-17 s to start here, and importing Prefect about 1 s, while
+on-call types `rem backup create` by hand. So the decision is made once, at import: with a
+Prefect API configured (PREFECT_API_URL in the environment or in the active Prefect profile, or
+inside a flow run a worker started) `task` and `flow` are Prefect's own decorators and every run
+appears in the UI; without one they are thin wrappers that run the function in-process and retry
+it with exactly the policy the Prefect task would use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rem")
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process reports to, or None, found without importing Prefect."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (FileNotFoundError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    return (profiles.get("profiles", {}).get(active, {}) or {}).get("PREFECT_API_URL") or None
+
+
+ORCHESTRATED = bool(prefect_api_url() or os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+class LocalTask:
+    """A function plus its retry policy, run in-process (the stand-in for a Prefect task)."""
+
+    def __init__(self, fn: Callable, name: str, retries: int, retry_delay_seconds: float):
+        self.fn = fn
+        self.name = name
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self.fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == self.retries or not is_retryable(exc):
+                    raise
+                log.warning("%s failed (%s); retry %d of %d in %ss", self.name, exc, attempt + 1, self.retries,
+                            self.retry_delay_seconds)
+                time.sleep(self.retry_delay_seconds)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Errors a retry cannot fix (bad input, a held lock, a corrupt backup) fail at once."""
+    from rem.errors import RemError
+
+    return not isinstance(exc, RemError)
+
+
+def task(name: str, retries: int = 0, retry_delay_seconds: float = 0) -> Callable[[Callable], Any]:
+    def decorate(fn: Callable) -> Any:
+        if ORCHESTRATED:
+            from prefect import task as prefect_task
+            from prefect.cache_policies import NO_CACHE
+
+            # NO_CACHE: inputs include open stores and snapshots, which must never be cached or hashed.
+            return prefect_task(name=name, retries=retries, retry_delay_seconds=retry_delay_seconds,
+                                retry_condition_fn=_prefect_retry_condition, cache_policy=NO_CACHE)(fn)
+        return LocalTask(fn, name, retries, retry_delay_seconds)
+
+    return decorate
+
+
+def _prefect_retry_condition(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:
+        return is_retryable(exc)
+    return True
+
+
+def flow(name: str, description: str | None = None) -> Callable[[Callable], Any]:
+    def decorate(fn: Callable) -> Any:
+        if ORCHESTRATED:
+            from prefect import flow as prefect_flow
+
+            return prefect_flow(name=name, description=description, log_prints=True)(fn)
+        fn.fn = fn  # the same attribute Prefect flows have
+        return fn
+
+    return decorate
+
+
+def get_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a Prefect run, the `rem` logger otherwise."""
+    if ORCHESTRATED:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        try:
+            return get_run_logger()
+        except MissingContextError:
+            pass
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+    return log

@@ -1,0 +1,473 @@
+"""Where backups live: a local directory or an S3 bucket, with the runbook's layout
+
+    {root}/backups/full/{tenant}/{name}/metadata.json | rocksdb.tar.zst | schemas.json
+
+(locally {backup_dir}/full/{tenant}/{name}/). A whole-database backup uses the tenant segment
+`_all`; tenant ids cannot start with '_'. A backup exists only once its metadata.json does:
+it is written last, so an interrupted run leaves nothing `list` or `restore` would take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import BaseModel, Field
+
+from rem.errors import RemError, UsageError
+
+ALL_TENANTS = "_all"
+METADATA = "metadata.json"
+ARCHIVE = "rocksdb.tar.zst"
+SCHEMAS = "schemas.json"
+FORMAT_VERSION = 1
+
+
+class BackupMetadata(BaseModel):
+    """metadata.json: everything a restore, a listing or PITR needs to know of a backup."""
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    kind: str = Field(description="full (whole database) or tenant")
+    tenant_id: str | None = Field(description="None for a whole-database backup")
+    timestamp: str = Field(description="RFC 3339 UTC time the snapshot was taken")
+    size_bytes: int = Field(description="compressed archive size")
+    uncompressed_bytes: int
+    entity_count: int
+    schema_count: int
+    checksum_sha256: str
+    rocksdb_version: str
+    schema_version: str = Field(description="SHA-256 prefix of schemas.json: changes when any schema does")
+    wal_last_seq: int = Field(description="highest WAL sequence inside the snapshot: the PITR base")
+    column_families: dict[str, int] = Field(description="keys per column family")
+    host: str
+    tool_version: str
+    duration_seconds: float
+    compression: str
+    online: bool = Field(description="a writer held the database while it was backed up")
+
+    @property
+    def tenant_segment(self) -> str:
+        return self.tenant_id or ALL_TENANTS
+
+
+@dataclass
+class BackupRecord:
+    metadata: BackupMetadata
+    location: str
+    store: "LocalStore | S3Store"
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class BackupNotFound(UsageError):
+    pass
+
+
+def backup_name(now: datetime | None = None) -> str:
+    """The default name: the snapshot's UTC time, sortable, without ':' (2025-10-25T143000Z)."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%S") + "Z"
+
+
+def check_name(name: str) -> str:
+    if not name or name.startswith((".", "_")) or any(not (c.isalnum() or c in "-_.") for c in name):
+        raise UsageError(f"backup name {name!r}: use letters, digits, '-', '_' or '.', not starting with '.' or '_'")
+    return name
+
+
+# ---------------------------------------------------------------------------------- local
+
+
+class LocalStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def backup_dir(self, tenant_segment: str, name: str) -> Path:
+        return self.root / "full" / tenant_segment / name
+
+    def location(self, tenant_segment: str, name: str) -> str:
+        return str(self.backup_dir(tenant_segment, name))
+
+    def exists(self, tenant_segment: str, name: str) -> bool:
+        return (self.backup_dir(tenant_segment, name) / METADATA).exists()
+
+    def prepare(self, tenant_segment: str, name: str) -> None:
+        if self.exists(tenant_segment, name):
+            raise UsageError(f"a backup named {name!r} already exists in {self.root}; choose another --name")
+
+    @contextmanager
+    def archive_writer(self, tenant_segment: str, name: str, size_hint: int) -> Iterator[BinaryIO]:
+        folder = self.backup_dir(tenant_segment, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / (ARCHIVE + ".partial")
+        try:
+            with open(partial, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, folder / ARCHIVE)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
+        folder = self.backup_dir(tenant_segment, name)
+        tmp = folder / (filename + ".partial")
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / filename)
+
+    def finish(self, tenant_segment: str, name: str, tags: dict[str, str]) -> None:
+        """Local files carry no tags."""
+
+    def discard(self, tenant_segment: str, name: str) -> None:
+        """Remove what an interrupted run left (it has no metadata.json, so nothing sees it)."""
+        folder = self.backup_dir(tenant_segment, name)
+        if not (folder / METADATA).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def list(self) -> list[BackupRecord]:
+        records = []
+        for meta in self.root.glob(f"full/*/*/{METADATA}"):
+            try:
+                metadata = BackupMetadata.model_validate_json(meta.read_bytes())
+            except ValueError:
+                continue
+            records.append(BackupRecord(metadata, str(meta.parent), self))
+        return records
+
+    def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
+        """Local backups are restored in place: nothing to download."""
+        return Path(record.location)
+
+
+# ------------------------------------------------------------------------------------- S3
+
+
+class _AbortableReader:
+    """The read end of the upload pipe; once aborted, every read raises so the upload aborts."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.aborted = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if self.aborted:
+            raise IOError("backup stream aborted by the writing side")
+        return data
+
+
+@dataclass
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    storage_class: str = "STANDARD_IA"
+    chunk_size_mb: int = 100
+    concurrency: int = 2
+    extra_args: dict[str, str] | None = None  # server-side encryption headers
+
+
+def s3_client(cfg: S3Settings, client_factory: Callable[..., Any] | None = None):
+    """A boto3 S3 client that retries throttling, 5xx and dropped connections (standard mode)."""
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=120,
+                    max_pool_connections=max(10, cfg.concurrency * 2 + 2))
+    if client_factory is not None:  # a prefect-aws AwsCredentials block's get_client
+        return client_factory(config)
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, config=config)
+
+
+class S3Store:
+    def __init__(self, cfg: S3Settings, client=None):
+        self.cfg = cfg
+        self.client = client or s3_client(cfg)
+        self.prefix = cfg.prefix.strip("/") + "/" if cfg.prefix.strip("/") else ""
+
+    def describe(self) -> str:
+        return f"s3://{self.cfg.bucket}/{self.prefix}backups/full/"
+
+    def key(self, tenant_segment: str, name: str, filename: str = "") -> str:
+        return f"{self.prefix}backups/full/{tenant_segment}/{name}/{filename}"
+
+    def location(self, tenant_segment: str, name: str) -> str:
+        return f"s3://{self.cfg.bucket}/{self.key(tenant_segment, name)}"
+
+    def _put_args(self) -> dict[str, str]:
+        return {"StorageClass": self.cfg.storage_class, **(self.cfg.extra_args or {})}
+
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        chunk = self.cfg.chunk_size_mb * 1024 * 1024
+        # Non-seekable uploads buffer whole parts in memory: bound them to the parts in flight.
+        return TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
+                              max_concurrency=self.cfg.concurrency, use_threads=True)
+
+    def exists(self, tenant_segment: str, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, name, METADATA))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def prepare(self, tenant_segment: str, name: str) -> None:
+        """Refuse a taken name; abort multipart uploads that interrupted runs of this tenant left."""
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        try:
+            self.client.head_bucket(Bucket=self.cfg.bucket)
+        except ClientError as exc:
+            raise RemError(f"s3://{self.cfg.bucket}: bucket not reachable ({exc.response.get('Error', {}).get('Code')}); "
+                           "check P8_S3_BUCKET and credentials") from None
+        except EndpointConnectionError as exc:
+            raise RemError(f"s3://{self.cfg.bucket}: cannot connect to {exc.kwargs.get('endpoint_url')}; "
+                           "check P8_S3_ENDPOINT_URL") from None
+        if self.exists(tenant_segment, name):
+            raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
+        self.abort_incomplete_uploads(self.key(tenant_segment, "")[:-1])
+
+    def abort_incomplete_uploads(self, key_prefix: str) -> int:
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=key_prefix):
+            for upload in page.get("Uploads", []):
+                self.client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=upload["Key"],
+                                                   UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
+
+    @contextmanager
+    def archive_writer(self, tenant_segment: str, name: str, size_hint: int) -> Iterator[BinaryIO]:
+        """A file-like sink streamed to S3 by boto3's managed multipart upload (parts in parallel).
+
+        A failure on either side aborts the multipart upload: s3transfer aborts when a read of
+        the stream raises, and every read after the writing side failed does."""
+        read_fd, write_fd = os.pipe()
+        reader, writer = _AbortableReader(os.fdopen(read_fd, "rb")), os.fdopen(write_fd, "wb")
+        failure: list[BaseException] = []
+        key = self.key(tenant_segment, name, ARCHIVE)
+
+        def upload() -> None:
+            try:
+                self.client.upload_fileobj(reader, self.cfg.bucket, key, ExtraArgs=self._put_args(),
+                                           Config=self._transfer_config())
+            except BaseException as exc:  # handed to the writing thread below
+                failure.append(exc)
+            finally:
+                reader.raw.close()
+
+        thread = threading.Thread(target=upload, name="s3-upload", daemon=True)
+        thread.start()
+        try:
+            yield writer
+        except BaseException:
+            reader.aborted = True
+            raise
+        finally:
+            try:
+                writer.close()
+            except BrokenPipeError:
+                pass
+            thread.join()
+            if failure:
+                raise failure[0]
+
+    def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, name, filename), Body=data,
+                               ContentType="application/json", **self._put_args())
+
+    def finish(self, tenant_segment: str, name: str, tags: dict[str, str]) -> None:
+        tagging = {"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        for filename in (ARCHIVE, SCHEMAS, METADATA):
+            self.client.put_object_tagging(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, name, filename),
+                                           Tagging=tagging)
+
+    def discard(self, tenant_segment: str, name: str) -> None:
+        if self.exists(tenant_segment, name):
+            return
+        self.abort_incomplete_uploads(self.key(tenant_segment, name, ARCHIVE))
+        for filename in (ARCHIVE, SCHEMAS):
+            self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, name, filename))
+
+    def list(self) -> list[BackupRecord]:
+        records = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=f"{self.prefix}backups/full/"):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/" + METADATA):
+                    body = self.client.get_object(Bucket=self.cfg.bucket, Key=obj["Key"])["Body"].read()
+                    try:
+                        metadata = BackupMetadata.model_validate_json(body)
+                    except ValueError:
+                        continue
+                    records.append(BackupRecord(metadata, self.location(metadata.tenant_segment, metadata.name), self))
+        return records
+
+    def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
+        """Download a backup to out_dir/{name}/ with parallel ranged GETs; an interrupted run resumes."""
+        meta = record.metadata
+        dest = out_dir / meta.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for filename in (SCHEMAS,):
+            body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(meta.tenant_segment, meta.name, filename))
+            (dest / filename).write_bytes(body["Body"].read())
+        self._ranged_download(self.key(meta.tenant_segment, meta.name, ARCHIVE), dest / ARCHIVE, progress)
+        # metadata.json last, as on upload: a directory without it is an unfinished download.
+        (dest / METADATA).write_text(meta.model_dump_json(indent=2))
+        return dest
+
+    def _ranged_download(self, key: str, target: Path, progress: Callable[[int], None] | None) -> None:
+        head = self.client.head_object(Bucket=self.cfg.bucket, Key=key)
+        size, etag = head["ContentLength"], head["ETag"]
+        part = self.cfg.chunk_size_mb * 1024 * 1024
+        parts = max(1, -(-size // part))
+        partial = target.with_name(target.name + ".partial")
+        state_file = target.with_name(target.name + ".download.json")
+        state = {"etag": etag, "size": size, "part_size": part, "done": []}
+        if target.exists() and state_file.exists() is False and target.stat().st_size == size:
+            return  # finished by an earlier run
+        if state_file.exists() and partial.exists():
+            saved = json.loads(state_file.read_text())
+            if (saved["etag"], saved["size"], saved["part_size"]) == (etag, size, part):
+                state = saved
+        with open(partial, "ab"):
+            pass
+        os.truncate(partial, size)
+        done = set(state["done"])
+        lock = threading.Lock()
+        if progress:
+            progress(sum(min(part, size - i * part) for i in done))
+
+        def fetch_part(index: int) -> None:
+            start = index * part
+            end = min(size, start + part) - 1
+            for attempt in range(5):
+                try:
+                    body = self.client.get_object(Bucket=self.cfg.bucket, Key=key, Range=f"bytes={start}-{end}",
+                                                  IfMatch=etag)["Body"].read()
+                    if len(body) != end - start + 1:
+                        raise IOError(f"short read of part {index}: {len(body)} bytes")
+                    break
+                except Exception:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2 * 2 ** attempt)
+            fd = os.open(partial, os.O_WRONLY)
+            try:
+                os.pwrite(fd, body, start)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with lock:
+                done.add(index)
+                state["done"] = sorted(done)
+                tmp = state_file.with_name(state_file.name + ".tmp")
+                tmp.write_text(json.dumps(state))
+                os.replace(tmp, state_file)
+            if progress:
+                progress(end - start + 1)
+
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+            for future in [pool.submit(fetch_part, i) for i in range(parts) if i not in done]:
+                future.result()
+        os.replace(partial, target)
+        state_file.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ lookups
+
+
+def find_backup(stores: list, name: str, tenant: str | None = None) -> BackupRecord:
+    """The backup called name in any store; ambiguity across tenants or stores is an error."""
+    matches = [r for store in stores for r in store.list()
+               if r.name == name and (tenant is None or r.metadata.tenant_segment == tenant)]
+    if not matches:
+        where = ", ".join(s.describe() for s in stores)
+        raise BackupNotFound(f"no backup named {name!r} in {where}; see `rem backup list`")
+    if len({(r.metadata.tenant_segment, r.location) for r in matches}) > 1 and len(matches) > 1:
+        local = [r for r in matches if isinstance(r.store, LocalStore)]
+        if len(local) == 1:
+            return local[0]
+        raise UsageError(f"several backups are named {name!r}: {', '.join(r.location for r in matches)}; "
+                         "add --tenant")
+    return matches[0]
+
+
+def read_local_backup(source: Path) -> BackupMetadata:
+    """The metadata of a backup directory (as written by create or download)."""
+    meta = source / METADATA
+    if not meta.exists():
+        raise UsageError(f"{source}: no {METADATA} here (not a backup, or an unfinished download); "
+                         "give --source the directory `rem backup download` wrote")
+    try:
+        return BackupMetadata.model_validate_json(meta.read_bytes())
+    except ValueError as exc:
+        raise RemError(f"{meta}: unreadable backup metadata ({str(exc).splitlines()[0]})") from None
+
+
+def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
+    """boto3 upload ExtraArgs for server-side encryption (none, AES256 or aws:kms)."""
+    if mode == "none":
+        return {}
+    if mode == "aws:kms":
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id or ""}
+    return {"ServerSideEncryption": "AES256"}
+
+
+def make_store(settings, upload: bool, storage_block: str | None = None, encryption_block: str | None = None):
+    """The store a run writes to: S3 from a BackupStorage block or from settings, else the local directory."""
+    if storage_block:
+        from blocks.backup import BackupEncryption, BackupStorage
+
+        block = BackupStorage.load(storage_block)
+        creds = block.bucket.credentials
+        params = creds.aws_client_parameters
+        extra = BackupEncryption.load(encryption_block).extra_args() if encryption_block else {}
+        prefix = "/".join(p for p in (block.bucket.bucket_folder.strip("/"), block.prefix.strip("/")) if p)
+        cfg = S3Settings(bucket=block.bucket.bucket_name, prefix=prefix, endpoint_url=params.endpoint_url,
+                         region=creds.region_name or "us-east-1", storage_class=block.storage_class,
+                         chunk_size_mb=block.chunk_size_mb, concurrency=block.concurrency, extra_args=extra)
+        session = creds.get_boto3_session()
+        return S3Store(cfg, s3_client(cfg, lambda config: session.client(
+            "s3", endpoint_url=params.endpoint_url, region_name=cfg.region, config=config)))
+    if upload:
+        if not settings.s3_bucket:
+            raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
+        return S3Store(S3Settings(
+            bucket=settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region, storage_class=settings.s3_storage_class,
+            chunk_size_mb=settings.backup_chunk_size_mb, concurrency=settings.backup_upload_concurrency,
+            extra_args=encryption_args(settings.backup_encryption, settings.kms_key_id)))
+    return LocalStore(settings.local_backup_dir)
+
+
+def all_stores(settings) -> list:
+    """Every place backups may be: the local directory, and the bucket when one is configured."""
+    stores: list = [LocalStore(settings.local_backup_dir)]
+    if settings.s3_bucket:
+        stores.append(make_store(settings, upload=True))
+    return stores
