@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rocksdict import Checkpoint
 
-from rem.db import RemDB, init_like, lock_is_held, open_db
+from rem.db import ROCKSDICT_CONFIG, RemDB, init_like, lock_is_held, open_db
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
 MERGE_BATCH_ROWS = 10_000
@@ -96,6 +96,7 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
     try:
         with open_db(db_path, "ro") as source:
             Checkpoint(source.rdict).create_checkpoint(str(target))
+            (target / ROCKSDICT_CONFIG).unlink(missing_ok=True)  # rocksdict's checkpoint adds it
             merged = 0
             if needs_merge:
                 with open_db(target, "rw") as copy:

@@ -370,7 +370,8 @@ class S3Store:
                     body = self.client.get_object(Bucket=self.cfg.bucket, Key=key, Range=f"bytes={start}-{end}",
                                                   IfMatch=etag)["Body"].read()
                     if len(body) != end - start + 1:
-                        raise IOError(f"short read of part {index}: {len(body)} bytes")
+                        raise IOError(f"part {index} of {key}: got {len(body)} bytes, asked for "
+                                      f"{end - start + 1} (bytes={start}-{end} of {size})")
                     break
                 except Exception:
                     if attempt == 4:

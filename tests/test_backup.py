@@ -1,0 +1,320 @@
+"""Backup and restore as the user cares: bytes identical, corruption refused, targets untouched."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.faultproxy import FaultProxy
+from tests.helpers import REPO, dump_all, rem, snapshot_dir
+
+
+def create(db, *extra, env=None):
+    proc = rem("--db-path", str(db), "backup", "create", "--json", *extra, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def s3_env(endpoint, bucket, **more):
+    return {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5", **more}
+
+
+def test_local_round_trip_is_byte_identical_in_every_column_family(make_sample, tmp_path):
+    db = make_sample(entities=1500)
+    meta = create(db)
+    assert Path(meta["location"], "metadata.json").exists() and meta["entity_count"] == 1500
+    target = tmp_path / "restored"
+    proc = rem("backup", "restore", "--source", meta["location"], "--target", str(target), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert dump_all(target) == dump_all(db)
+    assert not (target / "rocksdict-config.json").exists()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".rem-")]  # no scratch left
+
+
+def test_s3_round_trip_through_download_is_byte_identical(make_sample, tmp_path, s3_endpoint, bucket, s3):
+    db = make_sample(entities=4000, dim=256)
+    meta = create(db, "--upload", env=s3_env(s3_endpoint, bucket))
+    assert meta["location"] == f"s3://{bucket}/backups/full/_all/{meta['name']}/"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"backups/full/_all/{meta['name']}/{f}" for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")}
+    head = s3.head_object(Bucket=bucket, Key=f"backups/full/_all/{meta['name']}/rocksdb.tar.zst")
+    assert head["StorageClass"] == "STANDARD_IA" and head["ContentLength"] == meta["size_bytes"]
+    assert meta["size_bytes"] > 5 * 1024 * 1024, "want a multipart upload"
+    tags = s3.get_object_tagging(Bucket=bucket, Key=f"backups/full/_all/{meta['name']}/rocksdb.tar.zst")["TagSet"]
+    assert {"Key": "rem-backup", "Value": meta["name"]} in tags
+
+    listed = json.loads(rem("backup", "list", "--json", env=s3_env(s3_endpoint, bucket), check=True).stdout)
+    assert [row["name"] for row in listed] == [meta["name"]] and listed[0]["location"] == meta["location"]
+
+    out = tmp_path / "restore"
+    rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(s3_endpoint, bucket), check=True)
+    target = tmp_path / "restored"
+    rem("backup", "restore", "--source", str(out / meta["name"]), "--target", str(target), check=True)
+    assert dump_all(target) == dump_all(db)
+
+
+def test_upload_without_a_bucket_names_the_variable_and_writes_nothing(make_sample):
+    db = make_sample()
+    before = snapshot_dir(db.parent)
+    proc = rem("--db-path", str(db), "backup", "create", "--upload", env={"P8_S3_BUCKET": ""})
+    assert proc.returncode == 2 and "P8_S3_BUCKET" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert snapshot_dir(db.parent) == before
+
+
+def test_one_flipped_byte_is_refused_by_checksum_and_the_target_is_untouched(make_sample, tmp_path):
+    db = make_sample()
+    meta = create(db)
+    archive = Path(meta["location"], "rocksdb.tar.zst")
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+    target = make_sample(seed=99)  # an existing database that must survive the failed restore
+    before = snapshot_dir(target)
+    proc = rem("backup", "restore", "--source", meta["location"], "--target", str(target), "--overwrite")
+    assert proc.returncode == 1 and "SHA-256 checksum mismatch" in proc.stderr
+    assert snapshot_dir(target) == before
+    fresh = tmp_path / "fresh"
+    assert rem("backup", "restore", "--source", meta["location"], "--target", str(fresh)).returncode == 1
+    assert not fresh.exists()
+
+
+def _crafted_backup(tmp_path, good_meta: dict, members: list[tarfile.TarInfo]) -> Path:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO(b"pwned") if info.isfile() else None)
+    archive = zstandard.ZstdCompressor().compress(raw.getvalue())
+    import hashlib
+
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    (folder / "rocksdb.tar.zst").write_bytes(archive)
+    (folder / "schemas.json").write_text("[]")
+    meta = {**good_meta, "checksum_sha256": hashlib.sha256(archive).hexdigest(), "size_bytes": len(archive)}
+    meta.pop("location")
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 5
+    return info
+
+
+def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize("members,fragment", [
+    ([_file("rocksdb/../../escaped")], "rocksdb/../../escaped"),
+    ([_file("/tmp/absolute-escape")], "/tmp/absolute-escape"),
+    ([_link("rocksdb/CURRENT", "/etc/passwd")], "link"),
+    ([_file("rocksdb/a"), _link("rocksdb/b", "rocksdb/a", tarfile.LNKTYPE)], "link"),
+])
+def test_crafted_archives_with_matching_checksums_are_refused(make_sample, tmp_path, members, fragment):
+    db = make_sample()
+    crafted = _crafted_backup(tmp_path, create(db), members)
+    target = tmp_path / "target"
+    proc = rem("backup", "restore", "--source", str(crafted), "--target", str(target))
+    assert proc.returncode == 1 and fragment in proc.stderr and "refused" in proc.stderr
+    assert not target.exists()
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/absolute-escape").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-")]
+
+
+def test_non_empty_target_needs_overwrite_and_overwrite_quarantines_until_verified(make_sample, tmp_path):
+    db = make_sample()
+    meta = create(db)
+    target = make_sample(seed=3)
+    before = snapshot_dir(target)
+    proc = rem("backup", "restore", "--source", meta["location"], "--target", str(target))
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and snapshot_dir(target) == before
+    rem("backup", "restore", "--source", meta["location"], "--target", str(target), "--overwrite", check=True)
+    assert dump_all(target) == dump_all(db)
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".rem-quarantine")]
+
+
+LIVE_WRITER = """
+import sys, time
+from rocksdict import Options
+from rem.db import open_db
+from rem.writer import RemWriter
+db = open_db(sys.argv[1], "rw")
+w = RemWriter(db)
+for i in range(int(sys.argv[2])):
+    w.insert("acme", {"id": f"live-{i:06d}", "entity_type": "notes", "created_at": "2025-01-01T00:00:00Z",
+                      "modified_at": "2025-01-01T00:00:00Z", "deleted_at": None, "edges": [],
+                      "properties": {"text": "acknowledged"}})
+w.soft_delete("acme", "live-000000")
+unflushed = sum(db.cf(cf).property_int_value("rocksdb.num-entries-active-mem-table") or 0 for cf in db.cf_names)
+print(unflushed, flush=True)
+time.sleep(120)
+"""
+
+
+def test_online_backup_keeps_every_acknowledged_unflushed_write_and_leaves_the_directory_as_it_was(make_sample, tmp_path):
+    db = make_sample()
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(db), "300"], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        unflushed = int(writer.stdout.readline())
+        assert unflushed >= 600, "the writer's writes must still sit in its memtable"
+        before = snapshot_dir(db)
+        meta = create(db)
+        assert snapshot_dir(db) == before  # not one file added, changed or removed
+        assert meta["online"] is True
+    finally:
+        writer.kill()
+        writer.wait()
+    target = tmp_path / "restored"
+    rem("backup", "restore", "--source", meta["location"], "--target", str(target), check=True)
+    restored = dump_all(target)
+    assert restored == dump_all(db)  # the writer is gone: its WAL replays into the source view
+    live = [k for k in restored["entities"] if b"live-" in k]
+    assert len(live) == 300
+    assert json.loads(restored["entities"][b"entity:acme:live-000000"])["deleted_at"] is not None
+
+
+def test_tenant_backup_holds_only_that_tenant_and_restore_replaces_only_its_rows(make_sample, tmp_path):
+    db = make_sample(entities=1500, tenants=3)
+    meta = create(db, "--tenant", "globex")
+    assert meta["kind"] == "tenant" and meta["tenant_id"] == "globex"
+    assert "/backups/full/globex/" in meta["location"]
+    fresh = tmp_path / "fresh"
+    rem("backup", "restore", "--source", meta["location"], "--target", str(fresh), check=True)
+    rows = dump_all(fresh)
+    original = dump_all(db)
+    for cf in ("entities", "key_index", "indexes", "embeddings", "bm25_index"):
+        tenants = {k.split(b":")[1] for k in rows[cf]}
+        assert tenants <= {b"globex", b"default"}, cf
+        want = {k: v for k, v in original[cf].items() if k.split(b":")[1] == b"globex"}
+        assert {k: v for k, v in rows[cf].items() if k.split(b":")[1] == b"globex"} == want, cf
+    globex_ids = {k.split(b":")[2] for k in rows["entities"] if k.startswith(b"entity:globex:")}
+    assert rows["edges"] and all(k.split(b":")[1] in globex_ids for k in rows["edges"])
+    assert all(json.loads(v)["op"].popitem()[1]["tenant_id"] == "globex" for v in rows["wal"].values())
+
+    # Into the existing database: change globex and acme, restore globex, only globex comes back.
+    from rem.db import open_db
+    from rem.writer import RemWriter
+
+    with open_db(db, "rw") as handle:
+        w = RemWriter(handle)
+        victim = next(k for k in original["entities"] if k.startswith(b"entity:globex:")).split(b":")[2].decode()
+        w.soft_delete("globex", victim)
+        other = next(k for k in original["entities"] if k.startswith(b"entity:acme:")).split(b":")[2].decode()
+        w.soft_delete("acme", other)
+        handle.flush_all()
+    changed = dump_all(db)
+    rem("backup", "restore", "--source", meta["location"], "--target", str(db), "--overwrite", check=True)
+    after = dump_all(db)
+    for cf in after:
+        if cf == "wal":
+            assert after[cf] == changed[cf]  # the shared log is not rewritten
+            continue
+        is_globex = (lambda k: k.split(b":")[1:2] == [b"globex"]) if cf not in ("edges", "edges_reverse") else \
+            (lambda k, cf=cf: k.split(b":")[1 if cf == "edges" else 3] in globex_ids)
+        assert {k: v for k, v in after[cf].items() if not is_globex(k)} == \
+               {k: v for k, v in changed[cf].items() if not is_globex(k)}, f"other tenants changed in {cf}"
+        assert {k: v for k, v in after[cf].items() if is_globex(k)} == \
+               {k: v for k, v in original[cf].items() if is_globex(k)}, f"globex not restored in {cf}"
+
+
+def test_verify_checks_the_checksum_and_trial_restores_without_touching_the_database(make_sample, tmp_path):
+    db = make_sample()
+    meta = create(db)
+    before = snapshot_dir(db.parent)
+    proc = rem("--db-path", str(db), "backup", "verify", "--name", meta["name"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["entity_count"] == meta["entity_count"]
+    assert snapshot_dir(db.parent) == before
+    archive = Path(meta["location"], "rocksdb.tar.zst")
+    archive.write_bytes(archive.read_bytes()[:-10] + b"0123456789")
+    proc = rem("--db-path", str(db), "backup", "verify", "--name", meta["name"])
+    assert proc.returncode == 1 and "checksum" in proc.stderr
+
+
+def test_restore_refuses_a_target_another_process_holds(make_sample, tmp_path):
+    db = make_sample()
+    meta = create(db)
+    target = make_sample(seed=4)
+    holder = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(target), "1"], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        holder.stdout.readline()
+        before = snapshot_dir(target)
+        proc = rem("backup", "restore", "--source", meta["location"], "--target", str(target), "--overwrite")
+        assert proc.returncode == 1 and "writer holds its lock" in proc.stderr
+        assert snapshot_dir(target) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_backup_and_restore_survive_20_percent_of_s3_requests_failing(make_sample, tmp_path, s3_endpoint, bucket):
+    db = make_sample(entities=4000, dim=256)
+    with FaultProxy(s3_endpoint, fault_rate=0.2, seed=11) as proxy:
+        env = s3_env(proxy.url, bucket)
+        meta = create(db, "--upload", env=env)
+        out = tmp_path / "dl"
+        rem("backup", "download", "--name", meta["name"], "--output", str(out), env=env, check=True)
+        target = tmp_path / "restored"
+        proc = rem("backup", "restore", "--source", str(out / meta["name"]), "--target", str(target), "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["checksum_sha256"] == meta["checksum_sha256"]
+        assert proxy.faults() >= 3, "the proxy must actually have injected faults"
+    assert dump_all(target) == dump_all(db)
+
+
+def test_an_interrupted_upload_leaves_no_backup_no_parts_and_the_rerun_succeeds(make_sample, tmp_path, s3_endpoint,
+                                                                                bucket, s3):
+    db = make_sample(entities=4000, dim=256)
+    fail_part_2 = lambda method, path, headers: "403" if method == "PUT" and "partNumber=2" in path else None
+    with FaultProxy(s3_endpoint, rule=fail_part_2) as proxy:
+        proc = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "nightly",
+                   env=s3_env(proxy.url, bucket))
+        assert proc.returncode == 1
+        assert any("partNumber=1" in path for method, path, _ in proxy.requests if method == "PUT")
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    env = s3_env(s3_endpoint, bucket)
+    assert json.loads(rem("backup", "list", "--json", env=env, check=True).stdout) == []
+    meta = create(db, "--upload", "--name", "nightly", env=env)
+    assert meta["name"] == "nightly"
+
+
+def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3_endpoint, bucket, s3):
+    db = make_sample(entities=4000, dim=256)
+    import threading
+
+    release = threading.Event()
+    stall_part_2 = lambda method, path, headers: (release.wait(60) and None) if "partNumber=2" in path else None
+    with FaultProxy(s3_endpoint, rule=stall_part_2) as proxy:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "create",
+                                 "--upload"], cwd=REPO, env={**os.environ, **s3_env(proxy.url, bucket)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import time
+
+        deadline = time.time() + 60
+        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads") and time.time() < deadline:
+            time.sleep(0.2)
+        while not any("partNumber=2" in p for _, p, _ in proxy.requests) and time.time() < deadline:
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        release.set()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill must leave an incomplete upload"
+    env = s3_env(s3_endpoint, bucket)
+    assert json.loads(rem("backup", "list", "--json", env=env, check=True).stdout) == []
+    create(db, "--upload", env=env)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
