@@ -19,6 +19,7 @@ class RemDatabase(Block):
     _block_type_slug = "rem-database"
     _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
     _description = "Where a REM (percolate-rocks) database lives on its host."
+    _documentation_url = "https://pypi.org/project/percolate-rocks/"  # type: ignore[assignment]
 
     path: str = Field(default=..., description="Directory of the REM database (P8_DB_PATH).")
     default_tenant: Optional[str] = Field(
@@ -34,6 +35,7 @@ class BackupEncryption(Block):
     _block_type_slug = "rem-backup-encryption"
     _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
     _description = "SSE-S3 (AES256) or SSE-KMS settings applied to every backup object."
+    _documentation_url = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/serv-side-encryption.html"  # type: ignore[assignment]
 
     mode: Literal["AES256", "aws:kms"] = Field(default="AES256", description="S3 server-side encryption algorithm.")
     kms_key_id: Optional[str] = Field(
@@ -57,6 +59,7 @@ class BackupStorage(Block):
     _block_type_slug = "rem-backup-storage"
     _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
     _description = "Bucket, credentials and endpoint for REM backups, with storage class, part size and compression."
+    _documentation_url = "https://docs.prefect.io/integrations/prefect-aws"  # type: ignore[assignment]
 
     bucket: S3Bucket = Field(
         default=..., description="prefect-aws S3Bucket: bucket name, AwsCredentials (keys, region, endpoint_url "

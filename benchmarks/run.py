@@ -1,0 +1,150 @@
+"""`make bench`: speed and memory as ratios against the plain tools a user would otherwise script.
+
+1. `rem db init --sample N` throughput (entities/s).
+2. Backup of a >= 1 GB sample to moto's S3 server on 127.0.0.1: ours (`rem backup create --upload`)
+   vs `tar -I 'zstd -T0 -3' -cf` + `aws s3 cp`; restore: ours (`rem backup download` + `rem backup
+   restore`) vs `aws s3 cp` + `tar -I zstd -xf`. Wall time ratio and peak RSS of each process.
+3. Start-up: `rem backup create` of a ~10 MB database with no Prefect API, and with a Prefect server.
+
+Sizes: BENCH_ENTITIES (default 450000, about 1 GB on disk), BENCH_DIM (128).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rem.stats import directory_size  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
+# Fake credentials for moto; nothing here may reach a real AWS account.
+os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                  PREFECT_SERVER_ANALYTICS_ENABLED="false")
+os.environ.pop("PREFECT_API_URL", None)
+ENV = dict(os.environ)
+
+
+def timed(cmd: list[str], env: dict | None = None, shell: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MB) of one command, measured with wait4 on its own process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd if not shell else " ".join(cmd), shell=shell, env=env or ENV, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss // 1024
+
+
+def rem(*args: str, env: dict | None = None) -> tuple[float, int]:
+    return timed([sys.executable, "-m", "cli.main", *args], env)
+
+
+def wait_http(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def main() -> None:
+    if not shutil.which("zstd"):
+        sys.exit("make bench needs the zstd command for the baseline: apt-get install zstd")
+    entities = int(os.environ.get("BENCH_ENTITIES", "450000"))
+    dim = int(os.environ.get("BENCH_DIM", "128"))
+    work = Path(tempfile.mkdtemp(prefix="rem-bench-"))
+    rows: list[tuple[str, str, str]] = []
+    try:
+        # 1. init throughput
+        db = work / "db"
+        seconds, rss = rem("--db-path", str(db), "db", "init", "--sample", str(entities), "--embedding-dim", str(dim))
+        size = directory_size(db)
+        rows.append((f"`rem db init --sample {entities}`", f"{entities / seconds:,.0f} entities/s "
+                     f"({seconds:.1f} s, {size / 1e9:.2f} GB, peak RSS {rss} MB)", "30,000 entities/s"))
+
+        # 2. backup / restore vs tar + zstd + aws s3 cp, one moto server for both
+        port = free_port()
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(endpoint + "/moto-api/", 30)
+            import boto3
+
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+            s3env = {**ENV, "P8_S3_BUCKET": "bench", "P8_S3_ENDPOINT_URL": endpoint}
+            ours_b, ours_b_rss = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "bench", env=s3env)
+            archive = work / "base.tar.zst"
+            tar_s, tar_rss = timed(["tar", "-I", "'zstd -T0 -3'", "-cf", str(archive), "-C", str(db), "."], shell=True)
+            cp_s, cp_rss = timed(["aws", "--endpoint-url", endpoint, "s3", "cp", str(archive), "s3://bench/base.tar.zst"])
+            base_b = tar_s + cp_s
+            rows.append(("backup to S3: ours vs tar+zstd -T0 -3 + aws s3 cp",
+                         f"{ours_b:.1f} s vs {base_b:.1f} s (ratio {ours_b / base_b:.2f}); peak RSS {ours_b_rss} MB "
+                         f"vs {max(tar_rss, cp_rss)} MB", "ratio <= 1.0, RSS < 300 MB"))
+
+            dl = work / "dl"
+            ours_d, ours_d_rss = rem("backup", "download", "--name", "bench", "--output", str(dl), env=s3env)
+            ours_r, ours_r_rss = rem("backup", "restore", "--source", str(dl / "bench"), "--target",
+                                     str(work / "restored"), env=s3env)
+            get_s, get_rss = timed(["aws", "--endpoint-url", endpoint, "s3", "cp", "s3://bench/base.tar.zst",
+                                    str(work / "fetched.tar.zst")])
+            (work / "untarred").mkdir()
+            untar_s, untar_rss = timed(["tar", "-I", "zstd", "-xf", str(work / "fetched.tar.zst"), "-C",
+                                        str(work / "untarred")])
+            ours_restore, base_restore = ours_d + ours_r, get_s + untar_s
+            rows.append(("restore from S3: ours (download + verified restore) vs aws s3 cp + tar -I zstd -xf",
+                         f"{ours_restore:.1f} s vs {base_restore:.1f} s (ratio {ours_restore / base_restore:.2f}); "
+                         f"peak RSS {max(ours_d_rss, ours_r_rss)} MB vs {max(get_rss, untar_rss)} MB",
+                         "ratio <= 1.0, RSS < 300 MB"))
+        finally:
+            moto.terminate()
+            moto.wait()
+
+        # 3. start-up on a ~10 MB database, without and with a Prefect API
+        small = work / "small"
+        rem("--db-path", str(small), "db", "init", "--sample", "4500")
+        local_s, _ = rem("--db-path", str(small), "backup", "create")
+        home = work / "prefect-home"
+        home.mkdir()
+        pport = free_port()
+        penv = {**ENV, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"}
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(pport)], env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{pport}/api/health", 90)
+            served_s, _ = rem("--db-path", str(small), "backup", "create",
+                              env={**penv, "PREFECT_API_URL": f"http://127.0.0.1:{pport}/api"})
+        finally:
+            server.terminate()
+            server.wait()
+        rows.append(("`rem backup create`, 10 MB database, no Prefect API (in-process)", f"{local_s:.2f} s", "< 3 s"))
+        rows.append(("`rem backup create`, 10 MB database, PREFECT_API_URL set (run on the server)",
+                     f"{served_s:.2f} s", "appears in the UI"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    table = ["| what | figure | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    text = "\n".join(table)
+    print(text)
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(text + "\n")
+    (out / "latest.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
