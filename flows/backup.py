@@ -29,8 +29,9 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     store.prepare(segment, name)
     snap = snapshot(str(cfg.db_path), tenant)
     try:
-        facts = describe(snap)
+        facts = describe.submit(snap)  # counting keys runs while the archive streams
         archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
+        facts = facts.result()
         store_schemas(store, segment, name, facts)
         metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap.live)
         store_metadata(store, metadata)

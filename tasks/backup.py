@@ -16,7 +16,7 @@ import orjson
 import rem
 from rem.db import open_db
 from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
-from rem.stats import entity_counts, count_keys
+from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from tasks.archive import ArchiveStats, write_archive
 from tasks.runtime import task
@@ -50,10 +50,10 @@ def engine_version(db_dir: Path) -> str:
 def describe_snapshot(db_dir: Path) -> SnapshotFacts:
     with open_db(db_dir, "ro") as db:
         counts = {cf: count_keys(db, cf) for cf in db.cf_names if cf != "default"}
-        live, deleted, schemas = entity_counts(db) if db.has_cf("entities") else (0, 0, 0)
+        entities, schemas = entity_totals(db, counts["entities"]) if db.has_cf("entities") else (0, 0)
         schema_docs = [orjson.loads(v) for _, v in schema_rows(db)] if db.has_cf("entities") else []
         wal_last = db.latest_wal_seq()
-    return SnapshotFacts(counts, live + deleted, schemas, wal_last,
+    return SnapshotFacts(counts, entities, schemas, wal_last,
                          json.dumps(schema_docs, indent=2, sort_keys=True).encode(), engine_version(db_dir))
 
 
@@ -91,7 +91,7 @@ def describe(snap: Snapshot) -> SnapshotFacts:
 def compress_and_store(snap: Snapshot, store, tenant_segment: str, name: str, level: int) -> ArchiveStats:
     """Stream the snapshot as tar + zstd into the store (chunked, parallel upload for S3)."""
     try:
-        with store.archive_writer(tenant_segment, name, 0) as sink:
+        with store.archive_writer(tenant_segment, name, snap.path) as sink:
             return write_archive(snap.path / "db", sink, level)
     except BaseException:
         store.discard(tenant_segment, name)

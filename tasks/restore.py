@@ -13,7 +13,7 @@ from rocksdict import Options, Rdict
 from rem.db import is_database, lock_is_held, open_db
 from rem.errors import DatabaseLocked, RemError, UsageError
 from rem.snapshot import copy_rows, scratch_dir
-from rem.stats import count_keys, entity_counts
+from rem.stats import count_keys, entity_totals
 from rem.tenant import tenant_entity_ids, tenant_rows
 from tasks.archive import extract_archive, fsync_tree, verify_checksum
 from tasks.runtime import task
@@ -54,8 +54,8 @@ def check_target(target: Path, overwrite: bool, tenant: str | None) -> None:
 def count_database(db_dir: Path) -> tuple[list[str], dict[str, int], int]:
     with open_db(db_dir, "ro") as db:
         counts = {cf: count_keys(db, cf) for cf in db.cf_names if cf != "default"}
-        live, deleted, _ = entity_counts(db) if db.has_cf("entities") else (0, 0, 0)
-        return list(db.cf_names), counts, live + deleted
+        entities = entity_totals(db, counts["entities"])[0] if db.has_cf("entities") else 0
+        return list(db.cf_names), counts, entities
 
 
 def compare(metadata: BackupMetadata, names: list[str], counts: dict[str, int], entities: int) -> CheckReport:
@@ -141,7 +141,7 @@ def put_into_place(db_dir: Path, target: Path) -> Path | None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         db_dir.rename(target)
-        count_database(target)
+        open_db(target, "ro").close()  # every key was counted before the rename: opening in place is the check
     except BaseException:
         if quarantine is not None:
             if target.exists():

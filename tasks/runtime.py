@@ -40,7 +40,11 @@ ORCHESTRATED = bool(prefect_api_url() or os.environ.get("PREFECT__FLOW_RUN_ID"))
 
 
 class LocalTask:
-    """A function plus its retry policy, run in-process (the stand-in for a Prefect task)."""
+    """A function plus its retry policy, run in-process (the stand-in for a Prefect task).
+
+    `submit` runs it on a thread and returns a future, as Prefect's task runner does."""
+
+    _pool = None
 
     def __init__(self, fn: Callable, name: str, retries: int, retry_delay_seconds: float):
         self.fn = fn
@@ -60,12 +64,24 @@ class LocalTask:
                             self.retry_delay_seconds)
                 time.sleep(self.retry_delay_seconds)
 
+    def submit(self, *args: Any, **kwargs: Any):
+        if LocalTask._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            LocalTask._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rem-task")
+        return LocalTask._pool.submit(self, *args, **kwargs)
+
 
 def is_retryable(exc: BaseException) -> bool:
-    """Errors a retry cannot fix (bad input, a held lock, a corrupt backup) fail at once."""
+    """Errors a retry cannot fix fail at once: bad input, a held lock, a corrupt backup, and S3's
+    permanent 4xx answers (AccessDenied, NoSuchBucket); throttling and timeouts are retried."""
     from rem.errors import RemError
 
-    return not isinstance(exc, RemError)
+    if isinstance(exc, RemError):
+        return False
+    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
+        if isinstance(getattr(exc, "response", None), dict) else None
+    return not (status and 400 <= status < 500 and status not in (408, 429))
 
 
 def task(name: str, retries: int = 0, retry_delay_seconds: float = 0) -> Callable[[Callable], Any]:

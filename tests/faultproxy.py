@@ -9,11 +9,19 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class Request(NamedTuple):
+    method: str
+    path: str
+    outcome: str  # ok | 503 | reset | 403
+    range: str
 
 
 class FaultProxy:
@@ -24,7 +32,7 @@ class FaultProxy:
         self.rule = rule  # (method, path, headers) -> "503" | "reset" | "403" | None
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.requests: list[tuple[str, str, str]] = []  # (method, path, outcome)
+        self.requests: list[Request] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,7 +48,8 @@ class FaultProxy:
                     body = self._read_chunked()
                 outcome = proxy.decide(self.command, self.path, dict(self.headers))
                 with proxy.lock:
-                    proxy.requests.append((self.command, self.path, outcome or "ok"))
+                    proxy.requests.append(Request(self.command, self.path, outcome or "ok",
+                                                  self.headers.get("Range", "")))
                 if outcome == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
@@ -105,7 +114,7 @@ class FaultProxy:
         return None
 
     def faults(self) -> int:
-        return sum(1 for _, _, outcome in self.requests if outcome != "ok")
+        return sum(1 for r in self.requests if r.outcome != "ok")
 
     def __enter__(self) -> "FaultProxy":
         self.thread.start()

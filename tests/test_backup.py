@@ -284,7 +284,7 @@ def test_an_interrupted_upload_leaves_no_backup_no_parts_and_the_rerun_succeeds(
         proc = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "nightly",
                    env=s3_env(proxy.url, bucket))
         assert proc.returncode == 1
-        assert any("partNumber=1" in path for method, path, _ in proxy.requests if method == "PUT")
+        assert any("partNumber=1" in r.path for r in proxy.requests if r.method == "PUT")
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     env = s3_env(s3_endpoint, bucket)
@@ -308,7 +308,7 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
         deadline = time.time() + 60
         while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads") and time.time() < deadline:
             time.sleep(0.2)
-        while not any("partNumber=2" in p for _, p, _ in proxy.requests) and time.time() < deadline:
+        while not any("partNumber=2" in r.path for r in proxy.requests) and time.time() < deadline:
             time.sleep(0.1)
         proc.kill()
         proc.wait()
@@ -318,3 +318,32 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
     assert json.loads(rem("backup", "list", "--json", env=env, check=True).stdout) == []
     create(db, "--upload", env=env)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(make_sample, tmp_path, s3_endpoint,
+                                                                               bucket):
+    db = make_sample(entities=4000, dim=256)
+    env = s3_env(s3_endpoint, bucket)
+    meta = create(db, "--upload", env=env)
+    assert meta["size_bytes"] > 5 * 1024 * 1024
+    parts = -(-meta["size_bytes"] // (5 * 1024 * 1024))
+    archive_gets = lambda proxy: [r for r in proxy.requests
+                                  if r.method == "GET" and "rocksdb.tar.zst" in r.path and r.outcome == "ok"]
+    # Serve only the first part; every other range is refused, so the run stops part-way.
+    first_only = lambda method, path, headers: "403" if method == "GET" and "rocksdb.tar.zst" in path and \
+        not headers.get("Range", "").startswith("bytes=0-") else None
+    out = tmp_path / "dl"
+    with FaultProxy(s3_endpoint, rule=first_only) as proxy:
+        proc = rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(proxy.url, bucket))
+        assert proc.returncode == 1
+        assert len(archive_gets(proxy)) == 1
+    folder = out / meta["name"]
+    assert not (folder / "metadata.json").exists(), "an unfinished download must not look like a backup"
+    with FaultProxy(s3_endpoint) as proxy:
+        rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(proxy.url, bucket),
+            check=True)
+        resumed = archive_gets(proxy)
+    assert len(resumed) == parts - 1 and not any(r.range.startswith("bytes=0-") for r in resumed)
+    target = tmp_path / "restored"
+    rem("backup", "restore", "--source", str(folder), "--target", str(target), check=True)
+    assert dump_all(target) == dump_all(db)
