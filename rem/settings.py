@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     backup_dir: Path | None = Field(None, description="Local backups; default: backups/ beside the database directory")
     backup_compression: int = Field(3, ge=1, le=22, description="zstd level, 1 to 22")
     backup_chunk_size_mb: int = Field(100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5)")
-    backup_upload_concurrency: int = Field(2, ge=1, le=64, description="Parts uploaded or downloaded at once")
+    backup_upload_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded or downloaded at once")
     backup_encryption: Literal["none", "AES256", "aws:kms"] = Field("none", description="Server-side encryption")
     kms_key_id: str | None = Field(None, description="KMS key for aws:kms encryption")
     s3_bucket: str | None = Field(None, min_length=3, description="Bucket for backups, WAL archive and exports")

@@ -172,7 +172,9 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
 
 class SpooledMultipartUpload:
     """A write-only file-like object: bytes are appended to a spool file, and every time a part's
-    worth is complete that range is uploaded (concurrency parts at a time) with its SHA-256."""
+    worth is complete that range is uploaded (concurrency parts at a time). Each part carries
+    botocore's default CRC32, which S3 checks; the archive's SHA-256 covers the whole file (a
+    SHA-256 per part as well cost 1.4 s of 10 on a 640 MB upload here)."""
 
     def __init__(self, client, bucket: str, key: str, put_args: dict, part_size: int, concurrency: int, spool: Path):
         self.client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
@@ -182,8 +184,7 @@ class SpooledMultipartUpload:
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-part")
         self.in_flight = threading.Semaphore(concurrency * 2)  # bounds how far the writer runs ahead
         self.futures: list = []
-        self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
-                                                        **put_args)["UploadId"]
+        self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **put_args)["UploadId"]
 
     def write(self, data) -> int:
         self.file.write(data)
@@ -209,9 +210,9 @@ class SpooledMultipartUpload:
         try:
             with ReadFileChunk.from_filename(str(self.spool), start, length) as body:
                 reply = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                PartNumber=number, Body=body, ChecksumAlgorithm="SHA256")
+                                                PartNumber=number, Body=body)
             _punch_hole(self.file.fileno(), start, length)
-            return {"PartNumber": number, "ETag": reply["ETag"], "ChecksumSHA256": reply.get("ChecksumSHA256")}
+            return {"PartNumber": number, "ETag": reply["ETag"]}
         finally:
             self.in_flight.release()
 
@@ -223,7 +224,7 @@ class SpooledMultipartUpload:
         self.pool.shutdown()
         self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-            MultipartUpload={"Parts": [{k: v for k, v in p.items() if v is not None} for p in parts]})
+            MultipartUpload={"Parts": parts})
         self._close()
 
     def abort(self) -> None:
@@ -248,7 +249,7 @@ class S3Settings:
     region: str = "us-east-1"
     storage_class: str = "STANDARD_IA"
     chunk_size_mb: int = 100
-    concurrency: int = 2
+    concurrency: int = 4
     extra_args: dict[str, str] | None = None  # server-side encryption headers
 
 
