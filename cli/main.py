@@ -246,10 +246,138 @@ def index_rebuild() -> None:
     _not_built("rem index rebuild")
 
 
+@pitr_app.command("archive")
+def pitr_archive(
+    ctx: typer.Context,
+    follow: bool = typer.Option(False, "--follow", help="Keep archiving every [pitr] interval_seconds"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """One WAL archival pass (the deployment runs one every 5 minutes)."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        import time
+
+        from flows.pitr import wal_archive
+
+        while True:
+            result = wal_archive(_settings_dict(settings))
+            emit(result, as_json, lambda c: c.print(
+                f"Archived {result['archived_entries']:,} entries in {len(result['segments'])} segment(s); "
+                f"last archived sequence {result['last_archived_sequence']:,}, {result['lag_entries']:,} behind"))
+            if not follow:
+                break
+            time.sleep(settings.pitr_interval_seconds)
+
+
 @pitr_app.command("status")
-def pitr_status() -> None:
-    """WAL archival lag (not built yet)."""
-    _not_built("rem pitr")
+def pitr_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Archive lag in seconds and in entries behind the live WAL."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.pitr import pitr_status
+
+        status = pitr_status(settings)
+        lag = "n/a" if status["lag_seconds"] is None else f"{status['lag_seconds']:.0f} s"
+        emit(status, as_json, lambda c: c.print(
+            f"PITR {'enabled' if status['enabled'] else 'not enabled'}; archive {status['manifest']}\n"
+            f"Live WAL at {status['live_latest_seq']:,}, archived through {status['last_archived_sequence']:,} "
+            f"({status['last_archived_timestamp']}); lag {status['lag_entries']:,} entries, {lag}"
+            + (f"\n[red]Broken: {status['broken_ranges']}[/]" if status["broken_ranges"] else "")))
+
+
+@pitr_app.command("list-recovery-points")
+def pitr_list(
+    ctx: typer.Context,
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Also the tenant's own backups"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """BASE BACKUP, LATEST WAL, RECOVERY WINDOW for every usable base backup."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.pitr import recovery_points
+
+        rows = recovery_points(settings, tenant)
+
+        def render(console) -> None:
+            from rich.table import Table
+
+            table = Table("TENANT", "BASE BACKUP", "LATEST WAL", "RECOVERY WINDOW", "BROKEN")
+            for r in rows:
+                table.add_row(r["tenant"], r["base_backup"], str(r["latest_wal"]),
+                              f"{r['window_start']} to {r['window_end']}", r["broken"] or "")
+            console.print(table if rows else "No base backups: take one with `rem backup create --upload`.")
+
+        emit(rows, as_json, render)
+
+
+@pitr_app.command("restore")
+def pitr_restore_command(
+    ctx: typer.Context,
+    timestamp: str = typer.Option(..., "--timestamp", help="Target time; without a zone it is UTC"),
+    output: Path = typer.Option(..., "--output", help="New database directory (must be empty or absent)"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Restore only this tenant"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Newest base backup at or before the target, then the archived WAL replayed up to it."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.pitr import pitr_restore
+
+        result = pitr_restore(timestamp, str(output), tenant, _settings_dict(settings))
+        emit(result, as_json, lambda c: c.print(
+            f"Restored {result['output']} to {result['target']}: base {result['base_backup']} + "
+            f"{result['replayed_entries']:,} replayed entries (through sequence {result['last_replayed_seq']:,})"))
+
+
+@pitr_app.command("verify")
+def pitr_verify_command(
+    ctx: typer.Context,
+    timestamp: str = typer.Option(..., "--timestamp", help="Target time; without a zone it is UTC"),
+    tenant: Optional[str] = typer.Option(None, "--tenant"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Check that the base backup and every segment a restore needs are present and intact."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.pitr import pitr_verify
+
+        result = pitr_verify(timestamp, tenant, _settings_dict(settings))
+        emit(result, as_json, lambda c: c.print(
+            f"A restore to {timestamp} would start from {result['base_backup']} (sequence "
+            f"{result['base_wal_last_seq']:,}) and replay {result['segments']} verified segment(s)"))
+
+
+@pitr_app.command("enable")
+def pitr_enable(
+    ctx: typer.Context,
+    bucket: str = typer.Option(..., "--bucket", help="Bucket for the WAL archive"),
+    interval: int = typer.Option(300, "--interval", min=10, help="Seconds between archival passes"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write the pitr settings table to the config file (--config, P8_CONFIG or ./rem.toml)."""
+    import os
+    import tomllib
+
+    with command(as_json):
+        import tomli_w
+
+        path = ctx.obj.config or Path(os.environ.get("P8_CONFIG") or "rem.toml")
+        data = tomllib.loads(path.read_text()) if path.exists() else {}
+        data.setdefault("pitr", {}).update(enabled=True, bucket=bucket, interval_seconds=interval)
+        from rem.settings import load_settings
+
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(tomli_w.dumps(data))
+        try:
+            load_settings(tmp)  # refuse to write a file the next command could not read
+        except Exception:
+            tmp.unlink()
+            raise
+        tmp.replace(path)
+        result = {"ok": True, "config": str(path), "pitr": data["pitr"],
+                  "deployment": "run `rem deploy` to schedule the wal-archive deployment at this interval"}
+        emit(result, as_json, lambda c: c.print(f"PITR enabled in {path}: bucket {bucket}, every {interval} s. "
+                                                 f"{result['deployment']}."))
 
 
 @app.command("export")

@@ -15,6 +15,7 @@ import orjson
 
 import rem
 from rem.db import open_db
+from rem.format import wal_key
 from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
@@ -33,6 +34,7 @@ class SnapshotFacts:
     entity_count: int
     schema_count: int
     wal_last_seq: int
+    wal_last_timestamp: str | None
     schemas_json: bytes
     rocksdb_version: str
 
@@ -53,7 +55,9 @@ def describe_snapshot(db_dir: Path) -> SnapshotFacts:
         entities, schemas = entity_totals(db, counts["entities"]) if db.has_cf("entities") else (0, 0)
         schema_docs = [orjson.loads(v) for _, v in schema_rows(db)] if db.has_cf("entities") else []
         wal_last = db.latest_wal_seq()
-    return SnapshotFacts(counts, entities, schemas, wal_last,
+        last_entry = db.get("wal", wal_key(wal_last)) if wal_last else None
+        wal_last_ts = orjson.loads(last_entry)["timestamp"] if last_entry else None
+    return SnapshotFacts(counts, entities, schemas, wal_last, wal_last_ts,
                          json.dumps(schema_docs, indent=2, sort_keys=True).encode(), engine_version(db_dir))
 
 
@@ -67,7 +71,7 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         size_bytes=archive.size_bytes, uncompressed_bytes=archive.uncompressed_bytes,
         entity_count=facts.entity_count, schema_count=facts.schema_count, checksum_sha256=archive.sha256,
         rocksdb_version=facts.rocksdb_version, schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16],
-        wal_last_seq=facts.wal_last_seq, column_families=facts.column_families, host=socket.gethostname(),
+        wal_last_seq=facts.wal_last_seq, wal_last_timestamp=facts.wal_last_timestamp, column_families=facts.column_families, host=socket.gethostname(),
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
         duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=online)
 

@@ -49,6 +49,8 @@ class BackupMetadata(BaseModel):
     rocksdb_version: str
     schema_version: str = Field(description="SHA-256 prefix of schemas.json: changes when any schema does")
     wal_last_seq: int = Field(description="highest WAL sequence inside the snapshot: the PITR base")
+    wal_last_timestamp: str | None = Field(
+        default=None, description="time of entry wal_last_seq: the earliest instant this backup can stand for")
     column_families: dict[str, int] = Field(description="keys per column family")
     host: str
     tool_version: str
