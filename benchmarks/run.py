@@ -106,6 +106,15 @@ def main() -> None:
             untar_s, untar_rss = timed(["tar", "-I", "zstd", "-xf", str(work / "fetched.tar.zst"), "-C",
                                         str(work / "untarred")])
             ours_restore, base_restore = ours_d + ours_r, get_s + untar_s
+            from benchmarks.replay import main as replay_bench, pitr_end_to_end
+
+            replay = replay_bench(100_000)
+            rows.append(("PITR replay of 100k WAL entries vs raw WriteBatch of the same rows",
+                         f"{replay['ours_entries_per_s']:,.0f} vs {replay['raw_entries_per_s']:,.0f} entries/s "
+                         f"(ratio {replay['ratio']:.2f})", "ratio >= 0.7"))
+            for line in pitr_end_to_end(endpoint):
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                rows.append((cells[0], cells[1], cells[2] if len(cells) > 2 else ""))
             rows.append(("restore from S3: ours (download + verified restore) vs aws s3 cp + tar -I zstd -xf",
                          f"{ours_restore:.1f} s vs {base_restore:.1f} s (ratio {ours_restore / base_restore:.2f}); "
                          f"peak RSS {max(ours_d_rss, ours_r_rss)} MB vs {max(get_rss, untar_rss)} MB",
