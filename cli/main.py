@@ -108,6 +108,48 @@ def db_stats(
         emit(stats.to_dict(), as_json, lambda c: _render_stats(c, stats))
 
 
+@db_app.command("verify")
+def db_verify(
+    ctx: typer.Context,
+    check_embeddings: bool = typer.Option(False, "--check-embeddings", help="Vector dimensions and finite values"),
+    check_schemas: bool = typer.Option(False, "--check-schemas", help="Entities against their JSON Schema"),
+    check_edges: bool = typer.Option(False, "--check-edges", help="Twins in both edge CFs, both ends exist"),
+    check_indexes: bool = typer.Option(False, "--check-indexes", help="Key and field index rows"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Integrity check through a read-only handle (safe on a live database); exit 1 on anything critical.
+    Every value is decoded; with no --check-* flag every check runs (and WAL continuity)."""
+    settings = ctx.obj.settings(as_json)
+    chosen = tuple(name for name, on in (("embeddings", check_embeddings), ("schemas", check_schemas),
+                                         ("edges", check_edges), ("indexes", check_indexes)) if on)
+    with command(as_json):
+        from rem.db import open_db
+        from rem.verify import ALL_CHECKS, verify_database
+
+        with open_db(settings.db_path, "ro") as db:
+            report = verify_database(db, chosen or ALL_CHECKS)
+        data = report.to_dict()
+
+        def render(console) -> None:
+            from rich.table import Table
+
+            console.print(f"Checked {', '.join(f'{n:,} {cf}' for cf, n in data['checked'].items())} "
+                          f"in {data['seconds']:.1f} s")
+            if not report.issues:
+                console.print("[green]No issues found.[/]")
+                return
+            table = Table("SEVERITY", "CATEGORY", "ENTITY", "WHERE", "PROBLEM", "FIX")
+            for issue in report.issues[:200]:
+                table.add_row(issue.severity, issue.category, issue.entity_id or "", f"{issue.cf} {issue.key}",
+                              issue.message, issue.fix)
+            console.print(table)
+            console.print(", ".join(f"{k} {v}" for k, v in data["by_category"].items()))
+
+        emit(data, as_json, render)
+        if report.critical:
+            raise typer.Exit(1)
+
+
 def _render_stats(console, stats) -> None:
     from rich.table import Table
 

@@ -1,0 +1,107 @@
+"""rem db verify finds each planted fault kind, and nothing on a clean database."""
+
+import json
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from rem import format as f
+from rem.db import open_db
+from tests.helpers import REPO, dump_all, rem
+
+
+def plant(db_path, puts=(), deletes=()):
+    with open_db(db_path, "rw") as db:
+        batch = db.batch()
+        for cf, key, value in puts:
+            batch.put(key, value, db.handle(cf))
+        for cf, key in deletes:
+            batch.delete(key, db.handle(cf))
+        db.write(batch)
+        db.flush_all()
+
+
+def some(rows, cf, prefix=b"", where=lambda k, v: True):
+    return next((k, v) for k, v in sorted(rows[cf].items()) if k.startswith(prefix) and where(k, v))
+
+
+def verify(path, *flags):
+    proc = rem("--db-path", str(path), "db", "verify", "--json", *flags)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_a_clean_sample_has_no_issues(make_sample):
+    code, report = verify(make_sample(entities=1500))
+    assert code == 0 and report["issues"] == [] and report["checked"]["entities"] == 1505
+
+
+FAULTS = {
+    "undecodable entity": ("critical", "decode"),
+    "schema violation": ("error", "schema"),
+    "wrong embedding dimension": ("error", "embedding"),
+    "NaN embedding": ("error", "embedding"),
+    "forward edge without twin": ("critical", "edge"),
+    "edge to a missing entity": ("error", "edge"),
+    "orphan key row": ("warning", "orphan"),
+    "keyed entity without key row": ("critical", "missing-index"),
+    "WAL gap": ("critical", "wal-gap"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_planted_fault_is_found_with_severity_and_fix(make_sample, fault):
+    path = make_sample(entities=800)
+    rows = dump_all(path)
+    article = lambda k, v: orjson.loads(v)["entity_type"] == "articles"  # noqa: E731
+    key, value = some(rows, "entities", b"entity:acme:", article)
+    entity = orjson.loads(value)
+    uuid = entity["id"]
+    if fault == "undecodable entity":
+        plant(path, [("entities", key, b"{broken")])
+    elif fault == "schema violation":
+        plant(path, [("entities", key, orjson.dumps({**entity, "properties": {**entity["properties"], "word_count": "many"}}))])
+    elif fault == "wrong embedding dimension":
+        plant(path, [("embeddings", f.embedding_key("acme", uuid), f.encode_embedding([1.0, 2.0]))])
+    elif fault == "NaN embedding":
+        plant(path, [("embeddings", f.embedding_key("acme", uuid), f.encode_embedding([float("nan")] * 16))])
+    elif fault == "forward edge without twin":
+        edge_key = next(iter(rows["edges"]))
+        src, dst, rel = f.parse_edge_key(edge_key)
+        plant(path, deletes=[("edges_reverse", f.edge_reverse_key(src, dst, rel))])
+    elif fault == "edge to a missing entity":
+        ghost = "00000000-dead-4000-8000-000000000000"
+        value = orjson.dumps({"src": uuid, "dst": ghost, "rel_type": "references",
+                              "data": {"properties": {}, "created_at": "2025-01-01T00:00:00Z"}})
+        plant(path, [("edges", f.edge_key(uuid, ghost, "references"), value),
+                     ("edges_reverse", f.edge_reverse_key(uuid, ghost, "references"), value)])
+    elif fault == "orphan key row":
+        plant(path, [("key_index", f.key_index_key("acme", "nowhere", "00000000-dead-4000-8000-000000000001"),
+                      b'{"type":"articles"}')])
+    elif fault == "keyed entity without key row":
+        plant(path, deletes=[("key_index", f.key_index_key("acme", entity["properties"]["uri"], uuid))])
+    elif fault == "WAL gap":
+        plant(path, deletes=[("wal", f.wal_key(100))])
+    code, report = verify(path)
+    severity, category = FAULTS[fault]
+    found = [i for i in report["issues"] if (i["severity"], i["category"]) == (severity, category)]
+    assert found, report["by_category"]
+    assert all(i["fix"] for i in found)
+    assert code == (1 if severity == "critical" else 0)
+    others = {k for k in report["by_category"] if k != f"{severity}:{category}"}
+    assert not others, f"unexpected findings for {fault}: {others}"
+
+
+def test_verify_runs_against_a_live_locked_database(make_sample):
+    path = make_sample()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from rem.db import open_db; "
+                               "db=open_db(sys.argv[1],'rw'); print('ok', flush=True); time.sleep(60)", str(path)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        holder.stdout.readline()
+        code, report = verify(path)
+        assert code == 0 and report["checked"]["entities"] > 0
+    finally:
+        holder.kill()
+        holder.wait()
