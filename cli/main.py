@@ -25,6 +25,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(backup_app, name="backup")
 app.add_typer(index_app, name="index")
 app.add_typer(pitr_app, name="pitr")
+metrics_app = typer.Typer(help="Prometheus metrics: print them, serve /metrics, or write a textfile.")
+app.add_typer(metrics_app, name="metrics")
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 
@@ -123,30 +125,91 @@ def db_verify(
     chosen = tuple(name for name, on in (("embeddings", check_embeddings), ("schemas", check_schemas),
                                          ("edges", check_edges), ("indexes", check_indexes)) if on)
     with command(as_json):
-        from rem.db import open_db
-        from rem.verify import ALL_CHECKS, verify_database
+        from flows.maintenance import verify_flow
 
-        with open_db(settings.db_path, "ro") as db:
-            report = verify_database(db, chosen or ALL_CHECKS)
-        data = report.to_dict()
+        data = verify_flow(list(chosen) or None, _settings_dict(settings))
 
         def render(console) -> None:
             from rich.table import Table
 
             console.print(f"Checked {', '.join(f'{n:,} {cf}' for cf, n in data['checked'].items())} "
                           f"in {data['seconds']:.1f} s")
-            if not report.issues:
+            if not data["issues"]:
                 console.print("[green]No issues found.[/]")
                 return
             table = Table("SEVERITY", "CATEGORY", "ENTITY", "WHERE", "PROBLEM", "FIX")
-            for issue in report.issues[:200]:
-                table.add_row(issue.severity, issue.category, issue.entity_id or "", f"{issue.cf} {issue.key}",
-                              issue.message, issue.fix)
+            for issue in data["issues"][:200]:
+                table.add_row(issue["severity"], issue["category"], issue["entity_id"] or "",
+                              f"{issue['cf']} {issue['key']}", issue["message"], issue["fix"])
             console.print(table)
             console.print(", ".join(f"{k} {v}" for k, v in data["by_category"].items()))
 
         emit(data, as_json, render)
-        if report.critical:
+        if data["critical"]:
+            raise typer.Exit(1)
+
+
+@db_app.command("compact")
+def db_compact(
+    ctx: typer.Context,
+    cf: Optional[str] = typer.Option(None, "--cf", help="Only this column family"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Full compaction (the engine must be stopped): size and SST files per column family, before and after."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.maintenance import compaction
+
+        rows = compaction(cf, _settings_dict(settings))
+
+        def render(console) -> None:
+            from rich.table import Table
+
+            table = Table("COLUMN FAMILY", "SIZE BEFORE", "SIZE AFTER", "SST BEFORE", "SST AFTER", "SECONDS")
+            for r in rows:
+                table.add_row(r["cf"], human_bytes(r["size_before"]), human_bytes(r["size_after"]),
+                              str(r["sst_files_before"]), str(r["sst_files_after"]), f"{r['seconds']:.2f}")
+            console.print(table)
+
+        emit(rows, as_json, render)
+
+
+@db_app.command("vacuum")
+def db_vacuum(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would go; write nothing"),
+    older_than: str = typer.Option("30d", "--older-than", help="Soft-deleted before now minus this (30d, 12h)"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Permanently remove soft-deleted entities (and everything of theirs) older than the cutoff, plus orphans."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.maintenance import vacuum_flow
+
+        report = vacuum_flow(older_than, tenant, dry_run, _settings_dict(settings))
+        emit(report, as_json, lambda c: c.print(
+            f"{'Would remove' if dry_run else 'Removed'} {report['entities']:,} entities soft-deleted before "
+            f"{report['cutoff']}; rows per column family {report['rows']} (orphans {report['orphans']}); "
+            f"{human_bytes(report['bytes_reclaimed'])} reclaimed"))
+
+
+@db_app.command("health")
+def db_health(
+    ctx: typer.Context,
+    backup_max_age_hours: float = typer.Option(48, "--backup-max-age-hours", help="Older backup: critical"),
+    wal_lag_warn_seconds: float = typer.Option(3600, "--wal-lag-warn-seconds", help="More lag: warning"),
+    disk_warn_percent: float = typer.Option(80, "--disk-warn-percent", help="Fuller disk: warning"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The runbook's health JSON; exit 0 healthy, 1 degraded or unhealthy."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from tasks.monitoring import health
+
+        result = health(settings, backup_max_age_hours, wal_lag_warn_seconds, disk_warn_percent)
+        emit(result, True)
+        if result["status"] != "healthy":
             raise typer.Exit(1)
 
 
@@ -273,6 +336,66 @@ def backup_verify(
         result = verify_backup(name, _settings_dict(settings), tenant)
         emit(result, as_json, lambda c: c.print(
             f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+@metrics_app.callback(invoke_without_command=True)
+def metrics_print(
+    ctx: typer.Context,
+    textfile: Optional[Path] = typer.Option(None, "--textfile", help="Write atomically here (node_exporter)"),
+) -> None:
+    """Print the metrics in Prometheus text format (or write them to --textfile)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = ctx.obj.settings()
+    with command(False):
+        from prometheus_client import generate_latest, write_to_textfile
+
+        from tasks.monitoring import metrics_registry
+
+        registry = metrics_registry(settings)
+        if textfile:
+            write_to_textfile(str(textfile), registry)
+        else:
+            import sys
+
+            sys.stdout.write(generate_latest(registry).decode())
+
+
+@metrics_app.command("serve")
+def metrics_serve(
+    ctx: typer.Context,
+    port: int = typer.Option(9464, "--port", help="Port for /metrics"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on"),
+) -> None:
+    """Serve /metrics; each scrape collects fresh figures."""
+    settings = ctx.obj.settings()
+    with command(False):
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        from prometheus_client import generate_latest
+
+        from tasks.monitoring import metrics_registry
+
+        def app_(environ, start_response):
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"see /metrics\n"]
+            body = generate_latest(metrics_registry(settings))
+            start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
+            return [body]
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        server = make_server(host, port, app_, handler_class=Quiet)
+        from cli.output import err
+
+        err.print(f"Serving http://{host}:{server.server_port}/metrics")
+        server.serve_forever()
 
 
 # ------------------------------------------------------------------- groups of later issues

@@ -15,8 +15,8 @@ from tasks.pitr import check_continuity, fetch_segments, replay
 from tasks.restore import check_restored, check_target, extract, put_into_place, verify_archive
 from tasks.runtime import ORCHESTRATED, flow, get_logger, task
 from tasks.storage import ALL_TENANTS, all_stores, make_store, read_local_backup
-from tasks.wal_archive import (Manifest, RecoveryWindow, WalArchive, WalGap, archive_pass, choose_window,
-                               parse_time, recovery_windows, segments_to_replay)
+from tasks.wal_archive import (Manifest, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
+                               choose_window, parse_time, recovery_windows, segments_to_replay)
 
 
 def wal_archive_for(cfg: Settings) -> WalArchive:
@@ -143,30 +143,7 @@ def recovery_points(cfg: Settings, tenant: str | None = None) -> list[dict[str, 
 
 
 def pitr_status(cfg: Settings) -> dict[str, Any]:
-    from datetime import datetime, timezone
-
-    import orjson
-
-    from rem.db import open_db
-    from rem.format import wal_key
-
     archive = wal_archive_for(cfg)
     manifest, _ = archive.read_manifest()
-    with open_db(cfg.db_path, "ro") as db:
-        latest = db.latest_wal_seq()
-        raw = db.get("wal", wal_key(latest)) if latest else None
-    latest_ts = orjson.loads(raw)["timestamp"] if raw else None
-    lag_entries = max(0, latest - manifest.last_archived_sequence)
-    if lag_entries == 0:
-        lag_seconds = 0.0
-    elif manifest.last_archived_timestamp:
-        lag_seconds = (datetime.now(timezone.utc) - parse_time(manifest.last_archived_timestamp)).total_seconds()
-    else:
-        lag_seconds = None
-    return {"enabled": cfg.pitr_enabled, "bucket": archive.bucket, "manifest": f"s3://{archive.bucket}/{archive.root}manifest.json",
-            "live_latest_seq": latest, "live_latest_timestamp": latest_ts,
-            "last_archived_sequence": manifest.last_archived_sequence,
-            "last_archived_timestamp": manifest.last_archived_timestamp, "lag_entries": lag_entries,
-            "lag_seconds": lag_seconds, "segments": len(manifest.wal_segments),
-            "broken_ranges": [b.model_dump() for b in manifest.broken_ranges if not b.healed_by]}
-
+    return {"enabled": cfg.pitr_enabled, "bucket": archive.bucket,
+            "manifest": f"s3://{archive.bucket}/{archive.root}manifest.json", **archive_status(cfg.db_path, manifest)}

@@ -78,16 +78,16 @@ def count_keys(db: RemDB, cf: str) -> int:
     return sum(1 for _ in db.keys(cf))
 
 
-def cf_stats(db: RemDB, cf: str, compression: dict[str, str]) -> CFStats:
+def sst_size_and_files(db: RemDB, cf: str, levels: int = 7) -> tuple[int, int]:
+    """(bytes of SST files, number of SST files) of one column family, from RocksDB properties."""
     handle = db.cf(cf)
-    levels = 7
-    sst_files = sum(handle.property_int_value(f"rocksdb.num-files-at-level{n}") or 0 for n in range(levels))
-    return CFStats(
-        keys=count_keys(db, cf),
-        size_bytes=handle.property_int_value("rocksdb.total-sst-files-size") or 0,
-        sst_files=sst_files,
-        compression=compression.get(cf, "unknown"),
-    )
+    files = sum(handle.property_int_value(f"rocksdb.num-files-at-level{n}") or 0 for n in range(levels))
+    return handle.property_int_value("rocksdb.total-sst-files-size") or 0, files
+
+
+def cf_stats(db: RemDB, cf: str, compression: dict[str, str]) -> CFStats:
+    size, files = sst_size_and_files(db, cf)
+    return CFStats(keys=count_keys(db, cf), size_bytes=size, sst_files=files, compression=compression.get(cf, "unknown"))
 
 
 def entity_counts(db: RemDB) -> tuple[int, int, int]:

@@ -134,3 +134,16 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
         log.addHandler(handler)
         log.setLevel(logging.WARNING)
     return log
+
+
+def publish_report(key: str, markdown: str, description: str | None = None) -> None:
+    """A markdown artifact on the run in the Prefect UI; nothing when running in-process."""
+    if not ORCHESTRATED:
+        return
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.exceptions import MissingContextError
+
+    try:
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
+    except MissingContextError:
+        pass

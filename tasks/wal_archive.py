@@ -360,3 +360,24 @@ def read_entries(paths: list[Path]):
                 if line.strip():
                     yield line.rstrip(b"\n")
 
+
+
+def archive_status(db_path, manifest: Manifest) -> dict:
+    """How far the archive is behind the live WAL, in entries and in seconds."""
+    with open_db(db_path, "ro") as db:
+        latest = db.latest_wal_seq()
+        raw = db.get("wal", wal_key(latest)) if latest else None
+    latest_ts = orjson.loads(raw)["timestamp"] if raw else None
+    lag_entries = max(0, latest - manifest.last_archived_sequence)
+    if lag_entries == 0:
+        lag_seconds = 0.0
+    elif manifest.last_archived_timestamp:
+        lag_seconds = (datetime.now(timezone.utc) - parse_time(manifest.last_archived_timestamp)).total_seconds()
+    else:
+        lag_seconds = None
+    return {"live_latest_seq": latest, "live_latest_timestamp": latest_ts,
+            "last_archived_sequence": manifest.last_archived_sequence,
+            "last_archived_timestamp": manifest.last_archived_timestamp, "lag_entries": lag_entries,
+            "lag_seconds": lag_seconds, "segments": len(manifest.wal_segments),
+            "failures": len(manifest.broken_ranges),
+            "broken_ranges": [b.model_dump() for b in manifest.broken_ranges if not b.healed_by]}

@@ -1,0 +1,132 @@
+"""Health (the runbook's JSON and thresholds) and Prometheus metrics (the runbook's names)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+
+from rem.db import open_db
+from rem.settings import Settings
+from rem.stats import sst_size_and_files
+from tasks.storage import ALL_TENANTS, all_stores
+from tasks.wal_archive import parse_time
+
+disable_created_metrics()  # only the runbook's series, no *_created twins
+
+BACKUP_MAX_AGE_HOURS = 48
+WAL_LAG_WARN_SECONDS = 3600
+DISK_WARN_PERCENT = 80
+
+
+def newest_backup(cfg: Settings):
+    """The newest complete whole-database backup in any store (None if there is none)."""
+    records = [r for s in all_stores(cfg) for r in s.list() if r.metadata.tenant_segment == ALL_TENANTS]
+    return max(records, key=lambda r: r.metadata.timestamp).metadata if records else None
+
+
+def wal_archive_state(cfg: Settings) -> dict | None:
+    """Archive status when PITR is enabled and reachable; None when it is not enabled."""
+    if not cfg.pitr_enabled:
+        return None
+    from flows.pitr import wal_archive_for
+    from tasks.wal_archive import archive_status
+
+    manifest, _ = wal_archive_for(cfg).read_manifest()
+    return archive_status(cfg.db_path, manifest)
+
+
+def _sample_vectors(db, limit: int = 200) -> tuple[int, int, set[int]]:
+    checked = bad = 0
+    dims: set[int] = set()
+    if not db.has_cf("embeddings"):
+        return 0, 0, dims
+    for _, value in db.items("embeddings"):
+        values = struct.unpack(f"<{len(value) // 4}f", value[: len(value) // 4 * 4])
+        dims.add(len(values))
+        bad += len(value) % 4 != 0 or not all(math.isfinite(v) for v in values)
+        checked += 1
+        if checked >= limit:
+            break
+    return checked, bad, dims
+
+
+def health(cfg: Settings, backup_max_age_hours: float = BACKUP_MAX_AGE_HOURS,
+           wal_lag_warn_seconds: float = WAL_LAG_WARN_SECONDS, disk_warn_percent: float = DISK_WARN_PERCENT) -> dict:
+    """The runbook's health document: status healthy | degraded | unhealthy, and a check per part."""
+    checks: dict[str, dict] = {}
+    try:
+        with open_db(cfg.db_path, "ro") as db:
+            checks["rocksdb"] = {"status": "ok", "column_families": len(db.cf_names)}
+            checked, bad, dims = _sample_vectors(db)
+    except Exception as exc:  # the database does not open: everything else is moot
+        checks["rocksdb"] = {"status": "critical", "message": str(exc)}
+        checked, bad, dims = 0, 0, set()
+    checks["embeddings"] = ({"status": "ok", "sampled": checked, "dimensions": sorted(dims)} if not bad and len(dims) <= 1
+                            else {"status": "warning", "sampled": checked, "invalid": bad, "dimensions": sorted(dims),
+                                  "message": "run `rem db verify --check-embeddings`"})
+    now = datetime.now(timezone.utc)
+    last = newest_backup(cfg)
+    age_hours = (now - parse_time(last.timestamp)).total_seconds() / 3600 if last else None
+    if last is None:
+        checks["backup"] = {"status": "critical", "message": "no backup found: `rem backup create --upload`"}
+    elif age_hours > backup_max_age_hours:
+        checks["backup"] = {"status": "critical", "age_hours": round(age_hours, 2), "last": last.name,
+                            "message": f"newest backup is older than {backup_max_age_hours:g} h"}
+    else:
+        checks["backup"] = {"status": "ok", "age_hours": round(age_hours, 2), "last": last.name}
+    archive = wal_archive_state(cfg)
+    lag = archive["lag_seconds"] if archive else None
+    if archive is None:
+        checks["wal"] = {"status": "ok", "pitr": "disabled"}
+    elif archive["broken_ranges"]:
+        checks["wal"] = {"status": "critical", "lag_seconds": lag, "broken_ranges": archive["broken_ranges"],
+                         "message": "WAL entries were trimmed before archival: take a full backup"}
+    elif lag is None or lag > wal_lag_warn_seconds:
+        checks["wal"] = {"status": "warning", "lag_seconds": lag, "lag_entries": archive["lag_entries"],
+                         "message": f"WAL archive lags more than {wal_lag_warn_seconds:g} s"}
+    else:
+        checks["wal"] = {"status": "ok", "lag_seconds": lag, "lag_entries": archive["lag_entries"]}
+    usage = shutil.disk_usage(cfg.db_path if cfg.db_path.exists() else cfg.db_path.parent)
+    disk_percent = round(usage.used / usage.total * 100, 2)
+    checks["disk"] = {"status": "warning" if disk_percent > disk_warn_percent else "ok", "usage_percent": disk_percent}
+    states = {c["status"] for c in checks.values()}
+    status = "unhealthy" if "critical" in states else "degraded" if "warning" in states else "healthy"
+    return {"status": status, "last_backup": last.timestamp if last else None,
+            "wal_archive_lag_sec": lag, "disk_usage_percent": disk_percent, "checks": checks}
+
+
+def metrics_registry(cfg: Settings) -> CollectorRegistry:
+    """The runbook's metrics, collected now, in a registry of their own."""
+    registry = CollectorRegistry()
+    last = newest_backup(cfg)
+    Gauge("rem_backup_last_success_timestamp", "Unix time of the newest complete backup",
+          registry=registry).set(parse_time(last.timestamp).timestamp() if last else 0)
+    Gauge("rem_backup_duration_seconds", "Duration of the newest complete backup",
+          registry=registry).set(last.duration_seconds if last else 0)
+    Gauge("rem_backup_size_bytes", "Compressed size of the newest complete backup",
+          registry=registry).set(last.size_bytes if last else 0)
+    archive = wal_archive_state(cfg)
+    lag = Gauge("rem_wal_archive_lag_seconds", "Seconds the WAL archive is behind the live WAL", registry=registry)
+    failures = Counter("rem_wal_archive_failures", "WAL archival passes stopped by a gap", registry=registry)
+    # NaN, not 0, when PITR is off or the lag is unknown: "no lag" must never be claimed by default.
+    lag.set(archive["lag_seconds"] if archive and archive["lag_seconds"] is not None else float("nan"))
+    if archive is not None:
+        failures.inc(archive["failures"])
+    size = Gauge("rem_db_size_bytes", "SST bytes per column family", ["cf"], registry=registry)
+    keys = Gauge("rem_db_keys_total", "Keys per column family (RocksDB estimate)", ["cf"], registry=registry)
+    pending = Gauge("rem_db_compaction_pending_bytes", "Bytes RocksDB estimates compaction still has to rewrite",
+                    registry=registry)
+    with open_db(cfg.db_path, "ro") as db:
+        total_pending = 0
+        for cf in db.cf_names:
+            if cf == "default":
+                continue
+            size.labels(cf).set(sst_size_and_files(db, cf)[0])
+            keys.labels(cf).set(db.cf(cf).property_int_value("rocksdb.estimate-num-keys") or 0)
+            total_pending += db.cf(cf).property_int_value("rocksdb.estimate-pending-compaction-bytes") or 0
+        pending.set(total_pending)
+    return registry
