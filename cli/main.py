@@ -225,10 +225,19 @@ def _render_stats(console, stats) -> None:
     console.print(f"Disk usage:  {human_bytes(stats.disk_usage_bytes)}")
     console.print(f"WAL:         {stats.wal_entries:,} entries, {human_bytes(stats.wal_size_bytes)}, "
                   f"latest sequence {stats.wal_latest_seq:,}")
-    table = Table("Column family", "Keys", "Size", "SST files", "Compression", title="Column families")
+    table = Table("Column family", "Keys", "Size", "SST files", "Levels", "Compression", "Ratio",
+                  title="Column families")
     for name, cf in stats.column_families.items():
-        table.add_row(name, f"{cf.keys:,}", human_bytes(cf.size_bytes), str(cf.sst_files), cf.compression)
+        levels = " ".join(f"{lvl}:{human_bytes(n)}" for lvl, n in cf.level_sizes.items())
+        table.add_row(name, f"{cf.keys:,}", human_bytes(cf.size_bytes), str(cf.sst_files), levels, cf.compression,
+                      f"{cf.compression_ratio:.2f}x" if cf.compression_ratio else "")
     console.print(table)
+    schemas = Table("Schema", "Live", "Soft-deleted", "Entity bytes", "Embedding coverage", title="Schemas")
+    for name, detail in stats.schemas_detail.items():
+        coverage = detail.embedding_coverage
+        schemas.add_row(name, f"{detail.live:,}", f"{detail.soft_deleted:,}", human_bytes(detail.bytes),
+                        "" if coverage is None else f"{coverage:.1%}")
+    console.print(schemas)
 
 
 # ------------------------------------------------------------------------------------ backup
@@ -308,6 +317,7 @@ def backup_restore(
     target: Optional[Path] = typer.Option(None, "--target", help="Database directory (default: --db-path)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty target (kept in quarantine "
                                    "until the restored copy verifies)"),
+    rebuild_indexes: bool = typer.Option(False, "--rebuild-indexes", help="Then rebuild key, field and HNSW indexes"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Verify the checksum, extract safely, check every column family, then put into place."""
@@ -316,6 +326,11 @@ def backup_restore(
         from flows.restore import restore
 
         result = restore(str(source), str(target or settings.db_path), overwrite)
+        if rebuild_indexes:
+            from flows.maintenance import index_rebuild
+
+            restored = settings.model_copy(update={"db_path": Path(result["target"])})
+            result["index_rebuild"] = index_rebuild("all", None, _settings_dict(restored))
         emit(result, as_json, lambda c: c.print(
             f"Restored {result['name']} into {result['target']}: {result['entity_count']:,} entities, "
             f"checksum verified" + (" (repaired, nothing dropped)" if result["repaired"] else "")))
@@ -336,6 +351,41 @@ def backup_verify(
         result = verify_backup(name, _settings_dict(settings), tenant)
         emit(result, as_json, lambda c: c.print(
             f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
+
+
+# ------------------------------------------------------------------------------------- index
+
+
+@index_app.command("rebuild")
+def index_rebuild_command(
+    ctx: typer.Context,
+    kind: str = typer.Option("all", "--type", help="hnsw, fields, keys or all"),
+    schema: Optional[str] = typer.Option(None, "--schema", help="Only this schema"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Key and field index rows from the entities (engine stopped); HNSW per tenant and schema with recall@10."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.maintenance import index_rebuild
+
+        result = index_rebuild(kind, schema, _settings_dict(settings))
+
+        def render(console) -> None:
+            for name in ("keys", "fields"):
+                if name in result:
+                    r = result[name]
+                    console.print(f"{r['cf']}: {r['written']:,} rows written, {r['removed']:,} removed")
+            if "hnsw" in result:
+                from rich.table import Table
+
+                table = Table("TENANT", "SCHEMA", "VECTORS", "DIM", "RECALL@10", "SECONDS")
+                for b in result["hnsw"]:
+                    table.add_row(b["tenant"], b["schema"], f"{b['vectors']:,}", str(b["dimensions"]),
+                                  "n/a" if b["recall_at_10"] is None else f"{b['recall_at_10']:.3f}",
+                                  f"{b['seconds']:.2f}")
+                console.print(table)
+
+        emit(result, as_json, render)
 
 
 # ----------------------------------------------------------------------------------- metrics
@@ -403,12 +453,6 @@ def metrics_serve(
 
 def _not_built(what: str) -> None:
     fail(f"{what} is not available in this version of rem-maintenance yet", 1)
-
-
-@index_app.command("rebuild")
-def index_rebuild() -> None:
-    """Rebuild HNSW, field or key indexes (not built yet)."""
-    _not_built("rem index rebuild")
 
 
 @pitr_app.command("archive")

@@ -89,3 +89,41 @@ def health_flow(settings: dict[str, Any] | None = None) -> dict:
     publish_report("health", f"# Health: {result['status']}\n\n"
                              + _table([{"check": k, **{"status": v["status"]}} for k, v in result["checks"].items()]))
     return result
+
+
+@task("rebuild-index-rows", retries=0)
+def rebuild_rows_task(db_path: str, cf: str, schema: str | None) -> dict:
+    """Rewrite key_index or indexes rows to match the entities (the engine must be stopped)."""
+    from rem.indexes import rebuild_rows
+
+    with open_db(db_path, "rw") as db:
+        return rebuild_rows(db, cf, schema).__dict__
+
+
+@task("build-hnsw", retries=0)
+def build_hnsw_task(db_path: str, schema: str | None) -> list[dict]:
+    """HNSW index per tenant and schema, stored beside the database (read-only: safe while live)."""
+    from rem.indexes import build_hnsw
+
+    with open_db(db_path, "ro") as db:
+        return [b.__dict__ for b in build_hnsw(db, schema)]
+
+
+@flow("index-rebuild", description="Rebuild key and field index rows and HNSW vector indexes.")
+def index_rebuild(kind: str = "all", schema: str | None = None, settings: dict[str, Any] | None = None) -> dict:
+    from rem.errors import UsageError
+
+    if kind not in ("hnsw", "fields", "keys", "all"):
+        raise UsageError(f"--type {kind!r}: use hnsw, fields, keys or all")
+    cfg = resolve_settings(settings)
+    result: dict[str, Any] = {}
+    if kind in ("keys", "all"):
+        result["keys"] = rebuild_rows_task(str(cfg.db_path), "key_index", schema)
+    if kind in ("fields", "all"):
+        result["fields"] = rebuild_rows_task(str(cfg.db_path), "indexes", schema)
+    if kind in ("hnsw", "all"):
+        result["hnsw"] = build_hnsw_task(str(cfg.db_path), schema)
+    publish_report("index-rebuild", "# Index rebuild\n\n" + _table(
+        [r for r in (result.get("keys"), result.get("fields")) if r]) + "\n\n" + _table(
+        [{k: v for k, v in b.items() if k != "path"} for b in result.get("hnsw", [])]))
+    return result

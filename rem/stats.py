@@ -19,6 +19,20 @@ class CFStats:
     size_bytes: int
     sst_files: int
     compression: str
+    level_sizes: dict[str, int] = field(default_factory=dict)  # SST bytes per level, levels that hold any
+    compression_ratio: float | None = None  # raw key + value bytes over data-block bytes
+
+
+@dataclass
+class SchemaStats:
+    live: int = 0
+    soft_deleted: int = 0
+    bytes: int = 0  # stored entity JSON
+    with_embedding: int = 0  # live entities with a vector (inline or in the embeddings CF)
+
+    @property
+    def embedding_coverage(self) -> float | None:
+        return round(self.with_embedding / self.live, 4) if self.live else None
 
 
 @dataclass
@@ -34,6 +48,7 @@ class DBStats:
     wal_size_bytes: int
     wal_latest_seq: int
     column_families: dict[str, CFStats] = field(default_factory=dict)
+    schemas_detail: dict[str, SchemaStats] = field(default_factory=dict)
 
     @property
     def entities_total(self) -> int:
@@ -42,6 +57,8 @@ class DBStats:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["entities_total"] = self.entities_total
+        for name, detail in self.schemas_detail.items():
+            data["schemas_detail"][name]["embedding_coverage"] = detail.embedding_coverage
         return data
 
 
@@ -85,23 +102,54 @@ def sst_size_and_files(db: RemDB, cf: str, levels: int = 7) -> tuple[int, int]:
     return handle.property_int_value("rocksdb.total-sst-files-size") or 0, files
 
 
+def _table_properties(db: RemDB, cf: str, level: int | None = None) -> dict[str, str]:
+    name = "rocksdb.aggregated-table-properties" + (f"-at-level{level}" if level is not None else "")
+    text = db.cf(cf).property_value(name) or ""
+    return dict(part.strip().split("=", 1) for part in text.split(";") if "=" in part)
+
+
+def level_sizes(db: RemDB, cf: str, levels: int = 7) -> dict[str, int]:
+    """Estimated SST bytes per level, for the levels that hold files."""
+    sizes = {}
+    for level in range(levels):
+        if db.cf(cf).property_int_value(f"rocksdb.num-files-at-level{level}"):
+            sizes[f"L{level}"] = int(_table_properties(db, cf, level).get("(estimated) table size", 0))
+    return sizes
+
+
 def cf_stats(db: RemDB, cf: str, compression: dict[str, str]) -> CFStats:
     size, files = sst_size_and_files(db, cf)
-    return CFStats(keys=count_keys(db, cf), size_bytes=size, sst_files=files, compression=compression.get(cf, "unknown"))
+    props = _table_properties(db, cf)
+    raw = int(props.get("raw key size", 0)) + int(props.get("raw value size", 0))
+    stored = int(props.get("data block size", 0))
+    return CFStats(keys=count_keys(db, cf), size_bytes=size, sst_files=files, compression=compression.get(cf, "unknown"),
+                   level_sizes=level_sizes(db, cf), compression_ratio=round(raw / stored, 3) if stored else None)
 
 
-def entity_counts(db: RemDB) -> tuple[int, int, int]:
-    """(live entities, soft-deleted entities, live schemas); schema entities are not counted as entities."""
+def entity_counts(db: RemDB, per_schema: dict[str, SchemaStats] | None = None) -> tuple[int, int, int]:
+    """(live entities, soft-deleted entities, live schemas); schema entities are not counted as entities.
+    With per_schema, also fills counts, bytes and embedding coverage per entity type."""
     live = deleted = schemas = 0
     schema_prefix = entity_prefix(SCHEMA_TENANT)
+    has_embeddings = db.has_cf("embeddings")
     for key, value in db.items("entities"):
         entity = orjson.loads(value)
         if key.startswith(schema_prefix) and entity.get("entity_type") == SCHEMA_ENTITY_TYPE:
             schemas += entity.get("deleted_at") is None
-        elif entity.get("deleted_at") is None:
-            live += 1
-        else:
-            deleted += 1
+            continue
+        is_live = entity.get("deleted_at") is None
+        live += is_live
+        deleted += not is_live
+        if per_schema is not None:
+            detail = per_schema.setdefault(entity.get("entity_type", "?"), SchemaStats())
+            detail.bytes += len(value)
+            if is_live:
+                detail.live += 1
+                inline = isinstance((entity.get("properties") or {}).get("embedding"), list)
+                if inline or (has_embeddings and db.get("embeddings", b"emb:" + key[7:]) is not None):
+                    detail.with_embedding += 1
+            else:
+                detail.soft_deleted += 1
     return live, deleted, schemas
 
 
@@ -130,7 +178,8 @@ def collect_stats(db: RemDB, only_cf: str | None = None) -> DBStats:
     if only_cf:
         db.cf(only_cf)  # raises with the list of real column families when unknown
     per_cf = {name: cf_stats(db, name, compression) for name in names}
-    live, deleted, schemas = entity_counts(db) if db.has_cf("entities") else (0, 0, 0)
+    per_schema: dict[str, SchemaStats] = {}
+    live, deleted, schemas = entity_counts(db, per_schema) if db.has_cf("entities") else (0, 0, 0)
 
     def keys_of(cf: str) -> int:
         return per_cf[cf].keys if cf in per_cf else (count_keys(db, cf) if db.has_cf(cf) else 0)
@@ -149,4 +198,5 @@ def collect_stats(db: RemDB, only_cf: str | None = None) -> DBStats:
         wal_size_bytes=wal_size,
         wal_latest_seq=db.latest_wal_seq(),
         column_families=per_cf,
+        schemas_detail=dict(sorted(per_schema.items())),
     )
