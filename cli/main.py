@@ -12,19 +12,21 @@ from typing import Any, Optional
 
 import typer
 
-from cli.output import command, emit, fail, human_bytes, progress
+from cli.output import command, emit, fail, human_bytes, out, progress
 from rem.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Maintenance for REM databases: backup, restore, PITR, verify, stats.")
-db_app = typer.Typer(no_args_is_help=True, help="Database maintenance: init, stats.")
-backup_app = typer.Typer(no_args_is_help=True, help="Full and per-tenant backups: create, list, download, restore, verify.")
+db_app = typer.Typer(no_args_is_help=True, help="Database: init, stats, verify, compact, vacuum, health.")
+backup_app = typer.Typer(no_args_is_help=True, help="Backups: create, list, download, restore, verify, prune, lifecycle.")
 index_app = typer.Typer(no_args_is_help=True, help="Index rebuilds (HNSW, field and key indexes).")
 pitr_app = typer.Typer(no_args_is_help=True, help="Point-in-time recovery: WAL archival and restore to a timestamp.")
 app.add_typer(db_app, name="db")
 app.add_typer(backup_app, name="backup")
 app.add_typer(index_app, name="index")
 app.add_typer(pitr_app, name="pitr")
+lifecycle_app = typer.Typer(no_args_is_help=True, help="S3 lifecycle rules for the backup bucket.")
+backup_app.add_typer(lifecycle_app, name="lifecycle")
 metrics_app = typer.Typer(help="Prometheus metrics: print them, serve /metrics, or write a textfile.")
 app.add_typer(metrics_app, name="metrics")
 
@@ -353,6 +355,85 @@ def backup_verify(
             f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
 
 
+@backup_app.command("prune")
+def backup_prune(
+    ctx: typer.Context,
+    keep_daily: int = typer.Option(7, "--keep-daily", min=0),
+    keep_weekly: int = typer.Option(4, "--keep-weekly", min=0),
+    keep_monthly: int = typer.Option(3, "--keep-monthly", min=0),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's backups (`_all`: whole-database)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Keep a grandfather-father-son set (never the newest, never the PITR base); delete the rest, local and S3."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.retention import prune
+
+        def render_plan(console, plan) -> None:
+            from rich.table import Table
+
+            table = Table("ACTION", "NAME", "TENANT", "CREATED", "WHY")
+            for row in plan["keep"]:
+                table.add_row("keep", row["name"], row["tenant"], row["created"], ", ".join(row["why"]))
+            for row in plan["delete"]:
+                table.add_row("[red]delete[/]", row["name"], row["tenant"], row["created"], "")
+            console.print(table)
+            console.print(f"WAL segments to delete (older than the oldest kept base): {plan['wal_segments_to_delete']}")
+
+        args = (keep_daily, keep_weekly, keep_monthly, tenant)
+        plan = prune(*args, dry_run=True, settings=_settings_dict(settings))
+        if not as_json:
+            render_plan(out, plan)  # the plan is shown before anything is deleted
+        if dry_run:
+            emit(plan, as_json)
+            return
+        result = prune(*args, dry_run=False, settings=_settings_dict(settings))
+        emit(result, as_json, lambda c: c.print(f"Deleted {len(result['delete'])} backup(s), kept {len(result['keep'])}."))
+
+
+@lifecycle_app.command("apply")
+def lifecycle_apply(
+    ctx: typer.Context,
+    keep_monthly: int = typer.Option(3, "--keep-monthly", min=0, help="To explain how prune and expiry combine"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Install the runbook's rules: Glacier after 30 days, expiry after 90, stale uploads aborted after 1."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        if not settings.s3_bucket:
+            fail("lifecycle rules need a bucket: set P8_S3_BUCKET (or --bucket)", 2, as_json)
+        from flows.retention import apply_lifecycle
+
+        result = apply_lifecycle(settings, keep_monthly=keep_monthly)
+        emit(result, as_json, lambda c: [c.print(f"Lifecycle rules installed on s3://{result['bucket']}:"),
+                                         *[c.print(f"  {r['ID']}") for r in result["rules"]],
+                                         *[c.print(f"- {n}") for n in result["notes"]]])
+
+
+@app.command("drill")
+def drill(
+    ctx: typer.Context,
+    backup: Optional[str] = typer.Option(None, "--backup", help="Drill this existing backup instead of a new one"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Recovery drill: backup with upload -> download -> restore to a temporary directory -> verify -> compare
+    counts per schema with the live database -> clean up; logged either way; exit 1 on failure."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        if backup is None and not settings.s3_bucket:
+            fail("a drill uploads a fresh backup: set P8_S3_BUCKET (or give --backup NAME)", 2, as_json)
+        from flows.retention import recovery_drill
+
+        result = recovery_drill(_settings_dict(settings), backup)
+        emit(result, as_json, lambda c: c.print(
+            f"Drill {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'} on backup {result['backup']} "
+            f"in {result['seconds']} s" + (f": {result['reason']}" if result["reason"] else "")
+            + f"\nLogged to {result['log']}"))
+        if not result["passed"]:
+            raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------- index
 
 
@@ -446,13 +527,6 @@ def metrics_serve(
 
         err.print(f"Serving http://{host}:{server.server_port}/metrics")
         server.serve_forever()
-
-
-# ------------------------------------------------------------------- groups of later issues
-
-
-def _not_built(what: str) -> None:
-    fail(f"{what} is not available in this version of rem-maintenance yet", 1)
 
 
 @pitr_app.command("archive")
@@ -590,15 +664,58 @@ def pitr_enable(
 
 
 @app.command("export")
-def export() -> None:
-    """Export a tenant to Parquet (not built yet)."""
-    _not_built("rem export")
+def export(
+    ctx: typer.Context,
+    tenant: str = typer.Option(..., "--tenant", help="Tenant to export"),
+    fmt: str = typer.Option("parquet", "--format", help="parquet (the only format)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="Directory, or a file when one schema is asked for"),
+    schemas: Optional[str] = typer.Option(None, "--schemas", help="Comma-separated schema names (default: all)"),
+    upload: bool = typer.Option(False, "--upload", help="Also store in S3 under exports/{tenant}/{timestamp}/"),
+    include_deleted: bool = typer.Option(False, "--include-deleted", help="Include soft-deleted entities"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """One Parquet file per schema, written in record batches (memory stays flat)."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        if fmt != "parquet":
+            fail(f"--format {fmt!r}: only parquet is supported", 2, as_json)
+        if upload and not settings.s3_bucket:
+            fail("--upload needs a bucket: set P8_S3_BUCKET (or --bucket)", 2, as_json)
+        from flows.export import tenant_export
+
+        wanted = [s.strip() for s in schemas.split(",") if s.strip()] if schemas else None
+        result = tenant_export(tenant, str(output) if output else None, wanted, upload, include_deleted,
+                               _settings_dict(settings))
+        emit(result, as_json, lambda c: [c.print(
+            f"{f['schema']}: {f['rows']:,} rows -> {f.get('uploaded') or f['path']}"
+            + (f" ({f['nulled_values']} values did not fit their type)" if f["nulled_values"] else ""))
+            for f in result["files"]])
 
 
 @app.command("query")
-def query(sql: str = typer.Argument(..., help="Read-only SQL")) -> None:
-    """Read-only SQL over a database's schemas (not built yet)."""
-    _not_built("rem query")
+def query(
+    ctx: typer.Context,
+    sql: str = typer.Argument(..., help='Read-only SQL; tables are schema names: "SELECT COUNT(*) FROM articles"'),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's entities"),
+    include_deleted: bool = typer.Option(False, "--include-deleted", help="Include soft-deleted entities"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Read-only SQL (DuckDB) over the database's schemas; works on a live or a restored database."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from flows.export import run_query
+
+        result = run_query(sql, str(settings.db_path), tenant, include_deleted)
+
+        def render(console) -> None:
+            from rich.table import Table
+
+            table = Table(*result["columns"])
+            for row in result["rows"]:
+                table.add_row(*["" if v is None else str(v) for v in row])
+            console.print(table)
+
+        emit(result, as_json, render)
 
 
 def main() -> None:

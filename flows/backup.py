@@ -8,7 +8,7 @@ from typing import Any
 from rem.format import check_tenant
 from rem.settings import Settings, load_settings
 from tasks.backup import build_metadata, compress_and_store, describe, snapshot, store_metadata, store_schemas, utc_now
-from tasks.runtime import flow, get_logger
+from tasks.runtime import emit, flow, get_logger, publish_report
 from tasks.storage import ALL_TENANTS, backup_name, check_name, make_store
 
 
@@ -25,18 +25,27 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     taken_at = utc_now()
     name = check_name(name) if name else backup_name(taken_at)
     segment = check_tenant(tenant) if tenant else ALL_TENANTS
-    store = make_store(cfg, upload or bool(storage_block), storage_block, encryption_block)
-    store.prepare(segment, name)
-    snap = snapshot(str(cfg.db_path), tenant)
     try:
-        facts = describe.submit(snap)  # counting keys runs while the archive streams
-        archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
-        facts = facts.result()
-        store_schemas(store, segment, name, facts)
-        metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap.live)
-        store_metadata(store, metadata)
-    finally:
-        snap.remove()
+        store = make_store(cfg, upload or bool(storage_block), storage_block, encryption_block)
+        store.prepare(segment, name)
+        snap = snapshot(str(cfg.db_path), tenant)
+        try:
+            facts = describe.submit(snap)  # counting keys runs while the archive streams
+            archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
+            facts = facts.result()
+            store_schemas(store, segment, name, facts)
+            metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression,
+                                      snap.live)
+            store_metadata(store, metadata)
+        finally:
+            snap.remove()
+    except Exception as exc:
+        emit("rem.backup.failed", cfg.db_path, {"name": name, "tenant": tenant, "reason": str(exc)})
+        raise
     location = store.location(segment, name)
+    emit("rem.backup.succeeded", cfg.db_path, {"name": name, "tenant": tenant, "location": location,
+                                               "size_bytes": metadata.size_bytes})
+    publish_report("backup", f"# Backup {name}\n\n{metadata.entity_count} entities, {metadata.size_bytes} bytes "
+                             f"compressed, at {location}\n\nSHA-256 `{metadata.checksum_sha256}`")
     get_logger().info("backup %s stored at %s (%d bytes)", name, location, metadata.size_bytes)
     return {**metadata.model_dump(), "location": location}

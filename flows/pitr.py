@@ -13,7 +13,7 @@ from rem.settings import Settings
 from rem.snapshot import take_tenant_snapshot
 from tasks.pitr import check_continuity, fetch_segments, replay
 from tasks.restore import check_restored, check_target, extract, put_into_place, verify_archive
-from tasks.runtime import ORCHESTRATED, flow, get_logger, task
+from tasks.runtime import emit, flow, get_logger, task
 from tasks.storage import ALL_TENANTS, all_stores, make_store, read_local_backup
 from tasks.wal_archive import (Manifest, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
                                choose_window, parse_time, recovery_windows, segments_to_replay)
@@ -33,20 +33,6 @@ def newest_full_backup(cfg: Settings):
     return max(records, key=lambda r: r.metadata.wal_last_seq).metadata if records else None
 
 
-def emit(event: str, resource: str, payload: dict[str, Any]) -> None:
-    """A Prefect event when a Prefect API is configured (automations page on these)."""
-    if ORCHESTRATED:
-        from prefect.events import emit_event
-
-        emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
-
-
-def db_resource(cfg: Settings) -> str:
-    import socket
-
-    return f"rem.db.{socket.gethostname()}.{cfg.db_path.name}"
-
-
 @task("archive-wal", retries=2, retry_delay_seconds=10)
 def archive_once(cfg: Settings, archive: WalArchive):
     """Archive the WAL entries written since the last pass."""
@@ -61,9 +47,9 @@ def wal_archive(settings: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         report = archive_once(cfg, archive)
     except WalGap as exc:
-        emit("rem.wal.archive.failed", db_resource(cfg), {"reason": str(exc)})
+        emit("rem.wal.archive.failed", cfg.db_path, {"reason": str(exc)})
         raise
-    emit("rem.wal.archived", db_resource(cfg), {"last_archived_sequence": report.last_archived_sequence})
+    emit("rem.wal.archived", cfg.db_path, {"last_archived_sequence": report.last_archived_sequence})
     return {"ok": True, **report.__dict__, "lag_entries": report.live_latest_sequence - report.last_archived_sequence}
 
 

@@ -147,3 +147,20 @@ def publish_report(key: str, markdown: str, description: str | None = None) -> N
         create_markdown_artifact(key=key, markdown=markdown, description=description)
     except MissingContextError:
         pass
+
+
+def db_resource(db_path) -> str:
+    """The Prefect resource id events about one database carry: rem.db.<host>.<name>."""
+    import socket
+
+    return f"rem.db.{socket.gethostname()}.{Path(db_path).name}"
+
+
+def emit(event: str, db_path, payload: dict[str, Any]) -> None:
+    """A Prefect event about the database when a Prefect API is configured (automations match these)."""
+    if not ORCHESTRATED:
+        return
+    from prefect.events import emit_event
+
+    emit_event(event=event, resource={"prefect.resource.id": db_resource(db_path),
+                                      "prefect.resource.name": Path(db_path).name}, payload=payload)

@@ -1,0 +1,101 @@
+"""Tenant export to Parquet, and read-only SQL over a database's schemas (DuckDB over that export)."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flows.backup import resolve_settings
+from rem.db import open_db
+from rem.errors import UsageError
+from rem.export import export_schema, schema_layouts
+from rem.format import check_tenant
+from tasks.runtime import flow, publish_report, task
+from tasks.storage import make_store
+
+
+@task("export-schema", retries=1, retry_delay_seconds=2)
+def export_one(db_path: str, schema: str, tenant: str | None, target: Path, include_deleted: bool) -> dict:
+    """One schema's entities to one Parquet file."""
+    with open_db(db_path, "ro") as db:
+        return export_schema(db, schema_layouts(db)[schema], tenant, target, include_deleted).__dict__
+
+
+@task("upload-export", retries=3, retry_delay_seconds=5)
+def upload_export(store, path: Path, key: str) -> str:
+    """Upload a Parquet file with boto3's managed transfer."""
+    store.client.upload_file(str(path), store.cfg.bucket, key, ExtraArgs=store._put_args())
+    return f"s3://{store.cfg.bucket}/{key}"
+
+
+def chosen_schemas(db_path: str, wanted: list[str] | None) -> list[str]:
+    with open_db(db_path, "ro") as db:
+        known = sorted(schema_layouts(db))
+    if not wanted:
+        return known
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise UsageError(f"unknown schema(s) {', '.join(unknown)}; this database has: {', '.join(known)}")
+    return wanted
+
+
+@flow("tenant-export", description="Export a tenant's entities to Parquet, one file per schema.")
+def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | None = None, upload: bool = False,
+                  include_deleted: bool = False, settings: dict[str, Any] | None = None) -> dict:
+    cfg = resolve_settings(settings)
+    check_tenant(tenant)
+    names = chosen_schemas(str(cfg.db_path), schemas)
+    if not output and not upload:
+        raise UsageError("give --output PATH (and/or --upload)")
+    store = make_store(cfg, upload=True) if upload else None
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    with tempfile.TemporaryDirectory(prefix="rem-export-") as tmp:
+        base = Path(output) if output else Path(tmp)
+        single = bool(output) and len(names) == 1 and bool(schemas)
+        files = []
+        for name in names:
+            target = base if single else base / f"{name}.parquet"
+            result = export_one(str(cfg.db_path), name, tenant, target, include_deleted)
+            if store is not None:
+                prefix = store.prefix
+                result["uploaded"] = upload_export(store, target, f"{prefix}exports/{tenant}/{stamp}/{name}.parquet")
+            if not output:
+                result["path"] = None
+            files.append(result)
+    publish_report("tenant-export", f"# Export of {tenant}\n\n" + "\n".join(
+        f"- {f['schema']}: {f['rows']} rows" for f in files))
+    return {"ok": True, "tenant": tenant, "files": files}
+
+
+READ_ONLY_STATEMENTS = ("SELECT",)
+
+
+def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted: bool = False,
+              limit: int = 10_000) -> dict:
+    """Export the schemas the SQL names to temporary Parquet, and answer it with DuckDB."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    statements = con.extract_statements(sql)
+    if len(statements) != 1 or statements[0].type.name not in READ_ONLY_STATEMENTS:
+        raise UsageError("rem query answers one read-only SELECT (or WITH ... SELECT) statement")
+    with open_db(db_path, "ro") as db:
+        layouts = schema_layouts(db)
+        named = [s for s in layouts if re.search(rf"\b{re.escape(s)}\b", sql, re.IGNORECASE)]
+        if not named:
+            raise UsageError(f"the query names no schema; tables: {', '.join(sorted(layouts))}")
+        with tempfile.TemporaryDirectory(prefix="rem-query-") as tmp:
+            for name in named:
+                path = Path(tmp) / f"{name}.parquet"
+                export_schema(db, layouts[name], tenant, path, include_deleted)
+                con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
+            try:
+                cursor = con.execute(sql)
+            except duckdb.Error as exc:
+                raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchmany(limit)
+    return {"columns": columns, "rows": [list(r) for r in rows], "row_count": len(rows), "tables": named}

@@ -1,0 +1,115 @@
+"""Retention (grandfather-father-son prune, S3 lifecycle rules) and scheduled recovery drills."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flows.backup import full_backup, resolve_settings
+from rem.db import open_db
+from rem.stats import collect_stats
+from rem.verify import verify_database
+from tasks.restore import check_restored, extract, put_into_place, verify_archive
+from tasks.retention import delete_backup, drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
+from tasks.runtime import emit, flow, publish_report
+from tasks.storage import all_stores, find_backup, make_store, read_local_backup
+
+
+def _archive_and_manifest(cfg):
+    if not (cfg.pitr_bucket or cfg.s3_bucket):
+        return None, None
+    from flows.pitr import wal_archive_for
+
+    archive = wal_archive_for(cfg)
+    manifest, etag = archive.read_manifest()
+    return archive, (manifest if etag else None)
+
+
+@flow("prune", description="Keep a grandfather-father-son set of backups; delete the rest, local and S3.")
+def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tenant: str | None = None,
+          dry_run: bool = False, settings: dict[str, Any] | None = None) -> dict:
+    cfg = resolve_settings(settings)
+    records = [r for store in all_stores(cfg) for r in store.list()]
+    archive, manifest = _archive_and_manifest(cfg)
+    plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant,
+                      manifest.base_backup if manifest else None, manifest)
+    result = {"dry_run": dry_run, **plan.to_dict()}
+    if not dry_run:
+        for record in plan.delete:
+            delete_backup(record)
+        if plan.wal_segments_to_delete and archive is not None:
+            drop_wal_segments(archive, plan.wal_segments_to_delete)
+    publish_report("prune", f"# Prune {'(dry run)' if dry_run else ''}\n\nkept {len(plan.keep)}, "
+                            f"deleted {len(plan.delete)}, WAL segments deleted {len(plan.wal_segments_to_delete)}")
+    return result
+
+
+def apply_lifecycle(cfg, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3) -> dict:
+    """Install the runbook's lifecycle rules on the bucket (replacing the rem-* rules, keeping others)."""
+    store = make_store(cfg, upload=True)
+    from botocore.exceptions import ClientError
+
+    try:
+        existing = store.client.get_bucket_lifecycle_configuration(Bucket=store.cfg.bucket).get("Rules", [])
+    except ClientError:
+        existing = []
+    ours = lifecycle_rules(store.prefix)
+    rules = [r for r in existing if not r.get("ID", "").startswith("rem-")] + ours
+    store.client.put_bucket_lifecycle_configuration(Bucket=store.cfg.bucket,
+                                                    LifecycleConfiguration={"Rules": rules})
+    return {"bucket": store.cfg.bucket, "rules": ours, "notes": lifecycle_notes(keep_daily, keep_weekly, keep_monthly)}
+
+
+def _per_schema_live(db_path) -> dict[str, int]:
+    with open_db(db_path, "ro") as db:
+        return {name: d.live for name, d in collect_stats(db).schemas_detail.items()}
+
+
+@flow("recovery-drill", description="Backup -> download -> restore -> verify -> compare counts -> clean up.")
+def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = None) -> dict:
+    cfg = resolve_settings(settings)
+    started = time.monotonic()
+    result: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "db_path": str(cfg.db_path), "backup": backup, "passed": False, "reason": None}
+    try:
+        if backup is None:
+            backup = full_backup(cfg.model_dump(mode="json"), upload=True)["name"]
+            result["backup"] = backup
+        record = find_backup(all_stores(cfg), backup)
+        with tempfile.TemporaryDirectory(prefix="rem-drill-") as tmp:
+            source = record.store.fetch(record, Path(tmp) / "download")
+            metadata = read_local_backup(source)
+            verify_archive(source, metadata)
+            target = Path(tmp) / "restored"
+            db_dir = extract(source, target)
+            check_restored(db_dir, metadata)
+            put_into_place(db_dir, target)
+            with open_db(target, "ro") as db:
+                report = verify_database(db)
+            if report.critical:
+                raise RuntimeError(f"verify found {report.critical} critical issue(s) in the restored copy")
+            restored, live = _per_schema_live(target), _per_schema_live(cfg.db_path)
+            result["counts"] = {"restored": restored, "live": live}
+            if restored != live:
+                differ = {k: (restored.get(k), live.get(k)) for k in set(restored) | set(live)
+                          if restored.get(k) != live.get(k)}
+                raise RuntimeError(f"entity counts per schema differ, restored vs live: {differ}")
+        result["passed"] = True
+    except Exception as exc:  # a drill reports its failure; it is a result, not a crash
+        result["reason"] = str(exc)
+    result["seconds"] = round(time.monotonic() - started, 2)
+    log = cfg.local_backup_dir / "drill-log.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    result["log"] = str(log)
+    emit("rem.drill.passed" if result["passed"] else "rem.drill.failed", cfg.db_path,
+         {"backup": result["backup"], "reason": result["reason"]})
+    publish_report("recovery-drill", f"# Recovery drill: {'PASSED' if result['passed'] else 'FAILED'}\n\n"
+                                     f"backup `{result['backup']}`, {result['seconds']} s"
+                                     + (f"\n\nReason: {result['reason']}" if result["reason"] else ""))
+    return result

@@ -1,0 +1,129 @@
+"""Backup retention: a grandfather-father-son set (restic's keep-daily/weekly/monthly semantics:
+for each of the last N days, ISO weeks, months that have backups, the newest one of it is kept),
+never the newest backup, never the PITR base the WAL archive names; WAL segments that only
+precede the oldest kept whole-database base go with them."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tasks.storage import ALL_TENANTS, METADATA, ARCHIVE, SCHEMAS, BackupRecord, LocalStore
+from tasks.wal_archive import parse_time
+
+
+def gfs_keep(times: list[datetime], keep_daily: int, keep_weekly: int, keep_monthly: int) -> dict[int, list[str]]:
+    """Index of each kept backup -> why ("daily 2025-10-25", "weekly 2025-W43", "monthly 2025-10")."""
+    order = sorted(range(len(times)), key=lambda i: times[i], reverse=True)
+    reasons: dict[int, list[str]] = {}
+    for label, count, bucket in (("daily", keep_daily, lambda t: t.strftime("%Y-%m-%d")),
+                                 ("weekly", keep_weekly, lambda t: "%d-W%02d" % t.isocalendar()[:2]),
+                                 ("monthly", keep_monthly, lambda t: t.strftime("%Y-%m"))):
+        seen: list[str] = []
+        for i in order:
+            key = bucket(times[i])
+            if key in seen:
+                continue
+            if len(seen) >= count:
+                break
+            seen.append(key)
+            reasons.setdefault(i, []).append(f"{label} {key}")
+    return reasons
+
+
+@dataclass
+class PrunePlan:
+    keep: list[tuple[BackupRecord, list[str]]] = field(default_factory=list)
+    delete: list[BackupRecord] = field(default_factory=list)
+    wal_segments_to_delete: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        row = lambda r: {"name": r.name, "tenant": r.metadata.tenant_segment, "created": r.metadata.timestamp,  # noqa: E731
+                         "location": r.location}
+        return {"keep": [{**row(r), "why": why} for r, why in self.keep], "delete": [row(r) for r in self.delete],
+                "wal_segments_to_delete": len(self.wal_segments_to_delete)}
+
+
+def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, keep_monthly: int,
+               tenant: str | None = None, pitr_base: str | None = None, manifest=None) -> PrunePlan:
+    plan = PrunePlan()
+    segment = tenant or None
+    by_segment: dict[str, list[BackupRecord]] = {}
+    for r in records:
+        if segment is None or r.metadata.tenant_segment == segment:
+            by_segment.setdefault(r.metadata.tenant_segment, []).append(r)
+    for group in by_segment.values():
+        times = [parse_time(r.metadata.timestamp) for r in group]
+        reasons = gfs_keep(times, keep_daily, keep_weekly, keep_monthly)
+        newest = max(range(len(group)), key=lambda i: times[i])
+        reasons.setdefault(newest, []).append("newest")
+        for i, r in enumerate(group):
+            if r.name == pitr_base and r.metadata.tenant_segment == ALL_TENANTS:
+                reasons.setdefault(i, []).append("PITR base")
+        for i, r in enumerate(group):
+            (plan.keep.append((r, reasons[i])) if i in reasons else plan.delete.append(r))
+    plan.keep.sort(key=lambda kr: kr[0].metadata.timestamp, reverse=True)
+    plan.delete.sort(key=lambda r: r.metadata.timestamp, reverse=True)
+    kept_bases = [r.metadata.wal_last_seq for r, _ in plan.keep if r.metadata.tenant_segment == ALL_TENANTS]
+    if manifest is not None and kept_bases:
+        oldest = min(kept_bases)
+        plan.wal_segments_to_delete = [s.key for s in manifest.wal_segments if s.last_seq <= oldest]
+    return plan
+
+
+def delete_backup(record: BackupRecord) -> None:
+    """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
+    meta = record.metadata
+    if isinstance(record.store, LocalStore):
+        folder = record.store.backup_dir(meta.tenant_segment, meta.name)
+        (folder / METADATA).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    store = record.store
+    for filename in (METADATA, ARCHIVE, SCHEMAS):
+        store.client.delete_object(Bucket=store.cfg.bucket, Key=store.key(meta.tenant_segment, meta.name, filename))
+
+
+def drop_wal_segments(archive, keys: list[str]) -> int:
+    """Remove segments from the manifest (conditional write, retried on a race), then the objects."""
+    from tasks.wal_archive import ManifestConflict
+
+    doomed = set(keys)
+    for _ in range(20):
+        manifest, etag = archive.read_manifest()
+        manifest.wal_segments = [s for s in manifest.wal_segments if s.key not in doomed]
+        try:
+            archive.write_manifest(manifest, etag)
+            break
+        except ManifestConflict:
+            continue
+    archive.delete(sorted(doomed))
+    return len(doomed)
+
+
+LIFECYCLE_GLACIER_DAYS = 30
+LIFECYCLE_EXPIRE_DAYS = 90
+
+
+def lifecycle_rules(prefix: str = "") -> list[dict]:
+    """The runbook's rules: backups to Glacier after 30 days, gone after 90; stale multipart uploads
+    aborted after a day."""
+    return [
+        {"ID": "rem-backups-glacier-then-expire", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}backups/"},
+         "Transitions": [{"Days": LIFECYCLE_GLACIER_DAYS, "StorageClass": "GLACIER"}],
+         "Expiration": {"Days": LIFECYCLE_EXPIRE_DAYS}},
+        {"ID": "rem-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}backups/"},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
+    ]
+
+
+def lifecycle_notes(keep_daily: int, keep_weekly: int, keep_monthly: int) -> list[str]:
+    notes = [f"Objects move to Glacier after {LIFECYCLE_GLACIER_DAYS} days: restoring an older backup needs an S3 "
+             "restore request first (hours), so daily and weekly restores stay fast.",
+             f"S3 deletes every backup object after {LIFECYCLE_EXPIRE_DAYS} days, whatever prune keeps; prune removes "
+             "backups earlier, and never the newest or the PITR base (which lifecycle would still expire)."]
+    if keep_monthly * 31 > LIFECYCLE_EXPIRE_DAYS:
+        notes.append(f"--keep-monthly {keep_monthly} asks for about {keep_monthly * 31} days, beyond the "
+                     f"{LIFECYCLE_EXPIRE_DAYS}-day expiry: the oldest monthlies will be expired by S3.")
+    return notes
