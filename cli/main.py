@@ -434,6 +434,30 @@ def drill(
             raise typer.Exit(1)
 
 
+@app.command("deploy")
+def deploy(
+    ctx: typer.Context,
+    work_pool: str = typer.Option("rem", "--work-pool", help="Process work pool (created if missing)"),
+    work_queue: str = typer.Option("default", "--work-queue", help="This database host's own queue"),
+    alert_webhook_url: Optional[str] = typer.Option(None, "--alert-webhook-url", envvar="P8_ALERT_WEBHOOK_URL",
+                                                    help="Webhook the automations notify [env: P8_ALERT_WEBHOOK_URL]"),
+    notification_block: Optional[str] = typer.Option(None, "--notification-block",
+                                                     help="An existing notification block (slug/name) instead"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Register block types, create the work pool, deploy every schedule in prefect.yaml, sync automations."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from deployments.deploy import deploy_everything
+
+        result = deploy_everything(work_pool, work_queue, settings.db_path.name, settings.pitr_enabled,
+                                   alert_webhook_url, notification_block)
+        emit(result, as_json, lambda c: c.print(
+            f"Work pool {work_pool} ({result['work_pool_status']}), queue {work_queue}; "
+            f"{len(result['deployments'])} deployments; automations: "
+            + ", ".join(f"{k} ({v})" for k, v in result["automations"].items())))
+
+
 # ------------------------------------------------------------------------------------- index
 
 

@@ -12,15 +12,26 @@ from tasks.runtime import emit, flow, get_logger, publish_report
 from tasks.storage import ALL_TENANTS, backup_name, check_name, make_store
 
 
-def resolve_settings(settings: dict[str, Any] | None) -> Settings:
-    return Settings.model_validate(settings) if settings else load_settings()
+def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None) -> Settings:
+    """Settings given by the command line, else from the environment and config file; a RemDatabase
+    block named by a deployment supplies the database path and backup directory."""
+    cfg = Settings.model_validate(settings) if settings else load_settings()
+    if database_block:
+        from pathlib import Path
+
+        from blocks.backup import RemDatabase
+
+        block = RemDatabase.load(database_block)
+        cfg = cfg.model_copy(update={"db_path": Path(block.path),
+                                     "backup_dir": Path(block.backup_dir) if block.backup_dir else cfg.backup_dir})
+    return cfg
 
 
 @flow("full-backup", description="Consistent snapshot of a REM database, compressed and stored with its metadata.")
 def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = None, name: str | None = None,
-                upload: bool = False, storage_block: str | None = None,
-                encryption_block: str | None = None) -> dict[str, Any]:
-    cfg = resolve_settings(settings)
+                upload: bool = False, storage_block: str | None = None, encryption_block: str | None = None,
+                database_block: str | None = None) -> dict[str, Any]:
+    cfg = resolve_settings(settings, database_block)
     started = time.monotonic()
     taken_at = utc_now()
     name = check_name(name) if name else backup_name(taken_at)

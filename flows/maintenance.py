@@ -10,7 +10,7 @@ from rem.db import open_db
 from rem.maintenance import compact, vacuum
 from rem.verify import ALL_CHECKS, verify_database
 from tasks.monitoring import health
-from tasks.runtime import flow, publish_report, task
+from tasks.runtime import flow, publish_report, task, writer_slot
 
 
 def _table(rows: list[dict]) -> str:
@@ -25,7 +25,7 @@ def _table(rows: list[dict]) -> str:
 @task("compact", retries=0)
 def compact_task(db_path: str, cf: str | None) -> list[dict]:
     """Manual compaction of one or every column family (the engine must be stopped)."""
-    with open_db(db_path, "rw") as db:
+    with writer_slot(db_path), open_db(db_path, "rw") as db:
         return [r.__dict__ for r in compact(db, cf)]
 
 
@@ -51,7 +51,7 @@ def parse_age(text: str) -> timedelta:
 @task("vacuum", retries=0)
 def vacuum_task(db_path: str, cutoff: datetime, tenant: str | None, dry_run: bool) -> dict:
     """Remove soft-deleted entities older than the cutoff, everything of theirs, and orphans."""
-    with open_db(db_path, "ro" if dry_run else "rw") as db:
+    with writer_slot(db_path), open_db(db_path, "ro" if dry_run else "rw") as db:
         return vacuum(db, cutoff, tenant, dry_run).to_dict()
 
 
@@ -75,8 +75,9 @@ def verify_task(db_path: str, checks: tuple[str, ...]) -> dict:
 
 
 @flow("verify", description="Integrity verification through a read-only handle (safe on a live database).")
-def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None = None) -> dict:
-    cfg = resolve_settings(settings)
+def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None = None,
+                database_block: str | None = None) -> dict:
+    cfg = resolve_settings(settings, database_block)
     report = verify_task(str(cfg.db_path), tuple(checks or ALL_CHECKS))
     publish_report("verify", f"# Verify\n\nCritical: {report['critical']}\n\n"
                              + _table([{"finding": k, "count": v} for k, v in report["by_category"].items()]))
@@ -84,8 +85,8 @@ def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None
 
 
 @flow("health", description="Health of a REM database: rocksdb, wal archive, backups, embeddings, disk.")
-def health_flow(settings: dict[str, Any] | None = None) -> dict:
-    result = health(resolve_settings(settings))
+def health_flow(settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
+    result = health(resolve_settings(settings, database_block))
     publish_report("health", f"# Health: {result['status']}\n\n"
                              + _table([{"check": k, **{"status": v["status"]}} for k, v in result["checks"].items()]))
     return result
@@ -96,7 +97,7 @@ def rebuild_rows_task(db_path: str, cf: str, schema: str | None) -> dict:
     """Rewrite key_index or indexes rows to match the entities (the engine must be stopped)."""
     from rem.indexes import rebuild_rows
 
-    with open_db(db_path, "rw") as db:
+    with writer_slot(db_path), open_db(db_path, "rw") as db:
         return rebuild_rows(db, cf, schema).__dict__
 
 
@@ -126,4 +127,25 @@ def index_rebuild(kind: str = "all", schema: str | None = None, settings: dict[s
     publish_report("index-rebuild", "# Index rebuild\n\n" + _table(
         [r for r in (result.get("keys"), result.get("fields")) if r]) + "\n\n" + _table(
         [{k: v for k, v in b.items() if k != "path"} for b in result.get("hnsw", [])]))
+    return result
+
+
+@flow("weekly-maintenance", description="Vacuum, then compaction: the weekly job (the engine must be stopped).")
+def weekly_maintenance(older_than: str = "30d", settings: dict[str, Any] | None = None,
+                       database_block: str | None = None) -> dict:
+    cfg = resolve_settings(settings, database_block).model_dump(mode="json")
+    return {"vacuum": vacuum_flow(older_than, None, False, cfg), "compaction": compaction(None, cfg)}
+
+
+@flow("health-and-metrics", description="Health check, and the Prometheus textfile for node_exporter.")
+def health_and_metrics(textfile: str | None = None, settings: dict[str, Any] | None = None,
+                       database_block: str | None = None) -> dict:
+    cfg = resolve_settings(settings, database_block)
+    result = health_flow(cfg.model_dump(mode="json"))
+    if textfile:
+        from prometheus_client import write_to_textfile
+
+        from tasks.monitoring import metrics_registry
+
+        write_to_textfile(textfile, metrics_registry(cfg))
     return result

@@ -41,8 +41,8 @@ def archive_once(cfg: Settings, archive: WalArchive):
 
 
 @flow("wal-archive", description="One WAL archival pass: new entries -> zstd segments -> manifest (conditional).")
-def wal_archive(settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    cfg = resolve_settings(settings)
+def wal_archive(settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict[str, Any]:
+    cfg = resolve_settings(settings, database_block)
     archive = wal_archive_for(cfg)
     try:
         report = archive_once(cfg, archive)

@@ -31,8 +31,8 @@ def _archive_and_manifest(cfg):
 
 @flow("prune", description="Keep a grandfather-father-son set of backups; delete the rest, local and S3.")
 def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tenant: str | None = None,
-          dry_run: bool = False, settings: dict[str, Any] | None = None) -> dict:
-    cfg = resolve_settings(settings)
+          dry_run: bool = False, settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
+    cfg = resolve_settings(settings, database_block)
     records = [r for store in all_stores(cfg) for r in store.list()]
     archive, manifest = _archive_and_manifest(cfg)
     plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant,
@@ -70,14 +70,15 @@ def _per_schema_live(db_path) -> dict[str, int]:
 
 
 @flow("recovery-drill", description="Backup -> download -> restore -> verify -> compare counts -> clean up.")
-def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = None) -> dict:
-    cfg = resolve_settings(settings)
+def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = None,
+                   database_block: str | None = None, storage_block: str | None = None) -> dict:
+    cfg = resolve_settings(settings, database_block)
     started = time.monotonic()
     result: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "db_path": str(cfg.db_path), "backup": backup, "passed": False, "reason": None}
     try:
         if backup is None:
-            backup = full_backup(cfg.model_dump(mode="json"), upload=True)["name"]
+            backup = full_backup(cfg.model_dump(mode="json"), upload=True, storage_block=storage_block)["name"]
             result["backup"] = backup
         record = find_backup(all_stores(cfg), backup)
         with tempfile.TemporaryDirectory(prefix="rem-drill-") as tmp:

@@ -11,6 +11,7 @@ it with exactly the policy the Prefect task would use.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import logging
 import os
 import sys
@@ -164,3 +165,20 @@ def emit(event: str, db_path, payload: dict[str, Any]) -> None:
 
     emit_event(event=event, resource={"prefect.resource.id": db_resource(db_path),
                                       "prefect.resource.name": Path(db_path).name}, payload=payload)
+
+
+def writer_limit_name(db_path) -> str:
+    return f"rem-writer-{Path(db_path).name}"
+
+
+@contextmanager
+def writer_slot(db_path):
+    """Under Prefect, hold the database's global concurrency slot (limit 1, made by `rem deploy`) so
+    two scheduled writers never touch one database; in-process, RocksDB's own lock is the guard."""
+    if not ORCHESTRATED:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(writer_limit_name(db_path), occupy=1, strict=False):
+        yield

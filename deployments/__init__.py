@@ -1,0 +1,1 @@
+"""Schedules, work pool and automations as code: `rem deploy` applies them idempotently."""

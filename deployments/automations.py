@@ -1,0 +1,82 @@
+"""Automations, created or updated by name so that syncing twice changes nothing.
+
+Every trigger names the events it expects and the resources it matches: a trigger without both
+matches every event in the workspace.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+BACKUP_FLOWS = ["full-backup", "recovery-drill"]
+BACKUP_FAILED = "rem: backup or drill run failed"
+BACKUP_STALE = "rem: no successful backup"
+WAL_STALE = "rem: no WAL archived"
+
+
+def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_window: timedelta = timedelta(hours=48),
+                     wal_window: timedelta = timedelta(hours=1), prefix: str = "") -> list[AutomationCore]:
+    notify = lambda subject, body: [SendNotification(block_document_id=notification_block_id,  # noqa: E731
+                                                     subject=subject, body=body)]
+    specs = [
+        AutomationCore(
+            name=prefix + BACKUP_FAILED,
+            description="A backup or recovery-drill flow run failed or crashed.",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
+                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+            actions=notify("REM backup failed: {{ flow.name }} / {{ flow_run.name }}",
+                           "Flow run {{ flow_run.name }} of {{ flow.name }} entered {{ flow_run.state.name }}: "
+                           "{{ flow_run.state.message }}"),
+        ),
+        AutomationCore(
+            name=prefix + BACKUP_STALE,
+            description=f"No rem.backup.succeeded for a database within {backup_window}.",
+            # The heartbeat form: each success starts the window again; silence for a whole window fires.
+            trigger=EventTrigger(
+                after={"rem.backup.succeeded"},
+                expect={"rem.backup.succeeded"},
+                match={"prefect.resource.id": "rem.db.*"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive, threshold=1, within=backup_window),
+            actions=notify("REM backup overdue: {{ event.resource.id }}",
+                           f"No successful backup of {{{{ event.resource.id }}}} within {backup_window}."),
+        ),
+    ]
+    if pitr_enabled:
+        specs.append(AutomationCore(
+            name=prefix + WAL_STALE,
+            description=f"No rem.wal.archived for a database within {wal_window} while PITR is enabled.",
+            trigger=EventTrigger(
+                after={"rem.wal.archived"},
+                expect={"rem.wal.archived"},
+                match={"prefect.resource.id": "rem.db.*"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive, threshold=1, within=wal_window),
+            actions=notify("REM WAL archive stalled: {{ event.resource.id }}",
+                           f"No WAL archived for {{{{ event.resource.id }}}} within {wal_window}: the recovery "
+                           "window is not moving."),
+        ))
+    return specs
+
+
+def sync_automations(client, specs: list[AutomationCore]) -> dict[str, str]:
+    """Create each automation, or update the one of that name; duplicates of a name are removed."""
+    outcome = {}
+    for spec in specs:
+        existing = client.read_automations_by_name(spec.name)
+        if existing:
+            client.update_automation(existing[0].id, spec)
+            for extra in existing[1:]:
+                client.delete_automation(extra.id)
+            outcome[spec.name] = "updated"
+        else:
+            client.create_automation(spec)
+            outcome[spec.name] = "created"
+    return outcome
