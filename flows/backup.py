@@ -8,7 +8,7 @@ from typing import Any
 from rem.format import check_tenant
 from rem.settings import Settings, load_settings
 from tasks.backup import build_metadata, compress_and_store, describe, snapshot, store_metadata, store_schemas, utc_now
-from tasks.runtime import emit, flow, get_logger, publish_report
+from tasks.runtime import emit, flow, get_logger, publish_report, publish_table
 from tasks.storage import ALL_TENANTS, backup_name, check_name, make_store
 
 
@@ -58,5 +58,9 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                                                "size_bytes": metadata.size_bytes})
     publish_report("backup", f"# Backup {name}\n\n{metadata.entity_count} entities, {metadata.size_bytes} bytes "
                              f"compressed, at {location}\n\nSHA-256 `{metadata.checksum_sha256}`")
+    recent = sorted((r.metadata for r in store.list()), key=lambda m: m.timestamp, reverse=True)[:10]
+    publish_table("recent-backups", [{"name": m.name, "tenant": m.tenant_segment, "created": m.timestamp,
+                                      "size_bytes": m.size_bytes, "entities": m.entity_count} for m in recent],
+                  description=f"Newest backups in {store.describe()}")
     get_logger().info("backup %s stored at %s (%d bytes)", name, location, metadata.size_bytes)
     return {**metadata.model_dump(), "location": location}

@@ -80,7 +80,7 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
         try:
             check_restored(db_dir, metadata)
             only = tenant if tenant else None
-            report = replay(db_dir, files, metadata.wal_last_seq, target, only)
+            report = replay(db_dir, files, metadata.wal_last_seq, target, only, sum(s.entries for s in segments))
             if tenant and metadata.tenant_id is None:
                 narrowed = take_tenant_snapshot(db_dir, tenant)
                 shutil.rmtree(db_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.backup import resolve_settings
-from tasks.runtime import flow, get_logger, task
+from tasks.runtime import RunProgress, flow, get_logger, publish_report, task
 from tasks.restore import check_restored, check_target, extract, put_into_place, replace_tenant, verify_archive
 from tasks.storage import all_stores, find_backup, read_local_backup
 
@@ -19,7 +19,14 @@ def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tena
     """Fetch a backup into output/{name}/ (resuming a partial download)."""
     cfg = resolve_settings(settings_dict)
     record = find_backup(all_stores(cfg), name, tenant)
-    return record.store.fetch(record, output, progress)
+    run_progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
+
+    def advance(n: int) -> None:
+        run_progress(n)
+        if progress:
+            progress(n)
+
+    return record.store.fetch(record, output, advance)
 
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
@@ -48,6 +55,9 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
         if db_dir.parent.exists() and db_dir.parent.name.startswith(".rem-restore-"):
             shutil.rmtree(db_dir.parent, ignore_errors=True)
     get_logger().info("restored %s into %s", metadata.name, target_dir)
+    publish_report("restore", f"# Restore of {metadata.name}\n\nInto `{target_dir}` ({mode}): {report.entity_count} "
+                              f"entities, checksum `{metadata.checksum_sha256}` verified"
+                              + (", repaired with nothing dropped" if report.repaired else ""))
     return {"ok": True, "name": metadata.name, "target": str(target_dir), "mode": mode,
             "tenant_id": metadata.tenant_id, "entity_count": report.entity_count, "repaired": report.repaired,
             "column_families": written, "checksum_sha256": metadata.checksum_sha256}

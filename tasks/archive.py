@@ -8,6 +8,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 
 import zstandard
@@ -53,8 +54,10 @@ class CountingWriter:
         self.sink.flush()
 
 
-def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = -1) -> ArchiveStats:
-    """Stream src_dir as tar + zstd (multi-threaded) into sink; the sink is not closed."""
+def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = -1,
+                  progress: Callable[[int], None] | None = None) -> ArchiveStats:
+    """Stream src_dir as tar + zstd (multi-threaded) into sink; the sink is not closed.
+    progress is called with the size of each file once it is in the stream."""
     hashing = CountingWriter(sink, hashed=True)
     compressor = zstandard.ZstdCompressor(level=level, threads=threads)
     files = 0
@@ -65,6 +68,8 @@ def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = 
                 if path.is_file():
                     tar.add(path, arcname=f"{ARCHIVE_ROOT}/{path.relative_to(src_dir)}", recursive=False)
                     files += 1
+                    if progress:
+                        progress(path.stat().st_size)
         zstream.flush(zstandard.FLUSH_FRAME)
     return ArchiveStats(hashing.hash.hexdigest(), hashing.size, plain.size, files)
 

@@ -20,7 +20,7 @@ from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from tasks.archive import ArchiveStats, write_archive
-from tasks.runtime import task
+from tasks.runtime import RunProgress, task
 from tasks.storage import ALL_TENANTS, METADATA, SCHEMAS, BackupMetadata
 
 NO_RETRY = 0
@@ -94,9 +94,11 @@ def describe(snap: Snapshot) -> SnapshotFacts:
 @task("compress-and-upload", retries=2, retry_delay_seconds=10)
 def compress_and_store(snap: Snapshot, store, tenant_segment: str, name: str, level: int) -> ArchiveStats:
     """Stream the snapshot as tar + zstd into the store (chunked, parallel upload for S3)."""
+    total = sum(p.stat().st_size for p in (snap.path / "db").rglob("*") if p.is_file())
+    progress = RunProgress(f"Compressing and uploading backup {name}", total)
     try:
         with store.archive_writer(tenant_segment, name, snap.path) as sink:
-            return write_archive(snap.path / "db", sink, level)
+            return write_archive(snap.path / "db", sink, level, progress=progress)
     except BaseException:
         store.discard(tenant_segment, name)
         raise

@@ -13,7 +13,7 @@ from rem.db import open_db
 from rem.errors import RemError
 from rem.format import wal_key
 from rem.writer import OpApplier, load_schemas
-from tasks.runtime import task
+from tasks.runtime import RunProgress, task
 from tasks.wal_archive import Segment, WalArchive, WalGap, parse_time, read_entries
 
 REPLAY_BATCH = 2_000
@@ -28,10 +28,10 @@ class ReplayReport:
 
 
 def replay_entries(db_dir: Path, entries, base_seq: int, target: datetime, tenant: str | None = None,
-                   batch_size: int = REPLAY_BATCH) -> ReplayReport:
+                   batch_size: int = REPLAY_BATCH, progress=None) -> ReplayReport:
     """Apply entries with seq > base_seq and time <= target, in write batches, with the engine's
     semantics (the writer's own OpApplier); each entry's stored bytes go into the wal CF as well."""
-    applied = skipped = 0
+    applied = skipped = reported = 0
     expected = base_seq + 1
     last_ts = None
     with open_db(db_dir, "rw") as db:
@@ -58,6 +58,9 @@ def replay_entries(db_dir: Path, entries, base_seq: int, target: datetime, tenan
             if applier.count >= batch_size:
                 db.write(applier.batch)
                 applier = OpApplier(db, schemas)
+                if progress:
+                    progress(applied + skipped - reported)
+                    reported = applied + skipped
         if applier.count:
             db.write(applier.batch)
         db.flush_all()
@@ -74,10 +77,11 @@ def fetch_segments(archive: WalArchive, segments: list[Segment], dest: Path, con
 
 
 @task("replay", retries=0)
-def replay(db_dir: Path, segment_files: list[Path], base_seq: int, target: datetime,
-           tenant: str | None) -> ReplayReport:
+def replay(db_dir: Path, segment_files: list[Path], base_seq: int, target: datetime, tenant: str | None,
+           expected_entries: int = 0) -> ReplayReport:
     """Replay archived entries onto the restored base, up to the target time."""
-    return replay_entries(db_dir, read_entries(segment_files), base_seq, target, tenant)
+    progress = RunProgress("Replaying WAL entries", expected_entries)
+    return replay_entries(db_dir, read_entries(segment_files), base_seq, target, tenant, progress=progress)
 
 
 @task("check-wal-continuity", retries=0)

@@ -182,3 +182,44 @@ def writer_slot(db_path):
 
     with concurrency(writer_limit_name(db_path), occupy=1, strict=False):
         yield
+
+
+def publish_table(key: str, rows: list[dict], description: str | None = None) -> None:
+    """A table artifact on the run in the Prefect UI; nothing when running in-process."""
+    if not ORCHESTRATED:
+        return
+    from prefect.artifacts import create_table_artifact
+    from prefect.exceptions import MissingContextError
+
+    try:
+        create_table_artifact(key=key, table=rows, description=description)
+    except MissingContextError:
+        pass
+
+
+class RunProgress:
+    """A progress artifact kept current on the run (updated at most once per percent);
+    a no-op outside a Prefect run. Call it with the amount just done."""
+
+    def __init__(self, description: str, total: int):
+        self.total = max(total, 1)
+        self.done = 0
+        self.shown = -1
+        self.artifact_id = None
+        if ORCHESTRATED:
+            from prefect.artifacts import create_progress_artifact
+            from prefect.exceptions import MissingContextError
+
+            try:
+                self.artifact_id = create_progress_artifact(progress=0.0, description=description)
+            except MissingContextError:
+                self.artifact_id = None
+
+    def __call__(self, amount: int) -> None:
+        self.done += amount
+        percent = min(100, int(self.done * 100 / self.total))
+        if self.artifact_id is not None and percent > self.shown:
+            from prefect.artifacts import update_progress_artifact
+
+            self.shown = percent
+            update_progress_artifact(self.artifact_id, progress=float(percent))

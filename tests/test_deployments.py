@@ -147,6 +147,10 @@ def test_a_worker_runs_the_backup_deployment_to_completed_with_its_artifact(depl
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     assert any(a.key == "backup" and "SHA-256" in a.data for a in artifacts)
+    table = next(a for a in artifacts if a.key == "recent-backups")
+    assert table.type == "table" and any(row["entities"] == 500 for row in json.loads(table.data))
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress and float(progress[0].data) == 100.0  # the upload's progress artifact ran to the end
 
 
 def test_a_failed_backup_pages_the_webhook_within_30_seconds(deployed, receiver, s3_endpoint):
