@@ -65,6 +65,34 @@ def prefix_upper_bound(prefix: bytes) -> bytes:
     return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b""
 
 
+class BatchedWrites:
+    """Rows bound for several column families, written every max_rows (see RemDB.batched)."""
+
+    def __init__(self, db: "RemDB", max_rows: int):
+        self.db = db
+        self.max_rows = max_rows
+        self.batch = db.batch()
+        self.rows = 0
+
+    def put(self, cf: str, key: bytes, value: bytes) -> None:
+        self.batch.put(key, value, self.db.handle(cf))
+        self._count()
+
+    def delete(self, cf: str, key: bytes) -> None:
+        self.batch.delete(key, self.db.handle(cf))
+        self._count()
+
+    def _count(self) -> None:
+        self.rows += 1
+        if self.batch.len() >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch.len():
+            self.db.write(self.batch)
+            self.batch = self.db.batch()
+
+
 def _holding(rows: Iterator, read_opts: ReadOptions) -> Iterator:
     """Iterate while holding the ReadOptions: rocksdict iterators keep a pointer to its upper bound,
     and once the ReadOptions is freed, scans stop at random keys (seen: 11 or 36 of 62 rows)."""
@@ -126,6 +154,13 @@ class RemDB:
 
     def batch(self) -> WriteBatch:
         return WriteBatch(raw_mode=True)
+
+    @contextmanager
+    def batched(self, max_rows: int = 10_000) -> Iterator["BatchedWrites"]:
+        """Puts and deletes written in WriteBatches of at most max_rows, the last one on exit."""
+        writes = BatchedWrites(self, max_rows)
+        yield writes
+        writes.flush()
 
     def write(self, batch: WriteBatch, write_options=None) -> None:
         self._rdict.write(batch, write_options) if write_options is not None else self._rdict.write(batch)

@@ -59,14 +59,11 @@ def rebuild_rows(db: RemDB, cf: str, schema: str | None = None, batch_rows: int 
             stale.append(key)
     value_for = (lambda k: orjson.dumps({"type": types[parse(k).uuid]})) if cf == "key_index" else (lambda k: b"")
     missing = sorted(expected)
-    handle = db.handle(cf)
-    for start in range(0, max(len(missing), len(stale)), batch_rows):
-        batch = db.batch()
-        for key in stale[start:start + batch_rows]:
-            batch.delete(key, handle)
-        for key in missing[start:start + batch_rows]:
-            batch.put(key, value_for(key), handle)
-        db.write(batch)
+    with db.batched(batch_rows) as writes:
+        for key in stale:
+            writes.delete(cf, key)
+        for key in missing:
+            writes.put(cf, key, value_for(key))
     db.flush_all()
     return RowRebuild(cf, len(missing), len(stale))
 

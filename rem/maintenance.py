@@ -121,11 +121,9 @@ def vacuum(db: RemDB, cutoff: datetime, tenant: str | None = None, dry_run: bool
     if dry_run or not existing:
         report.bytes_after = report.bytes_before
         return report
-    for start in range(0, len(existing), batch_rows):
-        batch = db.batch()
-        for cf, key in existing[start:start + batch_rows]:
-            batch.delete(key, db.handle(cf))
-        db.write(batch)
+    with db.batched(batch_rows) as writes:
+        for cf, key in existing:
+            writes.delete(cf, key)
     db.flush_all()
     for cf in affected:  # reclaimed bytes are only real once the tombstones are compacted away
         compact(db, cf)

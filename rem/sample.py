@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import random
 import struct
-import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone

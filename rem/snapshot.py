@@ -57,33 +57,23 @@ def _wal_has_data(db_path: Path) -> bool:
 
 def _merge_diff(source: RemDB, target: RemDB, cf: str) -> int:
     """Make target's cf equal to source's, writing only what differs. Returns rows written."""
-    written = 0
-    batch = target.batch()
-    handle = target.handle(cf)
     src = source.items(cf)
     dst = target.items(cf)
     s = next(src, None)
     d = next(dst, None)
-    while s is not None or d is not None:
-        if d is None or (s is not None and s[0] < d[0]):  # only the WAL had it
-            batch.put(s[0], s[1], handle)
-            written += 1
-            s = next(src, None)
-        elif s is None or d[0] < s[0]:  # deleted by a write only the WAL had
-            batch.delete(d[0], handle)
-            written += 1
-            d = next(dst, None)
-        else:
-            if s[1] != d[1]:
-                batch.put(s[0], s[1], handle)
-                written += 1
-            s, d = next(src, None), next(dst, None)
-        if batch.len() >= MERGE_BATCH_ROWS:
-            target.write(batch)
-            batch = target.batch()
-    if batch.len():
-        target.write(batch)
-    return written
+    with target.batched(MERGE_BATCH_ROWS) as writes:
+        while s is not None or d is not None:
+            if d is None or (s is not None and s[0] < d[0]):  # only the WAL had it
+                writes.put(cf, s[0], s[1])
+                s = next(src, None)
+            elif s is None or d[0] < s[0]:  # deleted by a write only the WAL had
+                writes.delete(cf, d[0])
+                d = next(dst, None)
+            else:
+                if s[1] != d[1]:
+                    writes.put(cf, s[0], s[1])
+                s, d = next(src, None), next(dst, None)
+    return writes.rows
 
 
 def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
@@ -132,16 +122,8 @@ def take_tenant_snapshot(db_path: str | os.PathLike, tenant: str) -> Snapshot:
 
 def copy_rows(target: RemDB, cf: str, rows: Iterator[tuple[bytes, bytes]]) -> int:
     """Write rows into target's cf in batches; returns how many."""
-    handle = target.handle(cf)
-    batch = target.batch()
-    count = 0
-    for key, value in rows:
-        batch.put(key, value, handle)
-        count += 1
-        if batch.len() >= MERGE_BATCH_ROWS:
-            target.write(batch)
-            batch = target.batch()
-    if batch.len():
-        target.write(batch)
-    return count
+    with target.batched(MERGE_BATCH_ROWS) as writes:
+        for key, value in rows:
+            writes.put(cf, key, value)
+    return writes.rows
 

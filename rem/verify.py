@@ -21,7 +21,7 @@ import orjson
 
 from rem.db import RemDB
 from rem.errors import DecodeError
-from rem.format import (SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, decode_edge, decode_wal_entry, embedding_key,
+from rem.format import (SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, decode_edge, decode_wal_entry,
                         index_key, key_index_key, parse_edge_key, parse_edge_reverse_key, parse_embedding_key,
                         parse_entity_key, parse_index_key, parse_key_index_key, parse_wal_key)
 from rem.writer import _index_value

@@ -22,7 +22,6 @@ from rem.format import (
     SCHEMA_TENANT,
     Entity,
     SchemaInfo,
-    dumps,
     edge_key,
     edge_reverse_key,
     embedding_key,

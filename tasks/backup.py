@@ -21,7 +21,7 @@ from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from tasks.archive import ArchiveStats, write_archive
 from tasks.runtime import RunProgress, task
-from tasks.storage import ALL_TENANTS, METADATA, SCHEMAS, BackupMetadata
+from tasks.storage import METADATA, SCHEMAS, BackupMetadata
 
 NO_RETRY = 0
 

@@ -165,11 +165,9 @@ def replace_tenant(db_dir: Path, target: Path, tenant: str) -> dict[str, int]:
         for cf in live.cf_names:
             if cf in ("default", "wal") or not backup.has_cf(cf):
                 continue
-            batch = live.batch()
-            handle = live.handle(cf)
-            for key, _ in tenant_rows(live, tenant, cf, old_ids):
-                batch.delete(key, handle)
-            live.write(batch)
+            with live.batched() as writes:
+                for key, _ in list(tenant_rows(live, tenant, cf, old_ids)):
+                    writes.delete(cf, key)
             written[cf] = copy_rows(live, cf, tenant_rows(backup, tenant, cf, new_ids))
         live.flush_all()
     shutil.rmtree(db_dir.parent, ignore_errors=True)

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, ReadOptions
@@ -89,3 +90,17 @@ def snapshot_dir(path) -> dict[str, tuple[int, int, bytes]]:
             with open(p, "rb") as f:
                 found[os.path.relpath(p, path)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read()).digest())
     return found
+
+
+@contextmanager
+def holding_lock(path):
+    """Another process holds the database read-write (as the running engine does) until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rem.db import open_db; "
+                               "db = open_db(sys.argv[1], 'rw'); print('locked', flush=True); time.sleep(120)",
+                               str(path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

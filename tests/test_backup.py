@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from tests.faultproxy import FaultProxy
-from tests.helpers import REPO, dump_all, rem, snapshot_dir
+from tests.helpers import REPO, dump_all, holding_lock, rem, snapshot_dir
 
 
 def create(db, *extra, env=None):
@@ -248,17 +248,11 @@ def test_restore_refuses_a_target_another_process_holds(make_sample, tmp_path):
     db = make_sample()
     meta = create(db)
     target = make_sample(seed=4)
-    holder = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(target), "1"], stdout=subprocess.PIPE,
-                              text=True, cwd=REPO)
-    try:
-        holder.stdout.readline()
+    with holding_lock(target):
         before = snapshot_dir(target)
         proc = rem("backup", "restore", "--source", meta["location"], "--target", str(target), "--overwrite")
         assert proc.returncode == 1 and "writer holds its lock" in proc.stderr
         assert snapshot_dir(target) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_backup_and_restore_survive_20_percent_of_s3_requests_failing(make_sample, tmp_path, s3_endpoint, bucket):

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import orjson
@@ -11,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rem import format as f
-from tests.helpers import REPO, dump_all, free_port, rem, snapshot_dir
+from tests.helpers import REPO, dump_all, free_port, holding_lock, rem, snapshot_dir
 from tests.test_verify import plant
 
 
@@ -85,19 +84,12 @@ def test_compaction_keeps_every_key_and_value(make_sample):
 @pytest.mark.parametrize("command", [["db", "vacuum", "--older-than", "0s"], ["db", "compact"]])
 def test_write_operations_refuse_a_locked_database_and_change_nothing(make_sample, command):
     path = make_sample()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from rem.db import open_db; "
-                               "db=open_db(sys.argv[1],'rw'); print('ok', flush=True); time.sleep(60)", str(path)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        holder.stdout.readline()
+    with holding_lock(path):
         before = snapshot_dir(path)
         proc = rem("--db-path", str(path), *command)
         assert proc.returncode == 1 and "writer holds its lock" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert snapshot_dir(path) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_metrics_text_parses_and_carries_the_runbook_names(make_sample, tmp_path):

@@ -1,8 +1,6 @@
 """The same flows under Prefect: blocks meet Prefect's standard suite, runs appear on a real server."""
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -10,7 +8,7 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks import BackupEncryption, BackupStorage, RemDatabase
-from tests.helpers import REPO, rem
+from tests.helpers import rem
 
 
 class _OfflineBlockSuite(BlockStandardTestSuite):

@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
 from rem.errors import ConfigError
 from rem.settings import load_settings
-from tests.helpers import REPO, rem, snapshot_dir
+from tests.helpers import holding_lock, rem, snapshot_dir
 
 
 def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
@@ -59,30 +57,16 @@ def test_json_mode_prints_exactly_one_document_even_on_failure(tmp_path):
     assert json.loads(proc.stdout)["ok"] is False and "missing" in proc.stderr
 
 
-WRITER = """
-import sys, time
-from rem.db import open_db
-db = open_db(sys.argv[1], "rw")
-print("locked", flush=True)
-time.sleep(60)
-"""
-
-
 def test_read_write_open_while_another_process_writes_names_the_path_and_the_lock(make_sample):
     from rem.db import lock_is_held, open_db
     from rem.errors import DatabaseLocked
 
     path = make_sample()
     assert not lock_is_held(path)
-    holder = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with holding_lock(path):
         before = snapshot_dir(path)
         assert lock_is_held(path)
         with pytest.raises(DatabaseLocked) as info:
             open_db(path, "rw")
         assert str(path) in str(info.value) and "writer holds its lock" in str(info.value)
         assert snapshot_dir(path) == before
-    finally:
-        holder.kill()
-        holder.wait()

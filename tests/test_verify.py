@@ -1,15 +1,13 @@
 """rem db verify finds each planted fault kind, and nothing on a clean database."""
 
 import json
-import subprocess
-import sys
 
 import orjson
 import pytest
 
 from rem import format as f
 from rem.db import open_db
-from tests.helpers import REPO, dump_all, rem
+from tests.helpers import dump_all, holding_lock, rem
 
 
 def plant(db_path, puts=(), deletes=()):
@@ -95,13 +93,6 @@ def test_each_planted_fault_is_found_with_severity_and_fix(make_sample, fault):
 
 def test_verify_runs_against_a_live_locked_database(make_sample):
     path = make_sample()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; from rem.db import open_db; "
-                               "db=open_db(sys.argv[1],'rw'); print('ok', flush=True); time.sleep(60)", str(path)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        holder.stdout.readline()
+    with holding_lock(path):
         code, report = verify(path)
         assert code == 0 and report["checked"]["entities"] > 0
-    finally:
-        holder.kill()
-        holder.wait()
