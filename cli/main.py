@@ -451,7 +451,7 @@ def deploy(
         from deployments.deploy import deploy_everything
 
         result = deploy_everything(work_pool, work_queue, settings.db_path.name, settings.pitr_enabled,
-                                   alert_webhook_url, notification_block)
+                                   alert_webhook_url, notification_block, settings.pitr_interval_seconds)
         emit(result, as_json, lambda c: c.print(
             f"Work pool {work_pool} ({result['work_pool_status']}), queue {work_queue}; "
             f"{len(result['deployments'])} deployments; automations: "
@@ -681,8 +681,18 @@ def pitr_enable(
             tmp.unlink()
             raise
         tmp.replace(path)
-        result = {"ok": True, "config": str(path), "pitr": data["pitr"],
-                  "deployment": "run `rem deploy` to schedule the wal-archive deployment at this interval"}
+        from tasks.runtime import prefect_api_url
+
+        if prefect_api_url():
+            from prefect.client.orchestration import get_client
+
+            from deployments.deploy import set_wal_archive_schedule
+
+            with get_client(sync_client=True) as client:
+                deployment = "wal-archive deployment: " + set_wal_archive_schedule(client, interval, True)
+        else:
+            deployment = "no Prefect API configured: `rem deploy` will schedule wal-archive at this interval"
+        result = {"ok": True, "config": str(path), "pitr": data["pitr"], "deployment": deployment}
         emit(result, as_json, lambda c: c.print(f"PITR enabled in {path}: bucket {bucket}, every {interval} s. "
                                                  f"{result['deployment']}."))
 

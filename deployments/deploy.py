@@ -63,8 +63,23 @@ def ensure_notification_block(webhook_url: str | None, existing: str | None):
     return CustomWebhookNotificationBlock.load(NOTIFICATION_BLOCK)
 
 
+def set_wal_archive_schedule(client, interval_seconds: int, active: bool) -> str:
+    """Point the wal-archive deployment's schedule at the [pitr] interval, paused unless PITR is on."""
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        deployment = client.read_deployment_by_name("wal-archive/wal-archive")
+    except ObjectNotFound:
+        return "not deployed yet: `rem deploy` schedules it"
+    schedule = IntervalSchedule(interval=interval_seconds)
+    for existing in client.read_deployment_schedules(deployment.id):
+        client.update_deployment_schedule(deployment.id, existing.id, active=active, schedule=schedule)
+    return f"every {interval_seconds} s, {'active' if active else 'paused (PITR is not enabled)'}"
+
+
 def deploy_everything(work_pool: str, work_queue: str, db_name: str, pitr_enabled: bool,
-                      webhook_url: str | None, notification_block: str | None) -> dict:
+                      webhook_url: str | None, notification_block: str | None, pitr_interval: int = 300) -> dict:
     from prefect.client.orchestration import get_client
 
     from deployments.automations import automation_specs, sync_automations
@@ -83,6 +98,7 @@ def deploy_everything(work_pool: str, work_queue: str, db_name: str, pitr_enable
         result["writer_limit"] = {writer_limit_name(db_name): ensure_writer_limit(client, writer_limit_name(db_name))}
         _run(["--no-prompt", "deploy", "--all", "--prefect-file", str(PROJECT_DIR / "prefect.yaml")], env)
         result["deployments"] = sorted(f"{d.name}" for d in client.read_deployments())
+        result["wal_archive_schedule"] = set_wal_archive_schedule(client, pitr_interval, pitr_enabled)
         result["automations"] = sync_automations(client, automation_specs(block._block_document_id, pitr_enabled))
     result["notification_block"] = notification_block or NOTIFICATION_BLOCK
     return result

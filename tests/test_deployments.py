@@ -98,6 +98,8 @@ def test_deploy_twice_leaves_exactly_one_of_each_deployment_and_automation(deplo
         assert backup.parameters == {"upload": True, "database_block": "rem-db", "storage_block": "rem-backups"}
         drill = next(d for d in deployments if d.name == "recovery-drill")
         assert drill.schedules[0].schedule.cron == "0 3 1 */3 *"
+        wal = next(d for d in deployments if d.name == "wal-archive")
+        assert not wal.schedules[0].active  # PITR is not enabled for this database: no failing runs every 5 min
         for name in deployed["first"]["automations"]:
             found = client.read_automations_by_name(name)
             assert len(found) == 1
@@ -191,3 +193,24 @@ def test_a_proactive_automation_fires_without_success_events_and_stays_quiet_wit
         emit_event(event="rem.backup.succeeded", resource={"prefect.resource.id": quiet})
         time.sleep(3)
     assert not fired(quiet), receiver.received
+
+
+def test_pitr_enable_writes_the_config_and_activates_the_archival_schedule(deployed, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    config = tmp_path / "rem.toml"
+    config.write_text('[backup]\ncompression = 5\n')
+    result = json.loads(rem("--config", str(config), "pitr", "enable", "--bucket", "wal-bucket", "--interval", "120",
+                            "--json", env=deployed["env"], check=True).stdout)
+    assert "every 120 s, active" in result["deployment"]
+    import tomllib
+
+    assert tomllib.loads(config.read_text()) == {"backup": {"compression": 5},
+                                                 "pitr": {"enabled": True, "bucket": "wal-bucket",
+                                                          "interval_seconds": 120}}
+    with get_client(sync_client=True) as client:
+        wal = client.read_deployment_by_name("wal-archive/wal-archive")
+        assert wal.schedules[0].active and wal.schedules[0].schedule.interval.total_seconds() == 120
+        from deployments.deploy import set_wal_archive_schedule
+
+        set_wal_archive_schedule(client, 300, False)  # leave the shared server without runs nobody will pick up
