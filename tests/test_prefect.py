@@ -82,3 +82,25 @@ def test_without_a_prefect_api_a_10_mb_backup_finishes_in_under_3_seconds(tmp_pa
     elapsed = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr
     assert elapsed < 3.0, f"rem backup create took {elapsed:.2f} s"
+
+
+def test_the_runbook_commands_work_as_runs_on_the_server(make_sample, prefect_api, tmp_path, s3_endpoint, bucket):
+    db = make_sample()
+    env = {"PREFECT_API_URL": prefect_api["url"], "PREFECT_HOME": prefect_api["home"], "P8_S3_BUCKET": bucket,
+           "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_BACKUP_DIR": str(tmp_path / "backups")}
+
+    def ok(*args):
+        proc = rem("--db-path", str(db), *args, env=env)
+        assert proc.returncode == 0, f"rem {' '.join(args)}: {proc.stderr[-2000:]}"
+        return proc.stdout
+
+    name = json.loads(ok("backup", "create", "--upload", "--json"))["name"]
+    assert name in ok("backup", "list")
+    ok("backup", "download", "--name", name, "--output", str(tmp_path / "dl"))
+    ok("backup", "restore", "--source", str(tmp_path / "dl" / name), "--target", str(tmp_path / "restored"))
+    ok("backup", "verify", "--name", name)
+    ok("db", "verify")
+    ok("pitr", "archive")
+    ok("query", "SELECT COUNT(*) FROM people")
+    flows = {f["name"] for f in _api(prefect_api["url"], "/flows/filter", {})}
+    assert {"full-backup", "download-backup", "restore", "verify-backup", "verify", "wal-archive"} <= flows
