@@ -11,17 +11,18 @@ from typing import Any
 from flows.backup import resolve_settings
 from rem.db import open_db
 from rem.errors import UsageError
-from rem.export import export_schema, schema_layouts
+from rem.export import export_tenant, schema_layouts
 from rem.format import check_tenant
 from tasks.runtime import flow, publish_report, task
 from tasks.storage import make_store
 
 
-@task("export-schema", retries=1, retry_delay_seconds=2)
-def export_one(db_path: str, schema: str, tenant: str | None, target: Path, include_deleted: bool) -> dict:
-    """One schema's entities to one Parquet file."""
+@task("export-schemas", retries=1, retry_delay_seconds=2)
+def export_files(db_path: str, targets: dict[str, Path], tenant: str | None, include_deleted: bool) -> list[dict]:
+    """The schemas' entities to Parquet files, in one scan of the database."""
     with open_db(db_path, "ro") as db:
-        return export_schema(db, schema_layouts(db)[schema], tenant, target, include_deleted).__dict__
+        stats = export_tenant(db, {n: schema_layouts(db)[n] for n in targets}, tenant, targets, include_deleted)
+    return [s.__dict__ for s in stats.values()]
 
 
 @task("upload-export", retries=3, retry_delay_seconds=5)
@@ -55,16 +56,14 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
     with tempfile.TemporaryDirectory(prefix="rem-export-") as tmp:
         base = Path(output) if output else Path(tmp)
         single = bool(output) and len(names) == 1 and bool(schemas)
-        files = []
-        for name in names:
-            target = base if single else base / f"{name}.parquet"
-            result = export_one(str(cfg.db_path), name, tenant, target, include_deleted)
+        targets = {name: base if single else base / f"{name}.parquet" for name in names}
+        files = export_files(str(cfg.db_path), targets, tenant, include_deleted)
+        for result in files:
             if store is not None:
-                prefix = store.prefix
-                result["uploaded"] = upload_export(store, target, f"{prefix}exports/{tenant}/{stamp}/{name}.parquet")
+                key = f"{store.prefix}exports/{tenant}/{stamp}/{result['schema']}.parquet"
+                result["uploaded"] = upload_export(store, targets[result["schema"]], key)
             if not output:
                 result["path"] = None
-            files.append(result)
     publish_report("tenant-export", f"# Export of {tenant}\n\n" + "\n".join(
         f"- {f['schema']}: {f['rows']} rows" for f in files))
     return {"ok": True, "tenant": tenant, "files": files}
@@ -88,9 +87,9 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
         if not named:
             raise UsageError(f"the query names no schema; tables: {', '.join(sorted(layouts))}")
         with tempfile.TemporaryDirectory(prefix="rem-query-") as tmp:
-            for name in named:
-                path = Path(tmp) / f"{name}.parquet"
-                export_schema(db, layouts[name], tenant, path, include_deleted)
+            targets = {name: Path(tmp) / f"{name}.parquet" for name in named}
+            export_tenant(db, {n: layouts[n] for n in named}, tenant, targets, include_deleted)
+            for name, path in targets.items():
                 con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
             try:
                 cursor = con.execute(sql)

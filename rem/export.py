@@ -12,11 +12,11 @@ written as null and counted.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,6 +88,10 @@ class SchemaLayout:
     dim: int | None
 
     @property
+    def declared(self) -> set[str]:
+        return {name for name, _ in self.properties} | {"embedding"}
+
+    @property
     def arrow_schema(self) -> pa.Schema:
         fields = SYSTEM_FIELDS + self.properties
         if self.dim:
@@ -119,73 +123,98 @@ class ExportStats:
     columns: list[str] = field(default_factory=list)
 
 
-def record_batches(db: RemDB, layout: SchemaLayout, tenant: str | None, include_deleted: bool,
-                   stats: ExportStats, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The schema's entities (of one tenant, or all) as record batches of the layout's schema."""
+def _row(db: RemDB, layout: SchemaLayout, tenant: str, uuid: str, entity: dict, stats: ExportStats) -> dict:
+    props = entity.get("properties") or {}
+    declared = layout.declared
+    extra = {k: v for k, v in props.items() if k not in declared}
+    row = {"tenant_id": tenant, "id": uuid, "entity_type": layout.name, "created_at": _time(entity.get("created_at")),
+           "modified_at": _time(entity.get("modified_at")), "deleted_at": _time(entity.get("deleted_at")),
+           "edges": json.dumps(entity.get("edges") or []), "extra_properties": json.dumps(extra) if extra else None}
+    for name, kind in layout.properties:
+        try:
+            row[name] = _convert(props.get(name), kind)
+        except (TypeError, ValueError):
+            row[name] = None
+            stats.nulled_values += 1
+    if layout.dim:
+        inline = props.get("embedding")
+        if isinstance(inline, list):
+            raw = np.asarray(inline, dtype="<f4").tobytes() if len(inline) == layout.dim else None
+        else:
+            raw = db.get("embeddings", embedding_key(tenant, uuid)) if db.has_cf("embeddings") else None
+        row["embedding"] = raw if raw is not None and len(raw) == layout.dim * 4 else None
+    return row
+
+
+def _vectors(raws: list[bytes | None], dim: int) -> pa.Array:
+    """fixed_size_list<float32> straight from the stored little-endian bytes (no Python floats)."""
+    blank = bytes(dim * 4)
+    values = pa.array(np.frombuffer(b"".join(r if r is not None else blank for r in raws), dtype="<f4"))
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([r is None for r in raws]))
+
+
+def _batch(layout: SchemaLayout, rows: list[dict], stats: ExportStats) -> pa.RecordBatch:
     schema = layout.arrow_schema
-    rows: list[dict] = []
-
-    def flush() -> pa.RecordBatch:
-        columns = []
-        for f in schema:
-            values = [r.get(f.name) for r in rows]
-            try:
-                columns.append(pa.array(values, type=f.type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-                fixed = []
-                for v in values:
-                    try:
-                        pa.array([v], type=f.type)
-                        fixed.append(v)
-                    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-                        fixed.append(None)
-                        stats.nulled_values += 1
-                columns.append(pa.array(fixed, type=f.type))
-        return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-    prefix = entity_prefix(tenant) if tenant else b"entity:"
-    for key, value in db.items("entities", prefix):
-        entity = orjson.loads(value)
-        if entity.get("entity_type") != layout.name or (entity.get("deleted_at") is not None and not include_deleted):
+    columns = []
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        if f.name == "embedding" and layout.dim:
+            columns.append(_vectors(values, layout.dim))
             continue
-        t, uuid = parse_entity_key(key)
-        props = entity.get("properties") or {}
-        declared = {name for name, _ in layout.properties} | {"embedding"}
-        extra = {k: v for k, v in props.items() if k not in declared}
-        row = {"tenant_id": t, "id": uuid, "entity_type": layout.name, "created_at": _time(entity.get("created_at")),
-               "modified_at": _time(entity.get("modified_at")), "deleted_at": _time(entity.get("deleted_at")),
-               "edges": json.dumps(entity.get("edges") or []), "extra_properties": json.dumps(extra) if extra else None}
-        for name, kind in layout.properties:
-            try:
-                row[name] = _convert(props.get(name), kind)
-            except (TypeError, ValueError):
-                row[name] = None
-                stats.nulled_values += 1
-        if layout.dim:
-            inline = props.get("embedding")
-            if isinstance(inline, list):
-                vector = inline
-            else:
-                raw = db.get("embeddings", embedding_key(t, uuid)) if db.has_cf("embeddings") else None
-                vector = list(memoryview(raw).cast("f")) if raw and len(raw) == layout.dim * 4 else None
-            row["embedding"] = vector if vector is not None and len(vector) == layout.dim else None
-        rows.append(row)
-        stats.rows += 1
-        if len(rows) >= batch_rows:
-            yield flush()
-            rows = []
-    if rows:
-        yield flush()
+        try:
+            columns.append(pa.array(values, type=f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            fixed = []
+            for v in values:
+                try:
+                    pa.array([v], type=f.type)
+                    fixed.append(v)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                    fixed.append(None)
+                    stats.nulled_values += 1
+            columns.append(pa.array(fixed, type=f.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def export_tenant(db: RemDB, layouts: dict[str, SchemaLayout], tenant: str | None, targets: dict[str, Path],
+                  include_deleted: bool = False, batch_rows: int = BATCH_ROWS) -> dict[str, ExportStats]:
+    """Write each schema in targets to its Parquet file in one scan of the entities (of one tenant, or
+    all), each file written beside and renamed into place when complete."""
+    stats = {name: ExportStats(name, path=str(path), columns=layouts[name].arrow_schema.names)
+             for name, path in targets.items()}
+    partials = {name: path.with_name(path.name + ".partial") for name, path in targets.items()}
+    writers = {}
+    try:
+        for name, partial in partials.items():
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            writers[name] = pq.ParquetWriter(partial, layouts[name].arrow_schema, compression="zstd")
+        pending: dict[str, list[dict]] = {name: [] for name in targets}
+        for key, value in db.items("entities", entity_prefix(tenant) if tenant else b"entity:"):
+            entity = orjson.loads(value)
+            name = entity.get("entity_type")
+            if name not in pending or (entity.get("deleted_at") is not None and not include_deleted):
+                continue
+            t, uuid = parse_entity_key(key)
+            pending[name].append(_row(db, layouts[name], t, uuid, entity, stats[name]))
+            stats[name].rows += 1
+            if len(pending[name]) >= batch_rows:
+                writers[name].write_batch(_batch(layouts[name], pending[name], stats[name]))
+                pending[name] = []
+        for name, rows in pending.items():
+            if rows:
+                writers[name].write_batch(_batch(layouts[name], rows, stats[name]))
+        for name, writer in writers.items():
+            writer.close()
+            partials[name].replace(targets[name])
+    except BaseException:
+        for name, writer in writers.items():
+            writer.close()
+            partials[name].unlink(missing_ok=True)
+        raise
+    return stats
 
 
 def export_schema(db: RemDB, layout: SchemaLayout, tenant: str | None, target: Path,
                   include_deleted: bool = False) -> ExportStats:
-    """Write one schema's entities to a Parquet file (written beside, then renamed into place)."""
-    stats = ExportStats(layout.name, path=str(target), columns=layout.arrow_schema.names)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    with pq.ParquetWriter(partial, layout.arrow_schema, compression="zstd") as writer:
-        for batch in record_batches(db, layout, tenant, include_deleted, stats):
-            writer.write_batch(batch)
-    partial.replace(target)
-    return stats
+    """One schema's entities to one Parquet file."""
+    return export_tenant(db, {layout.name: layout}, tenant, {layout.name: target}, include_deleted)[layout.name]
