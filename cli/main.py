@@ -500,12 +500,13 @@ def index_rebuild_command(
 def metrics_print(
     ctx: typer.Context,
     textfile: Optional[Path] = typer.Option(None, "--textfile", help="Write atomically here (node_exporter)"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Print the metrics in Prometheus text format (or write them to --textfile)."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = ctx.obj.settings()
-    with command(False):
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
         from prometheus_client import generate_latest, write_to_textfile
 
         from tasks.monitoring import metrics_registry
@@ -513,7 +514,10 @@ def metrics_print(
         registry = metrics_registry(settings)
         if textfile:
             write_to_textfile(str(textfile), registry)
-        else:
+        if as_json:
+            emit({s.name + ("{" + ",".join(f'{k}="{v}"' for k, v in s.labels.items()) + "}" if s.labels else ""):
+                  s.value for metric in registry.collect() for s in metric.samples}, True)
+        elif not textfile:
             import sys
 
             sys.stdout.write(generate_latest(registry).decode())
