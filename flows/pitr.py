@@ -15,7 +15,7 @@ from tasks.pitr import check_continuity, fetch_segments, replay
 from tasks.restore import check_restored, check_target, extract, put_into_place, verify_archive
 from tasks.runtime import emit, flow, get_logger, task
 from tasks.storage import ALL_TENANTS, all_stores, make_store, read_local_backup
-from tasks.wal_archive import (Manifest, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
+from tasks.wal_archive import (RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
                                choose_window, parse_time, recovery_windows, segments_to_replay)
 
 
@@ -53,13 +53,14 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
     return {"ok": True, **report.__dict__, "lag_entries": report.live_latest_sequence - report.last_archived_sequence}
 
 
-def plan(cfg: Settings, target_text: str, tenant: str | None) -> tuple[WalArchive, Manifest, RecoveryWindow, list]:
+def plan(cfg: Settings, target_text: str, tenant: str | None) -> tuple[WalArchive, RecoveryWindow, list]:
+    """The archive, the recovery window that holds the target, and the segments to replay."""
     target = parse_time(target_text)
     archive = wal_archive_for(cfg)
     manifest, _ = archive.read_manifest()
     records = [r for s in all_stores(cfg) for r in s.list()]
     window = choose_window(recovery_windows(records, manifest, tenant), target)
-    return archive, manifest, window, segments_to_replay(window, target)
+    return archive, window, segments_to_replay(window, target)
 
 
 @flow("pitr-restore", description="Restore the newest base backup before a timestamp and replay the WAL up to it.")
@@ -69,8 +70,8 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
     out = Path(output)
     check_target(out, overwrite=False, tenant=None)
     target = parse_time(timestamp)
-    archive, _, window, segments = plan(cfg, timestamp, tenant)
-    record = next(r for s in all_stores(cfg) for r in s.list() if r.location == window.base_location)
+    archive, window, segments = plan(cfg, timestamp, tenant)
+    record = window.record
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp:
         files = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
         source = record.store.fetch(record, Path(tmp) / "base")
@@ -100,14 +101,14 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
 @flow("pitr-verify", description="Check that everything a point-in-time restore needs is present and intact.")
 def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
-    archive, _, window, segments = plan(cfg, timestamp, tenant)
-    record = next(r for s in all_stores(cfg) for r in s.list() if r.location == window.base_location)
+    archive, window, segments = plan(cfg, timestamp, tenant)
+    record = window.record
     with tempfile.TemporaryDirectory(prefix="rem-pitr-verify-") as tmp:
         fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
         source = record.store.fetch(record, Path(tmp) / "base")
         verify_archive(source, read_local_backup(source))
     last = segments[-1].last_seq if segments else window.base.wal_last_seq
-    return {"ok": True, "target": timestamp, "base_backup": window.base.name, "base_location": window.base_location,
+    return {"ok": True, "target": timestamp, "base_backup": window.base.name, "base_location": record.location,
             "base_wal_last_seq": window.base.wal_last_seq, "segments": len(segments),
             "would_replay_through_seq_at_most": last,
             "window": {"start": window.start, "end": window.end}}
@@ -119,7 +120,7 @@ def recovery_points(cfg: Settings, tenant: str | None = None) -> list[dict[str, 
     records = [r for s in all_stores(cfg) for r in s.list()]
     rows = []
     for w in recovery_windows(records, manifest, tenant):
-        rows.append({"tenant": w.base.tenant_id or "(all)", "base_backup": w.base.name, "base_location": w.base_location,
+        rows.append({"tenant": w.base.tenant_id or "(all)", "base_backup": w.base.name, "base_location": w.record.location,
                      "latest_wal": manifest.last_archived_timestamp, "latest_wal_seq": manifest.last_archived_sequence,
                      "window_start": w.start, "window_end": w.end, "window_last_seq": w.last_seq,
                      "broken": None if w.broken_after is None else

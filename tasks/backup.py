@@ -23,9 +23,6 @@ from tasks.archive import ArchiveStats, write_archive
 from tasks.runtime import RunProgress, task
 from tasks.storage import METADATA, SCHEMAS, BackupMetadata
 
-NO_RETRY = 0
-
-
 @dataclass
 class SnapshotFacts:
     """What a snapshot holds, counted from the snapshot itself (so metadata describes the bytes stored)."""
@@ -85,7 +82,7 @@ def snapshot(db_path: str, tenant: str | None) -> Snapshot:
     return take_tenant_snapshot(db_path, tenant) if tenant else take_snapshot(db_path)
 
 
-@task("describe-snapshot", retries=NO_RETRY)
+@task("describe-snapshot", retries=0)
 def describe(snap: Snapshot) -> SnapshotFacts:
     """Count what the snapshot holds: keys per column family, entities, schemas, last WAL sequence."""
     return describe_snapshot(snap.path / "db")

@@ -460,19 +460,19 @@ class S3Store:
 
 
 def find_backup(stores: list, name: str, tenant: str | None = None) -> BackupRecord:
-    """The backup called name in any store; ambiguity across tenants or stores is an error."""
+    """The backup called name in any store. When several match, the one local copy wins (nothing to
+    download); otherwise the ambiguity is an error."""
     matches = [r for store in stores for r in store.list()
                if r.name == name and (tenant is None or r.metadata.tenant_segment == tenant)]
     if not matches:
         where = ", ".join(s.describe() for s in stores)
         raise BackupNotFound(f"no backup named {name!r} in {where}; see `rem backup list`")
-    if len({(r.metadata.tenant_segment, r.location) for r in matches}) > 1 and len(matches) > 1:
-        local = [r for r in matches if isinstance(r.store, LocalStore)]
-        if len(local) == 1:
-            return local[0]
-        raise UsageError(f"several backups are named {name!r}: {', '.join(r.location for r in matches)}; "
-                         "add --tenant")
-    return matches[0]
+    if len(matches) == 1:
+        return matches[0]
+    local = [r for r in matches if isinstance(r.store, LocalStore)]
+    if len(local) == 1:
+        return local[0]
+    raise UsageError(f"several backups are named {name!r}: {', '.join(r.location for r in matches)}; add --tenant")
 
 
 def read_local_backup(source: Path) -> BackupMetadata:

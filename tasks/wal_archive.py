@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from rem.db import open_db, read_options
 from rem.errors import RemError, UsageError
 from rem.format import WAL_PREFIX, parse_wal_key, wal_key
-from tasks.storage import ALL_TENANTS, BackupMetadata
+from tasks.storage import ALL_TENANTS, BackupMetadata, BackupRecord
 
 MANIFEST = "manifest.json"
 
@@ -301,20 +301,24 @@ def _gap(archive: WalArchive, manifest: Manifest, etag: str | None, start: int, 
 
 @dataclass
 class RecoveryWindow:
-    base: BackupMetadata
-    base_location: str
+    record: BackupRecord  # the base backup
     start: str  # the instant the base backup stands for
     end: str  # the last archived instant reachable from it without a gap
     last_seq: int
     segments: list[Segment]
     broken_after: BrokenRange | None  # the gap that ends this window, if one does
 
+    @property
+    def base(self) -> BackupMetadata:
+        return self.record.metadata
+
 
 def base_instant(meta: BackupMetadata) -> str:
     return meta.wal_last_timestamp or meta.timestamp
 
 
-def window_for(base: BackupMetadata, location: str, manifest: Manifest) -> RecoveryWindow:
+def window_for(record: BackupRecord, manifest: Manifest) -> RecoveryWindow:
+    base = record.metadata
     expected = base.wal_last_seq + 1
     end, segments = base_instant(base), []
     for segment in sorted(manifest.wal_segments, key=lambda s: s.first_seq):
@@ -326,14 +330,13 @@ def window_for(base: BackupMetadata, location: str, manifest: Manifest) -> Recov
         expected = segment.last_seq + 1
         end = segment.last_timestamp
     broken = next((b for b in manifest.broken_ranges if b.first_missing_seq == expected), None)
-    return RecoveryWindow(base, location, base_instant(base), end, expected - 1, segments, broken)
+    return RecoveryWindow(record, base_instant(base), end, expected - 1, segments, broken)
 
 
 def recovery_windows(records, manifest: Manifest, tenant: str | None = None) -> list[RecoveryWindow]:
     """One window per usable base backup (whole-database backups, and the tenant's own), newest first."""
     segments = {ALL_TENANTS} | ({tenant} if tenant else set())
-    windows = [window_for(r.metadata, r.location, manifest) for r in records
-               if r.metadata.tenant_segment in segments]
+    windows = [window_for(r, manifest) for r in records if r.metadata.tenant_segment in segments]
     return sorted(windows, key=lambda w: parse_time(w.start), reverse=True)
 
 
