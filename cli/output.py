@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,13 +38,21 @@ def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
 
 @contextmanager
 def command(as_json: bool) -> Iterator[None]:
-    """Turn this toolkit's errors into one line and the right exit code."""
+    """Turn errors into one line and the right exit code (REM_DEBUG=1 keeps the traceback of the
+    unexpected ones)."""
     try:
         yield
     except (ConfigError, UsageError) as exc:
         fail(str(exc), 2, as_json)
     except RemError as exc:
         fail(str(exc), 1, as_json)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("REM_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fail(f"{type(exc).__name__}: {message} (rerun with REM_DEBUG=1 for the traceback)", 1, as_json)
 
 
 @contextmanager

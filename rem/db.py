@@ -226,6 +226,8 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
         raise DatabaseLocked(str(path))
     cf_names = Rdict.list_cf(str(path))
     opts, cf_opts = _engine_options(path)
+    # The OPTIONS file may name column families the MANIFEST no longer has (after a repair dropped one).
+    cf_opts = {name: cf_opts[name] for name in cf_names if name in cf_opts}
     if info_log_dir is not None:
         opts.set_db_log_dir(str(info_log_dir))
     if mode == "rw":

@@ -124,8 +124,9 @@ def check_restored(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
     else:
         report = compare(metadata, names, counts, entities)
     if not report.ok:
-        raise RestoreCheckFailed(f"restored copy at {db_dir} does not match backup {metadata.name}: "
-                                 f"{describe_problems(report)}; the target was not touched")
+        copy = "the repaired copy" if report.repaired else "the extracted copy"
+        raise RestoreCheckFailed(f"{copy} of backup {metadata.name} does not match its metadata: "
+                                 f"{describe_problems(report)}; the target was not touched, try an older backup")
     return report
 
 

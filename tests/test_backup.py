@@ -341,3 +341,54 @@ def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(m
     target = tmp_path / "restored"
     rem("backup", "restore", "--source", str(folder), "--target", str(target), check=True)
     assert dump_all(target) == dump_all(db)
+
+
+def _rebuilt_backup(tmp_path, meta: dict, damage) -> Path:
+    """A copy of a backup whose database files were changed by damage(db_dir), re-archived with a
+    matching checksum (as if the files had been bad when the backup was taken)."""
+    import hashlib
+
+    from tasks.archive import extract_archive, write_archive
+
+    work = tmp_path / "rebuild"
+    db_dir = extract_archive(Path(meta["location"], "rocksdb.tar.zst"), work / "x")
+    damage(db_dir)
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    with open(folder / "rocksdb.tar.zst", "wb") as sink:
+        stats = write_archive(db_dir, sink)
+    (folder / "schemas.json").write_bytes(Path(meta["location"], "schemas.json").read_bytes())
+    data = {k: v for k, v in meta.items() if k != "location"}
+    data.update(checksum_sha256=stats.sha256, size_bytes=stats.size_bytes)
+    assert hashlib.sha256((folder / "rocksdb.tar.zst").read_bytes()).hexdigest() == stats.sha256
+    (folder / "metadata.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_a_copy_that_will_not_open_is_repaired_and_restored_when_nothing_is_lost(make_sample, tmp_path):
+    db = make_sample()
+    source = _rebuilt_backup(tmp_path, create(db), lambda d: (d / "CURRENT").unlink())
+    target = tmp_path / "restored"
+    proc = rem("backup", "restore", "--source", str(source), "--target", str(target), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["repaired"] is True
+    restored, original = dump_all(target), dump_all(db)
+    assert {cf: len(rows) for cf, rows in restored.items()} == {cf: len(rows) for cf, rows in original.items()}
+    assert restored["entities"] == original["entities"]
+
+
+def test_a_repair_that_drops_data_is_refused_naming_what_it_dropped(make_sample, tmp_path):
+    db = make_sample()
+
+    def lose_largest_table(d: Path) -> None:
+        (d / "CURRENT").unlink()
+        max(d.glob("*.sst"), key=lambda p: p.stat().st_size).unlink()
+
+    source = _rebuilt_backup(tmp_path, create(db), lose_largest_table)
+    target = make_sample(seed=21)
+    before = snapshot_dir(target)
+    proc = rem("backup", "restore", "--source", str(source), "--target", str(target), "--overwrite")
+    assert proc.returncode == 1
+    assert "repaired copy" in proc.stderr and "does not match its metadata" in proc.stderr
+    assert "keys missing" in proc.stderr
+    assert snapshot_dir(target) == before
