@@ -18,14 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rem.stats import directory_size  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import free_port, wait_http  # noqa: E402
 
 # Fake credentials for moto; nothing here may reach a real AWS account.
 os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
@@ -48,17 +47,6 @@ def timed(cmd: list[str], env: dict | None = None, shell: bool = False) -> tuple
 
 def rem(*args: str, env: dict | None = None) -> tuple[float, int]:
     return timed([sys.executable, "-m", "cli.main", *args], env)
-
-
-def wait_http(url: str, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def main() -> None:

@@ -6,13 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_http
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Fake credentials: nothing here may ever reach a real AWS account.
@@ -20,21 +19,6 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 os.environ.pop("AWS_PROFILE", None)
 # Runs of the command line stay in-process (no Prefect API) unless a test points them at a server.
 os.environ.pop("PREFECT_API_URL", None)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {seconds} s")
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +30,7 @@ def s3_endpoint(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(url + "/moto-api/", proc, 30)
+        wait_http(url + "/moto-api/", 30, proc)
         yield url
     finally:
         proc.terminate()
@@ -82,7 +66,7 @@ def prefect_api(tmp_path_factory):
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_http(url + "/health", proc, 90)
+        wait_http(url + "/health", 90, proc)
         yield {"url": url, "home": str(home)}
     finally:
         proc.terminate()

@@ -104,3 +104,20 @@ def holding_lock(path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait until url answers (a server we started), failing early if its process died."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {seconds} s")
