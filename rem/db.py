@@ -48,14 +48,12 @@ def is_database(path: str | os.PathLike) -> bool:
     return (Path(path) / "CURRENT").is_file()
 
 
-def read_options(lower: bytes | None = None, upper: bytes | None = None) -> ReadOptions:
+def read_options(upper: bytes | None = None) -> ReadOptions:
     """Total-order iteration: the fixed-prefix extractors would otherwise stop scans at a prefix edge."""
     ro = ReadOptions()
     ro.set_total_order_seek(True)
-    if upper is not None:
+    if upper:
         ro.set_iterate_upper_bound(upper)
-    if lower is not None:
-        ro.set_iterate_lower_bound(lower)
     return ro
 
 
@@ -142,13 +140,13 @@ class RemDB:
 
     def items(self, cf: str, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of a column family whose key starts with prefix, from start on."""
-        ro = read_options(upper=prefix_upper_bound(prefix) or None if prefix else None)
+        ro = read_options(prefix_upper_bound(prefix) if prefix else None)
         lower = start if start is not None else (prefix or None)
         rows = self.cf(cf).items(from_key=lower, read_opt=ro) if lower is not None else self.cf(cf).items(read_opt=ro)
         return _holding(rows, ro)
 
     def keys(self, cf: str, prefix: bytes = b"") -> Iterator[bytes]:
-        ro = read_options(upper=prefix_upper_bound(prefix) or None if prefix else None)
+        ro = read_options(prefix_upper_bound(prefix) if prefix else None)
         keys = self.cf(cf).keys(from_key=prefix, read_opt=ro) if prefix else self.cf(cf).keys(read_opt=ro)
         return _holding(keys, ro)
 
@@ -170,15 +168,22 @@ class RemDB:
         for name in self.cf_names:
             self.cf(name).flush(True)
 
-    def latest_wal_seq(self) -> int:
-        """Highest WAL sequence number stored, 0 when the WAL column family is empty."""
+    def _wal_end(self, last: bool) -> int:
         if not self.has_cf("wal"):
             return 0
         it = self.cf("wal").iter(read_options())
-        it.seek_to_last()
+        it.seek_to_last() if last else it.seek(WAL_PREFIX)
         seq = parse_wal_key(it.key()) if it.valid() and it.key().startswith(WAL_PREFIX) else 0
         del it
         return seq
+
+    def latest_wal_seq(self) -> int:
+        """Highest WAL sequence number stored, 0 when the WAL column family is empty."""
+        return self._wal_end(last=True)
+
+    def first_wal_seq(self) -> int:
+        """Lowest WAL sequence number still stored (the engine trims old entries), 0 when empty."""
+        return self._wal_end(last=False)
 
     def catch_up(self) -> None:
         """A secondary instance follows the writer; call before each read pass."""
@@ -193,12 +198,6 @@ class RemDB:
             self._rdict = None  # type: ignore[assignment]
 
 
-def _engine_options(path: Path) -> tuple[Options, dict[str, Options]]:
-    """The database's own options, read from its OPTIONS file, in raw mode."""
-    opts, cf_opts = Options.load_latest(str(path))
-    return opts, cf_opts
-
-
 @contextmanager
 def _no_litter(path: Path):
     """Remove rocksdict's config file after an open when it was not there before."""
@@ -211,8 +210,7 @@ def _no_litter(path: Path):
             litter.unlink()
 
 
-def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.PathLike | None = None,
-            info_log_dir: str | os.PathLike | None = None) -> RemDB:
+def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.PathLike | None = None) -> RemDB:
     """Open an existing database with every column family it has (known or not).
 
     `ro` sees every write acknowledged before the open (it replays the writer's WAL) and then
@@ -225,11 +223,9 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
         # Checked before opening: a refused read-write open still rotates the holder's LOG file.
         raise DatabaseLocked(str(path))
     cf_names = Rdict.list_cf(str(path))
-    opts, cf_opts = _engine_options(path)
+    opts, cf_opts = Options.load_latest(str(path))  # the engine's own options, from its OPTIONS file
     # The OPTIONS file may name column families the MANIFEST no longer has (after a repair dropped one).
     cf_opts = {name: cf_opts[name] for name in cf_names if name in cf_opts}
-    if info_log_dir is not None:
-        opts.set_db_log_dir(str(info_log_dir))
     if mode == "rw":
         access = AccessType.read_write()
     elif mode == "ro":
@@ -247,7 +243,7 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
         if "lock" in str(exc).lower() and mode == "rw":
             raise DatabaseLocked(str(path)) from exc
         raise
-    return RemDB(path, rdict, mode, [n for n in cf_names])
+    return RemDB(path, rdict, mode, list(cf_names))
 
 
 def init_db(path: str | os.PathLike) -> RemDB:
@@ -276,7 +272,7 @@ def init_like(source: RemDB, path: str | os.PathLike) -> RemDB:
     if path.exists() and any(path.iterdir()):
         raise UsageError(f"{path}: already exists and is not empty; choose a new path")
     path.mkdir(parents=True, exist_ok=True)
-    opts, cf_opts = _engine_options(source.path)
+    opts, cf_opts = Options.load_latest(str(source.path))
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     wanted = {name: cf_opts[name] for name in source.cf_names if name in cf_opts}

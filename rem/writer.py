@@ -301,8 +301,3 @@ class RemWriter:
                     now = utc_now()
                     self._write({"Insert": {"tenant_id": tenant,
                                             "entity": {**source, "edges": kept, "modified_at": now}}}, now)
-
-    def put_key_material(self, name: str, value: bytes) -> None:
-        """Tenant key material in the `keys` CF (secret; never logged)."""
-        with self.batch() as applier:
-            applier.put("keys", name.encode(), value)

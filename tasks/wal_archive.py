@@ -23,9 +23,9 @@ import orjson
 import zstandard
 from pydantic import BaseModel, Field
 
-from rem.db import open_db, read_options
+from rem.db import open_db
 from rem.errors import RemError, UsageError
-from rem.format import WAL_PREFIX, parse_wal_key, wal_key
+from rem.format import parse_wal_key, wal_key
 from tasks.storage import ALL_TENANTS, BackupMetadata, BackupRecord
 
 MANIFEST = "manifest.json"
@@ -182,14 +182,6 @@ class PassReport:
     conflicts: int
 
 
-def _first_wal_seq(db) -> int:
-    it = db.cf("wal").iter(read_options())
-    it.seek(WAL_PREFIX)
-    first = parse_wal_key(it.key()) if it.valid() and it.key().startswith(WAL_PREFIX) else 0
-    del it
-    return first
-
-
 def archive_pass(db_path: str | Path, archive: WalArchive, max_entries: int = 10_000, max_bytes: int = 16 << 20,
                  newest_backup: BackupMetadata | None = None, max_conflicts: int = 20) -> PassReport:
     """Archive every WAL entry after the manifest's last_archived_sequence, reading the live
@@ -216,7 +208,7 @@ def _archive_from(db_path, archive: WalArchive, manifest: Manifest, etag: str | 
     start = manifest.last_archived_sequence + 1
     with open_db(db_path, "ro") as db:
         latest = db.latest_wal_seq()
-        first_available = _first_wal_seq(db)
+        first_available = db.first_wal_seq()
         if first_available and first_available > start:
             start = _gap(archive, manifest, etag, start, first_available - 1, newest_backup)
         lines: list[bytes] = []

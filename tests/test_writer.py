@@ -108,3 +108,23 @@ def test_a_failed_write_leaves_neither_rows_nor_wal_entry(writer):
             writer.update("acme", B, {}, timestamp=T2)  # B does not exist: the whole batch is dropped
     assert rows(writer) == before
     assert writer.insert("acme", article(A, "u:1"), timestamp=T1) == len(SCHEMAS) + 1  # no sequence number lost
+
+
+def test_a_secondary_instance_follows_the_writer_after_catching_up(tmp_path):
+    from rem.db import open_db
+
+    db = init_db(tmp_path / "db")
+    writer = RemWriter(db)
+    for schema in SCHEMAS:
+        writer.insert("default", schema_entity(schema, 4, random.Random(1), T1), timestamp=T1)
+    db.flush_all()
+    follower = open_db(tmp_path / "db", "secondary", secondary_dir=tmp_path / "secondary")
+    try:
+        before = follower.latest_wal_seq()
+        writer.insert("acme", article(A, "u:1"), timestamp=T2)
+        follower.catch_up()
+        assert follower.get("entities", f.entity_key("acme", A)) is not None
+        assert follower.latest_wal_seq() == before + 1 and follower.first_wal_seq() == 1
+    finally:
+        follower.close()
+        db.close()
