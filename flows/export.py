@@ -21,7 +21,8 @@ from tasks.storage import make_store
 def export_files(db_path: str, targets: dict[str, Path], tenant: str | None, include_deleted: bool) -> list[dict]:
     """The schemas' entities to Parquet files, in one scan of the database."""
     with open_db(db_path, "ro") as db:
-        stats = export_tenant(db, {n: schema_layouts(db)[n] for n in targets}, tenant, targets, include_deleted)
+        layouts = schema_layouts(db)
+        stats = export_tenant(db, {n: layouts[n] for n in targets}, tenant, targets, include_deleted)
     return [s.__dict__ for s in stats.values()]
 
 

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rem.db import RemDB
-from rem.format import SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, embedding_key, entity_prefix, parse_entity_key
+from rem.format import embedding_key, entity_prefix, parse_entity_key
+from rem.tenant import schema_rows
 
 BATCH_ROWS = 10_000
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -100,10 +101,11 @@ class SchemaLayout:
 
 
 def schema_layouts(db: RemDB) -> dict[str, SchemaLayout]:
+    """The Parquet layout of every live schema, by short name."""
     layouts = {}
-    for _, value in db.items("entities", entity_prefix(SCHEMA_TENANT)):
+    for _, value in schema_rows(db):
         entity = orjson.loads(value)
-        if entity.get("entity_type") != SCHEMA_ENTITY_TYPE or entity.get("deleted_at") is not None:
+        if entity.get("deleted_at") is not None:
             continue
         props = entity["properties"]
         json_schema = props.get("schema") or {}

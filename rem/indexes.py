@@ -18,7 +18,7 @@ import orjson
 
 from rem.db import RemDB
 from rem.format import SCHEMA_ENTITY_TYPE, embedding_key, parse_entity_key, parse_index_key, parse_key_index_key
-from rem.writer import OpApplier, load_schemas
+from rem.writer import index_rows, load_schemas
 
 HNSW_CONNECTIVITY = 32
 HNSW_EXPANSION_ADD = 256
@@ -40,7 +40,6 @@ def hnsw_dir(db_path: Path) -> Path:
 def rebuild_rows(db: RemDB, cf: str, schema: str | None = None, batch_rows: int = 10_000) -> RowRebuild:
     """Make key_index or indexes hold exactly the rows the entities imply (for one schema, or all)."""
     schemas = load_schemas(db)
-    deriver = OpApplier(None, schemas)
     expected: set[bytes] = set()
     types: dict[str, str] = {}
     for key, value in db.items("entities"):
@@ -49,7 +48,7 @@ def rebuild_rows(db: RemDB, cf: str, schema: str | None = None, batch_rows: int 
         types[uuid] = entity.get("entity_type")
         if entity.get("entity_type") == SCHEMA_ENTITY_TYPE or (schema and entity.get("entity_type") != schema):
             continue
-        expected |= {k for c, k, _ in deriver._derived_rows(tenant, entity) if c == cf}
+        expected |= {k for c, k, _ in index_rows(schemas.get(entity.get("entity_type")), tenant, entity) if c == cf}
     parse = parse_key_index_key if cf == "key_index" else parse_index_key
     stale = []
     for key in db.keys(cf):

@@ -14,7 +14,7 @@ from rem.db import RemDB
 from rem.format import (SCHEMA_ENTITY_TYPE, edge_reverse_key, embedding_key, entity_prefix, parse_edge_key,
                         parse_embedding_key, parse_entity_key, parse_index_key, parse_key_index_key)
 from rem.stats import sst_size_and_files
-from rem.writer import OpApplier, load_schemas
+from rem.writer import derived_rows, load_schemas
 
 @dataclass
 class CompactResult:
@@ -74,7 +74,6 @@ def vacuum(db: RemDB, cutoff: datetime, tenant: str | None = None, dry_run: bool
     vacuum is finished by running it again."""
     report = VacuumReport(cutoff.isoformat().replace("+00:00", "Z"), tenant, dry_run)
     schemas = load_schemas(db)
-    deriver = OpApplier(None, schemas)
     doomed: list[tuple[str, bytes]] = []
     victims: set[str] = set()
     alive: set[str] = set()
@@ -84,7 +83,7 @@ def vacuum(db: RemDB, cutoff: datetime, tenant: str | None = None, dry_run: bool
         if entity.get("entity_type") != SCHEMA_ENTITY_TYPE and _deleted_before(entity, cutoff):
             victims.add(uuid)
             doomed.append(("entities", key))
-            doomed.extend((cf, k) for cf, k, _ in deriver._derived_rows(t, entity))
+            doomed.extend((cf, k) for cf, k, _ in derived_rows(schemas, t, entity))
             doomed.append(("embeddings", embedding_key(t, uuid)))
         else:
             alive.add(uuid)

@@ -11,6 +11,7 @@ import orjson
 
 from rem.db import RemDB
 from rem.format import CF_NAMES, SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, entity_prefix
+from rem.tenant import schema_rows
 
 
 @dataclass
@@ -157,17 +158,9 @@ def entity_totals(db: RemDB, entity_keys: int | None = None) -> tuple[int, int]:
     """(entities, live schemas) counting keys only: just the default tenant's values are parsed,
     to tell schema entities apart. Backup metadata and restore checks use it on whole databases.
     entity_keys: the entities CF's key count when the caller has it already."""
-    schema_prefix = entity_prefix(SCHEMA_TENANT)
     total = entity_keys if entity_keys is not None else count_keys(db, "entities")
-    schemas = deleted_schemas = 0
-    for _, value in db.items("entities", schema_prefix):
-        entity = orjson.loads(value)
-        if entity.get("entity_type") == SCHEMA_ENTITY_TYPE:
-            if entity.get("deleted_at") is None:
-                schemas += 1
-            else:
-                deleted_schemas += 1
-    return total - schemas - deleted_schemas, schemas
+    states = [orjson.loads(value).get("deleted_at") is None for _, value in schema_rows(db)]
+    return total - len(states), sum(states)
 
 
 def collect_stats(db: RemDB, only_cf: str | None = None) -> DBStats:

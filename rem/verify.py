@@ -21,10 +21,11 @@ import orjson
 
 from rem.db import RemDB
 from rem.errors import DecodeError
-from rem.format import (SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, decode_edge, decode_wal_entry,
-                        index_key, key_index_key, parse_edge_key, parse_edge_reverse_key, parse_embedding_key,
-                        parse_entity_key, parse_index_key, parse_key_index_key, parse_wal_key)
-from rem.writer import _index_value
+from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, parse_edge_key,
+                        parse_edge_reverse_key, parse_embedding_key, parse_entity_key, parse_index_key,
+                        parse_key_index_key, parse_wal_key, schema_info)
+from rem.tenant import schema_rows
+from rem.writer import index_rows
 
 ALL_CHECKS = ("schemas", "embeddings", "edges", "indexes", "wal")
 MAX_ISSUES_PER_CATEGORY = 1000
@@ -95,20 +96,17 @@ def _entity_problem(entity, uuid: str) -> str | None:
 @dataclass
 class _Schema:
     validate: object
-    key_field: str | None
-    indexed_fields: tuple
-    dim: int | None
+    info: SchemaInfo
 
 
 def _load_schemas(db: RemDB, report: VerifyReport) -> dict[str, _Schema]:
     schemas = {}
-    for key, value in db.items("entities", f"entity:{SCHEMA_TENANT}:".encode()):
+    for key, value in schema_rows(db):
         entity = orjson.loads(value)
-        if entity.get("entity_type") != SCHEMA_ENTITY_TYPE or entity.get("deleted_at") is not None:
+        if entity.get("deleted_at") is not None:
             continue
         props = entity.get("properties", {})
         json_schema = props.get("schema") or {}
-        extra = json_schema.get("json_schema_extra") or {}
         body = {k: v for k, v in json_schema.items() if k != "json_schema_extra"}
         try:
             validate = fastjsonschema.compile(body)
@@ -116,8 +114,7 @@ def _load_schemas(db: RemDB, report: VerifyReport) -> dict[str, _Schema]:
             report.add("error", "schema", "entities", key, entity.get("id"), f"schema {props.get('short_name')!r} "
                        f"does not compile: {exc}", "fix the schema entity's JSON Schema")
             validate = None
-        schemas[props.get("short_name")] = _Schema(validate, extra.get("key_field"),
-                                                   tuple(extra.get("indexed_fields") or ()), extra.get("embedding_dim"))
+        schemas[props.get("short_name")] = _Schema(validate, schema_info(entity))
     return schemas
 
 
@@ -170,13 +167,10 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
             except fastjsonschema.JsonSchemaValueException as exc:
                 report.add("error", "schema", "entities", key, uuid, exc.message, "correct the entity's properties")
         if "embeddings" in checks and isinstance(props.get("embedding"), list):
-            _check_vector(report, "entities", key, uuid, props["embedding"], schema.dim)
+            _check_vector(report, "entities", key, uuid, props["embedding"], schema.info.embedding_dim)
         if "indexes" in checks:
-            if schema.key_field and (kv := _index_value(props.get(schema.key_field))) is not None:
-                expected_key_rows.add(key_index_key(tenant, kv, uuid))
-            for name in schema.indexed_fields:
-                if (iv := _index_value(props.get(name))) is not None:
-                    expected_index_rows.add(index_key(tenant, name, iv, uuid))
+            for cf, row_key, _ in index_rows(schema.info, tenant, entity):
+                (expected_key_rows if cf == "key_index" else expected_index_rows).add(row_key)
 
     if "embeddings" in checks and db.has_cf("embeddings"):
         for key, value in db.items("embeddings"):
@@ -198,7 +192,7 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
                 continue
             schema = schemas.get(owner[1])
             _check_vector(report, "embeddings", key, uuid, struct.unpack(f"<{len(value) // 4}f", value),
-                          schema.dim if schema else None)
+                          schema.info.embedding_dim if schema else None)
 
     if "edges" in checks and db.has_cf("edges"):
         forward: dict[bytes, bytes] = {}

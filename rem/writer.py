@@ -16,6 +16,7 @@ import orjson
 from rocksdict import WriteOptions
 
 from rem.db import RemDB
+from rem.tenant import schema_rows
 from rem.errors import RemError
 from rem.format import (
     SCHEMA_ENTITY_TYPE,
@@ -27,7 +28,6 @@ from rem.format import (
     embedding_key,
     encode_embedding,
     entity_key,
-    entity_prefix,
     index_key,
     key_index_key,
     schema_info,
@@ -47,11 +47,11 @@ class EntityNotFound(RemError):
 
 
 def load_schemas(db: RemDB) -> dict[str, SchemaInfo]:
-    """Every schema entity (tenant `default`, entity_type `schemas`), by short name."""
+    """Every live schema entity (tenant `default`, entity_type `schemas`), by short name."""
     found: dict[str, SchemaInfo] = {}
-    for _, value in db.items("entities", entity_prefix(SCHEMA_TENANT)):
+    for _, value in schema_rows(db):
         entity = orjson.loads(value)
-        if entity.get("entity_type") == SCHEMA_ENTITY_TYPE and entity.get("deleted_at") is None:
+        if entity.get("deleted_at") is None:
             info = schema_info(entity)
             found[info.short_name] = info
     return found
@@ -64,6 +64,37 @@ def _index_value(value: Any) -> str | None:
     if isinstance(value, (str, int, float)):
         return str(value)
     return None
+
+
+def index_rows(info: SchemaInfo | None, tenant: str, entity: dict) -> list[tuple[str, bytes, bytes]]:
+    """The key_index and field-index rows an entity implies under its schema."""
+    rows: list[tuple[str, bytes, bytes]] = []
+    if info is None:
+        return rows
+    props = entity.get("properties") or {}
+    uuid = entity["id"]
+    if info.key_field and (key_value := _index_value(props.get(info.key_field))) is not None:
+        rows.append(("key_index", key_index_key(tenant, key_value, uuid), orjson.dumps({"type": entity["entity_type"]})))
+    for field in info.indexed_fields:
+        if (value := _index_value(props.get(field))) is not None:
+            rows.append(("indexes", index_key(tenant, field, value, uuid), b""))
+    return rows
+
+
+def derived_rows(schemas: dict[str, SchemaInfo], tenant: str, entity: dict) -> list[tuple[str, bytes, bytes]]:
+    """Every row besides the entity's own that follows from it: key and field index rows, the
+    inline embedding, and its edges in both edge CFs. Writes, vacuum, verify and rebuilds share it."""
+    rows = index_rows(schemas.get(entity["entity_type"]), tenant, entity)
+    uuid = entity["id"]
+    inline = (entity.get("properties") or {}).get("embedding")
+    if isinstance(inline, list) and inline:
+        rows.append(("embeddings", embedding_key(tenant, uuid), encode_embedding(inline)))
+    for edge in entity.get("edges") or ():
+        value = orjson.dumps({"src": uuid, "dst": edge["dst"], "rel_type": edge["rel_type"],
+                              "data": {"properties": edge.get("properties") or {}, "created_at": edge["created_at"]}})
+        rows.append(("edges", edge_key(uuid, edge["dst"], edge["rel_type"]), value))
+        rows.append(("edges_reverse", edge_reverse_key(uuid, edge["dst"], edge["rel_type"]), value))
+    return rows
 
 
 class RowList:
@@ -111,34 +142,10 @@ class OpApplier:
         raw = self.db.get("entities", key)
         return orjson.loads(raw) if raw is not None else None
 
-    def _derived_rows(self, tenant: str, entity: dict) -> list[tuple[str, bytes, bytes]]:
-        """key_index, indexes, inline-embedding and edge rows that follow from an entity."""
-        rows: list[tuple[str, bytes, bytes]] = []
-        uuid = entity["id"]
-        props = entity.get("properties") or {}
-        info = self.schemas.get(entity["entity_type"])
-        if info is not None:
-            if info.key_field and (key_value := _index_value(props.get(info.key_field))) is not None:
-                rows.append(("key_index", key_index_key(tenant, key_value, uuid),
-                             orjson.dumps({"type": entity["entity_type"]})))
-            for field in info.indexed_fields:
-                if (value := _index_value(props.get(field))) is not None:
-                    rows.append(("indexes", index_key(tenant, field, value, uuid), b""))
-        inline = props.get("embedding")
-        if isinstance(inline, list) and inline:
-            rows.append(("embeddings", embedding_key(tenant, uuid), encode_embedding(inline)))
-        for edge in entity.get("edges") or ():
-            value = orjson.dumps({"src": uuid, "dst": edge["dst"], "rel_type": edge["rel_type"],
-                                  "data": {"properties": edge.get("properties") or {},
-                                           "created_at": edge["created_at"]}})
-            rows.append(("edges", edge_key(uuid, edge["dst"], edge["rel_type"]), value))
-            rows.append(("edges_reverse", edge_reverse_key(uuid, edge["dst"], edge["rel_type"]), value))
-        return rows
-
     def _store(self, tenant: str, old: dict | None, new: dict, new_json: bytes | None = None) -> None:
-        new_rows = self._derived_rows(tenant, new)
+        new_rows = derived_rows(self.schemas, tenant, new)
         if old:
-            old_rows = {(cf, key) for cf, key, _ in self._derived_rows(tenant, old)}
+            old_rows = {(cf, key) for cf, key, _ in derived_rows(self.schemas, tenant, old)}
             for cf, key in old_rows - {(cf, key) for cf, key, _ in new_rows}:
                 self.delete(cf, key)
         key = entity_key(tenant, new["id"])
@@ -286,7 +293,7 @@ class RemWriter:
             entity = applier.get_entity(tenant, entity_id)
             if entity is None:
                 raise EntityNotFound(tenant, entity_id)
-            for cf, key, _ in applier._derived_rows(tenant, entity):
+            for cf, key, _ in derived_rows(self.schemas, tenant, entity):
                 applier.delete(cf, key)
             applier.delete("entities", entity_key(tenant, entity_id))
             applier.delete("embeddings", embedding_key(tenant, entity_id))
