@@ -137,17 +137,27 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
     return log
 
 
-def publish_report(key: str, markdown: str, description: str | None = None) -> None:
-    """A markdown artifact on the run in the Prefect UI; nothing when running in-process."""
+def _artifact(create: str, **kwargs: Any):
+    """prefect.artifacts.<create>(**kwargs) inside a Prefect run; None in-process or outside a run."""
     if not ORCHESTRATED:
-        return
-    from prefect.artifacts import create_markdown_artifact
+        return None
+    import prefect.artifacts
     from prefect.exceptions import MissingContextError
 
     try:
-        create_markdown_artifact(key=key, markdown=markdown, description=description)
+        return getattr(prefect.artifacts, create)(**kwargs)
     except MissingContextError:
-        pass
+        return None
+
+
+def publish_report(key: str, markdown: str, description: str | None = None) -> None:
+    """A markdown artifact on the run in the Prefect UI."""
+    _artifact("create_markdown_artifact", key=key, markdown=markdown, description=description)
+
+
+def publish_table(key: str, rows: list[dict], description: str | None = None) -> None:
+    """A table artifact on the run in the Prefect UI."""
+    _artifact("create_table_artifact", key=key, table=rows, description=description)
 
 
 def db_resource(db_path) -> str:
@@ -184,19 +194,6 @@ def writer_slot(db_path):
         yield
 
 
-def publish_table(key: str, rows: list[dict], description: str | None = None) -> None:
-    """A table artifact on the run in the Prefect UI; nothing when running in-process."""
-    if not ORCHESTRATED:
-        return
-    from prefect.artifacts import create_table_artifact
-    from prefect.exceptions import MissingContextError
-
-    try:
-        create_table_artifact(key=key, table=rows, description=description)
-    except MissingContextError:
-        pass
-
-
 class RunProgress:
     """A progress artifact kept current on the run (updated at most once per percent);
     a no-op outside a Prefect run. Call it with the amount just done."""
@@ -205,15 +202,7 @@ class RunProgress:
         self.total = max(total, 1)
         self.done = 0
         self.shown = -1
-        self.artifact_id = None
-        if ORCHESTRATED:
-            from prefect.artifacts import create_progress_artifact
-            from prefect.exceptions import MissingContextError
-
-            try:
-                self.artifact_id = create_progress_artifact(progress=0.0, description=description)
-            except MissingContextError:
-                self.artifact_id = None
+        self.artifact_id = _artifact("create_progress_artifact", progress=0.0, description=description)
 
     def __call__(self, amount: int) -> None:
         self.done += amount

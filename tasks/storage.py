@@ -389,9 +389,8 @@ class S3Store:
         meta = record.metadata
         dest = out_dir / meta.name
         dest.mkdir(parents=True, exist_ok=True)
-        for filename in (SCHEMAS,):
-            body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(meta.tenant_segment, meta.name, filename))
-            (dest / filename).write_bytes(body["Body"].read())
+        body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(meta.tenant_segment, meta.name, SCHEMAS))
+        (dest / SCHEMAS).write_bytes(body["Body"].read())
         self._ranged_download(self.key(meta.tenant_segment, meta.name, ARCHIVE), dest / ARCHIVE, progress)
         # metadata.json last, as on upload: a directory without it is an unfinished download.
         (dest / METADATA).write_text(meta.model_dump_json(indent=2))
@@ -405,8 +404,8 @@ class S3Store:
         partial = target.with_name(target.name + ".partial")
         state_file = target.with_name(target.name + ".download.json")
         state = {"etag": etag, "size": size, "part_size": part, "done": []}
-        if target.exists() and state_file.exists() is False and target.stat().st_size == size:
-            return  # finished by an earlier run
+        if target.exists() and not state_file.exists() and target.stat().st_size == size:
+            return  # finished by an earlier run (restore checks its SHA-256 in any case)
         if state_file.exists() and partial.exists():
             saved = json.loads(state_file.read_text())
             if (saved["etag"], saved["size"], saved["part_size"]) == (etag, size, part):
@@ -420,8 +419,12 @@ class S3Store:
             progress(sum(min(part, size - i * part) for i in done))
 
         def fetch_part(index: int) -> None:
+            from botocore.exceptions import ClientError
+
             start = index * part
             end = min(size, start + part) - 1
+            # botocore retries the request; a body cut off while it is read is retried here. An S3
+            # answer (403, 404, 412: the object changed) is final.
             for attempt in range(5):
                 try:
                     body = self.client.get_object(Bucket=self.cfg.bucket, Key=key, Range=f"bytes={start}-{end}",
@@ -430,6 +433,8 @@ class S3Store:
                         raise IOError(f"part {index} of {key}: got {len(body)} bytes, asked for "
                                       f"{end - start + 1} (bytes={start}-{end} of {size})")
                     break
+                except ClientError:
+                    raise
                 except Exception:
                     if attempt == 4:
                         raise
