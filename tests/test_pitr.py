@@ -126,6 +126,40 @@ def test_two_archivers_at_once_neither_lose_nor_duplicate_a_segment(pitr_db, s3)
     assert stored == {s.key for s in manifest.wal_segments}  # no orphan left by a lost race
 
 
+def test_an_archiver_that_loses_the_manifest_race_retries_and_leaves_no_orphan(pitr_db, s3):
+    """Archiver A is interrupted just before its manifest write by a whole pass of archiver B."""
+    from flows.pitr import wal_archive_for
+    from rem.settings import load_settings
+    from tasks.wal_archive import archive_pass
+
+    db, env, _ = pitr_db
+    cfg = load_settings(db_path=db, s3_bucket=env["P8_S3_BUCKET"], s3_endpoint_url=env["P8_S3_ENDPOINT_URL"])
+    archive_pass(db, wal_archive_for(cfg), max_entries=50)
+    workload_phase(db, [lambda w, i=i: w.insert("acme", note(f"race-{i}", "x"), timestamp=f"2026-05-01T00:00:{i:02d}Z")
+                        for i in range(30)])
+    rival = wal_archive_for(cfg)
+    loser = wal_archive_for(cfg)
+    real_write, rival_reports = loser.write_manifest, []
+
+    def write_after_rival(manifest, etag):
+        if not rival_reports:
+            rival_reports.append(archive_pass(db, rival, max_entries=7))  # B wins the race
+        return real_write(manifest, etag)
+
+    loser.write_manifest = write_after_rival
+    report = archive_pass(db, loser, max_entries=9)
+    assert report.conflicts == 1 and rival_reports[0].archived_entries == 30
+    assert report.archived_entries == 0  # everything was already archived by the winner
+    manifest, _ = rival.read_manifest()
+    with open_db(db, "ro") as handle:
+        latest = handle.latest_wal_seq()
+    covered = [seq for seg in manifest.wal_segments for seq in range(seg.first_seq, seg.last_seq + 1)]
+    assert covered == list(range(1, latest + 1))
+    stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=rival.bucket, Prefix=rival.root + "segments/") for o in page.get("Contents", [])}
+    assert stored == {seg.key for seg in manifest.wal_segments}  # the loser's segments were deleted
+
+
 @pytest.mark.parametrize("damage", ["flip", "delete"])
 def test_a_corrupted_or_missing_segment_is_named_and_no_database_is_written(pitr_db, s3, tmp_path, damage):
     db, env, base = pitr_db
