@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from cli.output import command, emit, fail, human_bytes, out, progress
+from cli.output import command, emit, fail, human_bytes, out, progress, table_renderer
 from rem.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -163,17 +163,10 @@ def db_compact(
         from flows.maintenance import compaction
 
         rows = compaction(cf, _settings_dict(settings))
-
-        def render(console) -> None:
-            from rich.table import Table
-
-            table = Table("COLUMN FAMILY", "SIZE BEFORE", "SIZE AFTER", "SST BEFORE", "SST AFTER", "SECONDS")
-            for r in rows:
-                table.add_row(r["cf"], human_bytes(r["size_before"]), human_bytes(r["size_after"]),
-                              str(r["sst_files_before"]), str(r["sst_files_after"]), f"{r['seconds']:.2f}")
-            console.print(table)
-
-        emit(rows, as_json, render)
+        emit(rows, as_json, table_renderer(
+            ["COLUMN FAMILY", "SIZE BEFORE", "SIZE AFTER", "SST BEFORE", "SST AFTER", "SECONDS"],
+            [[r["cf"], human_bytes(r["size_before"]), human_bytes(r["size_after"]), r["sst_files_before"],
+              r["sst_files_after"], f"{r['seconds']:.2f}"] for r in rows]))
 
 
 @db_app.command("vacuum")
@@ -281,17 +274,10 @@ def backup_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         from flows.restore import list_backups
 
         rows = list_backups(_settings_dict(settings))
-
-        def render(console) -> None:
-            from rich.table import Table
-
-            table = Table("NAME", "TENANT", "SIZE", "CREATED", "LOCATION")
-            for row in rows:
-                table.add_row(row["name"], row["tenant_id"] or "(all)", human_bytes(row["size_bytes"]),
-                              row["created"], row["location"])
-            console.print(table if rows else "No backups found.")
-
-        emit(rows, as_json, render)
+        emit(rows, as_json, table_renderer(
+            ["NAME", "TENANT", "SIZE", "CREATED", "LOCATION"],
+            [[r["name"], r["tenant_id"] or "(all)", human_bytes(r["size_bytes"]), r["created"], r["location"]]
+             for r in rows], "No backups found."))
 
 
 @backup_app.command("download")
@@ -608,17 +594,10 @@ def pitr_list(
         from flows.pitr import recovery_points
 
         rows = recovery_points(settings, tenant)
-
-        def render(console) -> None:
-            from rich.table import Table
-
-            table = Table("TENANT", "BASE BACKUP", "LATEST WAL", "RECOVERY WINDOW", "BROKEN")
-            for r in rows:
-                table.add_row(r["tenant"], r["base_backup"], str(r["latest_wal"]),
-                              f"{r['window_start']} to {r['window_end']}", r["broken"] or "")
-            console.print(table if rows else "No base backups: take one with `rem backup create --upload`.")
-
-        emit(rows, as_json, render)
+        emit(rows, as_json, table_renderer(
+            ["TENANT", "BASE BACKUP", "LATEST WAL", "RECOVERY WINDOW", "BROKEN"],
+            [[r["tenant"], r["base_backup"], r["latest_wal"], f"{r['window_start']} to {r['window_end']}", r["broken"]]
+             for r in rows], "No base backups: take one with `rem backup create --upload`."))
 
 
 @pitr_app.command("restore")
@@ -744,16 +723,7 @@ def query(
         from flows.export import run_query
 
         result = run_query(sql, str(settings.db_path), tenant, include_deleted)
-
-        def render(console) -> None:
-            from rich.table import Table
-
-            table = Table(*result["columns"])
-            for row in result["rows"]:
-                table.add_row(*["" if v is None else str(v) for v in row])
-            console.print(table)
-
-        emit(result, as_json, render)
+        emit(result, as_json, table_renderer(result["columns"], result["rows"]))
 
 
 def main() -> None:

@@ -28,6 +28,22 @@ def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = No
         render(out)
 
 
+def table_renderer(headers: list[str], rows: list[list[Any]], empty: str = "") -> Callable[[Console], None]:
+    """The human rendering of tabular results: a rich table, or `empty` when there are no rows."""
+    def render(console: Console) -> None:
+        if not rows and empty:
+            console.print(empty)
+            return
+        from rich.table import Table
+
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*["" if v is None else str(v) for v in row])
+        console.print(table)
+
+    return render
+
+
 def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
     """One clear line on stderr (and a JSON error document with --json), then exit."""
     if as_json:

@@ -18,6 +18,17 @@ BACKUP_STALE = "rem: no successful backup"
 WAL_STALE = "rem: no WAL archived"
 
 
+def heartbeat(name: str, event: str, window: timedelta, actions: list) -> AutomationCore:
+    """Fires for a database whose `event` has not come again within `window` of the previous one:
+    `after` and `expect` name the same event, so each occurrence starts the window again."""
+    return AutomationCore(
+        name=name, description=f"No {event} for a database within {window} of the previous one.",
+        trigger=EventTrigger(after={event}, expect={event}, match={"prefect.resource.id": "rem.db.*"},
+                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                             within=window),
+        actions=actions)
+
+
 def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_window: timedelta = timedelta(hours=48),
                      wal_window: timedelta = timedelta(hours=1), prefix: str = "") -> list[AutomationCore]:
     notify = lambda subject, body: [SendNotification(block_document_id=notification_block_id,  # noqa: E731
@@ -35,34 +46,14 @@ def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_win
                            "Flow run {{ flow_run.name }} of {{ flow.name }} entered {{ flow_run.state.name }}: "
                            "{{ flow_run.state.message }}"),
         ),
-        AutomationCore(
-            name=prefix + BACKUP_STALE,
-            description=f"No rem.backup.succeeded for a database within {backup_window}.",
-            # The heartbeat form: each success starts the window again; silence for a whole window fires.
-            trigger=EventTrigger(
-                after={"rem.backup.succeeded"},
-                expect={"rem.backup.succeeded"},
-                match={"prefect.resource.id": "rem.db.*"},
-                for_each={"prefect.resource.id"},
-                posture=Posture.Proactive, threshold=1, within=backup_window),
-            actions=notify("REM backup overdue: {{ event.resource.id }}",
-                           f"No successful backup of {{{{ event.resource.id }}}} within {backup_window}."),
-        ),
+        heartbeat(prefix + BACKUP_STALE, "rem.backup.succeeded", backup_window, notify(
+            "REM backup overdue: {{ event.resource.id }}",
+            f"No successful backup of {{{{ event.resource.id }}}} within {backup_window}.")),
     ]
     if pitr_enabled:
-        specs.append(AutomationCore(
-            name=prefix + WAL_STALE,
-            description=f"No rem.wal.archived for a database within {wal_window} while PITR is enabled.",
-            trigger=EventTrigger(
-                after={"rem.wal.archived"},
-                expect={"rem.wal.archived"},
-                match={"prefect.resource.id": "rem.db.*"},
-                for_each={"prefect.resource.id"},
-                posture=Posture.Proactive, threshold=1, within=wal_window),
-            actions=notify("REM WAL archive stalled: {{ event.resource.id }}",
-                           f"No WAL archived for {{{{ event.resource.id }}}} within {wal_window}: the recovery "
-                           "window is not moving."),
-        ))
+        specs.append(heartbeat(prefix + WAL_STALE, "rem.wal.archived", wal_window, notify(
+            "REM WAL archive stalled: {{ event.resource.id }}",
+            f"No WAL archived for {{{{ event.resource.id }}}} within {wal_window}: the recovery window is not moving.")))
     return specs
 
 

@@ -165,23 +165,21 @@ class OpApplier:
         old = None if is_new else self.get_entity(tenant, entity["id"])
         self._store(tenant, old, entity, entity_json)
 
-    def update(self, tenant: str, entity_id: str, changes: dict, timestamp: str) -> dict:
-        """Replace an entity's properties; modified_at becomes the entry time."""
+    def _change(self, tenant: str, entity_id: str, **fields: Any) -> dict:
         old = self.get_entity(tenant, entity_id)
         if old is None:
             raise EntityNotFound(tenant, entity_id)
-        new = {**old, "properties": changes, "modified_at": timestamp}
+        new = {**old, **fields}
         self._store(tenant, old, new)
         return new
 
+    def update(self, tenant: str, entity_id: str, changes: dict, timestamp: str) -> dict:
+        """Replace an entity's properties; modified_at becomes the entry time."""
+        return self._change(tenant, entity_id, properties=changes, modified_at=timestamp)
+
     def soft_delete(self, tenant: str, entity_id: str, timestamp: str) -> dict:
         """Mark deleted: deleted_at and modified_at become the entry time; every row stays."""
-        old = self.get_entity(tenant, entity_id)
-        if old is None:
-            raise EntityNotFound(tenant, entity_id)
-        new = {**old, "deleted_at": timestamp, "modified_at": timestamp}
-        self._store(tenant, old, new)
-        return new
+        return self._change(tenant, entity_id, deleted_at=timestamp, modified_at=timestamp)
 
     def apply(self, op: dict, timestamp: str) -> None:
         """Apply one WAL op ({"Insert": ...} | {"Update": ...} | {"Delete": ...}) as the engine does."""
