@@ -137,7 +137,7 @@ def db_verify(
             console.print(f"Checked {', '.join(f'{n:,} {cf}' for cf, n in data['checked'].items())} "
                           f"in {data['seconds']:.1f} s")
             if not data["issues"]:
-                console.print("[green]No issues found.[/]")
+                console.print("No issues found.", style="green")
                 return
             table = Table("SEVERITY", "CATEGORY", "ENTITY", "WHERE", "PROBLEM", "FIX")
             for issue in data["issues"][:200]:
@@ -180,6 +180,7 @@ def db_vacuum(
     """Permanently remove soft-deleted entities (and everything of theirs) older than the cutoff, plus orphans."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.maintenance import vacuum_flow
 
         report = vacuum_flow(older_than, tenant, dry_run, _settings_dict(settings))
@@ -211,7 +212,7 @@ def db_health(
 def _render_stats(console, stats) -> None:
     from rich.table import Table
 
-    console.print(f"[bold]Database:[/] {stats.path}")
+    console.print(f"Database:    {stats.path}")
     console.print(f"Entities:    {stats.entities_total:,} ({stats.entities_live:,} live, "
                   f"{stats.entities_soft_deleted:,} soft-deleted)")
     console.print(f"Schemas:     {stats.schemas:,}")
@@ -238,6 +239,15 @@ def _render_stats(console, stats) -> None:
 # ------------------------------------------------------------------------------------ backup
 
 
+def _tenant(value: Optional[str], allow_all: bool = False) -> Optional[str]:
+    """--tenant as given: absent means every tenant; anything given ('' too) must name one."""
+    from rem.format import check_tenant
+
+    if value is None or (allow_all and value == "_all"):
+        return value
+    return check_tenant(value)
+
+
 def _settings_dict(settings) -> dict:
     return settings.model_dump(mode="json")
 
@@ -253,6 +263,7 @@ def backup_create(
     """Full (or per-tenant) backup: snapshot -> tar + zstd -> chunked upload -> metadata last."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         if upload and not settings.s3_bucket:
             fail("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket in the config, or --bucket)", 2,
                  as_json)
@@ -260,7 +271,7 @@ def backup_create(
 
         result = full_backup(_settings_dict(settings), tenant=tenant, name=name, upload=upload)
         emit(result, as_json, lambda c: c.print(
-            f"Backup [bold]{result['name']}[/] of {result['tenant_id'] or 'the whole database'}: "
+            f"Backup {result['name']} of {result['tenant_id'] or 'the whole database'}: "
             f"{result['entity_count']:,} entities, {human_bytes(result['size_bytes'])} "
             f"(from {human_bytes(result['uncompressed_bytes'])}) in {result['duration_seconds']:.1f} s\n"
             f"Location: {result['location']}\nSHA-256: {result['checksum_sha256']}"))
@@ -273,11 +284,14 @@ def backup_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     with command(as_json):
         from flows.restore import list_backups
 
-        rows = list_backups(_settings_dict(settings))
+        rows, unreachable = list_backups(_settings_dict(settings))
         emit(rows, as_json, table_renderer(
             ["NAME", "TENANT", "SIZE", "CREATED", "LOCATION"],
             [[r["name"], r["tenant_id"] or "(all)", human_bytes(r["size_bytes"]), r["created"], r["location"]]
              for r in rows], "No backups found."))
+        if unreachable:
+            fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"
+                           for where, why in unreachable.items()), 1)
 
 
 @backup_app.command("download")
@@ -291,6 +305,7 @@ def backup_download(
     """Download a backup (parallel ranged GETs; an interrupted download resumes)."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.restore import download_backup
 
         with progress("Downloading", None) as advance:
@@ -334,6 +349,7 @@ def backup_verify(
     """Checksum plus a trial restore into a temporary directory; the live database is not touched."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.restore import verify_backup
 
         result = verify_backup(name, _settings_dict(settings), tenant)
@@ -354,16 +370,18 @@ def backup_prune(
     """Keep a grandfather-father-son set (never the newest, never the PITR base); delete the rest, local and S3."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant, allow_all=True)
         from flows.retention import prune
 
         def render_plan(console, plan) -> None:
             from rich.table import Table
+            from rich.text import Text
 
             table = Table("ACTION", "NAME", "TENANT", "CREATED", "WHY")
             for row in plan["keep"]:
                 table.add_row("keep", row["name"], row["tenant"], row["created"], ", ".join(row["why"]))
             for row in plan["delete"]:
-                table.add_row("[red]delete[/]", row["name"], row["tenant"], row["created"], "")
+                table.add_row(Text("delete", style="red"), row["name"], row["tenant"], row["created"], "")
             console.print(table)
             console.print(f"WAL segments to delete (older than the oldest kept base): {plan['wal_segments_to_delete']}")
 
@@ -413,7 +431,7 @@ def drill(
 
         result = recovery_drill(_settings_dict(settings), backup)
         emit(result, as_json, lambda c: c.print(
-            f"Drill {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'} on backup {result['backup']} "
+            f"Drill {'PASSED' if result['passed'] else 'FAILED'} on backup {result['backup']} "
             f"in {result['seconds']} s" + (f": {result['reason']}" if result["reason"] else "")
             + f"\nLogged to {result['log']}"))
         if not result["passed"]:
@@ -518,7 +536,8 @@ def metrics_serve(
     """Serve /metrics; each scrape collects fresh figures."""
     settings = ctx.obj.settings()
     with command(False):
-        from wsgiref.simple_server import WSGIRequestHandler, make_server
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
         from prometheus_client import generate_latest
 
@@ -532,11 +551,17 @@ def metrics_serve(
             start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             return [body]
 
-        class Quiet(WSGIRequestHandler):
+        class Server(ThreadingMixIn, WSGIServer):
+            """A thread per scrape: an idle or slow client never blocks the others."""
+            daemon_threads = True
+
+        class Handler(WSGIRequestHandler):
+            timeout = 10  # seconds a client may stay silent before its connection is dropped
+
             def log_message(self, *args):
                 pass
 
-        server = make_server(host, port, app_, handler_class=Quiet)
+        server = make_server(host, port, app_, server_class=Server, handler_class=Handler)
         from cli.output import err
 
         err.print(f"Serving http://{host}:{server.server_port}/metrics")
@@ -579,7 +604,7 @@ def pitr_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None
             f"PITR {'enabled' if status['enabled'] else 'not enabled'}; archive {status['manifest']}\n"
             f"Live WAL at {status['live_latest_seq']:,}, archived through {status['last_archived_sequence']:,} "
             f"({status['last_archived_timestamp']}); lag {status['lag_entries']:,} entries, {lag}"
-            + (f"\n[red]Broken: {status['broken_ranges']}[/]" if status["broken_ranges"] else "")))
+            + (f"\nBroken: {status['broken_ranges']}" if status["broken_ranges"] else "")))
 
 
 @pitr_app.command("list-recovery-points")
@@ -591,6 +616,7 @@ def pitr_list(
     """BASE BACKUP, LATEST WAL, RECOVERY WINDOW for every usable base backup."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.pitr import recovery_points
 
         rows = recovery_points(settings, tenant)
@@ -611,6 +637,7 @@ def pitr_restore_command(
     """Newest base backup at or before the target, then the archived WAL replayed up to it."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.pitr import pitr_restore
 
         result = pitr_restore(timestamp, str(output), tenant, _settings_dict(settings))
@@ -629,6 +656,7 @@ def pitr_verify_command(
     """Check that the base backup and every segment a restore needs are present and intact."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.pitr import pitr_verify
 
         result = pitr_verify(timestamp, tenant, _settings_dict(settings))
@@ -694,6 +722,7 @@ def export(
     """One Parquet file per schema, written in record batches (memory stays flat)."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         if fmt != "parquet":
             fail(f"--format {fmt!r}: only parquet is supported", 2, as_json)
         if upload and not settings.s3_bucket:
@@ -720,6 +749,7 @@ def query(
     """Read-only SQL (DuckDB) over the database's schemas; works on a live or a restored database."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
+        tenant = _tenant(tenant)
         from flows.export import run_query
 
         result = run_query(sql, str(settings.db_path), tenant, include_deleted)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,8 +17,9 @@ from rich.console import Console
 from rem.errors import ConfigError, RemError, UsageError
 
 # Piped output keeps whole lines (names, paths, s3:// URLs) rather than rich's 80-column folding.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+# markup=False: names, paths and messages are data; a '[/]' in one must print as itself.
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
@@ -48,7 +50,9 @@ def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
     """One clear line on stderr (and a JSON error document with --json), then exit."""
     if as_json:
         sys.stdout.write(orjson.dumps({"ok": False, "error": message}).decode() + "\n")
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.text import Text
+
+    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -64,6 +68,12 @@ def command(as_json: bool) -> Iterator[None]:
         fail(str(exc), 1, as_json)
     except typer.Exit:
         raise
+    except OSError as exc:
+        if os.environ.get("REM_DEBUG"):
+            raise
+        where = exc.filename or "a file this command writes"
+        fail(f"{where}: {exc.strerror or exc}" + ("; free space there or choose another directory"
+                                                  if exc.errno == errno.ENOSPC else ""), 1, as_json)
     except Exception as exc:
         if os.environ.get("REM_DEBUG"):
             raise

@@ -7,9 +7,10 @@ from typing import Any
 
 from rem.format import check_tenant
 from rem.settings import Settings, load_settings
+from rem.tenant import require_tenant
 from tasks.backup import build_metadata, compress_and_store, describe, snapshot, store_metadata, store_schemas, utc_now
 from tasks.runtime import emit, flow, get_logger, publish_report, publish_table
-from tasks.storage import ALL_TENANTS, backup_name, check_name, make_store
+from tasks.storage import ALL_TENANTS, backup_name, check_name, cleanup_quietly, make_store
 
 
 def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None) -> Settings:
@@ -34,22 +35,27 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     cfg = resolve_settings(settings, database_block)
     started = time.monotonic()
     taken_at = utc_now()
-    name = check_name(name) if name else backup_name(taken_at)
-    segment = check_tenant(tenant) if tenant else ALL_TENANTS
+    name = check_name(name) if name is not None else backup_name(taken_at)
+    segment = check_tenant(tenant) if tenant is not None else ALL_TENANTS
     try:
+        if tenant is not None:
+            require_tenant(str(cfg.db_path), tenant)
         store = make_store(cfg, upload or bool(storage_block), storage_block, encryption_block)
         store.prepare(segment, name)
-        snap = snapshot(str(cfg.db_path), tenant)
         try:
-            facts = describe.submit(snap)  # counting keys runs while the archive streams
-            archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
-            facts = facts.result()
-            store_schemas(store, segment, name, facts)
-            metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression,
-                                      snap.live)
-            store_metadata(store, metadata)
+            snap = snapshot(str(cfg.db_path), tenant)
+            try:
+                facts = describe.submit(snap)  # counting keys runs while the archive streams
+                archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
+                facts = facts.result()
+                store_schemas(store, segment, name, facts)
+                metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression,
+                                          snap.live)
+                store_metadata(store, metadata)
+            finally:
+                snap.remove()
         finally:
-            snap.remove()
+            cleanup_quietly(lambda: store.release(segment, name), f"releasing backup name {name!r}")
     except Exception as exc:
         emit("rem.backup.failed", cfg.db_path, {"name": name, "tenant": tenant, "reason": str(exc)})
         raise

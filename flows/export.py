@@ -13,6 +13,7 @@ from rem.db import open_db
 from rem.errors import UsageError
 from rem.export import export_tenant, schema_layouts
 from rem.format import check_tenant
+from rem.tenant import require_tenant
 from tasks.runtime import flow, publish_report, task
 from tasks.storage import make_store
 
@@ -49,6 +50,7 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
                   include_deleted: bool = False, settings: dict[str, Any] | None = None) -> dict:
     cfg = resolve_settings(settings)
     check_tenant(tenant)
+    require_tenant(str(cfg.db_path), tenant)
     names = chosen_schemas(str(cfg.db_path), schemas)
     if not output and not upload:
         raise UsageError("give --output PATH (and/or --upload)")
@@ -78,7 +80,12 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
     """Export the schemas the SQL names to temporary Parquet, and answer it with DuckDB."""
     import duckdb
 
-    con = duckdb.connect(":memory:")
+    if tenant is not None:
+        check_tenant(tenant)
+        require_tenant(db_path, tenant)
+    # No extension is ever fetched or loaded: a SELECT must not reach the internet or ~/.duckdb.
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
     statements = con.extract_statements(sql)
     if len(statements) != 1 or statements[0].type.name not in READ_ONLY_STATEMENTS:
         raise UsageError("rem query answers one read-only SELECT (or WITH ... SELECT) statement")
@@ -91,11 +98,15 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
             targets = {name: Path(tmp) / f"{name}.parquet" for name in named}
             export_tenant(db, {n: layouts[n] for n in named}, tenant, targets, include_deleted)
             for name, path in targets.items():
-                con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
-            try:
-                cursor = con.execute(sql)
-            except duckdb.Error as exc:
-                raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
-            columns = [d[0] for d in cursor.description]
-            rows = cursor.fetchmany(limit)
+                con.execute(f"CREATE TABLE \"{name}\" AS SELECT * FROM read_parquet('{path}')")
+    # From here the query sees only those tables: no file, URL or database outside them, and no
+    # setting can be changed back.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    try:
+        cursor = con.execute(sql)
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+    columns = [d[0] for d in cursor.description]
+    rows = cursor.fetchmany(limit)
     return {"columns": columns, "rows": [list(r) for r in rows], "row_count": len(rows), "tables": named}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,22 +11,23 @@ from typing import Any
 from flows.backup import resolve_settings
 from rem.errors import UsageError
 from rem.settings import Settings
+from rem.scratch import remove_scratch
 from rem.snapshot import take_tenant_snapshot
 from tasks.pitr import check_continuity, fetch_segments, replay
-from tasks.restore import check_restored, check_target, extract, put_into_place, verify_archive
+from tasks.restore import check_restored, check_target, extract, put_into_place, real_target, verify_archive
 from tasks.runtime import emit, flow, get_logger, task
 from tasks.storage import ALL_TENANTS, all_stores, make_store, read_local_backup
 from tasks.wal_archive import (RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
                                choose_window, parse_time, recovery_windows, segments_to_replay)
 
 
-def wal_archive_for(cfg: Settings) -> WalArchive:
+def wal_archive_for(cfg: Settings, bounded: bool = False) -> WalArchive:
     bucket = cfg.pitr_bucket or cfg.s3_bucket
     if not bucket:
         raise UsageError("point-in-time recovery needs a bucket: set [pitr] bucket or P8_S3_BUCKET "
                          "(or run `rem pitr enable --bucket B`)")
     store = make_store(cfg.model_copy(update={"s3_bucket": bucket}), upload=True)
-    return WalArchive(store.client, bucket, cfg.s3_prefix)
+    return WalArchive((store.bounded() if bounded else store).client, bucket, cfg.s3_prefix)
 
 
 def newest_full_backup(cfg: Settings):
@@ -67,17 +69,19 @@ def plan(cfg: Settings, target_text: str, tenant: str | None) -> tuple[WalArchiv
 def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
-    out = Path(output)
-    check_target(out, overwrite=False, tenant=None)
+    out = real_target(Path(output))
     target = parse_time(timestamp)
     archive, window, segments = plan(cfg, timestamp, tenant)
     record = window.record
-    with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp:
+    lock = check_target(out, overwrite=False, tenant=None)
+    with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
+        if lock is not None:
+            held.callback(lock.release)
         files = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
         source = record.store.fetch(record, Path(tmp) / "base")
         metadata = read_local_backup(source)
         verify_archive(source, metadata)
-        db_dir = extract(source, out)
+        db_dir = extract(source, out, metadata)
         try:
             check_restored(db_dir, metadata)
             only = tenant if tenant else None
@@ -90,7 +94,7 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
             check_continuity(db_dir, metadata.wal_last_seq, report.last_seq, tenant)
             put_into_place(db_dir, out)
         finally:
-            shutil.rmtree(db_dir.parent, ignore_errors=True)
+            remove_scratch(db_dir.parent)
     get_logger().info("restored %s to %s from base %s", out, timestamp, metadata.name)
     return {"ok": True, "output": str(out), "target": target.isoformat().replace("+00:00", "Z"),
             "base_backup": metadata.name, "base_wal_last_seq": metadata.wal_last_seq,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from flows.backup import resolve_settings
 from tasks.runtime import RunProgress, flow, get_logger, publish_report, task
-from tasks.restore import check_restored, check_target, extract, put_into_place, replace_tenant, verify_archive
-from tasks.storage import all_stores, find_backup, read_local_backup
+from rem.db import is_database
+from rem.scratch import remove_scratch
+from tasks.restore import (build_tenant_replacement, check_restored, check_target, extract, put_into_place, real_target,
+                           verify_archive)
+from tasks.storage import all_stores, find_backup, list_reachable, read_local_backup
 
 
 @task("download", retries=3, retry_delay_seconds=10)
@@ -26,7 +28,9 @@ def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tena
         if progress:
             progress(n)
 
-    return record.store.fetch(record, output, advance)
+    path = record.store.fetch(record, output, advance)
+    run_progress.finish()
+    return path
 
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
@@ -38,22 +42,25 @@ def download_backup(name: str, output: str, settings: dict[str, Any] | None = No
 
 @flow("restore", description="Verify, extract and check a backup, then put it in place of the target.")
 def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]:
-    source_dir, target_dir = Path(source), Path(target)
+    source_dir, target_dir = Path(source), real_target(Path(target))
     metadata = read_local_backup(source_dir)
-    check_target(target_dir, overwrite, metadata.tenant_id)
-    verify_archive(source_dir, metadata)
-    db_dir = extract(source_dir, target_dir)
+    lock = check_target(target_dir, overwrite, metadata.tenant_id)  # held until the swap is durable
     try:
-        report = check_restored(db_dir, metadata)
-        if metadata.tenant_id and target_dir.exists() and any(target_dir.iterdir()):
-            written = replace_tenant(db_dir, target_dir, metadata.tenant_id)
-            mode = "tenant-replaced"
-        else:
+        verify_archive(source_dir, metadata)
+        db_dir = extract(source_dir, target_dir, metadata)
+        try:
+            report = check_restored(db_dir, metadata)
+            if metadata.tenant_id and is_database(target_dir):
+                db_dir, written = build_tenant_replacement(db_dir, target_dir, metadata.tenant_id)
+                mode = "tenant-replaced"
+            else:
+                written, mode = report.column_families, "database"
             put_into_place(db_dir, target_dir)
-            written, mode = report.column_families, "database"
+        finally:
+            remove_scratch(db_dir.parent)
     finally:
-        if db_dir.parent.exists() and db_dir.parent.name.startswith(".rem-restore-"):
-            shutil.rmtree(db_dir.parent, ignore_errors=True)
+        if lock is not None:
+            lock.release()
     get_logger().info("restored %s into %s", metadata.name, target_dir)
     publish_report("restore", f"# Restore of {metadata.name}\n\nInto `{target_dir}` ({mode}): {report.entity_count} "
                               f"entities, checksum `{metadata.checksum_sha256}` verified"
@@ -73,18 +80,17 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
         verify_archive(source, metadata)
         trial = Path(tmp) / "trial" / "db"
         trial.parent.mkdir()
-        db_dir = extract(source, trial)
+        db_dir = extract(source, trial, metadata)
         report = check_restored(db_dir, metadata)
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
             "entity_count": report.entity_count, "column_families": report.column_families}
 
 
-def list_backups(settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Local and S3 backups merged, newest first."""
+def list_backups(settings: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Local and S3 backups merged, newest first, and the stores that could not be read (with why)."""
     cfg = resolve_settings(settings)
-    records = [r for store in all_stores(cfg) for r in store.list()]
+    records, unreachable = list_reachable(all_stores(cfg, bounded=True))
     records.sort(key=lambda r: (r.metadata.timestamp, r.name), reverse=True)
     return [{"name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
              "size_bytes": r.metadata.size_bytes, "created": r.metadata.timestamp, "location": r.location,
-             "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq} for r in records]
-
+             "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq} for r in records], unreachable

@@ -14,7 +14,7 @@ from rem.db import open_db
 from rem.stats import collect_stats
 from rem.verify import verify_database
 from tasks.restore import check_restored, extract, put_into_place, verify_archive
-from tasks.retention import delete_backup, drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
+from tasks.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
 from tasks.runtime import emit, flow, publish_report
 from tasks.storage import all_stores, find_backup, make_store, read_local_backup
 
@@ -40,7 +40,7 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
     result = {"dry_run": dry_run, **plan.to_dict()}
     if not dry_run:
         for record in plan.delete:
-            delete_backup(record)
+            record.store.delete(record)
         if plan.wal_segments_to_delete and archive is not None:
             drop_wal_segments(archive, plan.wal_segments_to_delete)
     publish_report("prune", f"# Prune {'(dry run)' if dry_run else ''}\n\nkept {len(plan.keep)}, "
@@ -86,7 +86,7 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
             metadata = read_local_backup(source)
             verify_archive(source, metadata)
             target = Path(tmp) / "restored"
-            db_dir = extract(source, target)
+            db_dir = extract(source, target, metadata)
             check_restored(db_dir, metadata)
             put_into_place(db_dir, target)
             with open_db(target, "ro") as db:

@@ -20,7 +20,17 @@ class DatabaseLocked(RemError):
 
 class DatabaseNotFound(UsageError):
     def __init__(self, path: str):
-        super().__init__(f"{path}: no REM database here (no CURRENT file); check --db-path / P8_DB_PATH")
+        from pathlib import Path
+
+        from rem.scratch import quarantines
+
+        moved = quarantines(Path(path))
+        if moved and not Path(path).exists():
+            message = (f"{path}: no REM database here, but an interrupted restore left the one that was here in "
+                       f"{moved[-1]}; `mv {moved[-1]} {path}` puts it back")
+        else:
+            message = f"{path}: no REM database here (no CURRENT file); check --db-path / P8_DB_PATH"
+        super().__init__(message)
         self.path = path
 
 
@@ -37,3 +47,11 @@ class DecodeError(RemError):
 class ConfigError(RemError):
     """Bad configuration: names where it came from, the key, and what is accepted."""
 
+
+
+class NoSpace(RemError):
+    """The filesystem is full: retrying cannot help, and the operator needs to know where."""
+
+    def __init__(self, path, what: str):
+        super().__init__(f"{path}: no space left on device; free space there or point {what} elsewhere")
+        self.path = str(path)

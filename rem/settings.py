@@ -149,7 +149,11 @@ def load_settings(config: str | os.PathLike | None = None, **flags: Any) -> Sett
     config_path = Path(config) if config else (Path(os.environ["P8_CONFIG"]) if os.environ.get("P8_CONFIG") else None)
     _toml_values.value = read_toml(config_path) if config_path else {}
     try:
-        return Settings(**flags)
+        settings = Settings(**flags)
+        if settings.backup_encryption == "aws:kms" and not settings.kms_key_id:
+            raise ConfigError(f"{_describe_source('backup_encryption', flags, config_path)}: aws:kms encryption "
+                              "needs a key: set P8_KMS_KEY_ID (or [backup] kms_key_id)")
+        return settings
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"

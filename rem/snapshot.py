@@ -16,8 +16,6 @@ mechanism covers online and offline backups, and the database directory is never
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 from rocksdict import Checkpoint
 
 from rem.db import ROCKSDICT_CONFIG, RemDB, init_like, lock_is_held, open_db
+from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
 MERGE_BATCH_ROWS = 10_000
@@ -38,14 +37,7 @@ class Snapshot:
     cf_names: list[str] = field(default_factory=list)
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def scratch_dir(near: Path, kind: str) -> Path:
-    """A new directory beside `near` (same filesystem, so hard links work), never inside it."""
-    path = near.parent / f".rem-{kind}-{near.name}-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    return path
+        remove_scratch(self.path)
 
 
 def _wal_has_data(db_path: Path) -> bool:
@@ -95,7 +87,7 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
                     copy.flush_all()
             return Snapshot(work, live, merged, list(source.cf_names))
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
         raise
 
 
@@ -116,7 +108,7 @@ def take_tenant_snapshot(db_path: str | os.PathLike, tenant: str) -> Snapshot:
             copy.flush_all()
             return Snapshot(work, live, rows, [n for n in source.cf_names if copy.has_cf(n)])
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
         raise
 
 

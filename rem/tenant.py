@@ -53,3 +53,13 @@ def tenant_rows(db: RemDB, tenant: str, cf: str, entity_ids: set[str] | None = N
         for key, value in db.items("wal"):
             if needle in value and orjson.loads(value)["op"].popitem()[1]["tenant_id"] == tenant:
                 yield key, value
+
+
+def require_tenant(db_path: str, tenant: str) -> None:
+    """Refuse a tenant the database has no entity of: a typo must not give an empty backup or export."""
+    from rem.db import open_db
+    from rem.errors import UsageError
+
+    with open_db(db_path, "ro") as db:
+        if next(db.keys("entities", entity_prefix(tenant)), None) is None:
+            raise UsageError(f"tenant {tenant!r} has no entities in {db_path}; check --tenant")

@@ -3,8 +3,11 @@ and extraction that refuses anything but plain files and directories inside the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +16,12 @@ from typing import BinaryIO
 
 import zstandard
 
-from rem.errors import RemError
+from rem.errors import NoSpace, RemError
 
 ARCHIVE_ROOT = "rocksdb"
 COPY_BUFFER = 1 << 20
+# The only files a RocksDB directory holds; an archive member with any other name is refused.
+ROCKSDB_FILE = re.compile(r"^(CURRENT|IDENTITY|LOCK|LOG(\.old\.\d+)?|MANIFEST-\d+|OPTIONS-\d+|\d+\.(sst|log|blob))$")
 
 
 class UnsafeArchive(RemError):
@@ -90,30 +95,63 @@ def verify_checksum(path: Path, expected: str) -> None:
                                "the backup is corrupt: restore from another backup")
 
 
-def _only_files_inside(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    if not (member.isfile() or member.isdir()):
-        kind = "link" if member.issym() or member.islnk() else "device or special file"
-        raise UnsafeArchive(f"archive member {member.name!r} is a {kind}; backups hold only files: refused")
-    if member.name != ARCHIVE_ROOT and not member.name.startswith(ARCHIVE_ROOT + "/"):
-        raise UnsafeArchive(f"archive member {member.name!r} is outside {ARCHIVE_ROOT}/: refused")
-    try:
-        return tarfile.data_filter(member, dest)
-    except tarfile.FilterError as exc:
-        raise UnsafeArchive(f"archive member {member.name!r}: {exc}: refused") from None
+class RocksDBFilesOnly:
+    """A tarfile extraction filter: only the root folder and RocksDB's own file names directly in it,
+    plain files, and no more bytes in all than the backup's metadata says it holds."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.total = 0
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        if member.name == ARCHIVE_ROOT and member.isdir():
+            return tarfile.data_filter(member, dest)
+        folder, _, filename = member.name.partition("/")
+        if not member.isfile():
+            kind = ("link" if member.issym() or member.islnk() else "directory" if member.isdir()
+                    else "device or special file")
+            raise UnsafeArchive(f"archive member {member.name!r} is a {kind}; backups hold only RocksDB's files: refused")
+        if folder != ARCHIVE_ROOT or not ROCKSDB_FILE.match(filename):
+            raise UnsafeArchive(f"archive member {member.name!r} is not a file a RocksDB directory holds "
+                                f"(CURRENT, MANIFEST-*, *.sst, ... directly in {ARCHIVE_ROOT}/): refused")
+        self.total += member.size
+        if self.total > self.max_bytes:
+            raise UnsafeArchive(f"archive member {member.name!r} takes the extracted size past the {self.max_bytes} "
+                                "bytes the backup's metadata records: refused")
+        try:
+            return tarfile.data_filter(member, dest)
+        except tarfile.FilterError as exc:
+            raise UnsafeArchive(f"archive member {member.name!r}: {exc}: refused") from None
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
+def check_free_space(dest: Path, needed: int) -> None:
+    """Refuse before extracting when dest's filesystem cannot hold what the backup says it holds."""
+    probe = dest
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise NoSpace(probe, f"--target (the backup needs {needed:,} bytes, {free:,} are free)")
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int) -> Path:
     """Extract into dest (which must be empty or new) and return the database directory inside it.
 
-    Absolute paths, '..', links and devices are refused before anything of theirs is written."""
+    Absolute paths, '..', links, devices, names RocksDB never writes and anything past max_bytes
+    are refused before anything of theirs is written."""
+    check_free_space(dest, max_bytes)
     dest.mkdir(parents=True, exist_ok=True)
     with open(archive, "rb") as raw:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_BUFFER)
         try:
             with tarfile.open(fileobj=reader, mode="r|", copybufsize=COPY_BUFFER) as tar:
-                tar.extractall(dest, filter=_only_files_inside)
+                tar.extractall(dest, filter=RocksDBFilesOnly(max_bytes))
         except (tarfile.TarError, zstandard.ZstdError) as exc:
             raise UnsafeArchive(f"{archive}: not a readable tar.zst archive ({exc})") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace(dest, "--target") from None
+            raise
     return dest / ARCHIVE_ROOT
 
 

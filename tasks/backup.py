@@ -21,7 +21,7 @@ from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from tasks.archive import ArchiveStats, write_archive
 from tasks.runtime import RunProgress, task
-from tasks.storage import METADATA, SCHEMAS, BackupMetadata
+from tasks.storage import METADATA, SCHEMAS, BackupMetadata, cleanup_quietly
 
 @dataclass
 class SnapshotFacts:
@@ -95,9 +95,11 @@ def compress_and_store(snap: Snapshot, store, tenant_segment: str, name: str, le
     progress = RunProgress(f"Compressing and uploading backup {name}", total)
     try:
         with store.archive_writer(tenant_segment, name, snap.path) as sink:
-            return write_archive(snap.path / "db", sink, level, progress=progress)
+            stats = write_archive(snap.path / "db", sink, level, progress=progress)
+        progress.finish()  # the upload is complete only once the writer has closed
+        return stats
     except BaseException:
-        store.discard(tenant_segment, name)
+        cleanup_quietly(lambda: store.discard(tenant_segment, name), f"removing the partial backup {name!r}")
         raise
 
 

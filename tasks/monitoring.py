@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from rem.db import open_db
 from rem.settings import Settings
 from rem.stats import sst_size_and_files
-from tasks.storage import ALL_TENANTS, all_stores
+from tasks.storage import ALL_TENANTS, all_stores, list_reachable
 from tasks.wal_archive import parse_time
 
 disable_created_metrics()  # only the runbook's series, no *_created twins
@@ -23,19 +23,24 @@ DISK_WARN_PERCENT = 80
 
 
 def newest_backup(cfg: Settings):
-    """The newest complete whole-database backup in any store (None if there is none)."""
-    records = [r for s in all_stores(cfg) for r in s.list() if r.metadata.tenant_segment == ALL_TENANTS]
-    return max(records, key=lambda r: r.metadata.timestamp).metadata if records else None
+    """The newest complete whole-database backup in the stores that answer (None if there is none),
+    and the stores that did not answer within seconds, with why."""
+    records, unreachable = list_reachable(all_stores(cfg, bounded=True))
+    records = [r for r in records if r.metadata.tenant_segment == ALL_TENANTS]
+    return (max(records, key=lambda r: r.metadata.timestamp).metadata if records else None), unreachable
 
 
 def wal_archive_state(cfg: Settings) -> dict | None:
-    """Archive status when PITR is enabled and reachable; None when it is not enabled."""
+    """Archive status when PITR is enabled; None when it is not; {"error": ...} when it cannot be read."""
     if not cfg.pitr_enabled:
         return None
     from flows.pitr import wal_archive_for
     from tasks.wal_archive import archive_status
 
-    manifest, _ = wal_archive_for(cfg).read_manifest()
+    try:
+        manifest, _ = wal_archive_for(cfg, bounded=True).read_manifest()
+    except Exception as exc:  # reported as a failed check, never as a failed health command
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     return archive_status(cfg.db_path, manifest)
 
 
@@ -69,8 +74,11 @@ def health(cfg: Settings, backup_max_age_hours: float = BACKUP_MAX_AGE_HOURS,
                             else {"status": "warning", "sampled": checked, "invalid": bad, "dimensions": sorted(dims),
                                   "message": "run `rem db verify --check-embeddings`"})
     now = datetime.now(timezone.utc)
-    last = newest_backup(cfg)
+    last, unreachable = newest_backup(cfg)
     age_hours = (now - parse_time(last.timestamp)).total_seconds() / 3600 if last else None
+    checks["storage"] = ({"status": "critical", "unreachable": unreachable,
+                          "message": "backup storage did not answer: its backups were not checked"}
+                         if unreachable else {"status": "ok"})
     if last is None:
         checks["backup"] = {"status": "critical", "message": "no backup found: `rem backup create --upload`"}
     elif age_hours > backup_max_age_hours:
@@ -82,6 +90,9 @@ def health(cfg: Settings, backup_max_age_hours: float = BACKUP_MAX_AGE_HOURS,
     lag = archive["lag_seconds"] if archive else None
     if archive is None:
         checks["wal"] = {"status": "ok", "pitr": "disabled"}
+    elif "error" in archive:
+        lag = None
+        checks["wal"] = {"status": "critical", "message": f"WAL archive not readable: {archive['error']}"}
     elif archive["broken_ranges"]:
         checks["wal"] = {"status": "critical", "lag_seconds": lag, "broken_ranges": archive["broken_ranges"],
                          "message": "WAL entries were trimmed before archival: take a full backup"}
@@ -102,7 +113,9 @@ def health(cfg: Settings, backup_max_age_hours: float = BACKUP_MAX_AGE_HOURS,
 def metrics_registry(cfg: Settings) -> CollectorRegistry:
     """The runbook's metrics, collected now, in a registry of their own."""
     registry = CollectorRegistry()
-    last = newest_backup(cfg)
+    last, unreachable = newest_backup(cfg)
+    Gauge("rem_backup_storage_reachable", "1 when every backup store answered this scrape, else 0",
+          registry=registry).set(0 if unreachable else 1)
     Gauge("rem_backup_last_success_timestamp", "Unix time of the newest complete backup",
           registry=registry).set(parse_time(last.timestamp).timestamp() if last else 0)
     Gauge("rem_backup_duration_seconds", "Duration of the newest complete backup",
@@ -113,8 +126,9 @@ def metrics_registry(cfg: Settings) -> CollectorRegistry:
     lag = Gauge("rem_wal_archive_lag_seconds", "Seconds the WAL archive is behind the live WAL", registry=registry)
     failures = Counter("rem_wal_archive_failures", "WAL archival passes stopped by a gap", registry=registry)
     # NaN, not 0, when PITR is off or the lag is unknown: "no lag" must never be claimed by default.
-    lag.set(archive["lag_seconds"] if archive and archive["lag_seconds"] is not None else float("nan"))
-    if archive is not None:
+    readable = archive is not None and "error" not in archive
+    lag.set(archive["lag_seconds"] if readable and archive["lag_seconds"] is not None else float("nan"))
+    if readable:
         failures.inc(archive["failures"])
     size = Gauge("rem_db_size_bytes", "SST bytes per column family", ["cf"], registry=registry)
     keys = Gauge("rem_db_keys_total", "Keys per column family (RocksDB estimate)", ["cf"], registry=registry)

@@ -81,7 +81,9 @@ def replay(db_dir: Path, segment_files: list[Path], base_seq: int, target: datet
            expected_entries: int = 0) -> ReplayReport:
     """Replay archived entries onto the restored base, up to the target time."""
     progress = RunProgress("Replaying WAL entries", expected_entries)
-    return replay_entries(db_dir, read_entries(segment_files), base_seq, target, tenant, progress=progress)
+    report = replay_entries(db_dir, read_entries(segment_files), base_seq, target, tenant, progress=progress)
+    progress.finish()
+    return report
 
 
 @task("check-wal-continuity", retries=0)

@@ -3,18 +3,22 @@ metadata (repairing only the extracted copy, only when it will not open) -> put 
 
 from __future__ import annotations
 
+import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from rocksdict import Options, Rdict
 
-from rem.db import is_database, lock_is_held, open_db
-from rem.errors import DatabaseLocked, RemError, UsageError
-from rem.snapshot import copy_rows, scratch_dir
+from rem.db import is_database, open_db
+from rem.errors import RemError, UsageError
+from rem.format import SCHEMA_TENANT, parse_entity_key
+from rem.scratch import quarantine_path, remove_scratch, scratch_dir
+from rem.snapshot import copy_rows
 from rem.stats import count_keys, entity_totals
-from rem.tenant import tenant_entity_ids, tenant_rows
+from rem.swap import DatabaseLock, clone_database, exchange, fsync_dir, move_new
+from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 from tasks.archive import extract_archive, fsync_tree, verify_checksum
 from tasks.runtime import task
 from tasks.storage import ARCHIVE, BackupMetadata
@@ -38,8 +42,15 @@ class CheckReport:
         return not self.dropped and not self.missing_column_families
 
 
-def check_target(target: Path, overwrite: bool, tenant: str | None) -> None:
-    """Refuse before any work: a non-empty target without --overwrite, or one a writer holds."""
+def real_target(target: Path) -> Path:
+    """Where a restore really writes: a symbolic link is followed, so the link keeps pointing at the
+    restored database instead of being replaced by a directory while the real one stays stale."""
+    return Path(os.path.realpath(target))
+
+
+def check_target(target: Path, overwrite: bool, tenant: str | None) -> DatabaseLock | None:
+    """Refuse before any work: a non-empty target without --overwrite, or one a writer holds. An
+    existing target is returned locked with RocksDB's own lock: hold it until the swap is durable."""
     occupied = target.exists() and (not target.is_dir() or any(target.iterdir()))
     if occupied and not overwrite:
         what = f"replace tenant {tenant!r} in it" if tenant and is_database(target) else "replace it"
@@ -47,8 +58,7 @@ def check_target(target: Path, overwrite: bool, tenant: str | None) -> None:
                          "until the restored copy verifies) or choose another --target")
     if occupied and not is_database(target):
         raise UsageError(f"{target}: not empty and not a REM database; refusing to overwrite it")
-    if occupied and lock_is_held(target):
-        raise DatabaseLocked(str(target))
+    return DatabaseLock(target) if target.is_dir() else None
 
 
 def count_database(db_dir: Path) -> tuple[list[str], dict[str, int], int]:
@@ -101,15 +111,15 @@ def verify_archive(source: Path, metadata: BackupMetadata) -> None:
 
 
 @task("extract", retries=1, retry_delay_seconds=2)
-def extract(source: Path, beside: Path) -> Path:
-    """Safe extraction into a new directory beside the target; returns the database directory."""
+def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
+    """Safe, bounded extraction into a new directory beside the target; returns the database directory."""
     work = scratch_dir(beside, "restore")
     try:
-        db_dir = extract_archive(source / ARCHIVE, work)
+        db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes)
         fsync_tree(db_dir)
         return db_dir
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
         raise
 
 
@@ -131,45 +141,72 @@ def check_restored(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
 
 
 @task("put-into-place", retries=0)
-def put_into_place(db_dir: Path, target: Path) -> Path | None:
-    """Rename the verified copy over the target; the old database waits in quarantine until the
-    new one opens in place, then goes (or comes back if it does not)."""
+def put_into_place(db_dir: Path, target: Path) -> None:
+    """Swap the verified copy with the target in one atomic rename, holding RocksDB's lock on the
+    copy throughout (the caller holds the target's); the old database waits in quarantine until the
+    new one opens in place, then goes (or is swapped back if it does not)."""
     work = db_dir.parent
-    quarantine = None
-    if target.exists():
-        quarantine = target.parent / f".rem-quarantine-{target.name}-{time.strftime('%Y%m%dT%H%M%S')}"
-        target.rename(quarantine)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        db_dir.rename(target)
-        open_db(target, "ro").close()  # every key was counted before the rename: opening in place is the check
-    except BaseException:
-        if quarantine is not None:
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            quarantine.rename(target)
-        raise
-    shutil.rmtree(work, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with DatabaseLock(db_dir):
+        if not target.exists():
+            move_new(db_dir, target)
+            quarantine = None
+        else:
+            exchange(db_dir, target)  # the path never goes missing: a retrying engine cannot create one there
+            quarantine = quarantine_path(target)
+            db_dir.rename(quarantine)
+            fsync_dir(target.parent)
+        try:
+            open_db(target, "ro").close()  # every key was counted before the swap: opening in place is the check
+        except BaseException:
+            if quarantine is not None:
+                exchange(quarantine, target)
+            raise
+    remove_scratch(work)
     if quarantine is not None:
         shutil.rmtree(quarantine, ignore_errors=True)
-    return None
+
+
+def _live_schema_ids(db) -> set[str]:
+    return {parse_entity_key(key).uuid for key, _ in schema_rows(db)}
+
+
+def _kept(cf: str, key: bytes, keep_ids: set[str]) -> bool:
+    """Rows of the live schemas (tenant `default`) that a tenant restore never deletes."""
+    if cf == "entities":
+        return parse_entity_key(key).uuid in keep_ids
+    if cf == "key_index":
+        return key.rsplit(b":", 1)[-1].decode() in keep_ids
+    return False
 
 
 @task("replace-tenant", retries=0)
-def replace_tenant(db_dir: Path, target: Path, tenant: str) -> dict[str, int]:
-    """Replace one tenant's rows in an existing database with the backup's; other tenants' rows and
-    the shared WAL (whose sequence numbers other tenants' entries now use) are left as they are."""
-    written: dict[str, int] = {}
-    with open_db(db_dir, "ro") as backup, open_db(target, "rw") as live:
-        old_ids = tenant_entity_ids(live, tenant)
-        new_ids = tenant_entity_ids(backup, tenant)
-        for cf in live.cf_names:
-            if cf in ("default", "wal") or not backup.has_cf(cf):
-                continue
-            with live.batched() as writes:
-                for key, _ in list(tenant_rows(live, tenant, cf, old_ids)):
-                    writes.delete(cf, key)
-            written[cf] = copy_rows(live, cf, tenant_rows(backup, tenant, cf, new_ids))
-        live.flush_all()
-    shutil.rmtree(db_dir.parent, ignore_errors=True)
-    return written
+def build_tenant_replacement(db_dir: Path, target: Path, tenant: str) -> tuple[Path, dict[str, int]]:
+    """A copy of the target (hard links, its lock held by the caller) with one tenant's rows replaced
+    by the backup's, built beside it: swapped in whole, a kill leaves the old tenant or the new one.
+    Other tenants' rows, the shared WAL and the live schemas (of tenant `default`) stay as they are."""
+    work = scratch_dir(target, "tenant-restore")
+    try:
+        clone = work / "db"
+        clone_database(target, clone)
+        written: dict[str, int] = {}
+        with open_db(db_dir, "ro") as backup, open_db(clone, "rw") as live:
+            keep_ids = _live_schema_ids(live) if tenant == SCHEMA_TENANT else set()
+            old_ids = tenant_entity_ids(live, tenant) - keep_ids
+            new_ids = tenant_entity_ids(backup, tenant)
+            for cf in live.cf_names:
+                if cf in ("default", "wal") or not backup.has_cf(cf):
+                    continue
+                with live.batched() as writes:
+                    for key, _ in list(tenant_rows(live, tenant, cf, old_ids)):
+                        if not _kept(cf, key, keep_ids):
+                            writes.delete(cf, key)
+                written[cf] = copy_rows(live, cf, tenant_rows(backup, tenant, cf, new_ids))
+            live.flush_all()
+        fsync_tree(clone)
+        return clone, written
+    except BaseException:
+        remove_scratch(work)
+        raise
+    finally:
+        remove_scratch(db_dir.parent)

@@ -5,11 +5,10 @@ precede the oldest kept whole-database base go with them."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tasks.storage import ALL_TENANTS, METADATA, ARCHIVE, SCHEMAS, BackupRecord, LocalStore
+from tasks.storage import ALL_TENANTS, BackupRecord
 from tasks.wal_archive import parse_time
 
 
@@ -48,7 +47,7 @@ class PrunePlan:
 def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, keep_monthly: int,
                tenant: str | None = None, pitr_base: str | None = None, manifest=None) -> PrunePlan:
     plan = PrunePlan()
-    segment = tenant or None
+    segment = tenant  # None: every tenant's backups, each tenant kept on its own
     by_segment: dict[str, list[BackupRecord]] = {}
     for r in records:
         if segment is None or r.metadata.tenant_segment == segment:
@@ -70,19 +69,6 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
         oldest = min(kept_bases)
         plan.wal_segments_to_delete = [s.key for s in manifest.wal_segments if s.last_seq <= oldest]
     return plan
-
-
-def delete_backup(record: BackupRecord) -> None:
-    """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
-    meta = record.metadata
-    if isinstance(record.store, LocalStore):
-        folder = record.store.backup_dir(meta.tenant_segment, meta.name)
-        (folder / METADATA).unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    store = record.store
-    for filename in (METADATA, ARCHIVE, SCHEMAS):
-        store.client.delete_object(Bucket=store.cfg.bucket, Key=store.key(meta.tenant_segment, meta.name, filename))
 
 
 def drop_wal_segments(archive, keys: list[str]) -> int:

@@ -76,9 +76,11 @@ class LocalTask:
 def is_retryable(exc: BaseException) -> bool:
     """Errors a retry cannot fix fail at once: bad input, a held lock, a corrupt backup, and S3's
     permanent 4xx answers (AccessDenied, NoSuchBucket); throttling and timeouts are retried."""
+    import errno
+
     from rem.errors import RemError
 
-    if isinstance(exc, RemError):
+    if isinstance(exc, RemError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
         return False
     status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
         if isinstance(getattr(exc, "response", None), dict) else None
@@ -196,17 +198,31 @@ def writer_slot(db_path):
 
 class RunProgress:
     """A progress artifact kept current on the run (updated at most once per percent);
-    a no-op outside a Prefect run. Call it with the amount just done."""
+    a no-op outside a Prefect run. Call it with the amount just done, from any thread; finish()
+    when the work is done.
+
+    Parallel parts report from several threads: the count, the check and the update happen under
+    one lock, so an older percentage can never land after a newer one."""
 
     def __init__(self, description: str, total: int):
+        import threading
+
         self.total = max(total, 1)
         self.done = 0
         self.shown = -1
+        self.lock = threading.Lock()
         self.artifact_id = _artifact("create_progress_artifact", progress=0.0, description=description)
 
     def __call__(self, amount: int) -> None:
-        self.done += amount
-        percent = min(100, int(self.done * 100 / self.total))
+        with self.lock:
+            self.done += amount
+            self._show(min(99, int(self.done * 100 / self.total)))  # 100 only once finished
+
+    def finish(self) -> None:
+        with self.lock:
+            self._show(100)
+
+    def _show(self, percent: int) -> None:
         if self.artifact_id is not None and percent > self.shown:
             from prefect.artifacts import update_progress_artifact
 

@@ -9,9 +9,12 @@ it is written last, so an interrupted run leaves nothing `list` or `restore` wou
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,15 +25,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from rem.errors import RemError, UsageError
+from rem.errors import NoSpace, RemError, UsageError
+from rem.format import check_tenant
 
 ALL_TENANTS = "_all"
 METADATA = "metadata.json"
 ARCHIVE = "rocksdb.tar.zst"
 SCHEMAS = "schemas.json"
+CLAIM = ".claim"
 FORMAT_VERSION = 1
+NAME_MAX = 128
+# An S3 claim older than this whose backup never got its metadata.json was left by a run that died.
+CLAIM_STALE_SECONDS = 6 * 3600
 
 
 class BackupMetadata(BaseModel):
@@ -58,6 +66,28 @@ class BackupMetadata(BaseModel):
     compression: str
     online: bool = Field(description="a writer held the database while it was backed up")
 
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        try:
+            return check_name(name)
+        except UsageError as exc:  # pydantic reports ValueErrors as validation errors
+            raise ValueError(str(exc)) from None
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _valid_tenant(cls, tenant: str | None) -> str | None:
+        try:
+            return None if tenant is None else check_tenant(tenant)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _kind_matches_tenant(self) -> "BackupMetadata":
+        if (self.kind == "tenant") != (self.tenant_id is not None):
+            raise ValueError(f"kind {self.kind!r} does not go with tenant_id {self.tenant_id!r}")
+        return self
+
     @property
     def tenant_segment(self) -> str:
         return self.tenant_id or ALL_TENANTS
@@ -65,9 +95,14 @@ class BackupMetadata(BaseModel):
 
 @dataclass
 class BackupRecord:
+    """A backup as found: `segment` and `folder` are where its metadata.json was, and every action on
+    the backup (download, delete) uses them, never the names written inside the file."""
+
     metadata: BackupMetadata
     location: str
     store: "LocalStore | S3Store"
+    segment: str
+    folder: str
 
     @property
     def name(self) -> str:
@@ -84,9 +119,62 @@ def backup_name(now: datetime | None = None) -> str:
 
 
 def check_name(name: str) -> str:
-    if not name or name.startswith((".", "_")) or any(not (c.isalnum() or c in "-_.") for c in name):
-        raise UsageError(f"backup name {name!r}: use letters, digits, '-', '_' or '.', not starting with '.' or '_'")
+    if (not name or len(name) > NAME_MAX or name.startswith((".", "_"))
+            or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in name)):
+        shown = name if len(name) <= 40 else name[:40] + f"... ({len(name)} characters)"
+        raise UsageError(f"backup name {shown!r}: use 1 to {NAME_MAX} letters, digits, '-', '_' or '.', "
+                         "not starting with '.' or '_'")
     return name
+
+
+def claim_is_stale(owner: dict) -> bool:
+    """A claim whose run is gone: its process is dead on this host, or it is older than any backup runs."""
+    if time.time() - float(owner.get("started", 0)) > CLAIM_STALE_SECONDS:
+        return True
+    if owner.get("host") == socket.gethostname():
+        try:
+            os.kill(int(owner.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+    return False
+
+
+def _parse_found(body: bytes, where: str, segment: str, folder: str) -> BackupMetadata | None:
+    """The metadata found at where, or None (with a warning) when it is unreadable or names another
+    place than the one it was found in: such a record is never listed, restored or deleted."""
+    from tasks.runtime import get_logger
+
+    try:
+        metadata = BackupMetadata.model_validate_json(body)
+    except ValueError as exc:
+        get_logger().warning("skipping %s: not valid backup metadata (%s)", where, str(exc).splitlines()[0])
+        return None
+    if (metadata.tenant_segment, metadata.name) != (segment, folder):
+        get_logger().warning("skipping %s: it says backup %r of %r but lies in %s/%s; rem did not write it there, "
+                             "so it is neither listed nor acted on", where, metadata.name, metadata.tenant_segment,
+                             segment, folder)
+        return None
+    return metadata
+
+
+def private_file(path: Path) -> BinaryIO:
+    """A new file only its owner can read: backups hold the `keys` column family."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+@contextmanager
+def space_checked(path: Path, what: str) -> Iterator[None]:
+    """ENOSPC becomes one line naming the path (and is not retried)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpace(path, what) from None
+        raise
 
 
 # ---------------------------------------------------------------------------------- local
@@ -95,6 +183,7 @@ def check_name(name: str) -> str:
 class LocalStore:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._claims: dict[tuple[str, str], int] = {}
 
     def describe(self) -> str:
         return str(self.root)
@@ -109,17 +198,32 @@ class LocalStore:
         return (self.backup_dir(tenant_segment, name) / METADATA).exists()
 
     def prepare(self, tenant_segment: str, name: str) -> None:
+        """Claim the name for this run: a flock on the backup folder's .claim file, held until release().
+        A second run with the same name is refused while the first lives; a dead run's claim is free."""
         if self.exists(tenant_segment, name):
+            raise UsageError(f"a backup named {name!r} already exists in {self.root}; choose another --name")
+        folder = self.backup_dir(tenant_segment, name)
+        with space_checked(folder, "--backup-dir / P8_BACKUP_DIR"):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(folder / CLAIM, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"a backup named {name!r} is being written right now by another run in {self.root}; "
+                             "choose another --name") from None
+        self._claims[(tenant_segment, name)] = fd
+        if self.exists(tenant_segment, name):  # the other run finished between our two looks
+            self.release(tenant_segment, name)
             raise UsageError(f"a backup named {name!r} already exists in {self.root}; choose another --name")
 
     @contextmanager
     def archive_writer(self, tenant_segment: str, name: str, spool_dir: Path) -> Iterator[BinaryIO]:
         """The archive file itself (written as .partial, renamed when complete); no spool needed."""
         folder = self.backup_dir(tenant_segment, name)
-        folder.mkdir(parents=True, exist_ok=True)
         partial = folder / (ARCHIVE + ".partial")
         try:
-            with open(partial, "wb") as f:
+            with space_checked(partial, "--backup-dir / P8_BACKUP_DIR"), private_file(partial) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
@@ -131,31 +235,63 @@ class LocalStore:
     def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
         folder = self.backup_dir(tenant_segment, name)
         tmp = folder / (filename + ".partial")
-        tmp.write_bytes(data)
+        with space_checked(tmp, "--backup-dir / P8_BACKUP_DIR"), private_file(tmp) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, folder / filename)
 
     def finish(self, tenant_segment: str, name: str, tags: dict[str, str]) -> None:
         """Local files carry no tags."""
 
     def discard(self, tenant_segment: str, name: str) -> None:
-        """Remove what an interrupted run left (it has no metadata.json, so nothing sees it)."""
+        """Remove a failed attempt's files (the claim stays for a retry)."""
         folder = self.backup_dir(tenant_segment, name)
         if not (folder / METADATA).exists():
-            shutil.rmtree(folder, ignore_errors=True)
+            for filename in (ARCHIVE, ARCHIVE + ".partial", SCHEMAS, SCHEMAS + ".partial"):
+                (folder / filename).unlink(missing_ok=True)
+
+    def release(self, tenant_segment: str, name: str) -> None:
+        """End this run's claim; without metadata.json the folder is an unfinished backup and goes."""
+        fd = self._claims.pop((tenant_segment, name), None)
+        if fd is None:
+            return
+        folder = self.backup_dir(tenant_segment, name)
+        try:
+            if (folder / METADATA).exists():
+                (folder / CLAIM).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                try:
+                    folder.parent.rmdir()  # a tenant folder this run made and nothing else uses
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
 
     def list(self) -> list[BackupRecord]:
         records = []
-        for meta in self.root.glob(f"full/*/*/{METADATA}"):
-            try:
-                metadata = BackupMetadata.model_validate_json(meta.read_bytes())
-            except ValueError:
+        for meta in sorted(self.root.glob(f"full/*/*/{METADATA}")):
+            folder = meta.parent
+            if folder.is_symlink() or folder.parent.is_symlink() or meta.is_symlink():
+                from tasks.runtime import get_logger
+
+                get_logger().warning("skipping %s: a symbolic link; backups are plain directories", meta)
                 continue
-            records.append(BackupRecord(metadata, str(meta.parent), self))
+            metadata = _parse_found(meta.read_bytes(), str(meta), folder.parent.name, folder.name)
+            if metadata is not None:
+                records.append(BackupRecord(metadata, str(folder), self, folder.parent.name, folder.name))
         return records
 
     def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
         """Local backups are restored in place: nothing to download."""
-        return Path(record.location)
+        return self.backup_dir(record.segment, record.folder)
+
+    def delete(self, record: BackupRecord) -> None:
+        """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
+        folder = self.backup_dir(record.segment, record.folder)
+        (folder / METADATA).unlink(missing_ok=True)
+        shutil.rmtree(folder)
 
 
 # ------------------------------------------------------------------------------------- S3
@@ -253,14 +389,18 @@ class S3Settings:
     chunk_size_mb: int = 100
     concurrency: int = 4
     extra_args: dict[str, str] | None = None  # server-side encryption headers
+    # Backups and restores wait out a slow S3; health, metrics and listings must answer in seconds.
+    connect_timeout: float = 10
+    read_timeout: float = 120
+    max_attempts: int = 10
 
 
 def s3_client(cfg: S3Settings, client_factory: Callable[..., Any] | None = None):
     """A boto3 S3 client that retries throttling, 5xx and dropped connections (standard mode)."""
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=120,
-                    max_pool_connections=max(10, cfg.concurrency * 2 + 2))
+    config = Config(retries={"max_attempts": cfg.max_attempts, "mode": "standard"}, connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.read_timeout, max_pool_connections=max(10, cfg.concurrency * 2 + 2))
     if client_factory is not None:  # a prefect-aws AwsCredentials block's get_client
         return client_factory(config)
     import boto3
@@ -276,6 +416,13 @@ class S3Store:
 
     def describe(self) -> str:
         return f"s3://{self.cfg.bucket}/{self.prefix}backups/full/"
+
+    def bounded(self) -> "S3Store":
+        """This store with calls that give up within seconds: for health, metrics and listings."""
+        if self.cfg.max_attempts > 2:
+            self.cfg.connect_timeout, self.cfg.read_timeout, self.cfg.max_attempts = 3, 10, 2
+            self.client = s3_client(self.cfg)
+        return self
 
     def key(self, tenant_segment: str, name: str, filename: str = "") -> str:
         return f"{self.prefix}backups/full/{tenant_segment}/{name}/{filename}"
@@ -309,7 +456,8 @@ class S3Store:
             raise
 
     def prepare(self, tenant_segment: str, name: str) -> None:
-        """Refuse a taken name; abort multipart uploads that interrupted runs of this tenant left."""
+        """Refuse a taken name and claim it (a conditional put of .claim, so two runs cannot both
+        write one backup); abort multipart uploads that interrupted runs of this tenant left."""
         from botocore.exceptions import ClientError, EndpointConnectionError
 
         try:
@@ -322,7 +470,66 @@ class S3Store:
                            "check P8_S3_ENDPOINT_URL") from None
         if self.exists(tenant_segment, name):
             raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
-        self.abort_incomplete_uploads(self.key(tenant_segment, "")[:-1])
+        claim_key = self.key(tenant_segment, name, CLAIM)
+        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+        try:
+            self.client.put_object(Bucket=self.cfg.bucket, Key=claim_key, Body=body, IfNoneMatch="*")
+        except ClientError as exc:
+            if _status(exc) != 412:
+                raise
+            self._take_stale_claim(claim_key, body, name)
+        self.clean_abandoned(tenant_segment)
+
+    def _claim(self, claim_key: str) -> tuple[dict, str] | None:
+        """A claim's owner and ETag; None when there is none (or it is unreadable)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            current = self.client.get_object(Bucket=self.cfg.bucket, Key=claim_key)
+            return json.loads(current["Body"].read()), current["ETag"]
+        except (ClientError, ValueError):
+            return None
+
+    def clean_abandoned(self, tenant_segment: str) -> None:
+        """Remove what runs that died left in this tenant's backups: multipart uploads with no claim
+        or a stale one, then the claims and partial objects of backups that never got metadata.json.
+        A concurrent run's upload and claim are left alone."""
+        base = f"{self.prefix}backups/full/{tenant_segment}/"
+        abandoned: dict[str, bool] = {}
+
+        def is_abandoned(folder: str) -> bool:
+            if folder not in abandoned:
+                claim = self._claim(self.key(tenant_segment, folder, CLAIM))
+                abandoned[folder] = claim is None or claim_is_stale(claim[0])
+            return abandoned[folder]
+
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.cfg.bucket, Prefix=base):
+            for upload in page.get("Uploads", []):
+                if is_abandoned(upload["Key"][len(base):].split("/")[0]):
+                    self.client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.bucket, Prefix=base):
+            for obj in page.get("Contents", []):
+                folder, _, filename = obj["Key"][len(base):].partition("/")
+                if filename == CLAIM and is_abandoned(folder) and not self.exists(tenant_segment, folder):
+                    for leftover in (ARCHIVE, SCHEMAS, CLAIM):
+                        self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, folder, leftover))
+
+    def _take_stale_claim(self, claim_key: str, body: bytes, name: str) -> None:
+        """Replace a claim its run left behind; refuse a live one."""
+        from botocore.exceptions import ClientError
+
+        busy = UsageError(f"a backup named {name!r} is being written right now by another run in {self.describe()}; "
+                          "choose another --name")
+        claim = self._claim(claim_key)
+        if claim is None or not claim_is_stale(claim[0]):
+            raise busy
+        try:  # only the run that read this exact stale claim may replace it
+            self.client.put_object(Bucket=self.cfg.bucket, Key=claim_key, Body=body, IfMatch=claim[1])
+        except ClientError as exc:
+            if _status(exc) == 412:
+                raise busy from None
+            raise
 
     def abort_incomplete_uploads(self, key_prefix: str) -> int:
         aborted = 0
@@ -350,7 +557,7 @@ class S3Store:
             yield upload
             upload.complete()
         except BaseException:
-            upload.abort()
+            cleanup_quietly(upload.abort, f"aborting the multipart upload of {self.location(tenant_segment, name)}")
             raise
 
     def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
@@ -364,36 +571,50 @@ class S3Store:
                                            Tagging=tagging)
 
     def discard(self, tenant_segment: str, name: str) -> None:
+        """Remove a failed attempt's objects (the claim stays for a retry)."""
         if self.exists(tenant_segment, name):
             return
         self.abort_incomplete_uploads(self.key(tenant_segment, name, ARCHIVE))
         for filename in (ARCHIVE, SCHEMAS):
             self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, name, filename))
 
+    def release(self, tenant_segment: str, name: str) -> None:
+        """End this run's claim; without metadata.json the objects are an unfinished backup and go."""
+        self.discard(tenant_segment, name)
+        self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(tenant_segment, name, CLAIM))
+
     def list(self) -> list[BackupRecord]:
         records = []
+        base = f"{self.prefix}backups/full/"
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=f"{self.prefix}backups/full/"):
+        for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=base):
             for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/" + METADATA):
-                    body = self.client.get_object(Bucket=self.cfg.bucket, Key=obj["Key"])["Body"].read()
-                    try:
-                        metadata = BackupMetadata.model_validate_json(body)
-                    except ValueError:
-                        continue
-                    records.append(BackupRecord(metadata, self.location(metadata.tenant_segment, metadata.name), self))
+                parts = obj["Key"][len(base):].split("/")
+                if len(parts) != 3 or parts[2] != METADATA:
+                    continue
+                body = self.client.get_object(Bucket=self.cfg.bucket, Key=obj["Key"])["Body"].read()
+                metadata = _parse_found(body, f"s3://{self.cfg.bucket}/{obj['Key']}", parts[0], parts[1])
+                if metadata is not None:
+                    records.append(BackupRecord(metadata, self.location(parts[0], parts[1]), self, parts[0], parts[1]))
         return records
+
+    def delete(self, record: BackupRecord) -> None:
+        """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
+        for filename in (METADATA, ARCHIVE, SCHEMAS, CLAIM):
+            self.client.delete_object(Bucket=self.cfg.bucket, Key=self.key(record.segment, record.folder, filename))
 
     def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
         """Download a backup to out_dir/{name}/ with parallel ranged GETs; an interrupted run resumes."""
-        meta = record.metadata
-        dest = out_dir / meta.name
-        dest.mkdir(parents=True, exist_ok=True)
-        body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(meta.tenant_segment, meta.name, SCHEMAS))
-        (dest / SCHEMAS).write_bytes(body["Body"].read())
-        self._ranged_download(self.key(meta.tenant_segment, meta.name, ARCHIVE), dest / ARCHIVE, progress)
-        # metadata.json last, as on upload: a directory without it is an unfinished download.
-        (dest / METADATA).write_text(meta.model_dump_json(indent=2))
+        dest = out_dir / check_name(record.folder)
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(record.segment, record.folder, SCHEMAS))
+        with space_checked(dest, "--output"):
+            with private_file(dest / SCHEMAS) as f:
+                f.write(body["Body"].read())
+            self._ranged_download(self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE, progress)
+            # metadata.json last, as on upload: a directory without it is an unfinished download.
+            with private_file(dest / METADATA) as f:
+                f.write(record.metadata.model_dump_json(indent=2).encode())
         return dest
 
     def _ranged_download(self, key: str, target: Path, progress: Callable[[int], None] | None) -> None:
@@ -410,8 +631,8 @@ class S3Store:
             saved = json.loads(state_file.read_text())
             if (saved["etag"], saved["size"], saved["part_size"]) == (etag, size, part):
                 state = saved
-        with open(partial, "ab"):
-            pass
+        if not partial.exists():
+            private_file(partial).close()
         os.truncate(partial, size)
         done = set(state["done"])
         lock = threading.Lock()
@@ -464,9 +685,26 @@ class S3Store:
 # ------------------------------------------------------------------------------ lookups
 
 
+def _status(exc) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def cleanup_quietly(action: Callable[[], Any], what: str) -> None:
+    """Run a clean-up step whose failure must not hide the error that made it necessary."""
+    try:
+        action()
+    except Exception as exc:  # the original error is the one the operator needs; this one is logged
+        from tasks.runtime import get_logger
+
+        get_logger().warning("%s failed too (%s); the error that caused it follows", what, exc)
+
+
 def find_backup(stores: list, name: str, tenant: str | None = None) -> BackupRecord:
     """The backup called name in any store. When several match, the one local copy wins (nothing to
     download); otherwise the ambiguity is an error."""
+    check_name(name)
+    if tenant is not None and tenant != ALL_TENANTS:
+        check_tenant(tenant)
     matches = [r for store in stores for r in store.list()
                if r.name == name and (tenant is None or r.metadata.tenant_segment == tenant)]
     if not matches:
@@ -528,9 +766,23 @@ def make_store(settings, upload: bool, storage_block: str | None = None, encrypt
     return LocalStore(settings.local_backup_dir)
 
 
-def all_stores(settings) -> list:
-    """Every place backups may be: the local directory, and the bucket when one is configured."""
+def all_stores(settings, bounded: bool = False) -> list:
+    """Every place backups may be: the local directory, and the bucket when one is configured.
+    bounded: S3 calls give up within seconds (for health, metrics and listings)."""
     stores: list = [LocalStore(settings.local_backup_dir)]
     if settings.s3_bucket:
-        stores.append(make_store(settings, upload=True))
+        s3 = make_store(settings, upload=True)
+        stores.append(s3.bounded() if bounded else s3)
     return stores
+
+
+def list_reachable(stores: list) -> tuple[list[BackupRecord], dict[str, str]]:
+    """Every backup in the stores that answer, and for each one that does not, why."""
+    records: list[BackupRecord] = []
+    failed: dict[str, str] = {}
+    for store in stores:
+        try:
+            records.extend(store.list())
+        except Exception as exc:  # one unreachable store must not hide the others' backups
+            failed[store.describe()] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return records, failed

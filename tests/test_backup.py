@@ -120,7 +120,7 @@ def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
     ([_file("rocksdb/../../escaped")], "rocksdb/../../escaped"),
     ([_file("/tmp/absolute-escape")], "/tmp/absolute-escape"),
     ([_link("rocksdb/CURRENT", "/etc/passwd")], "link"),
-    ([_file("rocksdb/a"), _link("rocksdb/b", "rocksdb/a", tarfile.LNKTYPE)], "link"),
+    ([_file("rocksdb/000001.sst"), _link("rocksdb/000002.sst", "rocksdb/000001.sst", tarfile.LNKTYPE)], "link"),
 ])
 def test_crafted_archives_with_matching_checksums_are_refused(make_sample, tmp_path, members, fragment):
     db = make_sample()
@@ -310,8 +310,11 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill must leave an incomplete upload"
     env = s3_env(s3_endpoint, bucket)
     assert json.loads(rem("backup", "list", "--json", env=env, check=True).stdout) == []
-    create(db, "--upload", env=env)
+    meta = create(db, "--upload", env=env)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    # The killed run's claim went with its upload: only the new backup's three files remain.
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"backups/full/_all/{meta['name']}/{f}" for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")}
 
 
 def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(make_sample, tmp_path, s3_endpoint,
@@ -351,7 +354,7 @@ def _rebuilt_backup(tmp_path, meta: dict, damage) -> Path:
     from tasks.archive import extract_archive, write_archive
 
     work = tmp_path / "rebuild"
-    db_dir = extract_archive(Path(meta["location"], "rocksdb.tar.zst"), work / "x")
+    db_dir = extract_archive(Path(meta["location"], "rocksdb.tar.zst"), work / "x", meta["uncompressed_bytes"])
     damage(db_dir)
     folder = tmp_path / "damaged"
     folder.mkdir()
