@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,18 +147,18 @@ def test_a_killed_tenant_restore_leaves_the_old_tenant_or_the_new_one(make_sampl
     old_acme, others = _tenant_rows(old, "acme"), {k: v for k, v in old["entities"].items()
                                                    if not k.startswith(b"entity:acme:")}
     assert old_acme != new_acme
+    command = [sys.executable, "-m", "cli.main", "backup", "restore", "--source", meta["location"], "--overwrite"]
+    rehearsal = tmp_path / "rehearsal"
+    shutil.copytree(db, rehearsal)
+    started = time.monotonic()
+    subprocess.run([*command, "--target", str(rehearsal)], cwd=REPO, check=True, capture_output=True)
+    duration = time.monotonic() - started  # how long a whole tenant restore takes here, whatever it does
     outcomes = []
-    for delay in (0.0, 0.3, 0.8, None):
-        restore = subprocess.Popen([sys.executable, "-m", "cli.main", "backup", "restore", "--source",
-                                    meta["location"], "--target", str(db), "--overwrite"], cwd=REPO,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if delay is not None:
-            deadline = time.time() + 30
-            while not [p for p in db.parent.iterdir() if p.name.startswith(".rem-tenant-restore-")]:
-                if restore.poll() is not None or time.time() > deadline:
-                    break
-                time.sleep(0.002)
-            time.sleep(delay)
+    for fraction in (0.5, 0.7, 0.85, 0.95, None):
+        restore = subprocess.Popen([*command, "--target", str(db)], cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        if fraction is not None:
+            time.sleep(duration * fraction)
             restore.send_signal(signal.SIGKILL)
         restore.wait(120)
         now = dump_all(db)  # opens cleanly whatever happened
@@ -221,13 +222,22 @@ def test_prune_never_acts_on_a_path_a_metadata_file_names(make_sample, tmp_path)
     assert Path(meta["location"], "metadata.json").exists()  # the newest is kept
 
 
-def test_download_never_writes_outside_output(tmp_path, s3_endpoint, bucket):
+def test_download_never_writes_outside_output(make_sample, tmp_path, s3_endpoint, bucket, s3):
+    db = make_sample()
+    env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
+    real = json.loads(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env, check=True).stdout)
+    # A record planted in the bucket whose metadata names a path outside any --output.
+    crafted = {**{k: v for k, v in real.items() if k != "location"}, "name": "../../escaped"}
+    for filename in ("rocksdb.tar.zst", "schemas.json"):
+        s3.copy_object(Bucket=bucket, Key=f"backups/full/_all/escaped/{filename}",
+                       CopySource={"Bucket": bucket, "Key": f"backups/full/_all/{real['name']}/{filename}"})
+    s3.put_object(Bucket=bucket, Key="backups/full/_all/escaped/metadata.json", Body=json.dumps(crafted).encode())
     out = tmp_path / "out" / "inner"
-    proc = rem("backup", "download", "--name", "../../escaped", "--output", str(out),
-               env={"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint})
-    assert proc.returncode == 2 and "backup name" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "escaped").exists() and not out.exists()
+    for name in ("../../escaped", "escaped"):
+        proc = rem("backup", "download", "--name", name, "--output", str(out), env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+        assert not (tmp_path / "escaped").exists() and not out.exists()
 
 
 # ------------------------------------------------------------------------ 5. tenants are explicit
