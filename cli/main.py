@@ -175,15 +175,18 @@ def db_vacuum(
     dry_run: bool = typer.Option(False, "--dry-run", help="Report what would go; write nothing"),
     older_than: str = typer.Option("30d", "--older-than", help="Soft-deleted before now minus this (30d, 12h)"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant"),
+    orphans: bool = typer.Option(False, "--orphans", help="Also rows whose entity is gone (key and edge rows "
+                                 "the engine's hard_delete leaves)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Permanently remove soft-deleted entities (and everything of theirs) older than the cutoff, plus orphans."""
+    """Permanently remove soft-deleted entities older than the cutoff with every row of theirs (key rows of
+    current and old keys, edge rows); with --orphans, also rows whose entity is gone."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         tenant = _tenant(tenant)
         from flows.maintenance import vacuum_flow
 
-        report = vacuum_flow(older_than, tenant, dry_run, _settings_dict(settings))
+        report = vacuum_flow(older_than, tenant, dry_run, _settings_dict(settings), orphans)
         emit(report, as_json, lambda c: c.print(
             f"{'Would remove' if dry_run else 'Removed'} {report['entities']:,} entities soft-deleted before "
             f"{report['cutoff']}; rows per column family {report['rows']} (orphans {report['orphans']}); "
@@ -468,11 +471,13 @@ def deploy(
 @index_app.command("rebuild")
 def index_rebuild_command(
     ctx: typer.Context,
-    kind: str = typer.Option("all", "--type", help="hnsw, fields, keys or all"),
+    kind: str = typer.Option("all", "--type", help="keys, hnsw, fields, or all (keys and hnsw)"),
     schema: Optional[str] = typer.Option(None, "--schema", help="Only this schema"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Key and field index rows from the entities (engine stopped); HNSW per tenant and schema with recall@10."""
+    """keys: write the current key's row for entities that have none (nothing removed); hnsw: an index per tenant
+    and schema beside the database, with recall@10; fields: the indexes column family, which the engine never
+    writes (only when named). Keys and fields need the engine stopped."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         from flows.maintenance import index_rebuild

@@ -12,6 +12,7 @@ from flows.backup import resolve_settings
 from rem.db import open_db
 from rem.errors import UsageError
 from rem.export import export_tenant, schema_layouts
+from rem.engine import SYSTEM_SCHEMA_PROPERTIES
 from rem.format import check_tenant
 from rem.tenant import require_tenant
 from tasks.runtime import flow, publish_report, task
@@ -61,6 +62,10 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
         single = bool(output) and len(names) == 1 and bool(schemas)
         targets = {name: base if single else base / f"{name}.parquet" for name in names}
         files = export_files(str(cfg.db_path), targets, tenant, include_deleted)
+        if not schemas:  # all schemas: the built-in ones only where the tenant has entities of theirs
+            for result in [r for r in files if r["schema"] in SYSTEM_SCHEMA_PROPERTIES and not r["rows"]]:
+                Path(result["path"]).unlink(missing_ok=True)
+                files.remove(result)
         for result in files:
             if store is not None:
                 key = f"{store.prefix}exports/{tenant}/{stamp}/{result['schema']}.parquet"

@@ -49,18 +49,18 @@ def parse_age(text: str) -> timedelta:
 
 
 @task("vacuum", retries=0)
-def vacuum_task(db_path: str, cutoff: datetime, tenant: str | None, dry_run: bool) -> dict:
-    """Remove soft-deleted entities older than the cutoff, everything of theirs, and orphans."""
+def vacuum_task(db_path: str, cutoff: datetime, tenant: str | None, dry_run: bool, orphans: bool = False) -> dict:
+    """Remove soft-deleted entities older than the cutoff and everything of theirs (and orphans, if asked)."""
     with writer_slot(db_path), open_db(db_path, "ro" if dry_run else "rw") as db:
-        return vacuum(db, cutoff, tenant, dry_run).to_dict()
+        return vacuum(db, cutoff, tenant, dry_run, orphans=orphans).to_dict()
 
 
 @flow("vacuum", description="Permanently remove soft-deleted data older than a cutoff, and orphaned rows.")
 def vacuum_flow(older_than: str = "30d", tenant: str | None = None, dry_run: bool = False,
-                settings: dict[str, Any] | None = None) -> dict:
+                settings: dict[str, Any] | None = None, orphans: bool = False) -> dict:
     cfg = resolve_settings(settings)
     cutoff = datetime.now(timezone.utc) - parse_age(older_than)
-    report = vacuum_task(str(cfg.db_path), cutoff, tenant, dry_run)
+    report = vacuum_task(str(cfg.db_path), cutoff, tenant, dry_run, orphans)
     rows = [{"column family": cf, "rows": n, "orphans": report["orphans"].get(cf, 0)} for cf, n in report["rows"].items()]
     publish_report("vacuum", f"# Vacuum {'(dry run)' if dry_run else ''}\n\n{report['entities']} entities, "
                              f"{report['bytes_reclaimed']} bytes reclaimed\n\n" + _table(rows))
@@ -94,11 +94,12 @@ def health_flow(settings: dict[str, Any] | None = None, database_block: str | No
 
 @task("rebuild-index-rows", retries=0)
 def rebuild_rows_task(db_path: str, cf: str, schema: str | None) -> dict:
-    """Rewrite key_index or indexes rows to match the entities (the engine must be stopped)."""
-    from rem.indexes import rebuild_rows
+    """Missing key rows written (key_index), or the indexes CF rebuilt (the engine must be stopped)."""
+    from rem.indexes import rebuild_field_rows, rebuild_key_rows
 
+    rebuild = rebuild_key_rows if cf == "key_index" else rebuild_field_rows
     with writer_slot(db_path), open_db(db_path, "rw") as db:
-        return rebuild_rows(db, cf, schema).__dict__
+        return rebuild(db, schema).__dict__
 
 
 @task("build-hnsw", retries=0)
@@ -115,12 +116,13 @@ def index_rebuild(kind: str = "all", schema: str | None = None, settings: dict[s
     from rem.errors import UsageError
 
     if kind not in ("hnsw", "fields", "keys", "all"):
-        raise UsageError(f"--type {kind!r}: use hnsw, fields, keys or all")
+        raise UsageError(f"--type {kind!r}: use hnsw, fields, keys or all (keys and hnsw; the engine never "
+                         "writes the indexes column family, so fields is only rebuilt when named)")
     cfg = resolve_settings(settings)
     result: dict[str, Any] = {}
     if kind in ("keys", "all"):
         result["keys"] = rebuild_rows_task(str(cfg.db_path), "key_index", schema)
-    if kind in ("fields", "all"):
+    if kind == "fields":
         result["fields"] = rebuild_rows_task(str(cfg.db_path), "indexes", schema)
     if kind in ("hnsw", "all"):
         result["hnsw"] = build_hnsw_task(str(cfg.db_path), schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import struct
@@ -31,17 +32,68 @@ Mode = Literal["rw", "ro", "secondary"]
 ROCKSDICT_CONFIG = "rocksdict-config.json"
 
 
+# RocksDB 8.10's default table format: the engine's files are version 5, and ours stay readable by
+# it and by Debian's sst_dump/ldb (7.8.3, which cannot read version 6, RocksDB 9's default).
+ENGINE_FORMAT_VERSION = 5
+
+
 def cf_options(spec: CFSpec) -> Options:
-    """The engine's options for one column family (see DESIGN.md's table)."""
+    """The engine's options for one column family (storage/column_families.rs), built in code:
+    Options.load_latest would drop the bloom filter of every CF on the way back."""
     opts = Options(raw_mode=True)
     opts.set_compression_type(DBCompressionType.lz4() if spec.compression == "lz4" else DBCompressionType.none())
     table = BlockBasedOptions()
     table.set_block_size(spec.block_size)
     table.set_bloom_filter(spec.bloom_bits, False)
+    table.set_format_version(ENGINE_FORMAT_VERSION)
     opts.set_block_based_table_factory(table)
     if spec.prefix_len:
         opts.set_prefix_extractor(SliceTransform.create_fixed_prefix(spec.prefix_len))
     return opts
+
+
+def db_options() -> Options:
+    """The engine's database options (storage/db.rs Storage::open)."""
+    opts = Options(raw_mode=True)
+    opts.set_max_open_files(1000)
+    opts.set_max_background_jobs(4)
+    opts.set_write_buffer_size(64 * 1024 * 1024)
+    return opts
+
+
+def engine_options(path: Path, cf_names: list[str]) -> tuple[Options, dict[str, Options]]:
+    """The engine's options for every column family the database has: built in code for the nine it
+    creates, from the database's OPTIONS file for any other (which we only ever read or copy)."""
+    unknown = [name for name in cf_names if name not in CF_SPECS]
+    saved: dict[str, Options] = {}
+    if unknown and any(Path(path).glob("OPTIONS-*")):
+        saved = Options.load_latest(str(path))[1]
+    return db_options(), {name: cf_options(CF_SPECS[name]) if name in CF_SPECS else saved.get(name, Options(raw_mode=True))
+                          for name in cf_names}
+
+
+def _options_rocksdb_version(text: str) -> str:
+    import re
+
+    match = re.search(r"rocksdb_version=([\d.]+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def database_rocksdb_version(path: str | os.PathLike) -> str:
+    """The RocksDB that last wrote the database's OPTIONS file: the engine's, unless our tools opened
+    it read-write since (a read-only open writes none)."""
+    options = sorted(Path(path).glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    return _options_rocksdb_version(options[-1].read_text(errors="replace")) if options else "unknown"
+
+
+@functools.cache
+def tools_rocksdb_version() -> str:
+    """The RocksDB version our rocksdict runs, read from the OPTIONS file of a throwaway database."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rem-probe-") as tmp:
+        Rdict(tmp, Options(raw_mode=True)).close()
+        return database_rocksdb_version(tmp)
 
 
 def is_database(path: str | os.PathLike) -> bool:
@@ -223,9 +275,7 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
         # Checked before opening: a refused read-write open still rotates the holder's LOG file.
         raise DatabaseLocked(str(path))
     cf_names = Rdict.list_cf(str(path))
-    opts, cf_opts = Options.load_latest(str(path))  # the engine's own options, from its OPTIONS file
-    # The OPTIONS file may name column families the MANIFEST no longer has (after a repair dropped one).
-    cf_opts = {name: cf_opts[name] for name in cf_names if name in cf_opts}
+    opts, cf_opts = engine_options(path, cf_names)
     if mode == "rw":
         access = AccessType.read_write()
     elif mode == "ro":
@@ -252,10 +302,9 @@ def init_db(path: str | os.PathLike) -> RemDB:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UsageError(f"{path}: already exists and is not empty; choose a new path")
     path.mkdir(parents=True, exist_ok=True)
-    opts = Options(raw_mode=True)
+    opts = db_options()
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
-    opts.set_max_background_jobs(4)
     try:
         with _no_litter(path):
             rdict = Rdict(str(path), options=opts,
@@ -272,10 +321,9 @@ def init_like(source: RemDB, path: str | os.PathLike) -> RemDB:
     if path.exists() and any(path.iterdir()):
         raise UsageError(f"{path}: already exists and is not empty; choose a new path")
     path.mkdir(parents=True, exist_ok=True)
-    opts, cf_opts = Options.load_latest(str(source.path))
+    opts, wanted = engine_options(source.path, source.cf_names)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
-    wanted = {name: cf_opts[name] for name in source.cf_names if name in cf_opts}
     with _no_litter(path):
         rdict = Rdict(str(path), options=opts, column_families=wanted)
     return RemDB(path, rdict, "rw", list(source.cf_names))

@@ -4,9 +4,14 @@ Columns: tenant_id, id, entity_type, created_at, modified_at, deleted_at (timest
 (JSON text), extra_properties (JSON text of properties the schema does not declare, or null),
 then each property with the Arrow type its JSON Schema implies (string, int64,
 float64, bool, timestamp for format date-time, list for arrays of scalars, struct for objects with
-declared properties, JSON text for anything else), and embedding as fixed_size_list<float32>
-(from the embeddings CF, or inline properties.embedding). A value that does not fit its type is
-written as null and counted.
+declared properties, JSON text for anything else), and embedding: the engine's properties.embedding
+as float32 (types/entity.rs get_embedding), list<float32>, or fixed_size_list<float32> where the
+schema names a dimension (our sample's embedding_dim; then also from the embeddings CF). A value that
+does not fit its type is written as null and counted.
+
+A property named like a system column (the built-in sessions, messages and feedback schemas declare
+tenant_id; sessions created_at) is exported as prop_{name}. The built-in schemas (schema/builtin.rs)
+are never stored: their layouts come from rem.engine.SYSTEM_SCHEMA_PROPERTIES.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rem.db import RemDB
+from rem.engine import SYSTEM_SCHEMA_PROPERTIES
 from rem.format import embedding_key, entity_prefix, parse_entity_key
 from rem.tenant import schema_rows
 
@@ -82,37 +88,50 @@ def _convert(value, kind: pa.DataType):
     return value
 
 
+SYSTEM_COLUMNS = {name for name, _ in SYSTEM_FIELDS}
+
+
+def column_name(prop: str) -> str:
+    """The column of a property: its own name, or prop_{name} where that is a system column's."""
+    return f"prop_{prop}" if prop in SYSTEM_COLUMNS or prop.startswith("prop_") else prop
+
+
 @dataclass
 class SchemaLayout:
     name: str
-    properties: list[tuple[str, pa.DataType]]
+    properties: list[tuple[str, pa.DataType]]  # (property name, type); the column is column_name(property)
     dim: int | None
+    embedding: bool = True  # an embedding column (fixed size when dim, else list<float32>)
 
     @property
     def declared(self) -> set[str]:
-        return {name for name, _ in self.properties} | {"embedding"}
+        return {name for name, _ in self.properties} | ({"embedding"} if self.embedding else set())
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        fields = SYSTEM_FIELDS + self.properties
-        if self.dim:
-            fields = fields + [("embedding", pa.list_(pa.float32(), self.dim))]
+        fields = SYSTEM_FIELDS + [(column_name(name), kind) for name, kind in self.properties]
+        if self.embedding:
+            fields = fields + [("embedding", pa.list_(pa.float32(), self.dim) if self.dim else pa.list_(pa.float32()))]
         return pa.schema(fields)
 
 
+def _layout(name: str, json_schema: dict) -> SchemaLayout:
+    extra = json_schema.get("json_schema_extra") or {}
+    declared = json_schema.get("properties") or {}
+    columns = [(prop, arrow_type(spec)) for prop, spec in declared.items() if prop != "embedding"]
+    has_vectors = bool(extra.get("embedding_dim") or extra.get("embedding_fields") or "embedding" in declared)
+    return SchemaLayout(name, columns, extra.get("embedding_dim"), has_vectors)
+
+
 def schema_layouts(db: RemDB) -> dict[str, SchemaLayout]:
-    """The Parquet layout of every live schema, by short name."""
-    layouts = {}
+    """The Parquet layout of every live schema, by short name: the built-in ones, then the stored ones."""
+    layouts = {name: _layout(name, {"properties": props}) for name, props in SYSTEM_SCHEMA_PROPERTIES.items()}
     for _, value in schema_rows(db):
         entity = orjson.loads(value)
         if entity.get("deleted_at") is not None:
             continue
         props = entity["properties"]
-        json_schema = props.get("schema") or {}
-        dim = (json_schema.get("json_schema_extra") or {}).get("embedding_dim")
-        columns = [(name, arrow_type(spec)) for name, spec in (json_schema.get("properties") or {}).items()
-                   if name != "embedding"]
-        layouts[props["short_name"]] = SchemaLayout(props["short_name"], columns, dim)
+        layouts[props["short_name"]] = _layout(props["short_name"], props.get("schema") or {})
     return layouts
 
 
@@ -134,25 +153,34 @@ def _row(db: RemDB, layout: SchemaLayout, tenant: str, uuid: str, entity: dict, 
            "edges": json.dumps(entity.get("edges") or []), "extra_properties": json.dumps(extra) if extra else None}
     for name, kind in layout.properties:
         try:
-            row[name] = _convert(props.get(name), kind)
+            row[column_name(name)] = _convert(props.get(name), kind)
         except (TypeError, ValueError):
-            row[name] = None
+            row[column_name(name)] = None
             stats.nulled_values += 1
-    if layout.dim:
+    if layout.embedding:
         inline = props.get("embedding")
         if isinstance(inline, list):
-            raw = np.asarray(inline, dtype="<f4").tobytes() if len(inline) == layout.dim else None
+            try:
+                raw = np.asarray(inline, dtype="<f4").tobytes()
+            except (TypeError, ValueError):
+                raw = None
+                stats.nulled_values += 1
         else:
-            raw = db.get("embeddings", embedding_key(tenant, uuid)) if db.has_cf("embeddings") else None
-        row["embedding"] = raw if raw is not None and len(raw) == layout.dim * 4 else None
+            raw = db.get("embeddings", embedding_key(tenant, uuid)) if layout.dim and db.has_cf("embeddings") else None
+        row["embedding"] = raw if raw is not None and (not layout.dim or len(raw) == layout.dim * 4) else None
     return row
 
 
-def _vectors(raws: list[bytes | None], dim: int) -> pa.Array:
-    """fixed_size_list<float32> straight from the stored little-endian bytes (no Python floats)."""
+def _vectors(raws: list[bytes | None], dim: int | None) -> pa.Array:
+    """fixed_size_list<float32> (or list<float32> without a dim) straight from little-endian bytes."""
+    mask = pa.array([r is None for r in raws])
+    if not dim:
+        offsets = np.cumsum([0] + [len(r) // 4 if r is not None else 0 for r in raws]).astype("int32")
+        values = pa.array(np.frombuffer(b"".join(r for r in raws if r is not None), dtype="<f4"))
+        return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
     blank = bytes(dim * 4)
     values = pa.array(np.frombuffer(b"".join(r if r is not None else blank for r in raws), dtype="<f4"))
-    return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([r is None for r in raws]))
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
 
 
 def _batch(layout: SchemaLayout, rows: list[dict], stats: ExportStats) -> pa.RecordBatch:
@@ -160,7 +188,7 @@ def _batch(layout: SchemaLayout, rows: list[dict], stats: ExportStats) -> pa.Rec
     columns = []
     for f in schema:
         values = [r.get(f.name) for r in rows]
-        if f.name == "embedding" and layout.dim:
+        if f.name == "embedding" and layout.embedding:
             columns.append(_vectors(values, layout.dim))
             continue
         try:

@@ -295,10 +295,41 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def _value(value: Any) -> orjson.Fragment:
+    """A serde_json::Value as the engine writes it: objects are BTreeMaps, so keys sorted at every level."""
+    return orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
+def encode_entity(entity: dict) -> bytes:
+    """An entity's bytes exactly as the engine writes them (types/entity.rs Entity: SystemFields
+    flattened in declaration order, then properties, a Value; InlineEdge: dst, rel_type, properties,
+    created_at)."""
+    edges = [{"dst": e["dst"], "rel_type": e["rel_type"], "properties": _value(e.get("properties") or {}),
+              "created_at": e["created_at"]} for e in entity.get("edges") or ()]
+    return orjson.dumps({"id": entity["id"], "entity_type": entity["entity_type"], "created_at": entity["created_at"],
+                         "modified_at": entity["modified_at"], "deleted_at": entity.get("deleted_at"), "edges": edges,
+                         "properties": _value(entity.get("properties") or {})})
+
+
+def encode_edge(edge: dict) -> bytes:
+    """types/entity.rs Edge: src, dst, rel_type, data {properties, created_at}."""
+    return orjson.dumps({"src": edge["src"], "dst": edge["dst"], "rel_type": edge["rel_type"],
+                         "data": {"properties": _value(edge["data"].get("properties") or {}),
+                                  "created_at": edge["data"]["created_at"]}})
+
+
+def encode_wal_op(op: dict) -> bytes:
+    """replication/wal.rs WalOperation: {"Insert": {tenant_id, entity}} | {"Update": {tenant_id,
+    entity_id, changes}} | {"Delete": {tenant_id, entity_id}}; entity and changes are Values."""
+    (kind, body), = op.items()
+    return orjson.dumps({kind: {k: _value(v) if k in ("entity", "changes") else v for k, v in body.items()}})
+
+
 def wal_entry_json(seq: int, timestamp: str, op: dict | bytes) -> bytes:
-    """A WAL entry's stored bytes; op may be already-encoded JSON."""
-    return orjson.dumps({"seq": seq, "timestamp": timestamp,
-                         "op": orjson.Fragment(op) if isinstance(op, bytes) else op})
+    """A logical WAL entry's bytes as replication/wal.rs writes them: seq, op, timestamp. op may be
+    already encoded (encode_wal_op)."""
+    op_json = op if isinstance(op, bytes) else encode_wal_op(op)
+    return orjson.dumps({"seq": seq, "op": orjson.Fragment(op_json), "timestamp": timestamp})
 
 
 def _decode_model(model: type[_Model], cf: str, key: bytes, value: bytes):

@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from rem.db import RemDB
+from rem.engine import current_key_row
 from rem.format import SCHEMA_ENTITY_TYPE, embedding_key, parse_entity_key, parse_index_key, parse_key_index_key
 from rem.writer import index_rows, load_schemas
 
@@ -37,34 +38,58 @@ def hnsw_dir(db_path: Path) -> Path:
     return db_path.parent / f"{db_path.name}.hnsw"
 
 
-def rebuild_rows(db: RemDB, cf: str, schema: str | None = None, batch_rows: int = 10_000) -> RowRebuild:
-    """Make key_index or indexes hold exactly the rows the entities imply (for one schema, or all)."""
-    schemas = load_schemas(db)
-    expected: set[bytes] = set()
-    types: dict[str, str] = {}
+def rebuild_key_rows(db: RemDB, schema: str | None = None, batch_rows: int = 10_000) -> RowRebuild:
+    """Write the key row of an entity's current key where the entity has no key row at all (one was
+    lost); remove nothing. Every existing row is one the engine may look up: an old key an update
+    left (rem/engine.py) still finds its entity, and one whose entity is gone finds nothing."""
+    stored = load_schemas(db)
+    with_rows = {(parsed.tenant, parsed.uuid) for parsed in map(parse_key_index_key, db.keys("key_index"))}
+    missing: list[tuple[bytes, bytes]] = []
     for key, value in db.items("entities"):
         entity = orjson.loads(value)
-        tenant, uuid = parse_entity_key(key)
-        types[uuid] = entity.get("entity_type")
+        owner = parse_entity_key(key)
         if entity.get("entity_type") == SCHEMA_ENTITY_TYPE or (schema and entity.get("entity_type") != schema):
             continue
-        expected |= {k for c, k, _ in index_rows(schemas.get(entity.get("entity_type")), tenant, entity) if c == cf}
-    parse = parse_key_index_key if cf == "key_index" else parse_index_key
+        row = current_key_row(owner.tenant, entity, stored)
+        if row is not None and (owner.tenant, owner.uuid) not in with_rows:
+            missing.append((row, orjson.dumps({"type": entity["entity_type"]})))
+    with db.batched(batch_rows) as writes:
+        for row, value in missing:
+            writes.put("key_index", row, value)
+    db.flush_all()
+    return RowRebuild("key_index", len(missing), 0)
+
+
+def rebuild_field_rows(db: RemDB, schema: str | None = None, batch_rows: int = 10_000) -> RowRebuild:
+    """Make the `indexes` column family hold exactly the rows the schemas' indexed_fields imply.
+    The engine never writes or reads it (a TODO in database.rs): an explicit opt-in."""
+    schemas = load_schemas(db)
+    expected: set[bytes] = set()
+    types: dict[tuple[str, str], str] = {}
+    for key, value in db.items("entities"):
+        entity = orjson.loads(value)
+        owner = parse_entity_key(key)
+        types[(owner.tenant, owner.uuid)] = entity.get("entity_type")
+        if entity.get("entity_type") == SCHEMA_ENTITY_TYPE or (schema and entity.get("entity_type") != schema):
+            continue
+        expected |= {k for c, k, _ in index_rows(schemas.get(entity.get("entity_type")), owner.tenant, entity)
+                     if c == "indexes"}
     stale = []
-    for key in db.keys(cf):
+    for key in db.keys("indexes"):
         if key in expected:
             expected.discard(key)
-        elif schema is None or types.get(parse(key).uuid) == schema:
+            continue
+        parsed = parse_index_key(key)
+        if schema is None or types.get((parsed.tenant, parsed.uuid)) == schema:
             stale.append(key)
-    value_for = (lambda k: orjson.dumps({"type": types[parse(k).uuid]})) if cf == "key_index" else (lambda k: b"")
     missing = sorted(expected)
     with db.batched(batch_rows) as writes:
         for key in stale:
-            writes.delete(cf, key)
+            writes.delete("indexes", key)
         for key in missing:
-            writes.put(cf, key, value_for(key))
+            writes.put("indexes", key, b"")
     db.flush_all()
-    return RowRebuild(cf, len(missing), len(stale))
+    return RowRebuild("indexes", len(missing), len(stale))
 
 
 @dataclass

@@ -11,10 +11,9 @@ import orjson
 from rocksdict import BottommostLevelCompaction, CompactOptions
 
 from rem.db import RemDB
-from rem.format import (SCHEMA_ENTITY_TYPE, edge_reverse_key, embedding_key, entity_prefix, parse_edge_key,
-                        parse_embedding_key, parse_entity_key, parse_index_key, parse_key_index_key)
+from rem.format import (SCHEMA_ENTITY_TYPE, edge_reverse_key, parse_edge_key, parse_embedding_key, parse_entity_key,
+                        parse_index_key, parse_key_index_key)
 from rem.stats import sst_size_and_files
-from rem.writer import derived_rows, load_schemas
 
 @dataclass
 class CompactResult:
@@ -68,28 +67,28 @@ def _deleted_before(entity: dict, cutoff: datetime) -> bool:
 
 
 def vacuum(db: RemDB, cutoff: datetime, tenant: str | None = None, dry_run: bool = False,
-           batch_rows: int = 10_000) -> VacuumReport:
-    """Remove entities soft-deleted before cutoff with every row that belongs to them, and orphans
-    (index, embedding and edge rows whose entity no longer exists). Idempotent: an interrupted
-    vacuum is finished by running it again."""
+           batch_rows: int = 10_000, orphans: bool = False) -> VacuumReport:
+    """Remove entities soft-deleted before cutoff with every row that belongs to them: every key row
+    that points at them (the current key's and the old ones an update left), their `indexes` and
+    `embeddings` rows, and their edge rows in both edge CFs, unless a live entity of another tenant
+    has the same id (ids carry no tenant). With orphans, also the rows whose entity is gone (which
+    the engine's hard_delete leaves). Idempotent: an interrupted vacuum is finished by a rerun."""
     report = VacuumReport(cutoff.isoformat().replace("+00:00", "Z"), tenant, dry_run)
-    schemas = load_schemas(db)
     doomed: list[tuple[str, bytes]] = []
-    victims: set[str] = set()
-    alive: set[str] = set()
-    for key, value in db.items("entities", entity_prefix(tenant) if tenant else b""):
+    victims: set[tuple[str, str]] = set()
+    alive: set[tuple[str, str]] = set()
+    for key, value in db.items("entities"):
         entity = orjson.loads(value)
-        t, uuid = parse_entity_key(key)
-        if entity.get("entity_type") != SCHEMA_ENTITY_TYPE and _deleted_before(entity, cutoff):
-            victims.add(uuid)
+        owner = parse_entity_key(key)
+        if ((tenant is None or owner.tenant == tenant) and entity.get("entity_type") != SCHEMA_ENTITY_TYPE
+                and _deleted_before(entity, cutoff)):
+            victims.add(owner)
             doomed.append(("entities", key))
-            doomed.extend((cf, k) for cf, k, _ in derived_rows(schemas, t, entity))
-            doomed.append(("embeddings", embedding_key(t, uuid)))
         else:
-            alive.add(uuid)
-    if tenant:  # entities of other tenants are alive too: an edge may point at them
-        alive |= {parse_entity_key(k).uuid for k in db.keys("entities") if not k.startswith(entity_prefix(tenant))}
+            alive.add(owner)
     report.entities = len(victims)
+    live_ids = {uuid for _, uuid in alive}
+    victim_ids = {uuid for _, uuid in victims} - live_ids
 
     def orphan(cf: str, key: bytes) -> None:
         doomed.append((cf, key))
@@ -97,17 +96,22 @@ def vacuum(db: RemDB, cutoff: datetime, tenant: str | None = None, dry_run: bool
 
     for cf, parse in (("key_index", parse_key_index_key), ("indexes", parse_index_key),
                       ("embeddings", parse_embedding_key)):
+        if not db.has_cf(cf):
+            continue
         kind = {"key_index": "key", "indexes": "idx", "embeddings": "emb"}[cf]
         for key in db.keys(cf, f"{kind}:{tenant}:".encode() if tenant else b""):
-            uuid = parse(key).uuid
-            if uuid not in alive and uuid not in victims:
+            parsed = parse(key)
+            owner = (parsed.tenant, parsed.uuid)
+            if owner in victims:
+                doomed.append((cf, key))
+            elif orphans and owner not in alive:
                 orphan(cf, key)
     for key, value in db.items("edges"):
         src, dst, rel = parse_edge_key(key)
-        if src in victims or dst in victims:
+        if src in victim_ids or dst in victim_ids:
             doomed.append(("edges", key))
             doomed.append(("edges_reverse", edge_reverse_key(src, dst, rel)))
-        elif (src not in alive or dst not in alive) and not tenant:
+        elif orphans and not tenant and (src not in live_ids or dst not in live_ids):
             orphan("edges", key)
             orphan("edges_reverse", edge_reverse_key(src, dst, rel))
 

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import orjson
 from rocksdict import WriteOptions
 
 from rem.db import init_db
-from rem.format import SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, SchemaInfo, embedding_key, wal_entry_json, wal_key
+from rem.format import (SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, SchemaInfo, embedding_key, encode_entity, encode_wal_op,
+                        wal_entry_json, wal_key)
 from rem.writer import OpApplier, RemWriter
 
 TENANT_NAMES = ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka"]
@@ -209,11 +209,11 @@ def _make_batch(job: _BatchJob) -> _BatchRows:
             props["embedding"] = np.round(vectors[j], 6).tolist()
         entity = {"id": entity_id, "entity_type": schema.short_name, "created_at": ts,
                   "modified_at": ts, "deleted_at": None, "edges": edges, "properties": props}
-        entity_json = orjson.dumps(entity)
+        entity_json = encode_entity(entity)
         applier.insert(tenant, entity, entity_json, is_new=True)
         if not schema.inline_embedding:
             applier.put("embeddings", embedding_key(tenant, entity_id), vector_bytes[j * width:(j + 1) * width])
-        wal.append((ts, b'{"Insert":{"tenant_id":"%s","entity":%s}}' % (tenant.encode(), entity_json)))
+        wal.append((ts, encode_wal_op({"Insert": {"tenant_id": tenant, "entity": entity}})))
         pool.append(entity_id)
         if len(pool) > 500:
             pool.pop(0)
@@ -234,7 +234,7 @@ def _make_batch(job: _BatchJob) -> _BatchRows:
                 deleted.add(target)
                 op = {"Delete": {"tenant_id": t, "entity_id": target}}
             applier.apply(op, ts)
-            wal.append((ts, orjson.dumps(op)))
+            wal.append((ts, encode_wal_op(op)))
     live = {t: 0 for t in job.tenants}
     for t, _ in made:
         live[t] += 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rocksdict import Checkpoint
 
-from rem.db import ROCKSDICT_CONFIG, RemDB, init_like, lock_is_held, open_db
+from rem.db import ROCKSDICT_CONFIG, RemDB, database_rocksdb_version, init_like, lock_is_held, open_db
 from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
@@ -35,6 +35,7 @@ class Snapshot:
     live: bool  # a writer held the database while the snapshot was taken
     merged_rows: int  # rows written into the checkpoint that only the WAL held
     cf_names: list[str] = field(default_factory=list)
+    written_by: str = "unknown"  # the RocksDB version of the live database's OPTIONS (the engine's)
 
     def remove(self) -> None:
         remove_scratch(self.path)
@@ -85,7 +86,7 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
                     for cf in source.cf_names:
                         merged += _merge_diff(source, copy, cf)
                     copy.flush_all()
-            return Snapshot(work, live, merged, list(source.cf_names))
+            return Snapshot(work, live, merged, list(source.cf_names), database_rocksdb_version(db_path))
     except BaseException:
         remove_scratch(work)
         raise
@@ -106,7 +107,8 @@ def take_tenant_snapshot(db_path: str | os.PathLike, tenant: str) -> Snapshot:
                 rows += copy_rows(copy, cf, tenant_rows(source, tenant, cf, ids))
             rows += copy_rows(copy, "entities", schema_rows(source))
             copy.flush_all()
-            return Snapshot(work, live, rows, [n for n in source.cf_names if copy.has_cf(n)])
+            return Snapshot(work, live, rows, [n for n in source.cf_names if copy.has_cf(n)],
+                            database_rocksdb_version(db_path))
     except BaseException:
         remove_scratch(work)
         raise

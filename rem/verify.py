@@ -1,10 +1,12 @@
 """Integrity verification, read-only (it runs against a live database).
 
 Every finding is an Issue with a severity, a category, where it is and a suggested fix.
-critical: the engine or a restore would misbehave (undecodable rows, a WAL gap, a keyed entity
-without its key row, an edge without its twin); error: data that breaks its own contract (schema
-violations, edges to missing entities, bad vectors); warning: leftovers that waste space (orphan
-index or embedding rows), which `rem db vacuum` removes.
+critical: damage the engine's write paths cannot produce (undecodable rows, an entity stored under
+a key that disagrees with its id, an edge row without its twin, a value that breaks its schema, a
+vector row that is not finite float32s, a gap in the logical WAL); error: rows that contradict each
+other (edge twins that differ); warning: rows the engine never writes and nothing points at (orphan
+`indexes`/`embeddings` rows), which `rem db vacuum` removes; info: states the engine's own writes
+leave (see rem/engine.py), each with its cause, never a reason to fail.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import fastjsonschema
 import orjson
 
 from rem.db import RemDB
+from rem.engine import SYSTEM_KEY_FIELDS, current_key_row
 from rem.errors import DecodeError
 from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, parse_edge_key,
                         parse_edge_reverse_key, parse_embedding_key, parse_entity_key, parse_index_key,
                         parse_key_index_key, parse_wal_key, schema_info)
 from rem.tenant import schema_rows
-from rem.writer import index_rows
 
 ALL_CHECKS = ("schemas", "embeddings", "edges", "indexes", "wal")
 MAX_ISSUES_PER_CATEGORY = 1000
@@ -33,7 +35,7 @@ MAX_ISSUES_PER_CATEGORY = 1000
 
 @dataclass
 class Issue:
-    severity: str  # critical | error | warning
+    severity: str  # critical | error | warning | info
     category: str
     cf: str
     key: str
@@ -122,8 +124,8 @@ def _check_vector(report, cf, key, uuid, values, dim) -> None:
     if dim and len(values) != dim:
         report.add("error", "embedding", cf, key, uuid, f"{len(values)} dimensions, schema says {dim}",
                    "re-embed the entity (`rem index rebuild --type hnsw` after)")
-    elif not all(math.isfinite(x) for x in values):
-        report.add("error", "embedding", cf, key, uuid, "NaN or infinite values", "re-embed the entity")
+    elif not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+        report.add("critical", "embedding", cf, key, uuid, "not all finite numbers", "re-embed the entity")
 
 
 def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyReport:
@@ -131,9 +133,12 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
     started = time.perf_counter()
     report = VerifyReport()
     schemas = _load_schemas(db, report)
-    entities: dict[str, tuple[str, str | None]] = {}  # uuid -> (tenant, entity_type); None: unreadable
-    expected_key_rows: set[bytes] = set()
-    expected_index_rows: set[bytes] = set()
+    stored = {name: s.info for name, s in schemas.items()}
+    # (tenant, uuid) -> entity_type (None: unreadable). Ids carry no tenant: one natural key in two
+    # tenants is one id (types/uuid_gen.rs), so an id alone names no entity.
+    entities: dict[tuple[str, str], str | None] = {}
+    ids: set[str] = set()
+    current_key_rows: dict[bytes, tuple[str, str]] = {}  # the key row each entity's current key implies
 
     for key, value in db.items("entities"):
         report.checked["entities"] += 1
@@ -146,31 +151,32 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
         except orjson.JSONDecodeError:
             entity = None
         problem = _entity_problem(entity, uuid)
+        ids.add(uuid)
         if problem:
             # Its other rows are not reported as orphans: this unreadable value is the one problem.
-            entities[uuid] = (tenant, None)
+            entities[(tenant, uuid)] = None
             report.add("critical", "decode", "entities", key, uuid, problem, "restore this entity from a backup")
             continue
-        entities[uuid] = (tenant, entity["entity_type"])
+        entities[(tenant, uuid)] = entity["entity_type"]
+        if entity["entity_type"] != SCHEMA_ENTITY_TYPE and (row := current_key_row(tenant, entity, stored)):
+            current_key_rows[row] = (tenant, uuid)
         if entity["entity_type"] == SCHEMA_ENTITY_TYPE:
             continue
         schema = schemas.get(entity["entity_type"])
         props = entity["properties"]
+        if "embeddings" in checks and isinstance(props.get("embedding"), list):
+            _check_vector(report, "entities", key, uuid, props["embedding"], schema.info.embedding_dim if schema else None)
         if schema is None:
-            if "schemas" in checks:
-                report.add("error", "schema", "entities", key, uuid, f"no schema named {entity['entity_type']!r}",
-                           "register the schema or correct entity_type")
+            if "schemas" in checks and entity["entity_type"] not in SYSTEM_KEY_FIELDS:
+                report.add("info", "schema", "entities", key, uuid, f"no stored schema named {entity['entity_type']!r}"
+                           " (the engine keeps schemas of category system in memory only)",
+                           "nothing to do unless the schema was lost: then register it again")
             continue
         if "schemas" in checks and schema.validate is not None:
             try:
                 schema.validate(props)
             except fastjsonschema.JsonSchemaValueException as exc:
-                report.add("error", "schema", "entities", key, uuid, exc.message, "correct the entity's properties")
-        if "embeddings" in checks and isinstance(props.get("embedding"), list):
-            _check_vector(report, "entities", key, uuid, props["embedding"], schema.info.embedding_dim)
-        if "indexes" in checks:
-            for cf, row_key, _ in index_rows(schema.info, tenant, entity):
-                (expected_key_rows if cf == "key_index" else expected_index_rows).add(row_key)
+                report.add("critical", "schema", "entities", key, uuid, exc.message, "correct the entity's properties")
 
     if "embeddings" in checks and db.has_cf("embeddings"):
         for key, value in db.items("embeddings"):
@@ -180,17 +186,17 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
             except DecodeError as exc:
                 report.add("critical", "decode", "embeddings", key, None, exc.reason, "delete the row")
                 continue
-            owner = entities.get(uuid)
-            if owner is None or owner[0] != tenant:
+            if (tenant, uuid) not in entities:
                 report.add("warning", "orphan", "embeddings", key, uuid, "no such entity", "`rem db vacuum`")
                 continue
-            if owner[1] is None:
+            owner_type = entities[(tenant, uuid)]
+            if owner_type is None:
                 continue
             if len(value) % 4:
                 report.add("critical", "decode", "embeddings", key, uuid, f"{len(value)} bytes is not float32s",
                            "re-embed the entity")
                 continue
-            schema = schemas.get(owner[1])
+            schema = schemas.get(owner_type)
             _check_vector(report, "embeddings", key, uuid, struct.unpack(f"<{len(value) // 4}f", value),
                           schema.info.embedding_dim if schema else None)
 
@@ -206,9 +212,9 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
                 continue
             forward[f"{src}:{dst}:{rel}".encode()] = value
             for end, role in ((src, "source"), (dst, "target")):
-                if end not in entities:
-                    report.add("error", "edge", "edges", key, src, f"{role} entity {end} does not exist",
-                               "`rem db vacuum` removes edges of missing entities")
+                if end not in ids:
+                    report.add("info", "edge", "edges", key, src, f"{role} entity {end} does not exist (the "
+                               "engine's hard_delete leaves edge rows behind)", "`rem db vacuum` removes them")
         for key, value in db.items("edges_reverse"):
             report.checked["edges_reverse"] += 1
             try:
@@ -229,31 +235,17 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
                        "re-add the edge (writes both) or delete this row")
 
     if "indexes" in checks:
-        for cf, expected, parse in (("key_index", expected_key_rows, parse_key_index_key),
-                                    ("indexes", expected_index_rows, parse_index_key)):
-            if not db.has_cf(cf):
-                continue
-            for key in db.keys(cf):
-                report.checked[cf] += 1
+        _check_key_rows(db, report, entities, current_key_rows)
+        if db.has_cf("indexes"):  # the engine never writes it; rows of ours must point at an entity
+            for key in db.keys("indexes"):
+                report.checked["indexes"] += 1
                 try:
-                    parsed = parse(key)
+                    parsed = parse_index_key(key)
                 except DecodeError as exc:
-                    report.add("critical", "decode", cf, key, None, exc.reason, "`rem index rebuild`")
+                    report.add("critical", "decode", "indexes", key, None, exc.reason, "`rem index rebuild --type fields`")
                     continue
-                if key in expected:
-                    expected.discard(key)
-                elif parsed.uuid in entities and entities[parsed.uuid][1] is None:
-                    continue  # belongs to an unreadable entity, already reported
-                elif parsed.uuid not in entities:
-                    report.add("warning", "orphan", cf, key, parsed.uuid, "points at no entity", "`rem db vacuum`")
-                else:
-                    report.add("warning", "stale-index", cf, key, parsed.uuid, "no longer matches the entity",
-                               "`rem index rebuild`")
-            for key in expected:
-                uuid = key.decode().rsplit(":", 1)[-1]
-                severity = "critical" if cf == "key_index" else "error"
-                report.add(severity, "missing-index", cf, key, uuid, "the entity has no row here",
-                           "`rem index rebuild --type " + ("keys" if cf == "key_index" else "fields") + "`")
+                if (parsed.tenant, parsed.uuid) not in entities:
+                    report.add("warning", "orphan", "indexes", key, parsed.uuid, "points at no entity", "`rem db vacuum`")
 
     if "wal" in checks and db.has_cf("wal"):
         previous = None
@@ -271,3 +263,32 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
             previous = seq
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_key_rows(db: RemDB, report: VerifyReport, entities: dict, current_key_rows: dict[bytes, tuple]) -> None:
+    """Key rows against the entities, as the engine writes them: every state its own writes leave is info."""
+    if not db.has_cf("key_index"):
+        return
+    with_rows: set[tuple[str, str]] = set()
+    for key in db.keys("key_index"):
+        report.checked["key_index"] += 1
+        try:
+            parsed = parse_key_index_key(key)
+        except DecodeError as exc:
+            report.add("critical", "decode", "key_index", key, None, exc.reason, "`rem index rebuild --type keys`")
+            continue
+        owner = (parsed.tenant, parsed.uuid)
+        with_rows.add(owner)
+        if key in current_key_rows or entities.get(owner, "") is None:
+            continue  # the row of the current key, or one of an unreadable entity (reported already)
+        if owner not in entities:
+            report.add("info", "key-row", "key_index", key, parsed.uuid, "points at no entity (the engine's "
+                       "hard_delete removes only the row of the current key)", "`rem db vacuum` removes it")
+        else:
+            report.add("info", "key-row", "key_index", key, parsed.uuid, "an old key of the entity (the engine's "
+                       "update never touches key rows)", "nothing to do: lookups by the old key still find it")
+    for row, owner in current_key_rows.items():
+        if owner not in with_rows:
+            report.add("info", "key-row", "key_index", row, owner[1], "no key row (the engine writes one on "
+                       "insert only: the key was added by an update, or the row was lost)",
+                       "`rem index rebuild --type keys` writes it if lookups by this key are needed")

@@ -25,6 +25,7 @@ from rem.format import (
     SchemaInfo,
     edge_key,
     edge_reverse_key,
+    encode_entity,
     embedding_key,
     encode_embedding,
     entity_key,
@@ -149,7 +150,7 @@ class OpApplier:
             for cf, key in old_rows - {(cf, key) for cf, key, _ in new_rows}:
                 self.delete(cf, key)
         key = entity_key(tenant, new["id"])
-        self.put("entities", key, new_json or orjson.dumps(new))
+        self.put("entities", key, new_json or encode_entity(new))
         for cf, row_key, value in new_rows:
             self.put(cf, row_key, value)
         self._pending[key] = new
@@ -245,7 +246,7 @@ class RemWriter:
         is_new: the caller guarantees no entity has this id yet (sample generation, bulk loads)."""
         body = entity.model_dump(mode="json") if isinstance(entity, Entity) else entity
         timestamp = timestamp or utc_now()
-        body_json = orjson.dumps(body)
+        body_json = encode_entity(body)
         if self._open is not None:  # the hot path of bulk loads: no context-manager round trip
             return self._insert(self._open, tenant, body, body_json, embedding, timestamp, is_new)
         with self.batch() as applier:
@@ -254,8 +255,7 @@ class RemWriter:
     def _insert(self, applier: OpApplier, tenant: str, body: dict, body_json: bytes, embedding, timestamp: str,
                 is_new: bool) -> int:
         applier.insert(tenant, body, body_json, is_new)
-        # The WAL entry embeds the entity bytes just written rather than serialising them twice.
-        seq = self._log(applier, {"Insert": {"tenant_id": tenant, "entity": orjson.Fragment(body_json)}}, timestamp)
+        seq = self._log(applier, {"Insert": {"tenant_id": tenant, "entity": body}}, timestamp)
         if embedding is not None:
             applier.put("embeddings", embedding_key(tenant, body["id"]), encode_embedding(embedding))
         return seq

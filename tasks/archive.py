@@ -69,8 +69,9 @@ def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = 
     with compressor.stream_writer(hashing, closefd=False, write_size=COPY_BUFFER) as zstream:
         plain = CountingWriter(zstream)
         with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER) as tar:
-            for path in sorted(src_dir.rglob("*")):
-                if path.is_file():
+            for path in sorted(src_dir.iterdir()):
+                # Only what a restore accepts: litter such as rocksdict-config.json never goes in.
+                if path.is_file() and ROCKSDB_FILE.match(path.name):
                     tar.add(path, arcname=f"{ARCHIVE_ROOT}/{path.relative_to(src_dir)}", recursive=False)
                     files += 1
                     if progress:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 import orjson
 
 import rem
-from rem.db import open_db
+from rem.db import open_db, tools_rocksdb_version
 from rem.format import wal_key
 from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.stats import count_keys, entity_totals
@@ -33,17 +32,6 @@ class SnapshotFacts:
     wal_last_seq: int
     wal_last_timestamp: str | None
     schemas_json: bytes
-    rocksdb_version: str
-
-
-def engine_version(db_dir: Path) -> str:
-    """The RocksDB version that wrote the database's newest OPTIONS file (the engine's, not ours)."""
-    options = sorted(db_dir.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
-    if options:
-        match = re.search(r"rocksdb_version=([\d.]+)", options[-1].read_text(errors="replace"))
-        if match:
-            return match.group(1)
-    return "unknown"
 
 
 def describe_snapshot(db_dir: Path) -> SnapshotFacts:
@@ -55,11 +43,11 @@ def describe_snapshot(db_dir: Path) -> SnapshotFacts:
         last_entry = db.get("wal", wal_key(wal_last)) if wal_last else None
         wal_last_ts = orjson.loads(last_entry)["timestamp"] if last_entry else None
     return SnapshotFacts(counts, entities, schemas, wal_last, wal_last_ts,
-                         json.dumps(schema_docs, indent=2, sort_keys=True).encode(), engine_version(db_dir))
+                         json.dumps(schema_docs, indent=2, sort_keys=True).encode())
 
 
 def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts, archive: ArchiveStats,
-                   started: float, level: int, online: bool) -> BackupMetadata:
+                   started: float, level: int, online: bool, snapshot_rocksdb: str) -> BackupMetadata:
     import hashlib
 
     return BackupMetadata(
@@ -67,7 +55,7 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         timestamp=taken_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
         size_bytes=archive.size_bytes, uncompressed_bytes=archive.uncompressed_bytes,
         entity_count=facts.entity_count, schema_count=facts.schema_count, checksum_sha256=archive.sha256,
-        rocksdb_version=facts.rocksdb_version, schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16],
+        rocksdb_version=snapshot_rocksdb, tools_rocksdb_version=tools_rocksdb_version(), schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16],
         wal_last_seq=facts.wal_last_seq, wal_last_timestamp=facts.wal_last_timestamp, column_families=facts.column_families, host=socket.gethostname(),
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
         duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=online)

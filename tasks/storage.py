@@ -54,7 +54,8 @@ class BackupMetadata(BaseModel):
     entity_count: int
     schema_count: int
     checksum_sha256: str
-    rocksdb_version: str
+    rocksdb_version: str = Field(description="the RocksDB that wrote the database (its OPTIONS file): the engine's")
+    tools_rocksdb_version: str | None = Field(default=None, description="the RocksDB our tools ran (rocksdict's)")
     schema_version: str = Field(description="SHA-256 prefix of schemas.json: changes when any schema does")
     wal_last_seq: int = Field(description="highest WAL sequence inside the snapshot: the PITR base")
     wal_last_timestamp: str | None = Field(

@@ -395,3 +395,19 @@ def test_a_repair_that_drops_data_is_refused_naming_what_it_dropped(make_sample,
     assert "repaired copy" in proc.stderr and "does not match its metadata" in proc.stderr
     assert "keys missing" in proc.stderr
     assert snapshot_dir(target) == before
+
+
+def test_an_archive_holds_only_what_a_restore_accepts(make_sample, tmp_path):
+    """rocksdict leaves rocksdict-config.json in directories it opens (seen under load in a tenant
+    snapshot): a backup must never carry a file its own restore would refuse."""
+    from tasks.archive import extract_archive, write_archive
+
+    db = make_sample()
+    (db / "rocksdict-config.json").write_text("{}")
+    (db / "notes.txt").write_text("not the database's")
+    with open(tmp_path / "a.tar.zst", "wb") as sink:
+        stats = write_archive(db, sink)
+    restored = extract_archive(tmp_path / "a.tar.zst", tmp_path / "out", stats.uncompressed_bytes)
+    assert sorted(p.name for p in restored.iterdir()) == sorted(
+        p.name for p in db.iterdir() if p.name not in ("rocksdict-config.json", "notes.txt"))
+    assert dump_all(restored) == dump_all(db)

@@ -47,12 +47,12 @@ def test_vacuum_removes_exactly_the_expected_rows_and_orphans_and_nothing_else(m
     assert len(victims) > 30
 
     files = snapshot_dir(path)
-    dry = json.loads(rem("--db-path", str(path), "db", "vacuum", "--dry-run", "--older-than", "0s", "--json",
-                         check=True).stdout)
+    dry = json.loads(rem("--db-path", str(path), "db", "vacuum", "--dry-run", "--older-than", "0s", "--orphans",
+                         "--json", check=True).stdout)
     assert snapshot_dir(path) == files, "--dry-run must write nothing"
     assert dry["entities"] == len(victims) and dry["rows"] == {cf: len(k) for cf, k in gone.items() if k}
 
-    report = json.loads(rem("--db-path", str(path), "db", "vacuum", "--older-than", "0s", "--json",
+    report = json.loads(rem("--db-path", str(path), "db", "vacuum", "--older-than", "0s", "--orphans", "--json",
                             check=True).stdout)
     assert report["rows"] == dry["rows"] and report["orphans"] == {"key_index": 1, "embeddings": 1}
     assert report["bytes_reclaimed"] > 0
