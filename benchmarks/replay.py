@@ -29,12 +29,12 @@ def main(entities: int = 100_000) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rem-replay-bench-"))
     try:
         source = work / "source"
-        create_sample(source, entities, 3, 1, 64)
+        create_sample(source, entities, 3, 1, 64, replication="primary")  # a primary logs its writes
         with open_db(source, "ro") as db:
             lines = [v for _, v in db.items("wal")]
             rows = {cf: list(db.items(cf)) for cf in db.cf_names if cf not in ("default", "embeddings", "keys",
                                                                               "bm25_index")}
-        base_seq = 5  # the schema entities: a base backup that holds only them
+        base_seq = 5  # a base backup that holds the first five entries
         ours_db = work / "ours"
         init_db(ours_db).close()
         replay_entries(ours_db, lines[:base_seq], 0, FAR_FUTURE)
@@ -76,13 +76,11 @@ import sys, time
 from rem.db import open_db
 from rem.writer import RemWriter
 db = open_db(sys.argv[1], "rw")
-w = RemWriter(db)
+w = RemWriter(db, replication="primary")
 rate, seconds = int(sys.argv[2]), float(sys.argv[3])
 start = time.time(); i = 0
 while time.time() - start < seconds:
-    w.insert("acme", {"id": f"lag-{i:08d}", "entity_type": "notes", "created_at": "2026-01-01T00:00:00Z",
-                      "modified_at": "2026-01-01T00:00:00Z", "deleted_at": None, "edges": [],
-                      "properties": {"text": "steady"}})
+    w.insert("acme", "notes", {"key": f"lag-{i:08d}", "text": "steady"})
     i += 1
     time.sleep(max(0.0, start + i / rate - time.time()))
 print(i, flush=True)
@@ -105,20 +103,16 @@ def pitr_end_to_end(endpoint: str, entities: int = 100_000, rate: int = 200, sec
     lines = []
     try:
         db_path = work / "db"
-        create_sample(db_path, 0, 1, 1, 16)
+        create_sample(db_path, 0, 1, 1, 16, replication="primary")
         rem = lambda *a: subprocess.run([sys.executable, "-m", "cli.main", "--db-path", str(db_path), *a, "--json"],  # noqa: E731
                                         env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
         json.loads(rem("backup", "create", "--upload"))
         with open_db(db_path, "rw") as db:
-            w = RemWriter(db)
+            w = RemWriter(db, replication="primary")
             for start in range(0, entities, 5000):
                 with w.batch():
                     for i in range(start, min(entities, start + 5000)):
-                        w.insert("acme", {"id": f"e-{i:08d}", "entity_type": "articles",
-                                          "created_at": "2026-01-01T00:00:00Z", "modified_at": "2026-01-01T00:00:00Z",
-                                          "deleted_at": None, "edges": [],
-                                          "properties": {"uri": f"u:{i}", "title": "t", "status": "draft"}},
-                                 timestamp=f"2026-01-01T00:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}000Z")
+                        w.insert("acme", "articles", {"uri": f"u:{i}", "title": "t", "status": "draft"})
             db.flush_all()
         archived = json.loads(rem("pitr", "archive"))
         started = time.perf_counter()

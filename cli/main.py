@@ -70,9 +70,12 @@ def db_init(
     tenants: int = typer.Option(3, "--tenants", min=1, help="Sample tenants"),
     seed: int = typer.Option(42, "--seed", help="Same seed, same database"),
     embedding_dim: int = typer.Option(128, "--embedding-dim", min=1, max=4096, help="Embedding dimension"),
+    replication: str = typer.Option("standalone", "--replication", help="standalone (the engine's default) or "
+                                    "primary (also the logical WAL the engine writes then)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Create a REM database with all nine column families, optionally filled with sample data."""
+    """Create a REM database with all nine column families, optionally filled with what percolate-rocks would
+    write: schemas, entities of the sample and built-in schemas, upserts, updates, soft and hard deletes, edges."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         import time
@@ -83,7 +86,8 @@ def db_init(
         started = time.perf_counter()
         if sample:
             with progress("Creating sample", sample) as advance:
-                summary = create_sample(settings.db_path, sample, tenants, seed, embedding_dim, progress=advance)
+                summary = create_sample(settings.db_path, sample, tenants, seed, embedding_dim, progress=advance,
+                                        replication=replication)
             result = {"ok": True, **summary.__dict__}
         else:
             init_db(settings.db_path).close()

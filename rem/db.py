@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -24,6 +25,7 @@ from rocksdict import (
 )
 
 from rem.errors import DatabaseLocked, DatabaseNotFound, UsageError
+from rem.scratch import remove_scratch, scratch_dir
 from rem.format import CF_NAMES, CF_SPECS, CFSpec, WAL_PREFIX, parse_wal_key
 
 Mode = Literal["rw", "ro", "secondary"]
@@ -153,13 +155,14 @@ def _holding(rows: Iterator, read_opts: ReadOptions) -> Iterator:
 class RemDB:
     """An open REM database. Use as a context manager; closing drops every handle first."""
 
-    def __init__(self, path: Path, rdict: Rdict, mode: Mode, cf_names: list[str]):
+    def __init__(self, path: Path, rdict: Rdict, mode: Mode, cf_names: list[str], view: Path | None = None):
         self.path = path
         self.mode = mode
         self._rdict = rdict
         self.cf_names = cf_names
         self._cfs: dict[str, Rdict] = {}
         self._handles: dict = {}
+        self._view = view  # the directory of links a read-only open went through (see linked_view)
 
     def __enter__(self) -> "RemDB":
         return self
@@ -248,6 +251,9 @@ class RemDB:
         if self._rdict is not None:
             self._rdict.close()
             self._rdict = None  # type: ignore[assignment]
+        if self._view is not None:
+            remove_scratch(self._view)
+            self._view = None
 
 
 @contextmanager
@@ -262,15 +268,71 @@ def _no_litter(path: Path):
             litter.unlink()
 
 
+# Files a read-only view links: everything RocksDB reads, never LOCK or the info logs (LOG*).
+_VIEW_SKIP = ("LOCK", ROCKSDICT_CONFIG)
+VIEW_ATTEMPTS = 5
+
+
+def linked_view(path: Path) -> Path:
+    """A directory of our own beside the database holding a hard link to each of its files.
+
+    rocksdict writes rocksdict-config.json into whatever directory it opens (and RocksDB its info
+    log): opening the view instead leaves the engine's directory exactly as it was. Links (not
+    copies, not symlinks) pin every file, so an SST or log the engine deletes meanwhile stays
+    readable, and a checkpoint taken through the view hard-links real files."""
+    view = scratch_dir(path, "view")
+    try:
+        for entry in os.scandir(path):
+            if entry.name in _VIEW_SKIP or entry.name.startswith("LOG") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                os.link(entry.path, view / entry.name)
+            except FileNotFoundError:  # deleted by the engine since the listing: not part of its state
+                continue
+        return view
+    except BaseException:
+        remove_scratch(view)
+        raise
+
+
+def _open_read_only(path: Path) -> RemDB:
+    """A read-only open through a linked view; retried when the engine changed its files between the
+    listing and the links (a new MANIFEST or SST the view lacks)."""
+    for attempt in range(VIEW_ATTEMPTS):
+        try:
+            view = linked_view(path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            break  # the database is a mount point of its own: links cannot cross, open in place
+        try:
+            cf_names = Rdict.list_cf(str(view))
+            opts, cf_opts = engine_options(view, cf_names)
+            rdict = Rdict(str(view), options=opts, column_families=cf_opts, access_type=AccessType.read_only(False))
+            return RemDB(path, rdict, "ro", list(cf_names), view)
+        except Exception:
+            remove_scratch(view)
+            if attempt == VIEW_ATTEMPTS - 1:
+                raise
+    cf_names = Rdict.list_cf(str(path))
+    opts, cf_opts = engine_options(path, cf_names)
+    with _no_litter(path):
+        rdict = Rdict(str(path), options=opts, column_families=cf_opts, access_type=AccessType.read_only(False))
+    return RemDB(path, rdict, "ro", list(cf_names))
+
+
 def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.PathLike | None = None) -> RemDB:
     """Open an existing database with every column family it has (known or not).
 
     `ro` sees every write acknowledged before the open (it replays the writer's WAL) and then
-    stays frozen; `secondary` follows the writer through catch_up(); `rw` takes the lock.
+    stays frozen, without writing anything into the database's directory (see linked_view);
+    `secondary` follows the writer through catch_up(); `rw` takes the lock.
     """
     path = Path(path)
     if not is_database(path):
         raise DatabaseNotFound(str(path))
+    if mode == "ro":
+        return _open_read_only(path)
     if mode == "rw" and lock_is_held(path):
         # Checked before opening: a refused read-write open still rotates the holder's LOG file.
         raise DatabaseLocked(str(path))
@@ -278,8 +340,6 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
     opts, cf_opts = engine_options(path, cf_names)
     if mode == "rw":
         access = AccessType.read_write()
-    elif mode == "ro":
-        access = AccessType.read_only(False)
     else:
         if secondary_dir is None:
             raise UsageError("a secondary instance needs a scratch directory of its own")
@@ -313,6 +373,19 @@ def init_db(path: str | os.PathLike) -> RemDB:
         shutil.rmtree(path, ignore_errors=True)
         raise
     return RemDB(path, rdict, "rw", ["default", *CF_NAMES])
+
+
+def add_missing_column_families(path: str | os.PathLike, wanted) -> list[str]:
+    """Create, empty and with the engine's options, those of the engine's column families in wanted
+    that the database lacks, as the engine's own open does (create_missing_column_families)."""
+    existing = list(Rdict.list_cf(str(path)))
+    missing = [name for name in wanted if name not in existing and name in CF_SPECS]
+    if missing:
+        opts, cf_opts = engine_options(Path(path), existing + missing)
+        opts.create_missing_column_families(True)
+        with _no_litter(Path(path)):
+            Rdict(str(path), options=opts, column_families=cf_opts).close()
+    return missing
 
 
 def init_like(source: RemDB, path: str | os.PathLike) -> RemDB:

@@ -84,3 +84,63 @@ SYSTEM_SCHEMA_PROPERTIES: dict[str, dict[str, dict]] = {
                  "feedback_text": _t(["string", "null"]), "user_id": _t(["string", "null"]),
                  "timestamp": _t("string"), "metadata": _t("object")},
 }
+
+
+def hash_to_uuid(text: str) -> str:
+    """types/uuid_gen.rs hash_to_uuid: the first 16 bytes of BLAKE3, version 5 and variant bits set."""
+    import uuid
+
+    import blake3
+
+    raw = bytearray(blake3.blake3(text.encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def entity_id(table: str, data: dict, key_field: str | None) -> str | None:
+    """types/uuid_gen.rs generate_uuid: uri (+ chunk_ordinal), key_field, key, name; None where the
+    engine would draw a random v4 id (the caller draws it)."""
+    if isinstance(data.get("uri"), str):
+        ordinal = data.get("chunk_ordinal")
+        ordinal = ordinal if isinstance(ordinal, int) and not isinstance(ordinal, bool) and ordinal >= 0 else 0
+        return hash_to_uuid(f"{table}:{data['uri']}:{ordinal}")
+    if key_field and key_field in data:
+        return hash_to_uuid(f"{table}:{value_to_string(data[key_field])}")
+    if "key" in data:
+        return hash_to_uuid(f"{table}:{value_to_string(data['key'])}")
+    if isinstance(data.get("name"), str):
+        return hash_to_uuid(f"{table}:{data['name']}")
+    return None
+
+
+def rfc3339(seconds: int, nanos: int) -> str:
+    """chrono's DateTime<Utc>::to_rfc3339(): '+00:00' and 0, 3, 6 or 9 fractional digits."""
+    from datetime import datetime, timezone
+
+    base = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    if nanos == 0:
+        return base + "+00:00"
+    if nanos % 1_000_000 == 0:
+        return f"{base}.{nanos // 1_000_000:03d}+00:00"
+    if nanos % 1000 == 0:
+        return f"{base}.{nanos // 1000:06d}+00:00"
+    return f"{base}.{nanos:09d}+00:00"
+
+
+def now_rfc3339() -> str:
+    import time
+
+    return rfc3339(*divmod(time.time_ns(), 10**9))
+
+
+def schema_entity(name: str, schema: dict, created_at: str) -> dict | None:
+    """database.rs persist_schema: the entity register_schema stores (None for category system)."""
+    extra = schema.get("json_schema_extra") or {}
+    category = str(extra.get("category") or "user").lower()
+    if category == "system":
+        return None
+    data = {"short_name": name, "name": extra.get("name") or name, "version": schema["version"], "schema": schema,
+            "description": schema.get("description") or "No description", "category": category}
+    return {"id": entity_id("schemas", data, "name"), "entity_type": "schemas", "created_at": created_at,
+            "modified_at": created_at, "deleted_at": None, "edges": [], "properties": data}

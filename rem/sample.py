@@ -6,7 +6,6 @@ import itertools
 import multiprocessing
 import os
 import random
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -16,9 +15,9 @@ import numpy as np
 from rocksdict import WriteOptions
 
 from rem.db import init_db
-from rem.format import (SCHEMA_ENTITY_TYPE, SCHEMA_TENANT, SchemaInfo, embedding_key, encode_entity, encode_wal_op,
-                        wal_entry_json, wal_key)
-from rem.writer import OpApplier, RemWriter
+from rem.engine import entity_id, key_field_for
+from rem.format import SchemaInfo, edge_key, edge_reverse_key, encode_edge, encode_wal_op, wal_entry_json, wal_key
+from rem.writer import OpApplier, RemWriter, inline_edges
 
 TENANT_NAMES = ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka"]
 WORDS = (
@@ -78,25 +77,26 @@ def tenant_names(count: int) -> list[str]:
     return [TENANT_NAMES[i] if i < len(TENANT_NAMES) else f"tenant-{i:03d}" for i in range(count)]
 
 
-def schema_entity(schema: SampleSchema, dim: int, rng: random.Random, ts: str) -> dict:
-    extra = {"key_field": schema.key_field, "indexed_fields": list(schema.indexed_fields), "embedding_dim": dim}
-    return {
-        "id": _uuid4(rng),
-        "entity_type": SCHEMA_ENTITY_TYPE, "created_at": ts, "modified_at": ts, "deleted_at": None, "edges": [],
-        "properties": {
-            "short_name": schema.short_name, "name": schema.short_name.capitalize(), "version": "1.0.0",
-            "schema": {"title": schema.short_name.capitalize(), "type": "object", "properties": schema.properties,
-                       "required": [schema.key_field] if schema.key_field else [],
-                       "json_schema_extra": extra},
-            "description": f"Sample {schema.short_name} schema", "category": "sample",
-        },
-    }
+def json_schema(schema: SampleSchema) -> dict:
+    """The JSON Schema a service registers for a sample table (Pydantic's shape, as percolate-rocks reads it)."""
+    properties = {**schema.properties, "embedding": {"type": "array", "items": {"type": "number"}}}
+    extra = {"name": f"sample.{schema.short_name.capitalize()}", "key_field": schema.key_field,
+             "indexed_fields": list(schema.indexed_fields), "embedding_fields": [EMBEDDED_FIELD[schema.short_name]],
+             "embedding_provider": "default", "category": "user"}
+    return {"title": schema.short_name.capitalize(), "version": "1.0.0", "description": f"Sample {schema.short_name}",
+            "type": "object", "properties": properties,
+            "required": [schema.key_field] if schema.key_field else [], "json_schema_extra": extra}
+
+
+EMBEDDED_FIELD = {"articles": "content", "people": "name", "projects": "description", "tickets": "summary",
+                  "notes": "text"}
 
 
 class _Clock:
-    """Rising RFC 3339 timestamps, several writes per second, deterministic.
+    """Rising timestamps in chrono's to_rfc3339 form ('+00:00', 0/3/6 fractional digits here),
+    several writes per second, deterministic.
 
-    Batch b's writes fall in [b, b+1) * batch_size seconds after BASE_TIME: at most ~1.1 writes per
+    Batch b's writes fall in [b, b+1) * batch_size seconds after BASE_TIME: at most a few writes per
     entity at most 0.4 s apart, so batches made in parallel still give one rising sequence.
     """
 
@@ -112,7 +112,11 @@ class _Clock:
         if second != self._second:
             self._second = second
             self._prefix = (BASE_TIME + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{micros:06d}Z"
+        if micros == 0:
+            return f"{self._prefix}+00:00"
+        if micros % 1000 == 0:
+            return f"{self._prefix}.{micros // 1000:03d}+00:00"
+        return f"{self._prefix}.{micros:06d}+00:00"
 
 
 class _Texts:
@@ -149,6 +153,11 @@ def _properties(schema: SampleSchema, i: int, tenant: str, rng: random.Random, t
 
 SOFT_DELETE_RATE = 0.0527  # ~5% of all entities end soft-deleted (a few picks land on one already deleted)
 UPDATE_RATE = 0.03
+HARD_DELETE_RATE = 0.005
+KEY_CHANGE_SHARE = 0.2  # of updates: the key changes (the engine keeps the old key row and writes none)
+SYSTEM_RATE = 0.02  # entities of the built-in resources, sessions and messages schemas
+INLINE_EDGE_RATE = 0.3
+ADD_EDGE_RATE = 0.1  # edges written by add_edge: the edge column families only
 
 
 @dataclass(frozen=True)
@@ -160,20 +169,31 @@ class _BatchJob:
     batch_size: int
     tenants: tuple[str, ...]
     embedding_dim: int
+    primary: bool
 
 
 @dataclass
 class _BatchRows:
     rows: list[tuple[str, bytes, bytes | None]]
     wal: list[tuple[str, bytes]]  # (timestamp, op JSON) in write order; sequence numbers come later
-    postings: dict[tuple[str, str], bytes]
     live_per_tenant: dict[str, int]
     soft_deleted: int
+    hard_deleted: int
     updates: int
 
 
+def _system_properties(kind: str, i: int, tenant: str, text: _Texts, ts: str) -> dict:
+    if kind == "resources":
+        return {"uri": f"https://{tenant}.example/docs/{i}", "name": f"doc-{i}", "content": text(30),
+                "chunk_ordinal": 0, "content_type": "text/plain"}
+    if kind == "sessions":
+        return {"session_id": f"s-{tenant}-{i}", "tenant_id": tenant, "message_count": 0, "created_at": ts}
+    return {"message_id": f"m-{tenant}-{i}", "session_id": f"s-{tenant}-{i}", "tenant_id": tenant, "role": "user",
+            "content": text(10), "timestamp": ts}
+
+
 def _make_batch(job: _BatchJob) -> _BatchRows:
-    """Entities [start, start+count) and the updates and soft deletes among them, as rows.
+    """Entities [start, start+count) and the engine's other writes among them, as rows.
 
     Everything comes from (seed, batch index), so the result is the same in any process and order.
     """
@@ -181,65 +201,85 @@ def _make_batch(job: _BatchJob) -> _BatchRows:
     np_rng = np.random.default_rng([job.seed, job.index])
     clock = _Clock(rng, job.index * job.batch_size * 1_000_000)
     text = _Texts(rng)
-    applier = OpApplier(None, SCHEMA_INFOS)
+    applier = OpApplier(None, dict(SCHEMA_INFOS))
     cum_weights = list(itertools.accumulate(s.weight for s in SCHEMAS))
-    vectors = np_rng.standard_normal((job.count, job.embedding_dim), dtype=np.float32)
-    vector_bytes = vectors.astype("<f4").tobytes()
-    width = job.embedding_dim * 4
+    # Room for the entities that make up for hard deletes (a batch stores exactly `count`).
+    spare = job.count // 20 + 10
+    vectors = np.round(np_rng.standard_normal((job.count + spare, job.embedding_dim),
+                                              dtype=np.float32).astype(np.float64), 6)
     recent: dict[str, list[str]] = {t: [] for t in job.tenants}
     made: list[tuple[str, str]] = []
-    deleted: set[str] = set()
-    postings: dict[tuple[str, str], bytearray] = {}
+    deleted: set[tuple[str, str]] = set()
+    gone: set[tuple[str, str]] = set()
     wal: list[tuple[str, bytes]] = []
     updates = 0
-    for j in range(job.count):
-        i = job.start + j
+
+    def log(ts: str, op: dict) -> None:
+        if job.primary:  # replication/wal.rs: a primary logs inserts, updates and soft deletes only
+            wal.append((ts, encode_wal_op(op)))
+
+    j = -1
+    while len(made) - len(gone) < job.count and j + 1 < job.count + spare:
+        j += 1
+        i = job.start + j if j < job.count else 10**9 + job.start + j  # keys stay unique across batches
         tenant = job.tenants[rng.randrange(len(job.tenants))]
-        schema = rng.choices(SCHEMAS, cum_weights=cum_weights)[0]
         ts = clock.tick()
-        entity_id = _uuid4(rng)
-        props = _properties(schema, i, tenant, rng, text, ts)
-        edges = []
         pool = recent[tenant]
-        if pool and rng.random() < 0.5:
-            for dst in rng.sample(pool, min(len(pool), rng.randint(1, 2))):
-                edges.append({"dst": dst, "rel_type": rng.choice(["references", "owned_by", "related_to"]),
-                              "properties": {"weight": round(rng.random(), 3)}, "created_at": ts})
-        if schema.inline_embedding:
-            props["embedding"] = np.round(vectors[j], 6).tolist()
-        entity = {"id": entity_id, "entity_type": schema.short_name, "created_at": ts,
-                  "modified_at": ts, "deleted_at": None, "edges": edges, "properties": props}
-        entity_json = encode_entity(entity)
-        applier.insert(tenant, entity, entity_json, is_new=True)
-        if not schema.inline_embedding:
-            applier.put("embeddings", embedding_key(tenant, entity_id), vector_bytes[j * width:(j + 1) * width])
-        wal.append((ts, encode_wal_op({"Insert": {"tenant_id": tenant, "entity": entity}})))
-        pool.append(entity_id)
+        if rng.random() < SYSTEM_RATE:
+            table = rng.choice(("resources", "sessions", "messages"))
+            props = _system_properties(table, i, tenant, text, ts)
+        else:
+            schema = rng.choices(SCHEMAS, cum_weights=cum_weights)[0]
+            table = schema.short_name
+            props = _properties(schema, i, tenant, rng, text, ts)
+            props["embedding"] = vectors[j].tolist()
+            if pool and rng.random() < INLINE_EDGE_RATE:  # insert stores data["edges"] inline and in properties
+                props["edges"] = [{"dst": dst, "rel_type": rng.choice(["references", "owned_by", "related_to"]),
+                                   "properties": {"weight": round(rng.random(), 3)}, "created_at": ts}
+                                  for dst in rng.sample(pool, min(len(pool), rng.randint(1, 2)))]
+        uuid = entity_id(table, props, key_field_for(table, SCHEMA_INFOS)) or _uuid4(rng)
+        entity = {"id": uuid, "entity_type": table, "created_at": ts, "modified_at": ts, "deleted_at": None,
+                  "edges": inline_edges(props, lambda: ts), "properties": props}
+        applier.insert(tenant, entity)
+        log(ts, {"Insert": {"tenant_id": tenant, "entity": entity}})
+        if pool and rng.random() < ADD_EDGE_RATE:
+            dst = rng.choice(pool)
+            edge = encode_edge({"src": uuid, "dst": dst, "rel_type": "mentions",
+                                "data": {"properties": {}, "created_at": clock.tick()}})
+            applier.put("edges", edge_key(uuid, dst, "mentions"), edge)
+            applier.put("edges_reverse", edge_reverse_key(uuid, dst, "mentions"), edge)
+        pool.append(uuid)
         if len(pool) > 500:
             pool.pop(0)
-        made.append((tenant, entity_id))
-        for word in (props.get("title") or props.get("summary") or "").lower().split()[:3]:
-            postings.setdefault((tenant, word), bytearray()).extend(bytes.fromhex(entity_id.replace("-", "")))
+        made.append((tenant, uuid))
         roll = rng.random()
-        if roll < UPDATE_RATE + SOFT_DELETE_RATE and len(made) > 10:
-            t, target = made[rng.randrange(len(made))]
-            if target in deleted:
+        if roll < UPDATE_RATE + SOFT_DELETE_RATE + HARD_DELETE_RATE and len(made) > 10:
+            target = made[rng.randrange(len(made))]
+            if target in deleted or target in gone:
                 continue
+            t, target_id = target
             ts = clock.tick()
+            current = applier.get_entity(t, target_id)
             if roll < UPDATE_RATE:
                 updates += 1
-                changes = {**applier.get_entity(t, target)["properties"], "revision": updates}
-                op = {"Update": {"tenant_id": t, "entity_id": target, "changes": changes}}
-            else:
+                changes = {**current["properties"], "revision": updates}
+                key_field = "uri" if "uri" in changes else key_field_for(current["entity_type"], SCHEMA_INFOS)
+                if rng.random() < KEY_CHANGE_SHARE and isinstance(changes.get(key_field), str):
+                    changes[key_field] += "-renamed"
+                applier.update(t, target_id, changes, ts)
+                log(ts, {"Update": {"tenant_id": t, "entity_id": target_id, "changes": changes}})
+            elif roll < UPDATE_RATE + SOFT_DELETE_RATE:
                 deleted.add(target)
-                op = {"Delete": {"tenant_id": t, "entity_id": target}}
-            applier.apply(op, ts)
-            wal.append((ts, encode_wal_op(op)))
+                applier.soft_delete(t, target_id, ts)
+                log(ts, {"Delete": {"tenant_id": t, "entity_id": target_id}})
+            else:
+                gone.add(target)
+                applier.hard_delete(t, target_id)
     live = {t: 0 for t in job.tenants}
-    for t, _ in made:
-        live[t] += 1
-    return _BatchRows(applier.batch.rows, wal, {k: bytes(v) for k, v in postings.items()}, live,
-                      len(deleted), updates)
+    for target in made:
+        if target not in deleted and target not in gone:
+            live[target[0]] += 1
+    return _BatchRows(applier.batch.rows, wal, live, len(deleted), len(gone), updates)
 
 
 SCHEMA_INFOS = {s.short_name: SchemaInfo(s.short_name, s.key_field, s.indexed_fields, None) for s in SCHEMAS}
@@ -252,47 +292,52 @@ class SampleSummary:
     tenants: list[str]
     schemas: int
     soft_deleted: int
+    hard_deleted: int
     updates: int
+    replication: str
     wal_last_seq: int
 
 
 def create_sample(path: str | Path, entities: int = 1000, tenants: int = 3, seed: int = 42,
                   embedding_dim: int = 128, batch_size: int = 2000, workers: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> SampleSummary:
-    """Create a REM database at path holding `entities` sample entities spread over `tenants`.
+                  progress: Callable[[int], None] | None = None, replication: str = "standalone") -> SampleSummary:
+    """Create a REM database at path as percolate-rocks would leave it after `entities` inserts
+    spread over `tenants` (plus its updates, deletes and edges), standalone or as a primary (with
+    the logical WAL the engine writes then).
 
     Batches are made in worker processes and written in order by this one; the result does not
     depend on the number of workers.
     """
+    if replication not in ("standalone", "primary"):
+        from rem.errors import UsageError
+
+        raise UsageError(f"--replication {replication!r}: use standalone or primary")
     names = tuple(tenant_names(tenants))
-    jobs = [_BatchJob(seed, b, start, min(batch_size, entities - start), batch_size, names, embedding_dim)
+    jobs = [_BatchJob(seed, b, start, min(batch_size, entities - start), batch_size, names, embedding_dim,
+                      replication == "primary")
             for b, start in enumerate(range(0, entities, batch_size))]
     workers = workers if workers is not None else (min(os.cpu_count() or 1, len(jobs)) if len(jobs) > 2 else 0)
     # Fork the workers before RocksDB starts its threads in this process.
     pool = multiprocessing.get_context("fork").Pool(workers) if workers else None
     try:
         batches = pool.imap(_make_batch, jobs) if pool else map(_make_batch, jobs)
-        return _write_sample(Path(path), batches, names, seed, embedding_dim, entities, progress)
+        return _write_sample(Path(path), batches, names, seed, entities, progress, replication)
     finally:
         if pool:
             pool.terminate()
 
 
-def _write_sample(path: Path, batches, names: tuple[str, ...], seed: int, embedding_dim: int, entities: int,
-                  progress) -> SampleSummary:
+def _write_sample(path: Path, batches, names: tuple[str, ...], seed: int, entities: int, progress,
+                  replication: str) -> SampleSummary:
     rng = random.Random(seed)
     bulk = WriteOptions()
     bulk.disable_wal = True  # a fresh sample is flushed before this returns; RocksDB's own WAL buys nothing
-    postings: dict[tuple[str, str], bytearray] = {}
-    live = {t: 0 for t in names}
-    soft_deleted = updates = 0
+    soft_deleted = hard_deleted = updates = 0
     with init_db(path) as db:
-        writer = RemWriter(db, bulk)
         schema_clock = _Clock(rng, -len(SCHEMAS) * 1_000_000)
-        with writer.batch():
-            for schema in SCHEMAS:
-                ts = schema_clock.tick()
-                writer.insert(SCHEMA_TENANT, schema_entity(schema, embedding_dim, rng, ts), timestamp=ts)
+        writer = RemWriter(db, bulk, replication, clock=schema_clock.tick)
+        for schema in SCHEMAS:
+            writer.register_schema(schema.short_name, json_schema(schema))
         handles = {name: db.handle(name) for name in db.cf_names if name != "default"}
         for made in batches:
             batch = db.batch()
@@ -305,21 +350,12 @@ def _write_sample(path: Path, batches, names: tuple[str, ...], seed: int, embedd
                 writer.seq += 1
                 batch.put(wal_key(writer.seq), wal_entry_json(writer.seq, ts, op_json), handles["wal"])
             db.write(batch, bulk)
-            for key, ids in made.postings.items():
-                postings.setdefault(key, bytearray()).extend(ids)
-            for t, n in made.live_per_tenant.items():
-                live[t] += n
             soft_deleted += made.soft_deleted
+            hard_deleted += made.hard_deleted
             updates += made.updates
             if progress:
-                progress(sum(made.live_per_tenant.values()))
-        with writer.batch() as applier:
-            applier.put("keys", b"private_key_encrypted", rng.randbytes(64))
-            applier.put("keys", b"public_key", rng.randbytes(32))
-            for tenant in names:
-                applier.put("keys", f"tenant:{tenant}:data_key_encrypted".encode(), rng.randbytes(48))
-                applier.put("bm25_index", f"meta:{tenant}:doc_count".encode(), struct.pack("<Q", live[tenant]))
-            for (tenant, word), ids in sorted(postings.items()):
-                applier.put("bm25_index", f"post:{tenant}:{word}".encode(), bytes(ids))
+                progress(sum(made.live_per_tenant.values()) + made.soft_deleted + made.hard_deleted)
+        writer.key_material(rng.randbytes(92), rng.randbytes(32))
         db.flush_all()
-        return SampleSummary(str(path), entities, list(names), len(SCHEMAS), soft_deleted, updates, writer.seq)
+        return SampleSummary(str(path), entities, list(names), len(SCHEMAS), soft_deleted, hard_deleted, updates,
+                             replication, writer.seq)

@@ -1,45 +1,39 @@
-"""Writes with the engine's semantics. Every write and its WAL entry share one WriteBatch.
+"""Writes with the engine's semantics (percolate-rocks 0.3.2; the rules are in rem/engine.py).
 
-`OpApplier` holds the effects of the three WAL ops (Insert, Update, soft Delete) on every column
-family; the writer uses it for new writes and point-in-time recovery uses it to replay archived
-entries, so live writes and replays can never drift apart.
+`RemWriter` offers the engine's write paths (register_schema, insert as an upsert, batch_insert,
+update, delete, hard_delete, add_edge, delete_edge) and leaves the rows the engine leaves; opened as
+a primary it also writes the logical WAL entries the engine writes, for exactly the ops the engine
+logs (insert, update, soft delete). `OpApplier` holds what those three WAL ops do to the rows; the
+writer and replays of archived entries share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from rocksdict import WriteOptions
 
 from rem.db import RemDB
-from rem.tenant import schema_rows
+from rem.engine import SYSTEM_KEY_FIELDS, current_key_row, entity_id, now_rfc3339, schema_entity
 from rem.errors import RemError
 from rem.format import (
     SCHEMA_ENTITY_TYPE,
     SCHEMA_TENANT,
-    Entity,
     SchemaInfo,
     edge_key,
     edge_reverse_key,
+    encode_edge,
     encode_entity,
-    embedding_key,
-    encode_embedding,
     entity_key,
     index_key,
-    key_index_key,
     schema_info,
     wal_entry_json,
     wal_key,
 )
-
-
-def utc_now() -> str:
-    """Current time as RFC 3339 UTC with microseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+from rem.tenant import schema_rows
 
 
 class EntityNotFound(RemError):
@@ -59,7 +53,7 @@ def load_schemas(db: RemDB) -> dict[str, SchemaInfo]:
 
 
 def _index_value(value: Any) -> str | None:
-    """The text an index row holds for a property value; None for values that are not indexed."""
+    """The text a field-index row holds for a property value; None for values that are not indexed."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
@@ -68,34 +62,17 @@ def _index_value(value: Any) -> str | None:
 
 
 def index_rows(info: SchemaInfo | None, tenant: str, entity: dict) -> list[tuple[str, bytes, bytes]]:
-    """The key_index and field-index rows an entity implies under its schema."""
-    rows: list[tuple[str, bytes, bytes]] = []
+    """The `indexes` rows a schema's indexed_fields imply (a column family the engine never writes:
+    only `rem index rebuild --type fields` does)."""
     if info is None:
-        return rows
+        return []
     props = entity.get("properties") or {}
-    uuid = entity["id"]
-    if info.key_field and (key_value := _index_value(props.get(info.key_field))) is not None:
-        rows.append(("key_index", key_index_key(tenant, key_value, uuid), orjson.dumps({"type": entity["entity_type"]})))
-    for field in info.indexed_fields:
-        if (value := _index_value(props.get(field))) is not None:
-            rows.append(("indexes", index_key(tenant, field, value, uuid), b""))
-    return rows
+    return [("indexes", index_key(tenant, field, value, entity["id"]), b"") for field in info.indexed_fields
+            if (value := _index_value(props.get(field))) is not None]
 
 
-def derived_rows(schemas: dict[str, SchemaInfo], tenant: str, entity: dict) -> list[tuple[str, bytes, bytes]]:
-    """Every row besides the entity's own that follows from it: key and field index rows, the
-    inline embedding, and its edges in both edge CFs. Writes, vacuum, verify and rebuilds share it."""
-    rows = index_rows(schemas.get(entity["entity_type"]), tenant, entity)
-    uuid = entity["id"]
-    inline = (entity.get("properties") or {}).get("embedding")
-    if isinstance(inline, list) and inline:
-        rows.append(("embeddings", embedding_key(tenant, uuid), encode_embedding(inline)))
-    for edge in entity.get("edges") or ():
-        value = orjson.dumps({"src": uuid, "dst": edge["dst"], "rel_type": edge["rel_type"],
-                              "data": {"properties": edge.get("properties") or {}, "created_at": edge["created_at"]}})
-        rows.append(("edges", edge_key(uuid, edge["dst"], edge["rel_type"]), value))
-        rows.append(("edges_reverse", edge_reverse_key(uuid, edge["dst"], edge["rel_type"]), value))
-    return rows
+def key_row_value(entity_type: str) -> bytes:
+    return orjson.dumps({"type": entity_type})
 
 
 class RowList:
@@ -112,7 +89,7 @@ class RowList:
 
 
 class OpApplier:
-    """Applies entity ops to one WriteBatch, reading through the rows the batch already holds.
+    """Applies entity writes to one WriteBatch, reading through the rows the batch already holds.
 
     With db=None it needs no database at all and collects rows in a RowList: bulk loaders build
     rows in worker processes with exactly the code live writes and replays use.
@@ -143,47 +120,51 @@ class OpApplier:
         raw = self.db.get("entities", key)
         return orjson.loads(raw) if raw is not None else None
 
-    def _store(self, tenant: str, old: dict | None, new: dict, new_json: bytes | None = None) -> None:
-        new_rows = derived_rows(self.schemas, tenant, new)
-        if old:
-            old_rows = {(cf, key) for cf, key, _ in derived_rows(self.schemas, tenant, old)}
-            for cf, key in old_rows - {(cf, key) for cf, key, _ in new_rows}:
-                self.delete(cf, key)
-        key = entity_key(tenant, new["id"])
-        self.put("entities", key, new_json or encode_entity(new))
-        for cf, row_key, value in new_rows:
-            self.put(cf, row_key, value)
-        self._pending[key] = new
-        if new.get("entity_type") == SCHEMA_ENTITY_TYPE and tenant == SCHEMA_TENANT:
-            info = schema_info(new)
+    def _store(self, tenant: str, entity: dict, entity_json: bytes | None = None) -> None:
+        key = entity_key(tenant, entity["id"])
+        self.put("entities", key, entity_json or encode_entity(entity))
+        self._pending[key] = entity
+        if entity.get("entity_type") == SCHEMA_ENTITY_TYPE and tenant == SCHEMA_TENANT:
+            info = schema_info(entity)
             self.schemas[info.short_name] = info
 
-    def insert(self, tenant: str, entity: dict, entity_json: bytes | None = None, is_new: bool = False) -> None:
-        """Insert or replace a whole entity, with its key, index, inline-embedding and edge rows.
-
-        is_new skips looking up the rows of a previous version (for ids the caller just made).
-        """
-        old = None if is_new else self.get_entity(tenant, entity["id"])
-        self._store(tenant, old, entity, entity_json)
+    def insert(self, tenant: str, entity: dict, entity_json: bytes | None = None) -> None:
+        """database.rs insert / batch_insert, as an Insert op carries it: the entity, then the key
+        row of its properties (an upsert that changed the key leaves the old row)."""
+        self._store(tenant, entity, entity_json)
+        if entity.get("entity_type") != SCHEMA_ENTITY_TYPE and (row := current_key_row(tenant, entity, self.schemas)):
+            self.put("key_index", row, key_row_value(entity["entity_type"]))
 
     def _change(self, tenant: str, entity_id: str, **fields: Any) -> dict:
         old = self.get_entity(tenant, entity_id)
         if old is None:
             raise EntityNotFound(tenant, entity_id)
         new = {**old, **fields}
-        self._store(tenant, old, new)
+        self._store(tenant, new)
         return new
 
     def update(self, tenant: str, entity_id: str, changes: dict, timestamp: str) -> dict:
-        """Replace an entity's properties; modified_at becomes the entry time."""
+        """database.rs update, as its WAL op carries it (changes: every property after the update);
+        key rows are left alone."""
         return self._change(tenant, entity_id, properties=changes, modified_at=timestamp)
 
-    def soft_delete(self, tenant: str, entity_id: str, timestamp: str) -> dict:
-        """Mark deleted: deleted_at and modified_at become the entry time; every row stays."""
-        return self._change(tenant, entity_id, deleted_at=timestamp, modified_at=timestamp)
+    def soft_delete(self, tenant: str, entity_id: str, timestamp: str, modified_at: str | None = None) -> dict:
+        """database.rs delete (types/entity.rs mark_deleted): deleted_at and modified_at; rows stay."""
+        return self._change(tenant, entity_id, deleted_at=timestamp, modified_at=modified_at or timestamp)
+
+    def hard_delete(self, tenant: str, entity_id: str) -> None:
+        """database.rs hard_delete: the entity and the key row of its current key; old key rows and
+        edge rows stay (TODOs in the source); never logged."""
+        entity = self.get_entity(tenant, entity_id)
+        if entity is None:
+            raise EntityNotFound(tenant, entity_id)
+        self.delete("entities", entity_key(tenant, entity_id))
+        self._pending[entity_key(tenant, entity_id)] = None
+        if row := current_key_row(tenant, entity, self.schemas):
+            self.delete("key_index", row)
 
     def apply(self, op: dict, timestamp: str) -> None:
-        """Apply one WAL op ({"Insert": ...} | {"Update": ...} | {"Delete": ...}) as the engine does."""
+        """Apply one logical WAL op ({"Insert": ...} | {"Update": ...} | {"Delete": ...})."""
         (kind, body), = op.items()
         if kind == "Insert":
             self.insert(body["tenant_id"], body["entity"])
@@ -195,20 +176,44 @@ class OpApplier:
             raise RemError(f"unknown WAL op {kind!r}")
 
 
+def upserted(existing: dict | None, entity: dict, now) -> dict:
+    """database.rs insert's upsert: an existing entity keeps created_at and its inline edges, merged
+    with the incoming ones by (dst, rel_type); each merged edge touches modified_at."""
+    if existing is None:
+        return entity
+    merged = {**entity, "created_at": existing["created_at"], "edges": [dict(e) for e in existing["edges"]]}
+    for edge in entity["edges"]:
+        same = next((e for e in merged["edges"] if (e["dst"], e["rel_type"]) == (edge["dst"], edge["rel_type"])), None)
+        if same is not None:
+            same["properties"], same["created_at"] = edge["properties"], edge["created_at"]
+        else:
+            merged["edges"].append(edge)
+        merged["modified_at"] = now()
+    return merged
+
+
+def inline_edges(data: dict, now) -> list[dict]:
+    """database.rs extract_edges_from_data: `edges` entries with a dst and a rel_type."""
+    return [{"dst": e["dst"], "rel_type": e["rel_type"], "properties": e.get("properties") or {},
+             "created_at": e.get("created_at") or now()}
+            for e in data.get("edges") or () if isinstance(e, dict) and isinstance(e.get("dst"), str)
+            and isinstance(e.get("rel_type"), str)]
+
+
 class RemWriter:
-    """Writes to an open read-write database the way percolate-rocks does.
+    """Writes to an open read-write database the way percolate-rocks does (standalone, or primary:
+    with its logical WAL). Inside `with writer.batch():` many writes share one WriteBatch."""
 
-    Each public method writes its rows and its WAL entry in one WriteBatch. Inside
-    `with writer.batch():` many writes share one WriteBatch (still atomically with their WAL entries).
-    """
-
-    def __init__(self, db: RemDB, write_options: WriteOptions | None = None):
+    def __init__(self, db: RemDB, write_options: WriteOptions | None = None,
+                 replication: Literal["standalone", "primary"] = "standalone", clock=now_rfc3339):
         if db.mode != "rw":
             raise RemError(f"{db.path}: opened {db.mode}; writes need a read-write open")
         self.db = db
         self.write_options = write_options
+        self.primary = replication == "primary"
         self.seq = db.latest_wal_seq()
         self.schemas = load_schemas(db)
+        self.now = clock
         self._open: OpApplier | None = None
 
     @contextmanager
@@ -228,81 +233,102 @@ class RemWriter:
         finally:
             self._open = None
 
-    def _log(self, applier: OpApplier, op: dict, timestamp: str) -> int:
+    def _log(self, applier: OpApplier, op: dict) -> int:
+        """replication/wal.rs append: only a primary logs, after the entity's own write."""
+        if not self.primary:
+            return 0
         self.seq += 1
-        applier.put("wal", wal_key(self.seq), wal_entry_json(self.seq, timestamp, op))
+        applier.put("wal", wal_key(self.seq), wal_entry_json(self.seq, self.now(), op))
         return self.seq
 
-    def _write(self, op: dict, timestamp: str | None) -> int:
-        timestamp = timestamp or utc_now()
+    def key_field(self, table: str) -> str | None:
+        info = self.schemas.get(table)
+        return info.key_field if info is not None else SYSTEM_KEY_FIELDS.get(table)
+
+    # ------------------------------------------------------------------ the engine's write paths
+
+    def register_schema(self, name: str, schema: dict) -> str | None:
+        """database.rs register_schema: stored as an entity of tenant default unless its category is
+        system; no key row, never logged."""
+        entity = schema_entity(name, schema, self.now())
+        if entity is None:
+            return None
         with self.batch() as applier:
-            applier.apply(op, timestamp)
-            return self._log(applier, op, timestamp)
+            applier._store(SCHEMA_TENANT, entity)
+        return entity["id"]
 
-    def insert(self, tenant: str, entity: Entity | dict, embedding: Sequence[float] | bytes | None = None,
-               timestamp: str | None = None, is_new: bool = False) -> int:
-        """Insert (or replace) an entity. `embedding` goes to the embeddings CF only (derived data,
-        not carried by the WAL); an inline `properties.embedding` is stored in both places.
-        is_new: the caller guarantees no entity has this id yet (sample generation, bulk loads)."""
-        body = entity.model_dump(mode="json") if isinstance(entity, Entity) else entity
-        timestamp = timestamp or utc_now()
-        body_json = encode_entity(body)
-        if self._open is not None:  # the hot path of bulk loads: no context-manager round trip
-            return self._insert(self._open, tenant, body, body_json, embedding, timestamp, is_new)
+    def _entity(self, table: str, data: dict, id_: str | None, now: str) -> dict:
+        return {"id": id_ or entity_id(table, data, self.key_field(table)), "entity_type": table, "created_at": now,
+                "modified_at": now, "deleted_at": None, "edges": [], "properties": data}
+
+    def insert(self, tenant: str, table: str, data: dict, id_: str | None = None) -> str:
+        """database.rs insert: an upsert by deterministic id (id_ stands in where the engine draws a
+        random one); inline edges from data["edges"]; logged on a primary."""
         with self.batch() as applier:
-            return self._insert(applier, tenant, body, body_json, embedding, timestamp, is_new)
+            entity = self._entity(table, data, id_, self.now())
+            entity["edges"] = inline_edges(data, self.now)
+            entity = upserted(applier.get_entity(tenant, entity["id"]), entity, self.now)
+            applier.insert(tenant, entity)
+            self._log(applier, {"Insert": {"tenant_id": tenant, "entity": entity}})
+        return entity["id"]
 
-    def _insert(self, applier: OpApplier, tenant: str, body: dict, body_json: bytes, embedding, timestamp: str,
-                is_new: bool) -> int:
-        applier.insert(tenant, body, body_json, is_new)
-        seq = self._log(applier, {"Insert": {"tenant_id": tenant, "entity": body}}, timestamp)
-        if embedding is not None:
-            applier.put("embeddings", embedding_key(tenant, body["id"]), encode_embedding(embedding))
-        return seq
-
-    def update(self, tenant: str, entity_id: str, changes: dict, timestamp: str | None = None) -> int:
-        return self._write({"Update": {"tenant_id": tenant, "entity_id": entity_id, "changes": changes}}, timestamp)
-
-    def soft_delete(self, tenant: str, entity_id: str, timestamp: str | None = None) -> int:
-        return self._write({"Delete": {"tenant_id": tenant, "entity_id": entity_id}}, timestamp)
-
-    def add_edge(self, tenant: str, src: str, dst: str, rel_type: str, properties: dict | None = None,
-                 timestamp: str | None = None) -> int:
-        """Add (or replace) an edge: inline in the source entity and in both edge CFs.
-
-        The WAL has no edge op, so the change is logged as an Insert of the whole source entity.
-        """
-        timestamp = timestamp or utc_now()
+    def batch_insert(self, tenant: str, table: str, items: list[dict], ids: list[str] | None = None) -> list[str]:
+        """database.rs batch_insert: one WriteBatch; no inline edges, no upsert merge, not logged."""
+        made = []
         with self.batch() as applier:
-            entity = applier.get_entity(tenant, src)
-            if entity is None:
-                raise EntityNotFound(tenant, src)
-            edges = [e for e in entity.get("edges") or () if (e["dst"], e["rel_type"]) != (dst, rel_type)]
-            edges.append({"dst": dst, "rel_type": rel_type, "properties": properties or {}, "created_at": timestamp})
-            return self._write({"Insert": {"tenant_id": tenant,
-                                           "entity": {**entity, "edges": edges, "modified_at": timestamp}}},
-                               timestamp)
+            for i, data in enumerate(items):
+                entity = self._entity(table, data, ids[i] if ids else None, self.now())
+                applier.insert(tenant, entity)
+                made.append(entity["id"])
+        return made
+
+    def put_entity(self, tenant: str, entity: dict) -> int:
+        """Write a whole entity as an Insert op carries it (for replays and tests); logged on a primary."""
+        with self.batch() as applier:
+            applier.insert(tenant, entity)
+            return self._log(applier, {"Insert": {"tenant_id": tenant, "entity": entity}})
+
+    def update(self, tenant: str, entity_id: str, updates: dict) -> int:
+        """database.rs update: updates merged into the properties, a new modified_at; key rows stay."""
+        with self.batch() as applier:
+            old = applier.get_entity(tenant, entity_id)
+            if old is None:
+                raise EntityNotFound(tenant, entity_id)
+            changes = {**old["properties"], **updates}
+            applier.update(tenant, entity_id, changes, self.now())
+            return self._log(applier, {"Update": {"tenant_id": tenant, "entity_id": entity_id, "changes": changes}})
+
+    def soft_delete(self, tenant: str, entity_id: str) -> int:
+        """database.rs delete: deleted_at then modified_at, each now()."""
+        with self.batch() as applier:
+            applier.soft_delete(tenant, entity_id, self.now(), self.now())
+            return self._log(applier, {"Delete": {"tenant_id": tenant, "entity_id": entity_id}})
 
     def hard_delete(self, tenant: str, entity_id: str) -> None:
-        """Remove an entity and every row that belongs to it (a maintenance operation: the engine's
-        WAL has no op for it, so nothing is logged). Inline edges pointing at it from other
-        entities are removed with a logged Insert of each source entity."""
+        """database.rs hard_delete (see OpApplier.hard_delete); not logged."""
         with self.batch() as applier:
-            entity = applier.get_entity(tenant, entity_id)
-            if entity is None:
-                raise EntityNotFound(tenant, entity_id)
-            for cf, key, _ in derived_rows(self.schemas, tenant, entity):
-                applier.delete(cf, key)
-            applier.delete("entities", entity_key(tenant, entity_id))
-            applier.delete("embeddings", embedding_key(tenant, entity_id))
-            applier._pending[entity_key(tenant, entity_id)] = None
-            for key, value in self.db.items("edges_reverse", f"dst:{entity_id}:".encode()):
-                edge = orjson.loads(value)
-                applier.delete("edges_reverse", key)
-                applier.delete("edges", edge_key(edge["src"], edge["dst"], edge["rel_type"]))
-                source = applier.get_entity(tenant, edge["src"])
-                if source is not None:
-                    kept = [e for e in source.get("edges") or () if e["dst"] != entity_id]
-                    now = utc_now()
-                    self._write({"Insert": {"tenant_id": tenant,
-                                            "entity": {**source, "edges": kept, "modified_at": now}}}, now)
+            applier.hard_delete(tenant, entity_id)
+
+    def add_edge(self, tenant: str, src: str, dst: str, rel_type: str, properties: dict | None = None) -> None:
+        """database.rs add_edge: both ends must exist; the edge in both edge CFs, nothing inline, not logged."""
+        with self.batch() as applier:
+            for end in (src, dst):
+                if applier.get_entity(tenant, end) is None:
+                    raise EntityNotFound(tenant, end)
+            value = encode_edge({"src": src, "dst": dst, "rel_type": rel_type,
+                                 "data": {"properties": properties or {}, "created_at": self.now()}})
+            applier.put("edges", edge_key(src, dst, rel_type), value)
+            applier.put("edges_reverse", edge_reverse_key(src, dst, rel_type), value)
+
+    def delete_edge(self, src: str, dst: str, rel_type: str) -> None:
+        """database.rs delete_edge: both edge CFs, not logged."""
+        with self.batch() as applier:
+            applier.delete("edges", edge_key(src, dst, rel_type))
+            applier.delete("edges_reverse", edge_reverse_key(src, dst, rel_type))
+
+    def key_material(self, private_key_encrypted: bytes, public_key: bytes) -> None:
+        """storage/db.rs load_or_generate_keypair (opened with a master password): two rows, once."""
+        if self.db.get("keys", b"private_key_encrypted") is None:
+            with self.batch() as applier:
+                applier.put("keys", b"private_key_encrypted", private_key_encrypted)
+                applier.put("keys", b"public_key", public_key)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 from rocksdict import Options, Rdict
 
-from rem.db import is_database, open_db
+from rem.db import add_missing_column_families, is_database, open_db
 from rem.errors import RemError, UsageError
 from rem.format import SCHEMA_TENANT, parse_entity_key
 from rem.scratch import quarantine_path, remove_scratch, scratch_dir
@@ -82,6 +82,9 @@ def repair_copy(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
     """Rdict.repair on the extracted copy (never the only one), reporting exactly what it dropped."""
     opts = Options(raw_mode=True)
     Rdict.repair(str(db_dir), opts)
+    # Repair rebuilds column families from SST files: an empty one (the engine leaves several
+    # empty) disappears, losing nothing; it comes back empty, as the engine's open would make it.
+    add_missing_column_families(db_dir, [cf for cf, keys in metadata.column_families.items() if keys == 0])
     names, counts, entities = count_database(db_dir)
     report = compare(metadata, names, counts, entities)
     report.repaired = True

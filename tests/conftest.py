@@ -79,15 +79,15 @@ def prefect_api(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def _sample_cache(tmp_path_factory):
-    from rem.sample import create_sample
+    from tests.engine.sample import engine_sample
 
     cache: dict[tuple, Path] = {}
 
-    def get(entities: int, tenants: int, seed: int, dim: int) -> Path:
-        key = (entities, tenants, seed, dim)
+    def get(entities: int, tenants: int, seed: int, dim: int, replication: str) -> Path:
+        key = (entities, tenants, seed, dim, replication)
         if key not in cache:
-            path = tmp_path_factory.mktemp("samples") / f"sample-{entities}-{tenants}-{seed}-{dim}"
-            create_sample(path, entities, tenants, seed, dim)
+            path = tmp_path_factory.mktemp("samples") / f"sample-{entities}-{tenants}-{seed}-{dim}-{replication}"
+            engine_sample(path, entities, tenants, seed, dim, replication)
             cache[key] = path
         return cache[key]
 
@@ -99,9 +99,10 @@ def make_sample(_sample_cache, tmp_path):
     """Factory: a fresh copy of a sample database (built once per session for each set of arguments)."""
     counter = iter(range(1000))
 
-    def make(entities: int = 500, tenants: int = 3, seed: int = 7, dim: int = 16) -> Path:
+    def make(entities: int = 500, tenants: int = 3, seed: int = 7, dim: int = 16,
+             replication: str = "standalone") -> Path:
         target = tmp_path / f"db-{next(counter)}"
-        shutil.copytree(_sample_cache(entities, tenants, seed, dim), target)
+        shutil.copytree(_sample_cache(entities, tenants, seed, dim, replication), target)
         return target
 
     return make

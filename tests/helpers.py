@@ -121,3 +121,36 @@ def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) ->
         except Exception:
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer within {seconds} s")
+
+
+class DirectoryEvents:
+    """Linux inotify on one directory: every entry created, deleted, renamed or written in it while
+    the block runs (names, with the event), read through ctypes from the kernel itself."""
+
+    MASK = 0x100 | 0x200 | 0x40 | 0x80 | 0x02 | 0x08  # CREATE DELETE MOVED_FROM MOVED_TO MODIFY CLOSE_WRITE
+
+    def __init__(self, path):
+        import ctypes
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
+        assert self.fd >= 0 and self.libc.inotify_add_watch(self.fd, str(path).encode(), self.MASK) >= 0
+        self.events: list[tuple[int, str]] = []
+
+    def collect(self) -> list[tuple[int, str]]:
+        import struct
+
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return self.events
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16: offset + 16 + length].rstrip(b"\0").decode()
+                self.events.append((mask, name))
+                offset += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from tests.engine import ENGINE_PYTHON, RUN, engine_write
 from tests.faultproxy import FaultProxy
 from tests.helpers import REPO, dump_all, holding_lock, rem, snapshot_dir
 
@@ -38,7 +39,7 @@ def test_local_round_trip_is_byte_identical_in_every_column_family(make_sample, 
 
 
 def test_s3_round_trip_through_download_is_byte_identical(make_sample, tmp_path, s3_endpoint, bucket, s3):
-    db = make_sample(entities=4000, dim=256)
+    db = make_sample(entities=9000, dim=256)
     meta = create(db, "--upload", env=s3_env(s3_endpoint, bucket))
     assert meta["location"] == f"s3://{bucket}/backups/full/_all/{meta['name']}/"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -147,29 +148,24 @@ def test_non_empty_target_needs_overwrite_and_overwrite_quarantines_until_verifi
 
 LIVE_WRITER = """
 import sys, time
-from rocksdict import Options
-from rem.db import open_db
-from rem.writer import RemWriter
-db = open_db(sys.argv[1], "rw")
-w = RemWriter(db)
-for i in range(int(sys.argv[2])):
-    w.insert("acme", {"id": f"live-{i:06d}", "entity_type": "notes", "created_at": "2025-01-01T00:00:00Z",
-                      "modified_at": "2025-01-01T00:00:00Z", "deleted_at": None, "edges": [],
-                      "properties": {"text": "acknowledged"}})
-w.soft_delete("acme", "live-000000")
-unflushed = sum(db.cf(cf).property_int_value("rocksdb.num-entries-active-mem-table") or 0 for cf in db.cf_names)
-print(unflushed, flush=True)
+sys.path.insert(0, sys.argv[3])
+from writer import Engine
+engine = Engine(sys.argv[1])  # the engine, running: it holds the lock and its memtables
+ids = [engine.insert("acme", "notes", {"key": f"live-{i:06d}", "text": "acknowledged"}) for i in range(int(sys.argv[2]))]
+engine.delete("acme", ids[0])
+unflushed = sum(r.property_int_value("rocksdb.num-entries-active-mem-table") or 0 for r in engine.readers.values())
+print(ids[0], unflushed, flush=True)
 time.sleep(120)
 """
 
 
 def test_online_backup_keeps_every_acknowledged_unflushed_write_and_leaves_the_directory_as_it_was(make_sample, tmp_path):
     db = make_sample()
-    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(db), "300"], stdout=subprocess.PIPE,
-                              text=True, cwd=REPO)
+    writer = subprocess.Popen([str(ENGINE_PYTHON), "-c", LIVE_WRITER, str(db), "300", str(RUN.parent)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        unflushed = int(writer.stdout.readline())
-        assert unflushed >= 600, "the writer's writes must still sit in its memtable"
+        first, unflushed = writer.stdout.readline().split()
+        assert int(unflushed) >= 600, "the engine's writes must still sit in its memtable"
         before = snapshot_dir(db)
         meta = create(db)
         assert snapshot_dir(db) == before  # not one file added, changed or removed
@@ -181,9 +177,9 @@ def test_online_backup_keeps_every_acknowledged_unflushed_write_and_leaves_the_d
     rem("backup", "restore", "--source", meta["location"], "--target", str(target), check=True)
     restored = dump_all(target)
     assert restored == dump_all(db)  # the writer is gone: its WAL replays into the source view
-    live = [k for k in restored["entities"] if b"live-" in k]
+    live = [v for v in restored["entities"].values() if json.loads(v)["properties"].get("text") == "acknowledged"]
     assert len(live) == 300
-    assert json.loads(restored["entities"][b"entity:acme:live-000000"])["deleted_at"] is not None
+    assert json.loads(restored["entities"][f"entity:acme:{first}".encode()])["deleted_at"] is not None
 
 
 def test_tenant_backup_holds_only_that_tenant_and_restore_replaces_only_its_rows(make_sample, tmp_path):
@@ -205,16 +201,9 @@ def test_tenant_backup_holds_only_that_tenant_and_restore_replaces_only_its_rows
     assert all(json.loads(v)["op"].popitem()[1]["tenant_id"] == "globex" for v in rows["wal"].values())
 
     # Into the existing database: change globex and acme, restore globex, only globex comes back.
-    from rem.db import open_db
-    from rem.writer import RemWriter
-
-    with open_db(db, "rw") as handle:
-        w = RemWriter(handle)
-        victim = next(k for k in original["entities"] if k.startswith(b"entity:globex:")).split(b":")[2].decode()
-        w.soft_delete("globex", victim)
-        other = next(k for k in original["entities"] if k.startswith(b"entity:acme:")).split(b":")[2].decode()
-        w.soft_delete("acme", other)
-        handle.flush_all()
+    victim = next(k for k in original["entities"] if k.startswith(b"entity:globex:")).split(b":")[2].decode()
+    other = next(k for k in original["entities"] if k.startswith(b"entity:acme:")).split(b":")[2].decode()
+    engine_write(db, [["delete", "globex", victim], ["delete", "acme", other]])
     changed = dump_all(db)
     rem("backup", "restore", "--source", meta["location"], "--target", str(db), "--overwrite", check=True)
     after = dump_all(db)
@@ -256,7 +245,7 @@ def test_restore_refuses_a_target_another_process_holds(make_sample, tmp_path):
 
 
 def test_backup_and_restore_survive_20_percent_of_s3_requests_failing(make_sample, tmp_path, s3_endpoint, bucket):
-    db = make_sample(entities=4000, dim=256)
+    db = make_sample(entities=9000, dim=256)
     with FaultProxy(s3_endpoint, fault_rate=0.2, seed=11) as proxy:
         env = s3_env(proxy.url, bucket)
         meta = create(db, "--upload", env=env)
@@ -272,7 +261,7 @@ def test_backup_and_restore_survive_20_percent_of_s3_requests_failing(make_sampl
 
 def test_an_interrupted_upload_leaves_no_backup_no_parts_and_the_rerun_succeeds(make_sample, tmp_path, s3_endpoint,
                                                                                 bucket, s3):
-    db = make_sample(entities=4000, dim=256)
+    db = make_sample(entities=9000, dim=256)
     fail_part_2 = lambda method, path, headers: "403" if method == "PUT" and "partNumber=2" in path else None
     with FaultProxy(s3_endpoint, rule=fail_part_2) as proxy:
         proc = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "nightly",
@@ -288,7 +277,7 @@ def test_an_interrupted_upload_leaves_no_backup_no_parts_and_the_rerun_succeeds(
 
 
 def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3_endpoint, bucket, s3):
-    db = make_sample(entities=4000, dim=256)
+    db = make_sample(entities=9000, dim=256)
     import threading
 
     release = threading.Event()
@@ -319,7 +308,7 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
 
 def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(make_sample, tmp_path, s3_endpoint,
                                                                                bucket):
-    db = make_sample(entities=4000, dim=256)
+    db = make_sample(entities=9000, dim=256)
     env = s3_env(s3_endpoint, bucket)
     meta = create(db, "--upload", env=env)
     assert meta["size_bytes"] > 5 * 1024 * 1024

@@ -240,3 +240,61 @@ def test_export_carries_the_engines_vectors_and_its_system_schemas(engine_db, tm
     assert json.loads(resources[0]["extra_properties"]) == {"tenant_id": "acme", "timestamp": "2026-01-01T00:00:00Z"}
     messages = pq.read_table(out / "messages.parquet").to_pylist()
     assert [m["message_id"] for m in messages] == ["7"]
+
+
+# -------------------------------------------------------------- read-only means not touching it
+
+
+def _files(db: Path) -> dict[str, tuple[int, int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in db.iterdir()}
+
+
+def test_read_only_commands_never_touch_the_engines_directory(engine_db, tmp_path):
+    """Eight read-only commands at once; the kernel reports every entry created, deleted, renamed
+    or written in the directory meanwhile (rocksdict used to create and unlink its config there on
+    every open, and left it behind when two opened at once)."""
+    from tests.helpers import DirectoryEvents
+
+    before = _files(engine_db)
+    watch = DirectoryEvents(engine_db)
+    commands = [["db", "stats"], ["db", "stats"], ["db", "verify"], ["db", "health"], ["metrics"],
+                ["backup", "create", "--json"], ["query", "SELECT COUNT(*) FROM articles"],
+                ["export", "--tenant", "acme", "--output", str(tmp_path / "export")]]
+    procs = [subprocess.Popen([".venv/bin/python", "-m", "cli.main", "--db-path", str(engine_db), *c], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in commands]
+    errors = [(c, p.wait(120), p.stderr.read()) for c, p in zip(commands, procs)]
+    events = watch.collect()
+    assert all(code in (0, 1) and "Traceback" not in err for _, code, err in errors), errors  # health may say 1
+    assert events == [], events
+    assert _files(engine_db) == before
+    assert not [p for p in engine_db.parent.iterdir() if p.name.startswith(".rem-view-")]
+    rem("--db-path", str(engine_db), "db", "compact", check=True)  # the watch does see a writer
+    assert watch.collect(), "a compaction must show up: the watch would miss nothing"
+    watch.close()
+
+
+def test_repaired_and_point_in_time_restores_open_in_rocksdb_810_with_the_engine_options(
+        _engine_dbs, tmp_path, s3_endpoint, bucket):
+    db = tmp_path / "primary"
+    shutil.copytree(_engine_dbs["primary"], db)
+    env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5"}
+    meta = json.loads(rem("--db-path", str(db), "backup", "create", "--json", check=True).stdout)
+
+    # A copy whose CURRENT is gone: the restore repairs it, and the repaired database is the engine's.
+    from tests.test_backup import _rebuilt_backup
+
+    damaged = _rebuilt_backup(tmp_path, meta, lambda d: (d / "CURRENT").unlink())
+    repaired = tmp_path / "repaired"
+    rem("backup", "restore", "--source", str(damaged), "--target", str(repaired), check=True)
+    assert_engine_compatible(repaired, engine_read_all(db))
+
+    rem("--db-path", str(db), "backup", "create", "--upload", env=env, check=True)
+    engine_write(db, [["insert", "acme", "people", {"name": "Later", "age": 1}]], "primary")
+    rem("--db-path", str(db), "pitr", "archive", env=env, check=True)
+    status = json.loads(rem("--db-path", str(db), "pitr", "status", "--json", env=env, check=True).stdout)
+    out = tmp_path / "pitr"
+    rem("--db-path", str(db), "pitr", "restore", "--timestamp", status["last_archived_timestamp"], "--output",
+        str(out), env=env, check=True)
+    restored = engine_read_all(out)
+    assert any(b'"Later"' in v for v in restored["entities"].values())
+    assert_engine_compatible(out)

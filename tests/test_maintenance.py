@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 import sys
 import urllib.request
 
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rem import format as f
+from tests.engine import engine_write
 from tests.helpers import REPO, dump_all, free_port, holding_lock, rem, snapshot_dir
 from tests.test_verify import plant
 
@@ -119,7 +121,7 @@ def test_metrics_text_parses_and_carries_the_runbook_names(make_sample, tmp_path
 
 
 def test_health_is_healthy_then_reports_each_threshold_crossing(make_sample, s3_endpoint, bucket):
-    path = make_sample()
+    path = make_sample(replication="primary")  # its logical WAL is what this PITR archives
     proc = rem("--db-path", str(path), "db", "health")
     assert proc.returncode == 1 and json.loads(proc.stdout)["checks"]["backup"]["status"] == "critical"  # none yet
     rem("--db-path", str(path), "backup", "create", check=True)
@@ -136,12 +138,9 @@ def test_health_is_healthy_then_reports_each_threshold_crossing(make_sample, s3_
 
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_PITR_ENABLED": "true"}
     rem("--db-path", str(path), "pitr", "archive", env=env, check=True)
-    from rem.db import open_db
-    from rem.writer import RemWriter
-
-    with open_db(path, "rw") as db:  # a write the archive has not seen; its last entry is from 2025
-        RemWriter(db).soft_delete("acme", next(k for k in dump_all(path)["entities"]
-                                               if k.startswith(b"entity:acme:")).split(b":")[2].decode())
-    lagging = json.loads(rem("--db-path", str(path), "db", "health", env=env).stdout)
+    victim = next(k for k in dump_all(path)["entities"] if k.startswith(b"entity:acme:")).split(b":")[2].decode()
+    time.sleep(1.1)
+    engine_write(path, [["delete", "acme", victim]], "primary")  # a write the archive has not seen
+    lagging = json.loads(rem("--db-path", str(path), "db", "health", "--wal-lag-warn-seconds", "0.5", env=env).stdout)
     assert lagging["status"] == "degraded" and lagging["checks"]["wal"]["status"] == "warning"
-    assert lagging["wal_archive_lag_sec"] > 3600
+    assert lagging["wal_archive_lag_sec"] > 0.5

@@ -75,7 +75,7 @@ def test_without_a_prefect_api_a_10_mb_backup_finishes_in_under_3_seconds(tmp_pa
     from rem.stats import directory_size
 
     db = tmp_path / "db"
-    create_sample(db, 4500, 3, 1, 128)
+    create_sample(db, 6500, 3, 1, 128)
     assert 8e6 < directory_size(db) < 14e6
     started = time.perf_counter()
     proc = rem("--db-path", str(db), "backup", "create", "--json")

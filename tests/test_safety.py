@@ -17,39 +17,37 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine import ENGINE_PYTHON, RUN, engine_write
 from tests.helpers import REPO, digest, dump_all, free_port, rem, snapshot_dir, wait_http
 
-# A stand-in for the engine: plain rocksdict, raw mode, the database's own column families. It
-# retries its read-write open until RocksDB lets it in, then writes rows and prints each key once
+# The engine (tests/engine, RocksDB 8.10) as a service starts it: it retries its read-write open
+# until RocksDB lets it in, then inserts notes into one tenant and prints each entity's key once
 # the write returned (acknowledged).
 ENGINE = r"""
 import sys, time
-from rocksdict import Options, Rdict, WriteOptions
-path, prefix, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from writer import Engine
+path, tenant, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
 refused = 0
 while True:
     try:
-        opts, cfs = Options.load_latest(path)
-        db = Rdict(path, options=opts, column_families=cfs)
+        engine = Engine(path)
         break
     except Exception as exc:
         refused += 1
         print("refused", time.time(), str(exc).splitlines()[0], flush=True)
         time.sleep(0.01)
-entities = db.get_column_family("entities")
 for i in range(rows):
-    key = f"entity:{prefix}:{i:08d}".encode()
-    entities.put(key, b'{"written":"by the engine"}')
-    print("ack", key.decode(), flush=True)
-del entities
-db.close()
+    entity_id = engine.insert(tenant, "notes", {"key": f"{tenant}-{i:08d}", "text": "written by the engine"})
+    print("ack", f"entity:{tenant}:{entity_id}", flush=True)
+engine.close()
 print("closed", refused, flush=True)
 """
 
 
-def engine(path: Path, prefix: str, rows: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", ENGINE, str(path), prefix, str(rows)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+def engine(path: Path, tenant: str, rows: int) -> subprocess.Popen:
+    return subprocess.Popen([str(ENGINE_PYTHON), "-c", ENGINE, str(path), tenant, str(rows), str(RUN.parent)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
 def engine_writes(path: Path, prefix: str, rows: int) -> None:
@@ -79,12 +77,7 @@ def test_an_engine_that_starts_during_a_restore_waits_for_it_and_loses_no_acknow
     meta = backup(db)
     backed_up = dump_all(db)
     engine_writes(db, "after-backup", 500)  # the target moves on after the backup...
-    from rocksdict import Options, Rdict
-
-    opts, cfs = Options.load_latest(str(db))
-    live = Rdict(str(db), options=opts, column_families=cfs)
-    live.compact_range(None, None)  # ...and is compacted: new SSTs, a new MANIFEST
-    live.close()
+    rem("--db-path", str(db), "db", "compact", check=True)  # ...and is compacted: new SSTs, a new MANIFEST
 
     restore = subprocess.Popen([sys.executable, "-m", "cli.main", "backup", "restore", "--source", meta["location"],
                                 "--target", str(db), "--overwrite"], cwd=REPO, stdout=subprocess.PIPE,
@@ -106,7 +99,8 @@ def test_an_engine_that_starts_during_a_restore_waits_for_it_and_loses_no_acknow
 
     final = dump_all(db)  # opens cleanly
     assert all(key in final["entities"] for key in acked)
-    final["entities"] = {k: v for k, v in final["entities"].items() if not k.startswith(b"entity:engine:")}
+    for cf, prefix in (("entities", b"entity:engine:"), ("key_index", b"key:engine:")):
+        final[cf] = {k: v for k, v in final[cf].items() if not k.startswith(prefix)}
     assert digest(final) == digest(backed_up)  # exactly the backup, plus what the engine acknowledged
     assert not [p for p in db.parent.iterdir() if p.name.startswith(".rem-")]
 
@@ -115,10 +109,9 @@ def test_a_restore_refuses_a_target_an_engine_holds_and_changes_nothing(make_sam
     db = make_sample()
     meta = backup(db)
     engine_writes(db, "later", 10)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rocksdict import Options, Rdict; "
-                               "o, c = Options.load_latest(sys.argv[1]); db = Rdict(sys.argv[1], options=o, "
-                               "column_families=c); print('open', flush=True); time.sleep(60)", str(db)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([str(ENGINE_PYTHON), "-c", "import sys, time; sys.path.insert(0, sys.argv[2]); "
+                               "from writer import Engine; e = Engine(sys.argv[1]); print('open', flush=True); "
+                               "time.sleep(60)", str(db), str(RUN.parent)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         before = snapshot_dir(db)
@@ -174,22 +167,12 @@ def test_a_killed_tenant_restore_leaves_the_old_tenant_or_the_new_one(make_sampl
 def test_a_tenant_restore_of_default_keeps_the_schemas_the_backup_lacks(make_sample, tmp_path):
     db = make_sample()
     meta = backup(db, "--tenant", "default")
-    from rocksdict import Options, Rdict
-
-    schema_id = "00000000-0000-4000-8000-00000000beef"
-    schema = {"id": schema_id, "entity_type": "schemas", "created_at": "2026-11-25T09:00:00+00:00",
-              "modified_at": "2026-11-25T09:00:00+00:00", "deleted_at": None, "edges": [],
-              "properties": {"name": "invoices", "short_name": "invoices", "json_schema": {"type": "object"}}}
-    opts, cfs = Options.load_latest(str(db))
-    live = Rdict(str(db), options=opts, column_families=cfs)
-    live.get_column_family("entities").put(f"entity:default:{schema_id}".encode(), json.dumps(schema).encode())
-    live.get_column_family("key_index").put(f"key:default:invoices:{schema_id}".encode(), b'{"type":"schemas"}')
-    live.close()
+    schema_id, = engine_write(db, [["register_schema", "invoices", {"version": "1.0.0", "type": "object",
+                                                                   "json_schema_extra": {"category": "user"}}]])
+    registered = dump_all(db)["entities"][f"entity:default:{schema_id}".encode()]
     proc = rem("backup", "restore", "--source", meta["location"], "--target", str(db), "--overwrite")
     assert proc.returncode == 0, proc.stderr
-    rows = dump_all(db)
-    assert f"entity:default:{schema_id}".encode() in rows["entities"]
-    assert f"key:default:invoices:{schema_id}".encode() in rows["key_index"]
+    assert dump_all(db)["entities"][f"entity:default:{schema_id}".encode()] == registered
 
 
 # ------------------------------------------------------------ 3. paths come from where things are
