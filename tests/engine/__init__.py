@@ -12,11 +12,12 @@ ENGINE_PYTHON = REPO / ".venv-engine" / "bin" / "python"
 RUN = Path(__file__).resolve().parent / "run.py"
 
 
-def engine_write(path, ops: list, mode: str = "standalone", **options) -> list:
-    """Apply ops to the database at path (created if missing) as the engine would; returns each result."""
+def engine_write(path, ops: list, mode: str = "standalone", crash: bool = False, **options) -> list:
+    """Apply ops to the database at path (created if missing) as the engine would; returns each result.
+    crash: end without closing, as a killed engine does (its logs keep every write)."""
     if not ENGINE_PYTHON.exists():
         raise RuntimeError(f"{ENGINE_PYTHON} is missing: run `make test` (it creates .venv-engine)")
-    script = json.dumps({"path": str(path), "mode": mode, "options": options, "ops": ops})
+    script = json.dumps({"path": str(path), "mode": mode, "options": options, "ops": ops, "crash": crash})
     proc = subprocess.run([str(ENGINE_PYTHON), str(RUN)], input=script, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"engine writer failed:\n{proc.stderr}")
