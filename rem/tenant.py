@@ -1,9 +1,11 @@
 """Which rows of each column family belong to one tenant.
 
-Keys of entities, key_index, indexes, embeddings, keys (`tenant:{t}:...`) and bm25_index carry the
-tenant as their second segment. Edge keys carry no tenant: an edge belongs to the tenant of its
-source entity. WAL entries belong to the tenant named in their op. Schemas (tenant `default`,
-entity_type `schemas`) go with every tenant's backup but are never replaced by a tenant restore.
+Keys of entities, key_index, indexes and embeddings carry the tenant as their second segment.
+Edge keys carry no tenant: an edge belongs to the tenant of its source entity. WAL entries belong
+to the tenant named in their op. Schemas (tenant `default`, entity_type `schemas`) go with every
+tenant's backup. `keys` (the engine's two database-wide rows) and `bm25_index` (global `term:{t}:df`
+counts beside per-document rows, index/keys_fuzzy.rs) are not split by tenant: whole-database
+backups copy them byte for byte, tenant backups and restores leave them alone.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ PREFIXED_CFS = {
     "key_index": ("key",),
     "indexes": ("idx",),
     "embeddings": ("emb",),
-    "keys": ("tenant",),
-    "bm25_index": ("meta", "post"),
 }
 EDGE_CFS = ("edges", "edges_reverse")
 

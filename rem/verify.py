@@ -237,13 +237,7 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
     if "indexes" in checks:
         _check_key_rows(db, report, entities, current_key_rows)
         if db.has_cf("indexes"):  # the engine never writes it; rows of ours must point at an entity
-            for key in db.keys("indexes"):
-                report.checked["indexes"] += 1
-                try:
-                    parsed = parse_index_key(key)
-                except DecodeError as exc:
-                    report.add("critical", "decode", "indexes", key, None, exc.reason, "`rem index rebuild --type fields`")
-                    continue
+            for key, parsed in _parsed_keys(db, report, "indexes", parse_index_key, "`rem index rebuild --type fields`"):
                 if (parsed.tenant, parsed.uuid) not in entities:
                     report.add("warning", "orphan", "indexes", key, parsed.uuid, "points at no entity", "`rem db vacuum`")
 
@@ -265,18 +259,22 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
     return report
 
 
+def _parsed_keys(db: RemDB, report: VerifyReport, cf: str, parse, fix: str):
+    """Every key of cf with its parsed form, counted; one that does not parse is a critical finding."""
+    for key in db.keys(cf):
+        report.checked[cf] += 1
+        try:
+            yield key, parse(key)
+        except DecodeError as exc:
+            report.add("critical", "decode", cf, key, None, exc.reason, fix)
+
+
 def _check_key_rows(db: RemDB, report: VerifyReport, entities: dict, current_key_rows: dict[bytes, tuple]) -> None:
     """Key rows against the entities, as the engine writes them: every state its own writes leave is info."""
     if not db.has_cf("key_index"):
         return
     with_rows: set[tuple[str, str]] = set()
-    for key in db.keys("key_index"):
-        report.checked["key_index"] += 1
-        try:
-            parsed = parse_key_index_key(key)
-        except DecodeError as exc:
-            report.add("critical", "decode", "key_index", key, None, exc.reason, "`rem index rebuild --type keys`")
-            continue
+    for key, parsed in _parsed_keys(db, report, "key_index", parse_key_index_key, "`rem index rebuild --type keys`"):
         owner = (parsed.tenant, parsed.uuid)
         with_rows.add(owner)
         if key in current_key_rows or entities.get(owner, "") is None:
