@@ -401,3 +401,44 @@ def test_an_archive_holds_only_what_a_restore_accepts(make_sample, tmp_path):
     assert sorted(p.name for p in restored.iterdir()) == sorted(
         p.name for p in db.iterdir() if p.name not in ("rocksdict-config.json", "notes.txt"))
     assert dump_all(restored) == dump_all(db)
+
+
+def _sized(name: str, size: int) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info, bytes(size)
+
+
+@pytest.mark.parametrize("case", ["junk name", "past uncompressed_bytes", "no room"])
+def test_extraction_is_bounded_by_names_size_and_free_space(make_sample, tmp_path, case):
+    """A crafted archive with a recomputed checksum used to restore a 2 GB junk file into the
+    database (a 10 GB one filled the volume): names, size and free space are checked first."""
+    import hashlib
+
+    db = make_sample()
+    good = create(db)
+    members = {"junk name": [_sized("rocksdb/junk.bin", 4096)],
+               "past uncompressed_bytes": [_sized("rocksdb/000001.sst", 2 << 20), _sized("rocksdb/000002.sst", 2 << 20)],
+               "no room": [_sized("rocksdb/000001.sst", 4096)]}[case]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+    archive = zstandard.ZstdCompressor().compress(raw.getvalue())
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    (folder / "rocksdb.tar.zst").write_bytes(archive)
+    (folder / "schemas.json").write_text("[]")
+    meta = {k: v for k, v in good.items() if k != "location"}
+    meta.update(checksum_sha256=hashlib.sha256(archive).hexdigest(), size_bytes=len(archive),
+                uncompressed_bytes={"no room": 10**15, "past uncompressed_bytes": 3 << 20}.get(case, 1 << 20))
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    target = make_sample(seed=5)
+    before = snapshot_dir(target)
+    proc = rem("backup", "restore", "--source", str(folder), "--target", str(target), "--overwrite")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    expected = {"junk name": "rocksdb/junk.bin", "past uncompressed_bytes": "rocksdb/000002.sst",
+                "no room": "no space left"}[case]
+    assert expected in proc.stderr
+    assert snapshot_dir(target) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-restore-")]
