@@ -50,7 +50,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                 facts = facts.result()
                 store_schemas(store, segment, name, facts)
                 metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression,
-                                          snap.live, snap.written_by)
+                                          snap.live, snap.written_by, snap.last_sequence)
                 store_metadata(store, metadata)
             finally:
                 snap.remove()

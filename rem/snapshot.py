@@ -1,28 +1,33 @@
 """A consistent copy of a REM database, taken without writing to it or blocking its writer.
 
-Measured on rocksdict 0.3.29: a checkpoint through a read-only handle holds only flushed SST
-files, so a running engine's unflushed (but acknowledged, WAL-logged) writes would be lost. The
-read-only handle itself does see them: it replays the writer's WAL when it opens. So:
+A whole-database snapshot is physical: the database's own files as of one moment, so it keeps the
+engine's sequence numbers (a point-in-time base) and costs what its unflushed log costs, not what
+the database holds.
 
-1. open read-only (sees every write acknowledged before this moment, then stays frozen);
-2. checkpoint through it into a sibling directory (hard links: instant, no data copied);
-3. if any live WAL file had data, merge-compare the read-only view with the checkpoint,
-   column family by column family, and write the difference into the checkpoint.
+1. A linked view of the directory (rem.db.linked_view: a hard link to every file) pins each SST,
+   MANIFEST and log: the engine may delete them meanwhile, our links keep them readable.
+2. Into a scratch directory beside the database: every SST and blob file hard-linked (RocksDB
+   never changes one), CURRENT, IDENTITY and OPTIONS copied, and the MANIFEST and every log copied
+   up to their last complete record (rem.rocksdb_log: the engine may be appending to both).
+3. RocksDB checks the copy: it opens read-only (replaying the copied logs: every acknowledged
+   write), and every file its version lists must be there. A flush or compaction that finished
+   between the listing and the MANIFEST copy names a file the view lacks: then it starts over.
 
-The same path serves a stopped database (its WAL may hold unflushed writes too), so one
-mechanism covers online and offline backups, and the database directory is never written to.
+The last sequence number of the opened copy is the backup's. The database directory is never
+written to. A tenant snapshot is logical instead: a new database holding that tenant's rows.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rocksdict import Checkpoint
-
-from rem.db import ROCKSDICT_CONFIG, RemDB, database_rocksdb_version, init_like, lock_is_held, open_db
+from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
+from rem.errors import DatabaseNotFound
+from rem.rocksdb_log import read_log
 from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
@@ -33,60 +38,74 @@ MERGE_BATCH_ROWS = 10_000
 class Snapshot:
     path: Path
     live: bool  # a writer held the database while the snapshot was taken
-    merged_rows: int  # rows written into the checkpoint that only the WAL held
+    rows_written: int  # rows a tenant snapshot copied (0: a physical copy writes none)
     cf_names: list[str] = field(default_factory=list)
     written_by: str = "unknown"  # the RocksDB version of the live database's OPTIONS (the engine's)
+    last_sequence: int | None = None  # RocksDB's last sequence number in the copy (a physical snapshot's)
 
     def remove(self) -> None:
         remove_scratch(self.path)
 
 
-def _wal_has_data(db_path: Path) -> bool:
-    try:
-        return any(p.suffix == ".log" and p.stat().st_size > 0 for p in db_path.iterdir())
-    except FileNotFoundError:
-        return True
+SNAPSHOT_ATTEMPTS = 5
 
 
-def _merge_diff(source: RemDB, target: RemDB, cf: str) -> int:
-    """Make target's cf equal to source's, writing only what differs. Returns rows written."""
-    src = source.items(cf)
-    dst = target.items(cf)
-    s = next(src, None)
-    d = next(dst, None)
-    with target.batched(MERGE_BATCH_ROWS) as writes:
-        while s is not None or d is not None:
-            if d is None or (s is not None and s[0] < d[0]):  # only the WAL had it
-                writes.put(cf, s[0], s[1])
-                s = next(src, None)
-            elif s is None or d[0] < s[0]:  # deleted by a write only the WAL had
-                writes.delete(cf, d[0])
-                d = next(dst, None)
-            else:
-                if s[1] != d[1]:
-                    writes.put(cf, s[0], s[1])
-                s, d = next(src, None), next(dst, None)
-    return writes.rows
+def _complete_records(path: Path) -> bytes:
+    """A log-format file (a WAL or a MANIFEST) up to its last complete record."""
+    data = path.read_bytes()
+    return data[:read_log(data, str(path)).complete_bytes]
+
+
+def physical_copy(view: Path, target: Path) -> None:
+    """The database files of a linked view as one consistent set in target (see the module doc)."""
+    target.mkdir()
+    for entry in sorted(os.scandir(view), key=lambda e: e.name):
+        name, source = entry.name, Path(entry.path)
+        if name.endswith((".sst", ".blob")):
+            os.link(source, target / name)
+        elif name.endswith(".log") or name.startswith("MANIFEST-"):
+            (target / name).write_bytes(_complete_records(source))
+        elif name in ("CURRENT", "IDENTITY") or name.startswith("OPTIONS-"):
+            shutil.copyfile(source, target / name)
+
+
+def _checked(target: Path) -> tuple[int, list[str]]:
+    """Open the copy read-only: its last sequence number and column families; every file its
+    version lists must be in it."""
+    with open_db(target, "ro") as copy:
+        missing = sorted(f["name"].lstrip("/") for f in copy.rdict.live_files()
+                         if not (target / f["name"].lstrip("/")).exists())
+        if missing:
+            raise SnapshotRace(f"the copy names {', '.join(missing[:3])}, created after the listing")
+        return copy.rdict.latest_sequence_number(), list(copy.cf_names)
+
+
+class SnapshotRace(Exception):
+    pass
 
 
 def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
-    """A consistent copy of the whole database, beside it, containing every acknowledged write."""
+    """A consistent physical copy of the whole database, beside it, with every acknowledged write."""
     db_path = Path(db_path)
+    if not (db_path / "CURRENT").is_file():
+        raise DatabaseNotFound(str(db_path))
     live = lock_is_held(db_path)
-    needs_merge = _wal_has_data(db_path)  # checked before opening: a later write is not ours to include
     work = scratch_dir(db_path, "snapshot")
     target = work / "db"
     try:
-        with open_db(db_path, "ro") as source:
-            Checkpoint(source.rdict).create_checkpoint(str(target))
-            (target / ROCKSDICT_CONFIG).unlink(missing_ok=True)  # rocksdict's checkpoint adds it
-            merged = 0
-            if needs_merge:
-                with open_db(target, "rw") as copy:
-                    for cf in source.cf_names:
-                        merged += _merge_diff(source, copy, cf)
-                    copy.flush_all()
-            return Snapshot(work, live, merged, list(source.cf_names), database_rocksdb_version(db_path))
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            view = linked_view(db_path)
+            try:
+                physical_copy(view, target)
+                last_sequence, cf_names = _checked(target)
+                return Snapshot(work, live, 0, cf_names, database_rocksdb_version(db_path), last_sequence)
+            except Exception:  # the engine moved on between the listing and the copy: take it again
+                shutil.rmtree(target, ignore_errors=True)
+                if attempt == SNAPSHOT_ATTEMPTS - 1:
+                    raise
+            finally:
+                remove_scratch(view)
+        raise AssertionError("unreachable")
     except BaseException:
         remove_scratch(work)
         raise

@@ -57,7 +57,9 @@ class BackupMetadata(BaseModel):
     rocksdb_version: str = Field(description="the RocksDB that wrote the database (its OPTIONS file): the engine's")
     tools_rocksdb_version: str | None = Field(default=None, description="the RocksDB our tools ran (rocksdict's)")
     schema_version: str = Field(description="SHA-256 prefix of schemas.json: changes when any schema does")
-    wal_last_seq: int = Field(description="highest WAL sequence inside the snapshot: the PITR base")
+    wal_last_seq: int = Field(description="highest logical-WAL sequence inside the snapshot")
+    last_sequence: int | None = Field(default=None, description="RocksDB's last sequence number in a whole-database "
+                                      "snapshot: every write up to it is in the backup, none after")
     wal_last_timestamp: str | None = Field(
         default=None, description="time of entry wal_last_seq: the earliest instant this backup can stand for")
     column_families: dict[str, int] = Field(description="keys per column family")

@@ -154,7 +154,7 @@ engine = Engine(sys.argv[1])  # the engine, running: it holds the lock and its m
 ids = [engine.insert("acme", "notes", {"key": f"live-{i:06d}", "text": "acknowledged"}) for i in range(int(sys.argv[2]))]
 engine.delete("acme", ids[0])
 unflushed = sum(r.property_int_value("rocksdb.num-entries-active-mem-table") or 0 for r in engine.readers.values())
-print(ids[0], unflushed, flush=True)
+print(ids[0], unflushed, engine.db.latest_sequence_number(), flush=True)
 time.sleep(120)
 """
 
@@ -164,17 +164,23 @@ def test_online_backup_keeps_every_acknowledged_unflushed_write_and_leaves_the_d
     writer = subprocess.Popen([str(ENGINE_PYTHON), "-c", LIVE_WRITER, str(db), "300", str(RUN.parent)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        first, unflushed = writer.stdout.readline().split()
+        first, unflushed, live_sequence = writer.stdout.readline().split()
         assert int(unflushed) >= 600, "the engine's writes must still sit in its memtable"
         before = snapshot_dir(db)
         meta = create(db)
         assert snapshot_dir(db) == before  # not one file added, changed or removed
         assert meta["online"] is True
+        # A physical copy: the engine's own last sequence number, the base point-in-time recovery needs.
+        assert meta["last_sequence"] == int(live_sequence)
     finally:
         writer.kill()
         writer.wait()
     target = tmp_path / "restored"
     rem("backup", "restore", "--source", meta["location"], "--target", str(target), check=True)
+    from rem.db import open_db
+
+    with open_db(target, "ro") as restored_db:
+        assert restored_db.rdict.latest_sequence_number() == int(live_sequence)
     restored = dump_all(target)
     assert restored == dump_all(db)  # the writer is gone: its WAL replays into the source view
     live = [v for v in restored["entities"].values() if json.loads(v)["properties"].get("text") == "acknowledged"]
