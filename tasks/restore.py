@@ -8,7 +8,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 from rocksdict import Options, Rdict
 
 from rem.db import add_missing_column_families, is_database, open_db

@@ -156,7 +156,7 @@ def test_a_killed_tenant_restore_leaves_the_old_tenant_or_the_new_one(make_sampl
         restore.wait(120)
         now = dump_all(db)  # opens cleanly whatever happened
         acme = _tenant_rows(now, "acme")
-        assert acme in (old_acme, new_acme), f"kill after {delay}: a mix of {len(acme)} acme entities"
+        assert acme in (old_acme, new_acme), f"kill at {fraction} of a run: a mix of {len(acme)} acme entities"
         assert {k: v for k, v in now["entities"].items() if not k.startswith(b"entity:acme:")} == others
         outcomes.append("new" if acme == new_acme else "old")
     assert outcomes[-1] == "new"  # the run left alone finishes, even after killed ones left scratch behind
