@@ -152,7 +152,7 @@ def build_hnsw(db: RemDB, schema: str | None = None, out_dir: Path | None = None
         matrix = np.vstack(vecs)
         index = Index(ndim=matrix.shape[1], metric="cos", connectivity=HNSW_CONNECTIVITY,
                       expansion_add=HNSW_EXPANSION_ADD, expansion_search=HNSW_EXPANSION_SEARCH)
-        index.add(np.arange(len(ids)), matrix)
+        index.add(np.arange(len(ids)), matrix, threads=1)
         folder = out_dir / tenant
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{kind}.usearch"
