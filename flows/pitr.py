@@ -26,8 +26,8 @@ def wal_archive_for(cfg: Settings, bounded: bool = False) -> WalArchive:
     if not bucket:
         raise UsageError("point-in-time recovery needs a bucket: set [pitr] bucket or P8_S3_BUCKET "
                          "(or run `rem pitr enable --bucket B`)")
-    store = make_store(cfg.model_copy(update={"s3_bucket": bucket}), upload=True)
-    return WalArchive((store.bounded() if bounded else store).client, bucket, cfg.s3_prefix)
+    store = make_store(cfg.model_copy(update={"s3_bucket": bucket}), upload=True, bounded=bounded)
+    return WalArchive(store.client, bucket, cfg.s3_prefix)
 
 
 def newest_full_backup(cfg: Settings):

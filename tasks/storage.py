@@ -420,13 +420,6 @@ class S3Store:
     def describe(self) -> str:
         return f"s3://{self.cfg.bucket}/{self.prefix}backups/full/"
 
-    def bounded(self) -> "S3Store":
-        """This store with calls that give up within seconds: for health, metrics and listings."""
-        if self.cfg.max_attempts > 2:
-            self.cfg.connect_timeout, self.cfg.read_timeout, self.cfg.max_attempts = 3, 10, 2
-            self.client = s3_client(self.cfg)
-        return self
-
     def key(self, tenant_segment: str, name: str, filename: str = "") -> str:
         return f"{self.prefix}backups/full/{tenant_segment}/{name}/{filename}"
 
@@ -742,8 +735,15 @@ def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
     return {"ServerSideEncryption": "AES256"}
 
 
-def make_store(settings, upload: bool, storage_block: str | None = None, encryption_block: str | None = None):
-    """The store a run writes to: S3 from a BackupStorage block or from settings, else the local directory."""
+# Calls that give up within seconds: health, metrics and listings must answer while S3 is down.
+BOUNDED = {"connect_timeout": 3, "read_timeout": 10, "max_attempts": 2}
+
+
+def make_store(settings, upload: bool, storage_block: str | None = None, encryption_block: str | None = None,
+               bounded: bool = False):
+    """The store a run writes to: S3 from a BackupStorage block or from settings, else the local directory.
+    bounded: its S3 calls give up within seconds (see BOUNDED)."""
+    limits = BOUNDED if bounded else {}
     if storage_block:
         from blocks.backup import BackupEncryption, BackupStorage
 
@@ -754,7 +754,7 @@ def make_store(settings, upload: bool, storage_block: str | None = None, encrypt
         prefix = "/".join(p for p in (block.bucket.bucket_folder.strip("/"), block.prefix.strip("/")) if p)
         cfg = S3Settings(bucket=block.bucket.bucket_name, prefix=prefix, endpoint_url=params.endpoint_url,
                          region=creds.region_name or "us-east-1", storage_class=block.storage_class,
-                         chunk_size_mb=block.chunk_size_mb, concurrency=block.concurrency, extra_args=extra)
+                         chunk_size_mb=block.chunk_size_mb, concurrency=block.concurrency, extra_args=extra, **limits)
         session = creds.get_boto3_session()
         return S3Store(cfg, s3_client(cfg, lambda config: session.client(
             "s3", endpoint_url=params.endpoint_url, region_name=cfg.region, config=config)))
@@ -765,7 +765,7 @@ def make_store(settings, upload: bool, storage_block: str | None = None, encrypt
             bucket=settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region, storage_class=settings.s3_storage_class,
             chunk_size_mb=settings.backup_chunk_size_mb, concurrency=settings.backup_upload_concurrency,
-            extra_args=encryption_args(settings.backup_encryption, settings.kms_key_id)))
+            extra_args=encryption_args(settings.backup_encryption, settings.kms_key_id), **limits))
     return LocalStore(settings.local_backup_dir)
 
 
@@ -774,8 +774,7 @@ def all_stores(settings, bounded: bool = False) -> list:
     bounded: S3 calls give up within seconds (for health, metrics and listings)."""
     stores: list = [LocalStore(settings.local_backup_dir)]
     if settings.s3_bucket:
-        s3 = make_store(settings, upload=True)
-        stores.append(s3.bounded() if bounded else s3)
+        stores.append(make_store(settings, upload=True, bounded=bounded))
     return stores
 
 
