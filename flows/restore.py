@@ -47,17 +47,17 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
     lock = check_target(target_dir, overwrite, metadata.tenant_id)  # held until the swap is durable
     try:
         verify_archive(source_dir, metadata)
-        db_dir = extract(source_dir, target_dir, metadata)
+        extracted = extract(source_dir, target_dir, metadata)
         try:
-            report = check_restored(db_dir, metadata)
+            report = check_restored(extracted, metadata)
             if metadata.tenant_id and is_database(target_dir):
-                db_dir, written = build_tenant_replacement(db_dir, target_dir, metadata.tenant_id)
+                replacement, written = build_tenant_replacement(extracted, target_dir, metadata.tenant_id)
                 mode = "tenant-replaced"
             else:
-                written, mode = report.column_families, "database"
-            put_into_place(db_dir, target_dir)
+                replacement, written, mode = extracted, report.column_families, "database"
+            put_into_place(replacement, target_dir)
         finally:
-            remove_scratch(db_dir.parent)
+            remove_scratch(extracted.parent)  # this flow's extraction, whichever copy went into place
     finally:
         if lock is not None:
             lock.release()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
@@ -38,8 +38,6 @@ MERGE_BATCH_ROWS = 10_000
 class Snapshot:
     path: Path
     live: bool  # a writer held the database while the snapshot was taken
-    rows_written: int  # rows a tenant snapshot copied (0: a physical copy writes none)
-    cf_names: list[str] = field(default_factory=list)
     written_by: str = "unknown"  # the RocksDB version of the live database's OPTIONS (the engine's)
     last_sequence: int | None = None  # RocksDB's last sequence number in the copy (a physical snapshot's)
 
@@ -56,10 +54,13 @@ def _complete_records(path: Path) -> bytes:
     return data[:read_log(data, str(path)).complete_bytes]
 
 
-def physical_copy(view: Path, target: Path) -> None:
-    """The database files of a linked view as one consistent set in target (see the module doc)."""
+def physical_copy(source: Path, target: Path) -> None:
+    """A database directory's files in target: SSTs and blob files hard-linked (RocksDB never changes
+    one), CURRENT, IDENTITY and OPTIONS copied, the MANIFEST and every log up to their last complete
+    record (a live engine may be appending to both); never LOCK or the info logs. From a linked view
+    of a live database, or from a database whose lock we hold."""
     target.mkdir()
-    for entry in sorted(os.scandir(view), key=lambda e: e.name):
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
         name, source = entry.name, Path(entry.path)
         if name.endswith((".sst", ".blob")):
             os.link(source, target / name)
@@ -69,19 +70,22 @@ def physical_copy(view: Path, target: Path) -> None:
             shutil.copyfile(source, target / name)
 
 
-def _checked(target: Path) -> tuple[int, list[str]]:
-    """Open the copy read-only: its last sequence number and column families; every file its
-    version lists must be in it."""
-    with open_db(target, "ro") as copy:
+class SnapshotRace(Exception):
+    """The engine moved on between the listing and the copy."""
+
+
+def _checked(target: Path) -> int:
+    """Open the copy read-only: its last sequence number; every file its version lists must be in it."""
+    try:
+        copy = open_db(target, "ro")
+    except Exception as exc:  # RocksDB's own error: the copy's MANIFEST names a file it lacks
+        raise SnapshotRace(str(exc)) from exc
+    with copy:
         missing = sorted(f["name"].lstrip("/") for f in copy.rdict.live_files()
                          if not (target / f["name"].lstrip("/")).exists())
         if missing:
             raise SnapshotRace(f"the copy names {', '.join(missing[:3])}, created after the listing")
-        return copy.rdict.latest_sequence_number(), list(copy.cf_names)
-
-
-class SnapshotRace(Exception):
-    pass
+        return copy.rdict.latest_sequence_number()
 
 
 def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
@@ -97,15 +101,15 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
             view = linked_view(db_path)
             try:
                 physical_copy(view, target)
-                last_sequence, cf_names = _checked(target)
-                return Snapshot(work, live, 0, cf_names, database_rocksdb_version(db_path), last_sequence)
-            except Exception:  # the engine moved on between the listing and the copy: take it again
+                last_sequence = _checked(target)
+                return Snapshot(work, live, database_rocksdb_version(db_path), last_sequence)
+            except (SnapshotRace, FileNotFoundError):  # only a race with the engine is worth another try
                 shutil.rmtree(target, ignore_errors=True)
                 if attempt == SNAPSHOT_ATTEMPTS - 1:
                     raise
             finally:
                 remove_scratch(view)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the last attempt returns or raises")
     except BaseException:
         remove_scratch(work)
         raise
@@ -119,15 +123,12 @@ def take_tenant_snapshot(db_path: str | os.PathLike, tenant: str) -> Snapshot:
     try:
         with open_db(db_path, "ro") as source, init_like(source, work / "db") as copy:
             ids = tenant_entity_ids(source, tenant)
-            rows = 0
             for cf in source.cf_names:
-                if not copy.has_cf(cf):
-                    continue
-                rows += copy_rows(copy, cf, tenant_rows(source, tenant, cf, ids))
-            rows += copy_rows(copy, "entities", schema_rows(source))
+                if copy.has_cf(cf):
+                    copy_rows(copy, cf, tenant_rows(source, tenant, cf, ids))
+            copy_rows(copy, "entities", schema_rows(source))
             copy.flush_all()
-            return Snapshot(work, live, rows, [n for n in source.cf_names if copy.has_cf(n)],
-                            database_rocksdb_version(db_path))
+            return Snapshot(work, live, database_rocksdb_version(db_path))
     except BaseException:
         remove_scratch(work)
         raise

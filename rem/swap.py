@@ -17,7 +17,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import shutil
 from pathlib import Path
 
 from rem.errors import DatabaseLocked, RemError
@@ -113,16 +112,3 @@ def move_new(source: Path, dest: Path) -> None:
             raise
         os.rename(source, dest)  # refuses a non-empty dest, and RocksDB never leaves an empty one
     fsync_dir(dest.parent)
-
-
-def clone_database(source: Path, dest: Path) -> None:
-    """A copy of a closed database (its lock held by us): SSTs and blob files hard-linked (RocksDB
-    never changes one once written), everything else copied; LOCK and the info logs are not."""
-    dest.mkdir()
-    for entry in os.scandir(source):
-        if not entry.is_file(follow_symlinks=False) or entry.name == "LOCK" or entry.name.startswith("LOG"):
-            continue
-        if entry.name.endswith((".sst", ".blob")):
-            os.link(entry.path, dest / entry.name)
-        else:
-            shutil.copy2(entry.path, dest / entry.name)

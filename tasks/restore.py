@@ -14,9 +14,9 @@ from rem.db import add_missing_column_families, is_database, open_db
 from rem.errors import RemError, UsageError
 from rem.format import SCHEMA_TENANT, parse_entity_key
 from rem.scratch import quarantine_path, remove_scratch, scratch_dir
-from rem.snapshot import copy_rows
+from rem.snapshot import copy_rows, physical_copy
 from rem.stats import count_keys, entity_totals
-from rem.swap import DatabaseLock, clone_database, exchange, fsync_dir, move_new
+from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 from tasks.archive import extract_archive, fsync_tree, verify_checksum
 from tasks.runtime import task
@@ -190,7 +190,7 @@ def build_tenant_replacement(db_dir: Path, target: Path, tenant: str) -> tuple[P
     work = scratch_dir(target, "tenant-restore")
     try:
         clone = work / "db"
-        clone_database(target, clone)
+        physical_copy(target, clone)
         written: dict[str, int] = {}
         with open_db(db_dir, "ro") as backup, open_db(clone, "rw") as live:
             keep_ids = _live_schema_ids(live) if tenant == SCHEMA_TENANT else set()
@@ -210,5 +210,3 @@ def build_tenant_replacement(db_dir: Path, target: Path, tenant: str) -> tuple[P
     except BaseException:
         remove_scratch(work)
         raise
-    finally:
-        remove_scratch(db_dir.parent)
