@@ -279,7 +279,7 @@ def linked_view(path: Path) -> Path:
     rocksdict writes rocksdict-config.json into whatever directory it opens (and RocksDB its info
     log): opening the view instead leaves the engine's directory exactly as it was. Links (not
     copies, not symlinks) pin every file, so an SST or log the engine deletes meanwhile stays
-    readable, and a checkpoint taken through the view hard-links real files."""
+    readable, and a physical snapshot copied from the view hard-links real files."""
     view = scratch_dir(path, "view")
     try:
         for entry in os.scandir(path):
@@ -306,19 +306,25 @@ def _open_read_only(path: Path) -> RemDB:
                 raise
             break  # the database is a mount point of its own: links cannot cross, open in place
         try:
-            cf_names = Rdict.list_cf(str(view))
-            opts, cf_opts = engine_options(view, cf_names)
-            rdict = Rdict(str(view), options=opts, column_families=cf_opts, access_type=AccessType.read_only(False))
-            return RemDB(path, rdict, "ro", list(cf_names), view)
+            rdict, cf_names = _rdict(view, AccessType.read_only(False))
+            return RemDB(path, rdict, "ro", cf_names, view)
         except Exception:
             remove_scratch(view)
             if attempt == VIEW_ATTEMPTS - 1:
                 raise
-    cf_names = Rdict.list_cf(str(path))
-    opts, cf_opts = engine_options(path, cf_names)
-    with _no_litter(path):
-        rdict = Rdict(str(path), options=opts, column_families=cf_opts, access_type=AccessType.read_only(False))
-    return RemDB(path, rdict, "ro", list(cf_names))
+    rdict, cf_names = _rdict(path, AccessType.read_only(False))
+    return RemDB(path, rdict, "ro", cf_names)
+
+
+def _rdict(where: Path, access, max_open_files: int | None = None) -> tuple[Rdict, list[str]]:
+    """An Rdict on where with every column family it has and the engine's options (rocksdict's
+    config file removed again when it was not there before)."""
+    cf_names = list(Rdict.list_cf(str(where)))
+    opts, cf_opts = engine_options(where, cf_names)
+    if max_open_files is not None:
+        opts.set_max_open_files(max_open_files)
+    with _no_litter(where):
+        return Rdict(str(where), options=opts, column_families=cf_opts, access_type=access), cf_names
 
 
 def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.PathLike | None = None) -> RemDB:
@@ -336,24 +342,20 @@ def open_db(path: str | os.PathLike, mode: Mode = "ro", secondary_dir: str | os.
     if mode == "rw" and lock_is_held(path):
         # Checked before opening: a refused read-write open still rotates the holder's LOG file.
         raise DatabaseLocked(str(path))
-    cf_names = Rdict.list_cf(str(path))
-    opts, cf_opts = engine_options(path, cf_names)
     if mode == "rw":
-        access = AccessType.read_write()
+        access, max_open_files = AccessType.read_write(), None
     else:
         if secondary_dir is None:
             raise UsageError("a secondary instance needs a scratch directory of its own")
         Path(secondary_dir).mkdir(parents=True, exist_ok=True)
-        access = AccessType.secondary(str(secondary_dir))
-        opts.set_max_open_files(-1)
+        access, max_open_files = AccessType.secondary(str(secondary_dir)), -1
     try:
-        with _no_litter(path):
-            rdict = Rdict(str(path), options=opts, column_families=cf_opts, access_type=access)
+        rdict, cf_names = _rdict(path, access, max_open_files)
     except Exception as exc:  # rocksdict raises plain Exception with RocksDB's status text
         if "lock" in str(exc).lower() and mode == "rw":
             raise DatabaseLocked(str(path)) from exc
         raise
-    return RemDB(path, rdict, mode, list(cf_names))
+    return RemDB(path, rdict, mode, cf_names)
 
 
 def init_db(path: str | os.PathLike) -> RemDB:
