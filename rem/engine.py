@@ -114,18 +114,22 @@ def entity_id(table: str, data: dict, key_field: str | None) -> str | None:
     return None
 
 
+def rfc3339_tail(nanos: int) -> str:
+    """What chrono's to_rfc3339() puts after the seconds: 0, 3, 6 or 9 fractional digits, '+00:00'."""
+    if nanos == 0:
+        return "+00:00"
+    if nanos % 1_000_000 == 0:
+        return f".{nanos // 1_000_000:03d}+00:00"
+    if nanos % 1000 == 0:
+        return f".{nanos // 1000:06d}+00:00"
+    return f".{nanos:09d}+00:00"
+
+
 def rfc3339(seconds: int, nanos: int) -> str:
-    """chrono's DateTime<Utc>::to_rfc3339(): '+00:00' and 0, 3, 6 or 9 fractional digits."""
+    """chrono's DateTime<Utc>::to_rfc3339()."""
     from datetime import datetime, timezone
 
-    base = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    if nanos == 0:
-        return base + "+00:00"
-    if nanos % 1_000_000 == 0:
-        return f"{base}.{nanos // 1_000_000:03d}+00:00"
-    if nanos % 1000 == 0:
-        return f"{base}.{nanos // 1000:06d}+00:00"
-    return f"{base}.{nanos:09d}+00:00"
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + rfc3339_tail(nanos)
 
 
 def now_rfc3339() -> str:

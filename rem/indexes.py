@@ -19,7 +19,7 @@ import orjson
 from rem.db import RemDB
 from rem.engine import current_key_row
 from rem.format import SCHEMA_ENTITY_TYPE, embedding_key, parse_entity_key, parse_index_key, parse_key_index_key
-from rem.writer import index_rows, load_schemas
+from rem.writer import index_rows, key_row_value, load_schemas
 
 HNSW_CONNECTIVITY = 32
 HNSW_EXPANSION_ADD = 256
@@ -52,7 +52,7 @@ def rebuild_key_rows(db: RemDB, schema: str | None = None, batch_rows: int = 10_
             continue
         row = current_key_row(owner.tenant, entity, stored)
         if row is not None and (owner.tenant, owner.uuid) not in with_rows:
-            missing.append((row, orjson.dumps({"type": entity["entity_type"]})))
+            missing.append((row, key_row_value(entity["entity_type"])))
     with db.batched(batch_rows) as writes:
         for row, value in missing:
             writes.put("key_index", row, value)

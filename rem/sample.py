@@ -15,7 +15,7 @@ import numpy as np
 from rocksdict import WriteOptions
 
 from rem.db import init_db
-from rem.engine import entity_id, key_field_for
+from rem.engine import entity_id, key_field_for, rfc3339_tail
 from rem.format import SchemaInfo, edge_key, edge_reverse_key, encode_edge, encode_wal_op, wal_entry_json, wal_key
 from rem.writer import OpApplier, RemWriter, inline_edges
 
@@ -112,11 +112,7 @@ class _Clock:
         if second != self._second:
             self._second = second
             self._prefix = (BASE_TIME + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S")
-        if micros == 0:
-            return f"{self._prefix}+00:00"
-        if micros % 1000 == 0:
-            return f"{self._prefix}.{micros // 1000:03d}+00:00"
-        return f"{self._prefix}.{micros:06d}+00:00"
+        return self._prefix + rfc3339_tail(micros * 1000)
 
 
 class _Texts:
