@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 SYSTEM_KEY_FIELDS = {"schemas": "name", "documents": "uri", "resources": "uri", "sessions": "session_id",
@@ -148,3 +149,22 @@ def schema_entity(name: str, schema: dict, created_at: str) -> dict | None:
             "description": schema.get("description") or "No description", "category": category}
     return {"id": entity_id("schemas", data, "name"), "entity_type": "schemas", "created_at": created_at,
             "modified_at": created_at, "deleted_at": None, "edges": [], "properties": data}
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def rfc3339_micros(text: str) -> int | None:
+    """Microseconds since the epoch of a chrono RFC 3339 time (0-9 fractional digits, any offset);
+    None for anything else."""
+    from datetime import datetime
+
+    match = _RFC3339.match(text)
+    if not match:
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        seconds = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone)).timestamp()
+    except ValueError:
+        return None
+    return int(seconds) * 1_000_000 + int((fraction or "0").ljust(9, "0")[:6])

@@ -56,12 +56,12 @@ class LogRead:
     complete_bytes: int = 0  # every byte up to here belongs to complete records (or padding)
 
 
-def read_log(data: bytes, name: str = "log", verify: bool = True) -> LogRead:
-    """Every complete logical record in a log's bytes; stops before an unfinished tail."""
-    result = LogRead()
+def read_log(data: bytes, name: str = "log", verify: bool = True, start: int = 0) -> LogRead:
+    """Every complete logical record in a log's bytes from `start` (a record boundary: where an
+    earlier read stopped); stops before an unfinished tail. Offsets are the file's."""
+    result = LogRead(complete_bytes=start)
     pending: list[bytes] = []
-    start = 0
-    pos = 0
+    pos = start
     size = len(data)
     while pos < size:
         left_in_block = BLOCK_SIZE - pos % BLOCK_SIZE
@@ -98,7 +98,7 @@ def read_log(data: bytes, name: str = "log", verify: bool = True) -> LogRead:
         if kind == FULL:
             result.records.append(LogRecord(record_start, pos, payload))
         elif kind == FIRST:
-            pending, start = [payload], record_start
+            pending, first_at = [payload], record_start
             continue
         elif kind in (MIDDLE, LAST):
             if not pending:
@@ -106,7 +106,7 @@ def read_log(data: bytes, name: str = "log", verify: bool = True) -> LogRead:
             pending.append(payload)
             if kind == MIDDLE:
                 continue
-            result.records.append(LogRecord(start, pos, b"".join(pending)))
+            result.records.append(LogRecord(first_at, pos, b"".join(pending)))
             pending = []
         else:
             raise LogCorruption(f"{name}: unknown record type {kind} at offset {record_start}")
