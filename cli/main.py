@@ -580,29 +580,26 @@ def metrics_serve(
 @pitr_app.command("archive")
 def pitr_archive(
     ctx: typer.Context,
-    follow: bool = typer.Option(False, "--follow", help="Keep archiving every [pitr] interval_seconds"),
+    follow: bool = typer.Option(False, "--follow", help="Keep running: pin each new log at once, ship every interval"),
+    interval: Optional[float] = typer.Option(None, "--interval", min=0.2,
+                                             help="Seconds between shipments with --follow (default [pitr] interval_seconds)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """One WAL archival pass (the deployment runs one every 5 minutes)."""
+    """Ship RocksDB's log to the archive: one pass (the 5-minute deployment), or --follow."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
-        import time
-
         from flows.pitr import wal_archive
 
-        while True:
-            result = wal_archive(_settings_dict(settings))
-            emit(result, as_json, lambda c: c.print(
-                f"Archived {result['archived_entries']:,} entries in {len(result['segments'])} segment(s); "
-                f"last archived sequence {result['last_archived_sequence']:,}, {result['lag_entries']:,} behind"))
-            if not follow:
-                break
-            time.sleep(settings.pitr_interval_seconds)
+        result = wal_archive(_settings_dict(settings), follow=follow, interval_seconds=interval)
+        emit(result, as_json, lambda c: c.print(
+            f"Archived {result['archived_batches']:,} batches in {len(result['segments'])} segment(s) "
+            f"({result['passes']} pass(es)); archived through sequence {result['last_archived_sequence']}, "
+            f"confirmed at {result['confirmed_timestamp']}, {result['lag_batches']:,} behind"))
 
 
 @pitr_app.command("status")
 def pitr_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
-    """Archive lag in seconds and in entries behind the live WAL."""
+    """Archive lag in seconds and in batches behind the live database."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         from flows.pitr import pitr_status
@@ -611,28 +608,24 @@ def pitr_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None
         lag = "n/a" if status["lag_seconds"] is None else f"{status['lag_seconds']:.0f} s"
         emit(status, as_json, lambda c: c.print(
             f"PITR {'enabled' if status['enabled'] else 'not enabled'}; archive {status['manifest']}\n"
-            f"Live WAL at {status['live_latest_seq']:,}, archived through {status['last_archived_sequence']:,} "
-            f"({status['last_archived_timestamp']}); lag {status['lag_entries']:,} entries, {lag}"
+            f"Live database at sequence {status['live_last_sequence']:,}, archived through "
+            f"{status['last_archived_sequence']} (confirmed {status['confirmed_timestamp']}); lag "
+            f"{status['lag_batches']} batches, {lag}"
             + (f"\nBroken: {status['broken_ranges']}" if status["broken_ranges"] else "")))
 
 
 @pitr_app.command("list-recovery-points")
-def pitr_list(
-    ctx: typer.Context,
-    tenant: Optional[str] = typer.Option(None, "--tenant", help="Also the tenant's own backups"),
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """BASE BACKUP, LATEST WAL, RECOVERY WINDOW for every usable base backup."""
+def pitr_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """BASE BACKUP, RECOVERY WINDOW and what breaks it, for every usable base backup."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
-        tenant = _tenant(tenant)
         from flows.pitr import recovery_points
 
-        rows = recovery_points(settings, tenant)
+        rows = recovery_points(settings)
         emit(rows, as_json, table_renderer(
-            ["TENANT", "BASE BACKUP", "LATEST WAL", "RECOVERY WINDOW", "BROKEN"],
-            [[r["tenant"], r["base_backup"], r["latest_wal"], f"{r['window_start']} to {r['window_end']}", r["broken"]]
-             for r in rows], "No base backups: take one with `rem backup create --upload`."))
+            ["BASE BACKUP", "BASE SEQUENCE", "RECOVERY WINDOW", "BROKEN"],
+            [[r["base_backup"], str(r["base_last_sequence"]), f"{r['window_start']} to {r['window_end']}",
+              r["broken"]] for r in rows], "No base backups: take one with `rem backup create --upload`."))
 
 
 @pitr_app.command("restore")
@@ -640,10 +633,10 @@ def pitr_restore_command(
     ctx: typer.Context,
     timestamp: str = typer.Option(..., "--timestamp", help="Target time; without a zone it is UTC"),
     output: Path = typer.Option(..., "--output", help="New database directory (must be empty or absent)"),
-    tenant: Optional[str] = typer.Option(None, "--tenant", help="Restore only this tenant"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Keep only this tenant's rows"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Newest base backup at or before the target, then the archived WAL replayed up to it."""
+    """Newest base backup at or before the target, then the archived log replayed up to it by RocksDB."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         tenant = _tenant(tenant)
@@ -652,7 +645,7 @@ def pitr_restore_command(
         result = pitr_restore(timestamp, str(output), tenant, _settings_dict(settings))
         emit(result, as_json, lambda c: c.print(
             f"Restored {result['output']} to {result['target']}: base {result['base_backup']} + "
-            f"{result['replayed_entries']:,} replayed entries (through sequence {result['last_replayed_seq']:,})"))
+            f"{result['replayed_batches']:,} batches replayed by RocksDB (through sequence {result['last_sequence']:,})"))
 
 
 @pitr_app.command("verify")
@@ -662,7 +655,7 @@ def pitr_verify_command(
     tenant: Optional[str] = typer.Option(None, "--tenant"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Check that the base backup and every segment a restore needs are present and intact."""
+    """Check the base backup, every segment a restore needs and their continuity; writes no database."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         tenant = _tenant(tenant)
@@ -671,7 +664,8 @@ def pitr_verify_command(
         result = pitr_verify(timestamp, tenant, _settings_dict(settings))
         emit(result, as_json, lambda c: c.print(
             f"A restore to {timestamp} would start from {result['base_backup']} (sequence "
-            f"{result['base_wal_last_seq']:,}) and replay {result['segments']} verified segment(s)"))
+            f"{result['base_last_sequence']:,}) and replay {result['batches']:,} batches from {result['segments']} "
+            "verified segment(s)"))
 
 
 @pitr_app.command("enable")

@@ -49,8 +49,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                 archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
                 facts = facts.result()
                 store_schemas(store, segment, name, facts)
-                metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression,
-                                          snap.live, snap.written_by, snap.last_sequence)
+                metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap)
                 store_metadata(store, metadata)
             finally:
                 snap.remove()

@@ -1,24 +1,29 @@
-"""Point-in-time recovery: wal_archive (one archival pass) and pitr_restore (base + replay)."""
+"""Point-in-time recovery from RocksDB's own log: wal_archive (a pass, or the follower) and
+pitr_restore (a base backup plus the archived log, replayed by RocksDB's own recovery)."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from flows.backup import resolve_settings
 from rem.errors import UsageError
-from rem.settings import Settings
+from rem.pitr import LogPins, check_log_options, format_micros
 from rem.scratch import remove_scratch
-from rem.snapshot import take_tenant_snapshot
-from tasks.pitr import check_continuity, fetch_segments, replay
-from tasks.restore import check_restored, check_target, extract, put_into_place, real_target, verify_archive
+from rem.settings import Settings
+from tasks.pitr import check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover
+from tasks.restore import check_target, extract, put_into_place, real_target, verify_archive
 from tasks.runtime import emit, flow, get_logger, task
-from tasks.storage import ALL_TENANTS, all_stores, make_store, read_local_backup
-from tasks.wal_archive import (RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
-                               choose_window, parse_time, recovery_windows, segments_to_replay)
+from tasks.storage import all_stores, make_store, read_local_backup
+from tasks.wal_archive import (PassReport, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
+                               choose_window, gap_message, micros, parse_time, recovery_windows, segments_to_fetch)
+
+HEARTBEAT_SECONDS = 60  # a follower passing every second still emits one event a minute
 
 
 def wal_archive_for(cfg: Settings, bounded: bool = False) -> WalArchive:
@@ -30,106 +35,148 @@ def wal_archive_for(cfg: Settings, bounded: bool = False) -> WalArchive:
     return WalArchive(store.client, bucket, cfg.s3_prefix)
 
 
-def newest_full_backup(cfg: Settings):
-    records = [r for s in all_stores(cfg) for r in s.list() if r.metadata.tenant_segment == ALL_TENANTS]
-    return max(records, key=lambda r: r.metadata.wal_last_seq).metadata if records else None
+@task("archive-log", retries=2, retry_delay_seconds=10)
+def archive_once(cfg: Settings, archive: WalArchive, pins: LogPins) -> PassReport:
+    """Ship the log batches written since the last pass."""
+    return archive_pass(cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins)
 
 
-@task("archive-wal", retries=2, retry_delay_seconds=10)
-def archive_once(cfg: Settings, archive: WalArchive):
-    """Archive the WAL entries written since the last pass."""
-    return archive_pass(cfg.db_path, archive, cfg.pitr_segment_max_entries, cfg.pitr_segment_max_mb << 20,
-                        newest_full_backup(cfg))
+class Pinner(threading.Thread):
+    """Pins each new log the moment it appears, between and during passes (the follower's)."""
+
+    def __init__(self, pins: LogPins):
+        super().__init__(name="rem-log-pinner", daemon=True)
+        self.pins, self.stopped = pins, threading.Event()
+
+    def run(self) -> None:
+        self.pins.watch(self.stopped)
 
 
-@flow("wal-archive", description="One WAL archival pass: new entries -> zstd segments -> manifest (conditional).")
-def wal_archive(settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict[str, Any]:
+def _stop_on_sigterm(stop: threading.Event) -> None:
+    """systemd's stop (SIGTERM) ends the follower after the pass under way."""
+    with contextlib.suppress(ValueError):  # not the main thread: the caller stops it
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+
+@flow("wal-archive", description="Ship RocksDB's log to S3: one pass, or a follower that pins every new log.")
+def wal_archive(settings: dict[str, Any] | None = None, database_block: str | None = None, follow: bool = False,
+                interval_seconds: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings, database_block)
     archive = wal_archive_for(cfg)
+    interval = interval_seconds or cfg.pitr_interval_seconds
+    check_log_options(cfg.db_path)
+    pins = LogPins(cfg.db_path)
+    pins.lock()
+    stop = stop or threading.Event()
+    pinner = Pinner(pins) if follow else None
+    passes, last_beat, report, shipped, batches, final, gaps = 0, 0.0, None, [], 0, False, []
     try:
-        report = archive_once(cfg, archive)
-    except WalGap as exc:
-        emit("rem.wal.archive.failed", cfg.db_path, {"reason": str(exc)})
-        raise
-    emit("rem.wal.archived", cfg.db_path, {"last_archived_sequence": report.last_archived_sequence})
-    return {"ok": True, **report.__dict__, "lag_entries": report.live_latest_sequence - report.last_archived_sequence}
+        if pinner:
+            _stop_on_sigterm(stop)
+            pinner.start()
+        while True:
+            began = time.monotonic()
+            report = archive_once(cfg, archive, pins) if not follow else archive_pass(
+                cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins)
+            passes += 1
+            shipped += report.segments
+            batches += report.archived_batches
+            gaps += report.new_gaps
+            for gap in report.new_gaps:
+                emit("rem.wal.archive.failed", cfg.db_path, {"reason": gap_message(gap)})
+                get_logger().error(gap_message(gap))
+            if not follow and report.new_gaps:
+                raise WalGap(gap_message(report.new_gaps[0]))
+            if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval) or not follow:
+                emit("rem.wal.archived", cfg.db_path, {"last_archived_sequence": report.last_archived_sequence,
+                                                        "confirmed_timestamp": report.confirmed_timestamp})
+                last_beat = time.monotonic()
+            if not follow or final:
+                break
+            final = stop.wait(max(0.0, interval - (time.monotonic() - began)))  # stopped: one last pass
+    finally:
+        if pinner:
+            pinner.stopped.set()
+            pinner.join()
+        pins.unlock()
+    return {"ok": True, "passes": passes, "archived_batches": batches, "segments": shipped,
+            "last_archived_sequence": report.last_archived_sequence,
+            "last_archived_timestamp": report.last_archived_timestamp,
+            "confirmed_timestamp": report.confirmed_timestamp, "live_last_sequence": report.live_last_sequence,
+            "lag_batches": report.lag_batches, "released_logs": report.released,
+            "gaps": [g.model_dump() for g in gaps]}
 
 
-def plan(cfg: Settings, target_text: str, tenant: str | None) -> tuple[WalArchive, RecoveryWindow, list]:
-    """The archive, the recovery window that holds the target, and the segments to replay."""
+def plan(cfg: Settings, target_text: str) -> tuple[WalArchive, RecoveryWindow, list]:
+    """The archive, the recovery window that holds the target, and the segments to fetch."""
     target = parse_time(target_text)
     archive = wal_archive_for(cfg)
     manifest, _ = archive.read_manifest()
     records = [r for s in all_stores(cfg) for r in s.list()]
-    window = choose_window(recovery_windows(records, manifest, tenant), target)
-    return archive, window, segments_to_replay(window, target)
+    window = choose_window(recovery_windows(records, manifest), target)
+    return archive, window, segments_to_fetch(window, target)
 
 
-@flow("pitr-restore", description="Restore the newest base backup before a timestamp and replay the WAL up to it.")
+@flow("pitr-restore", description="A base backup plus the archived log up to a time, replayed by RocksDB itself.")
 def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
     out = real_target(Path(output))
     target = parse_time(timestamp)
-    archive, window, segments = plan(cfg, timestamp, tenant)
-    record = window.record
+    archive, window, segments = plan(cfg, timestamp)
     lock = check_target(out, overwrite=False, tenant=None)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
         if lock is not None:
             held.callback(lock.release)
-        files = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        source = record.store.fetch(record, Path(tmp) / "base")
+        pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
+        source = window.record.store.fetch(window.record, Path(tmp) / "base")
         metadata = read_local_backup(source)
         verify_archive(source, metadata)
         db_dir = extract(source, out, metadata)
         try:
-            check_restored(db_dir, metadata)
-            only = tenant if tenant else None
-            report = replay(db_dir, files, metadata.wal_last_seq, target, only, sum(s.entries for s in segments))
-            if tenant and metadata.tenant_id is None:
-                narrowed = take_tenant_snapshot(db_dir, tenant)
-                shutil.rmtree(db_dir)
-                (narrowed.path / "db").rename(db_dir)
-                narrowed.remove()
-            check_continuity(db_dir, metadata.wal_last_seq, report.last_seq, tenant)
+            placed = place_archived_logs(db_dir, pieces, metadata.last_sequence, micros(target))
+            recover(db_dir, placed.last_sequence)
+            if tenant:
+                db_dir = narrow_to_tenant(db_dir, tenant)
             put_into_place(db_dir, out)
         finally:
             remove_scratch(db_dir.parent)
     get_logger().info("restored %s to %s from base %s", out, timestamp, metadata.name)
     return {"ok": True, "output": str(out), "target": target.isoformat().replace("+00:00", "Z"),
-            "base_backup": metadata.name, "base_wal_last_seq": metadata.wal_last_seq,
-            "replayed_entries": report.applied, "last_replayed_seq": report.last_seq,
-            "last_replayed_timestamp": report.last_timestamp, "segments": len(segments), "tenant": tenant}
+            "base_backup": metadata.name, "base_last_sequence": metadata.last_sequence,
+            "replayed_batches": placed.batches, "last_sequence": placed.last_sequence,
+            "last_replayed_timestamp": format_micros(placed.last_time_us) if placed.last_time_us else None, "logs": placed.logs, "segments": len(segments),
+            "tenant": tenant}
 
 
-@flow("pitr-verify", description="Check that everything a point-in-time restore needs is present and intact.")
+@flow("pitr-verify", description="Check the base, every segment and their continuity, without writing a database.")
 def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
-    archive, window, segments = plan(cfg, timestamp, tenant)
-    record = window.record
+    target = parse_time(timestamp)
+    archive, window, segments = plan(cfg, timestamp)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-verify-") as tmp:
-        fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        source = record.store.fetch(record, Path(tmp) / "base")
+        pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
+        source = window.record.store.fetch(window.record, Path(tmp) / "base")
         verify_archive(source, read_local_backup(source))
-    last = segments[-1].last_seq if segments else window.base.wal_last_seq
-    return {"ok": True, "target": timestamp, "base_backup": window.base.name, "base_location": record.location,
-            "base_wal_last_seq": window.base.wal_last_seq, "segments": len(segments),
-            "would_replay_through_seq_at_most": last,
+        batches, last = check_pieces(pieces, window.base.last_sequence, micros(target))
+    return {"ok": True, "target": timestamp, "base_backup": window.base.name, "base_location": window.record.location,
+            "base_last_sequence": window.base.last_sequence, "segments": len(segments), "batches": batches,
+            "would_replay_through_sequence": last, "tenant": tenant,
             "window": {"start": window.start, "end": window.end}}
 
 
-def recovery_points(cfg: Settings, tenant: str | None = None) -> list[dict[str, Any]]:
+def recovery_points(cfg: Settings) -> list[dict[str, Any]]:
     archive = wal_archive_for(cfg)
     manifest, _ = archive.read_manifest()
     records = [r for s in all_stores(cfg) for r in s.list()]
     rows = []
-    for w in recovery_windows(records, manifest, tenant):
-        rows.append({"tenant": w.base.tenant_id or "(all)", "base_backup": w.base.name, "base_location": w.record.location,
-                     "latest_wal": manifest.last_archived_timestamp, "latest_wal_seq": manifest.last_archived_sequence,
-                     "window_start": w.start, "window_end": w.end, "window_last_seq": w.last_seq,
+    for w in recovery_windows(records, manifest):
+        rows.append({"base_backup": w.base.name, "base_location": w.record.location,
+                     "base_last_sequence": w.base.last_sequence, "window_start": w.start, "window_end": w.end,
+                     "window_last_sequence": w.last_seq, "archived_through": manifest.last_archived_sequence,
                      "broken": None if w.broken_after is None else
-                     f"entries {w.broken_after.first_missing_seq}-{w.broken_after.last_missing_seq} missing after "
-                     f"{w.broken_after.after_timestamp or 'the start'}"})
+                     f"sequence numbers {w.broken_after.first_missing_seq}-{w.broken_after.last_missing_seq} "
+                     f"missing after {w.broken_after.after_timestamp or 'the start'}"})
     return rows
 
 

@@ -39,7 +39,6 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("pitr", "enabled"): "pitr_enabled",
     ("pitr", "interval_seconds"): "pitr_interval_seconds",
     ("pitr", "bucket"): "pitr_bucket",
-    ("pitr", "segment_max_entries"): "pitr_segment_max_entries",
     ("pitr", "segment_max_mb"): "pitr_segment_max_mb",
 }
 FIELD_TO_TOML = {field: (table, key) for (table, key), field in TOML_KEYS.items()}
@@ -103,10 +102,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="AWS region")
     s3_storage_class: Literal[STORAGE_CLASSES] = Field("STANDARD_IA", description="S3 storage class of backup objects")
     pitr_enabled: bool = Field(False, description="Continuous WAL archival is on")
-    pitr_interval_seconds: int = Field(300, ge=10, description="Seconds between WAL archival passes")
+    pitr_interval_seconds: float = Field(300, ge=0.2, description="Seconds between log archival passes (the follower ships this often)")
     pitr_bucket: str | None = Field(None, min_length=3, description="WAL archive bucket; default: s3_bucket")
-    pitr_segment_max_entries: int = Field(10_000, ge=1, description="WAL entries per archived segment at most")
-    pitr_segment_max_mb: int = Field(16, ge=1, le=1024, description="Uncompressed MiB per archived segment at most")
+    pitr_segment_max_mb: float = Field(16, gt=0, le=1024, description="Log MiB per archived segment at most")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
+from rem.engine import now_rfc3339
 from rem.errors import DatabaseNotFound
 from rem.rocksdb_log import read_log
 from rem.scratch import remove_scratch, scratch_dir
@@ -40,6 +41,7 @@ class Snapshot:
     live: bool  # a writer held the database while the snapshot was taken
     written_by: str = "unknown"  # the RocksDB version of the live database's OPTIONS (the engine's)
     last_sequence: int | None = None  # RocksDB's last sequence number in the copy (a physical snapshot's)
+    last_sequence_time: str | None = None  # when the copy was complete: every write up to last_sequence was before
 
     def remove(self) -> None:
         remove_scratch(self.path)
@@ -101,8 +103,9 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
             view = linked_view(db_path)
             try:
                 physical_copy(view, target)
+                copied_at = now_rfc3339()
                 last_sequence = _checked(target)
-                return Snapshot(work, live, database_rocksdb_version(db_path), last_sequence)
+                return Snapshot(work, live, database_rocksdb_version(db_path), last_sequence, copied_at)
             except (SnapshotRace, FileNotFoundError):  # only a race with the engine is worth another try
                 shutil.rmtree(target, ignore_errors=True)
                 if attempt == SNAPSHOT_ATTEMPTS - 1:

@@ -47,8 +47,7 @@ def describe_snapshot(db_dir: Path) -> SnapshotFacts:
 
 
 def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts, archive: ArchiveStats,
-                   started: float, level: int, online: bool, snapshot_rocksdb: str,
-                   last_sequence: int | None = None) -> BackupMetadata:
+                   started: float, level: int, snap: Snapshot) -> BackupMetadata:
     import hashlib
 
     return BackupMetadata(
@@ -56,10 +55,12 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         timestamp=taken_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
         size_bytes=archive.size_bytes, uncompressed_bytes=archive.uncompressed_bytes,
         entity_count=facts.entity_count, schema_count=facts.schema_count, checksum_sha256=archive.sha256,
-        rocksdb_version=snapshot_rocksdb, tools_rocksdb_version=tools_rocksdb_version(), schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16],
-        wal_last_seq=facts.wal_last_seq, last_sequence=last_sequence, wal_last_timestamp=facts.wal_last_timestamp, column_families=facts.column_families, host=socket.gethostname(),
+        rocksdb_version=snap.written_by, tools_rocksdb_version=tools_rocksdb_version(),
+        schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16], wal_last_seq=facts.wal_last_seq,
+        last_sequence=snap.last_sequence, last_sequence_time=snap.last_sequence_time,
+        wal_last_timestamp=facts.wal_last_timestamp, column_families=facts.column_families, host=socket.gethostname(),
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
-        duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=online)
+        duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=snap.live)
 
 
 # ------------------------------------------------------------------------------- tasks

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tasks.storage import ALL_TENANTS, BackupRecord
-from tasks.wal_archive import parse_time
+from tasks.storage import BackupRecord
+from tasks.wal_archive import is_base, parse_time
 
 
 def gfs_keep(times: list[datetime], keep_daily: int, keep_weekly: int, keep_monthly: int) -> dict[int, list[str]]:
@@ -45,7 +45,9 @@ class PrunePlan:
 
 
 def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, keep_monthly: int,
-               tenant: str | None = None, pitr_base: str | None = None, manifest=None) -> PrunePlan:
+               tenant: str | None = None, manifest=None) -> PrunePlan:
+    """GFS per tenant segment; with the log archive's manifest, the segments every kept base
+    already holds (those at or before the oldest kept base's last sequence number) go too."""
     plan = PrunePlan()
     segment = tenant  # None: every tenant's backups, each tenant kept on its own
     by_segment: dict[str, list[BackupRecord]] = {}
@@ -58,13 +60,10 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
         newest = max(range(len(group)), key=lambda i: times[i])
         reasons.setdefault(newest, []).append("newest")
         for i, r in enumerate(group):
-            if r.name == pitr_base and r.metadata.tenant_segment == ALL_TENANTS:
-                reasons.setdefault(i, []).append("PITR base")
-        for i, r in enumerate(group):
             (plan.keep.append((r, reasons[i])) if i in reasons else plan.delete.append(r))
     plan.keep.sort(key=lambda kr: kr[0].metadata.timestamp, reverse=True)
     plan.delete.sort(key=lambda r: r.metadata.timestamp, reverse=True)
-    kept_bases = [r.metadata.wal_last_seq for r, _ in plan.keep if r.metadata.tenant_segment == ALL_TENANTS]
+    kept_bases = [r.metadata.last_sequence for r, _ in plan.keep if is_base(r.metadata)]
     if manifest is not None and kept_bases:
         oldest = min(kept_bases)
         plan.wal_segments_to_delete = [s.key for s in manifest.wal_segments if s.last_seq <= oldest]

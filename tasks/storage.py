@@ -60,8 +60,9 @@ class BackupMetadata(BaseModel):
     wal_last_seq: int = Field(description="highest logical-WAL sequence inside the snapshot")
     last_sequence: int | None = Field(default=None, description="RocksDB's last sequence number in a whole-database "
                                       "snapshot: every write up to it is in the backup, none after")
-    wal_last_timestamp: str | None = Field(
-        default=None, description="time of entry wal_last_seq: the earliest instant this backup can stand for")
+    last_sequence_time: str | None = Field(default=None, description="when the snapshot held last_sequence: the "
+                                           "instant a point-in-time restore from this base starts at")
+    wal_last_timestamp: str | None = Field(default=None, description="time of the logical WAL's entry wal_last_seq")
     column_families: dict[str, int] = Field(description="keys per column family")
     host: str
     tool_version: str

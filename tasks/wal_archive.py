@@ -1,62 +1,67 @@
-"""Continuous WAL archival to S3 and the planning half of point-in-time recovery.
+"""The archive of RocksDB's own write-ahead log in S3, and recovery windows over it.
 
-Layout (the database's whole WAL, tenant segment `_all`, as for whole-database backups):
+Layout (the whole database's log, tenant segment `_all`, as for whole-database backups):
 
     {prefix}backups/wal/_all/manifest.json
-    {prefix}backups/wal/_all/segments/{first_seq:020}-{last_seq:020}.wal.zst
+    {prefix}backups/wal/_all/segments/{first_seq:020}-{last_seq:020}.log.zst
 
-A segment holds the stored bytes of its entries, one per line, compressed with zstd. WAL entries
-never change, so a segment's content is fixed by its sequence range. manifest.json is only ever
-replaced with a conditional write (IfMatch on the ETag that was read, IfNoneMatch for the first),
-so two archivers running at once can neither lose nor duplicate a segment: the loser of a race
-deletes the segments it uploaded that the winner's manifest does not reference, and tries again.
+A segment is one piece of one log file (rem.pitr.Piece: the log's own bytes between two record
+boundaries and a table of the batches in them), zstd-compressed, with its SHA-256 in the manifest.
+Sequence numbers are RocksDB's. manifest.json is only ever replaced with a conditional write (IfMatch
+on the ETag read, IfNoneMatch for the first), so two archivers can neither lose nor double a
+segment: the loser of a race deletes the segments its manifest would have added and starts over.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
 import zstandard
 from pydantic import BaseModel, Field
 
-from rem.db import open_db
+from rem.engine import rfc3339_micros
 from rem.errors import RemError, UsageError
-from rem.format import parse_wal_key, wal_key
+from rem.pitr import LogCorruption, LogPins, Piece, check_log_options, format_micros, live_last_sequence, read_new, split
 from tasks.storage import ALL_TENANTS, BackupMetadata, BackupRecord
 
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 2
 
 
 class Segment(BaseModel):
     key: str
+    log_number: int
+    start_offset: int = Field(description="first byte of the log file this segment holds")
+    end_offset: int = Field(description="the byte after its last batch's record")
     first_seq: int
     last_seq: int
-    first_timestamp: str
-    last_timestamp: str
-    entries: int
+    first_timestamp: str = Field(description="time of its first batch")
+    last_timestamp: str = Field(description="time of its last batch")
+    batches: int
     size_bytes: int
     sha256: str
 
 
 class BrokenRange(BaseModel):
-    """WAL entries the engine trimmed before they were archived: no recovery to a time among them."""
+    """Sequence numbers the engine's logs no longer held when the archiver looked: no window crosses them."""
 
     first_missing_seq: int
     last_missing_seq: int
-    after_timestamp: str | None = Field(description="time of the last archived entry before the gap")
+    after_timestamp: str | None = Field(description="time of the last archived batch before the gap")
     detected_at: str
-    healed_by: str | None = Field(default=None, description="full backup that covers the gap, once one exists")
 
 
 class Manifest(BaseModel):
-    format_version: int = 1
-    last_archived_sequence: int = 0
+    format_version: int = MANIFEST_VERSION
+    last_archived_sequence: int | None = Field(default=None, description="None until the first pass")
     last_archived_timestamp: str | None = None
-    base_backup: str | None = Field(default=None, description="newest full backup when the manifest was written")
+    confirmed_timestamp: str | None = Field(
+        default=None, description="every write made before this instant is archived (the last pass's start)")
+    live_last_sequence: int | None = Field(default=None, description="the live database's, at the last pass")
     wal_segments: list[Segment] = Field(default_factory=list)
     broken_ranges: list[BrokenRange] = Field(default_factory=list)
 
@@ -83,13 +88,21 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def micros(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def clock_us() -> int:
+    return time.time_ns() // 1000
+
+
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return format_micros(clock_us())
 
 
 @dataclass
 class WalArchive:
-    """Where one database's WAL archive lives in S3."""
+    """Where one database's log archive lives in S3."""
 
     client: object
     bucket: str
@@ -102,7 +115,7 @@ class WalArchive:
         return f"{prefix}backups/wal/{self.segment}/"
 
     def segment_key(self, first: int, last: int) -> str:
-        return f"{self.root}segments/{first:020d}-{last:020d}.wal.zst"
+        return f"{self.root}segments/{first:020d}-{last:020d}.log.zst"
 
     def read_manifest(self) -> tuple[Manifest, str | None]:
         from botocore.exceptions import ClientError
@@ -113,7 +126,13 @@ class WalArchive:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return Manifest(), None
             raise
-        return Manifest.model_validate_json(reply["Body"].read()), reply["ETag"]
+        manifest = Manifest.model_validate_json(reply["Body"].read())
+        if manifest.format_version != MANIFEST_VERSION:
+            raise UsageError(f"s3://{self.bucket}/{self.root}{MANIFEST} is a format {manifest.format_version} archive "
+                             "(the engine's logical wal column family), which RocksDB's own log replaces: move it "
+                             f"aside (aws s3 mv --recursive s3://{self.bucket}/{self.root} "
+                             f"s3://{self.bucket}/{self.root.rstrip('/')}-v1/) and take a full backup")
+        return manifest, reply["ETag"]
 
     def write_manifest(self, manifest: Manifest, etag: str | None) -> str:
         from botocore.exceptions import ClientError
@@ -131,38 +150,47 @@ class WalArchive:
             raise
         return reply["ETag"]
 
-    def put_segment(self, lines: list[bytes], first_ts: str, last_ts: str) -> Segment:
-        first, last = orjson.loads(lines[0])["seq"], orjson.loads(lines[-1])["seq"]
-        body = zstandard.ZstdCompressor(level=3).compress(b"\n".join(lines) + b"\n")
+    def put_segment(self, piece: Piece) -> Segment:
+        body = zstandard.ZstdCompressor(level=3).compress(piece.encode())
         digest = hashlib.sha256(body).hexdigest()
+        first, last = piece.first_sequence, piece.last_sequence
         key = self.segment_key(first, last)
+        times = piece.batches["time_us"]
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={
-            "first-seq": str(first), "last-seq": str(last), "first-timestamp": first_ts,
-            "last-timestamp": last_ts, "sha256": digest})
-        return Segment(key=key, first_seq=first, last_seq=last, first_timestamp=first_ts, last_timestamp=last_ts,
-                       entries=len(lines), size_bytes=len(body), sha256=digest)
+            "log-number": str(piece.log_number), "first-seq": str(first), "last-seq": str(last), "sha256": digest})
+        return Segment(key=key, log_number=piece.log_number, start_offset=piece.start, end_offset=piece.end,
+                       first_seq=first, last_seq=last, first_timestamp=format_micros(int(times[0])),
+                       last_timestamp=format_micros(int(times[-1])), batches=len(piece.batches),
+                       size_bytes=len(body), sha256=digest)
 
-    def fetch_segment(self, segment: Segment, dest: Path) -> Path:
-        """Download one segment to dest, refusing it unless its SHA-256 and sequence range match."""
+    def fetch_segment(self, segment: Segment, dest: Path) -> Piece:
+        """Download one segment to dest, refusing it unless its SHA-256, its log bytes and its place
+        (log, offsets, sequence numbers) are what the manifest says."""
         from botocore.exceptions import ClientError
 
-        where = f"WAL segment {segment.first_seq}-{segment.last_seq} ({segment.key})"
+        where = f"log segment {segment.first_seq}-{segment.last_seq} ({segment.key})"
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=segment.key)["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise SegmentCorrupt(f"{where} is missing from the archive; entries {segment.first_seq}-"
+                raise SegmentCorrupt(f"{where} is missing from the archive; sequence numbers {segment.first_seq}-"
                                      f"{segment.last_seq} cannot be replayed") from None
             raise
         if hashlib.sha256(body).hexdigest() != segment.sha256:
-            raise SegmentCorrupt(f"{where}: SHA-256 checksum mismatch; entries {segment.first_seq}-"
+            raise SegmentCorrupt(f"{where}: SHA-256 checksum mismatch; sequence numbers {segment.first_seq}-"
                                  f"{segment.last_seq} cannot be trusted")
-        lines = zstandard.ZstdDecompressor().decompressobj().decompress(body).splitlines()
-        seqs = [orjson.loads(line)["seq"] for line in lines]
-        if seqs != list(range(segment.first_seq, segment.last_seq + 1)):
-            raise SegmentCorrupt(f"{where}: entries are not {segment.first_seq}-{segment.last_seq} in order")
-        dest.write_bytes(b"\n".join(lines) + b"\n")
-        return dest
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        dest.write_bytes(raw)
+        try:
+            piece = Piece.decode(raw, where, dest)
+        except (LogCorruption, ValueError, KeyError) as exc:
+            raise SegmentCorrupt(f"{where}: {exc}") from None
+        place = (piece.log_number, piece.start, piece.end, piece.first_sequence, piece.last_sequence)
+        if place != (segment.log_number, segment.start_offset, segment.end_offset, segment.first_seq,
+                     segment.last_seq):
+            raise SegmentCorrupt(f"{where}: holds log {piece.log_number} bytes {piece.start}-{piece.end}, sequence "
+                                 f"numbers {piece.first_sequence}-{piece.last_sequence}, not what the manifest says")
+        return piece
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -174,118 +202,123 @@ class WalArchive:
 
 @dataclass
 class PassReport:
-    archived_entries: int
+    archived_batches: int
     segments: list[str]
-    last_archived_sequence: int
+    last_archived_sequence: int | None
     last_archived_timestamp: str | None
-    live_latest_sequence: int
-    conflicts: int
+    confirmed_timestamp: str | None
+    live_last_sequence: int | None
+    new_gaps: list[BrokenRange] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    conflicts: int = 0
+
+    @property
+    def lag_batches(self) -> int:
+        if self.live_last_sequence is None or self.last_archived_sequence is None:
+            return 0
+        return max(0, self.live_last_sequence - self.last_archived_sequence)
 
 
-def archive_pass(db_path: str | Path, archive: WalArchive, max_entries: int = 10_000, max_bytes: int = 16 << 20,
-                 newest_backup: BackupMetadata | None = None, max_conflicts: int = 20) -> PassReport:
-    """Archive every WAL entry after the manifest's last_archived_sequence, reading the live
-    database through a read-only handle (never blocking or writing it)."""
-    conflicts = 0
-    while True:
-        manifest, etag = archive.read_manifest()
-        uploaded: list[Segment] = []
-        try:
-            report = _archive_from(db_path, archive, manifest, etag, uploaded, max_entries, max_bytes, newest_backup)
-            report.conflicts = conflicts
-            return report
-        except ManifestConflict:
-            conflicts += 1
-            winner, _ = archive.read_manifest()
-            referenced = {s.key for s in winner.wal_segments}
-            archive.delete([s.key for s in uploaded if s.key not in referenced])
-            if conflicts >= max_conflicts:
-                raise RemError(f"gave up after {conflicts} conflicting manifest updates; is an archiver stuck?")
+def archive_pass(db_path: str | Path, archive: WalArchive, max_bytes: int = 16 << 20, pins: LogPins | None = None,
+                 max_conflicts: int = 20) -> PassReport:
+    """Pin the database's new logs, ship every complete batch after the archive's last one, and
+    release the pins of logs shipped to their end. With `pins` the caller holds their lock (the
+    follower); otherwise this pass takes it, and fails at once if another archiver holds it."""
+    own = pins is None
+    pins = pins or LogPins(db_path)
+    if own:
+        check_log_options(db_path)
+        pins.lock()
+    try:
+        conflicts = 0
+        while True:
+            manifest, etag = archive.read_manifest()
+            uploaded: list[Segment] = []
+            try:
+                report = _archive_from(pins, archive, manifest, etag, uploaded, max_bytes)
+                report.conflicts = conflicts
+                return report
+            except ManifestConflict:
+                conflicts += 1
+                winner, _ = archive.read_manifest()
+                referenced = {s.key for s in winner.wal_segments}
+                archive.delete([s.key for s in uploaded if s.key not in referenced])
+                if conflicts >= max_conflicts:
+                    raise RemError(f"gave up after {conflicts} conflicting manifest updates; is an archiver stuck?")
+    finally:
+        if own:
+            pins.unlock()
 
 
-def _archive_from(db_path, archive: WalArchive, manifest: Manifest, etag: str | None, uploaded: list[Segment],
-                  max_entries: int, max_bytes: int, newest_backup: BackupMetadata | None) -> PassReport:
-    start = manifest.last_archived_sequence + 1
-    with open_db(db_path, "ro") as db:
-        latest = db.latest_wal_seq()
-        first_available = db.first_wal_seq()
-        if first_available and first_available > start:
-            start = _gap(archive, manifest, etag, start, first_available - 1, newest_backup)
-        lines: list[bytes] = []
-        size = 0
-        first_ts = last_ts = None
-        expected = start
-        for key, value in db.items("wal", start=wal_key(start)):
-            seq = parse_wal_key(key)
-            if seq != expected:  # a hole inside the live WAL is a gap too: keep what came before it
-                _flush(archive, lines, first_ts, last_ts, uploaded)
-                manifest, etag = _commit(archive, manifest, etag, uploaded, newest_backup)
-                _gap(archive, manifest, etag, expected, seq - 1, newest_backup)
-            ts = orjson.loads(value)["timestamp"]
-            first_ts = first_ts or ts
-            last_ts = ts
-            lines.append(value)
-            size += len(value)
-            expected += 1
-            if len(lines) >= max_entries or size >= max_bytes:
-                _flush(archive, lines, first_ts, last_ts, uploaded)
-                lines, size, first_ts = [], 0, None
-        _flush(archive, lines, first_ts, last_ts, uploaded)
-    manifest, _ = _commit(archive, manifest, etag, uploaded, newest_backup)
-    return PassReport(sum(s.entries for s in uploaded), [s.key for s in uploaded], manifest.last_archived_sequence,
-                      manifest.last_archived_timestamp, latest, 0)
-
-
-def _flush(archive: WalArchive, lines: list[bytes], first_ts, last_ts, uploaded: list[Segment]) -> None:
-    if lines:
-        uploaded.append(archive.put_segment(lines, first_ts, last_ts))
-
-
-def _commit(archive: WalArchive, manifest: Manifest, etag: str | None, uploaded: list[Segment],
-            newest_backup: BackupMetadata | None) -> tuple[Manifest, str | None]:
-    if not uploaded and etag is not None and manifest.base_backup == (newest_backup.name if newest_backup else None):
-        return manifest, etag
+def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: str | None, uploaded: list[Segment],
+                  max_bytes: int) -> PassReport:
+    started = clock_us()  # everything written before this is in a log we are about to read
+    pins.pin_new()
+    live = pins.live()
+    live_last = None
+    if not live or _size(live[max(live)]) == 0:  # the newest log is empty: only RocksDB knows its last sequence
+        live_last = live_last_sequence(pins.db)
+        pins.pin_new()  # logs created while it looked
+    expected = None if manifest.last_archived_sequence is None else manifest.last_archived_sequence + 1
+    position = (manifest.wal_segments[-1].log_number, manifest.wal_segments[-1].end_offset) \
+        if manifest.wal_segments else None
+    previous = rfc3339_micros(manifest.last_archived_timestamp) if manifest.last_archived_timestamp else None
+    gaps: list[BrokenRange] = []
+    finished: list[int] = []
+    pinned = pins.pinned()
+    newest = max([n for n, _ in pinned] + list(live), default=0)
+    for number, path in pinned:
+        if position and number < position[0]:
+            finished.append(number)  # shipped to its end in an earlier pass
+            continue
+        start = position[1] if position and number == position[0] else 0
+        found = read_new(path, number, start, expected, clock_us, previous)
+        for first, last in found.gaps:
+            gaps.append(BrokenRange(first_missing_seq=first, last_missing_seq=last, detected_at=now_rfc3339(),
+                                    after_timestamp=format_micros(previous) if previous else None))
+        if found.piece is not None:
+            for part in split(found.piece, max_bytes):
+                uploaded.append(archive.put_segment(part))
+            previous = int(found.piece.batches["time_us"][-1])
+        expected = found.next_sequence
+        if number < newest:  # a newer log exists: the engine writes no more into this one
+            finished.append(number)
+    archived_last = None if expected is None else expected - 1
+    if live_last is not None:
+        if archived_last is None:
+            archived_last = live_last  # a new archive starts at the live database's present
+        elif live_last > archived_last:  # logs deleted while the newest one was empty
+            gaps.append(BrokenRange(first_missing_seq=archived_last + 1, last_missing_seq=live_last,
+                                    after_timestamp=format_micros(previous) if previous else None,
+                                    detected_at=now_rfc3339()))
+            archived_last = live_last
     updated = manifest.model_copy(deep=True)
     updated.wal_segments.extend(uploaded)
-    if uploaded:
-        updated.last_archived_sequence = uploaded[-1].last_seq
-        updated.last_archived_timestamp = uploaded[-1].last_timestamp
-    if newest_backup is not None:
-        updated.base_backup = newest_backup.name
-    return updated, archive.write_manifest(updated, etag)
+    updated.broken_ranges.extend(gaps)
+    updated.last_archived_sequence = archived_last
+    if previous is not None:
+        updated.last_archived_timestamp = format_micros(previous)
+    updated.confirmed_timestamp = format_micros(started)
+    updated.live_last_sequence = live_last if live_last is not None else archived_last
+    archive.write_manifest(updated, etag)
+    for number in finished:
+        pins.release(number)
+    return PassReport(sum(s.batches for s in uploaded), [s.key for s in uploaded], updated.last_archived_sequence,
+                      updated.last_archived_timestamp, updated.confirmed_timestamp, updated.live_last_sequence,
+                      gaps, finished)
 
 
-def _gap_message(first: int, last: int, after: str | None) -> str:
-    return (f"WAL entries {first}-{last} were trimmed by the engine before they were archived; the recovery "
-            f"window is broken from {after or 'the start'} until the next full backup: take one now "
-            "(`rem backup create --upload`)")
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
-def _gap(archive: WalArchive, manifest: Manifest, etag: str | None, start: int, last_missing: int,
-         newest_backup: BackupMetadata | None) -> int:
-    """Record the gap; resume only when a full backup already covers every missing entry."""
-    known = any(b.first_missing_seq == start for b in manifest.broken_ranges)
-    if newest_backup is not None and newest_backup.wal_last_seq >= last_missing:
-        updated = manifest.model_copy(deep=True)
-        if not known:
-            updated.broken_ranges.append(BrokenRange(first_missing_seq=start, last_missing_seq=last_missing,
-                                                     after_timestamp=manifest.last_archived_timestamp,
-                                                     detected_at=now_rfc3339(), healed_by=newest_backup.name))
-        else:
-            for broken in updated.broken_ranges:
-                if broken.first_missing_seq == start:
-                    broken.healed_by = newest_backup.name
-        updated.last_archived_sequence = newest_backup.wal_last_seq
-        updated.last_archived_timestamp = newest_backup.wal_last_timestamp
-        archive.write_manifest(updated, etag)
-        raise ManifestConflict()  # start again from the manifest just written
-    if not known:
-        updated = manifest.model_copy(deep=True)
-        updated.broken_ranges.append(BrokenRange(first_missing_seq=start, last_missing_seq=last_missing,
-                                                 after_timestamp=manifest.last_archived_timestamp,
-                                                 detected_at=now_rfc3339()))
-        archive.write_manifest(updated, etag)
-    raise WalGap(_gap_message(start, last_missing, manifest.last_archived_timestamp))
+def gap_message(gap: BrokenRange) -> str:
+    return (f"sequence numbers {gap.first_missing_seq}-{gap.last_missing_seq} were gone from the database's logs "
+            f"before they were archived; the recovery window is broken after {gap.after_timestamp or 'the start'} "
+            "until the next full backup: take one now (`rem backup create --upload`)")
 
 
 # ------------------------------------------------------------------------- recovery windows
@@ -295,7 +328,7 @@ def _gap(archive: WalArchive, manifest: Manifest, etag: str | None, start: int, 
 class RecoveryWindow:
     record: BackupRecord  # the base backup
     start: str  # the instant the base backup stands for
-    end: str  # the last archived instant reachable from it without a gap
+    end: str  # the last instant reachable from it without a gap
     last_seq: int
     segments: list[Segment]
     broken_after: BrokenRange | None  # the gap that ends this window, if one does
@@ -306,13 +339,19 @@ class RecoveryWindow:
 
 
 def base_instant(meta: BackupMetadata) -> str:
-    return meta.wal_last_timestamp or meta.timestamp
+    return meta.last_sequence_time or meta.timestamp
+
+
+def is_base(meta: BackupMetadata) -> bool:
+    """A physical whole-database backup: it knows RocksDB's last sequence number."""
+    return meta.tenant_segment == ALL_TENANTS and meta.last_sequence is not None
 
 
 def window_for(record: BackupRecord, manifest: Manifest) -> RecoveryWindow:
     base = record.metadata
-    expected = base.wal_last_seq + 1
-    end, segments = base_instant(base), []
+    expected = base.last_sequence + 1
+    start = base_instant(base)
+    end, segments = start, []
     for segment in sorted(manifest.wal_segments, key=lambda s: s.first_seq):
         if segment.last_seq < expected:
             continue
@@ -321,14 +360,22 @@ def window_for(record: BackupRecord, manifest: Manifest) -> RecoveryWindow:
         segments.append(segment)
         expected = segment.last_seq + 1
         end = segment.last_timestamp
-    broken = next((b for b in manifest.broken_ranges if b.first_missing_seq == expected), None)
-    return RecoveryWindow(record, base_instant(base), end, expected - 1, segments, broken)
+    broken = next((b for b in manifest.broken_ranges if b.first_missing_seq <= expected <= b.last_missing_seq), None)
+    later = [s.first_seq for s in manifest.wal_segments if s.first_seq > expected]
+    if broken is None and later and not segments:  # the archive starts after this base: nothing joins them
+        broken = BrokenRange(first_missing_seq=expected, last_missing_seq=min(later) - 1, after_timestamp=start,
+                             detected_at=manifest.confirmed_timestamp or start)
+    archive_end = manifest.last_archived_sequence
+    if broken is None and archive_end is not None and expected > archive_end and manifest.confirmed_timestamp:
+        end = manifest.confirmed_timestamp  # caught up: the window reaches the last pass's look
+    if parse_time(end) < parse_time(start):
+        end = start
+    return RecoveryWindow(record, start, end, expected - 1, segments, broken)
 
 
-def recovery_windows(records, manifest: Manifest, tenant: str | None = None) -> list[RecoveryWindow]:
-    """One window per usable base backup (whole-database backups, and the tenant's own), newest first."""
-    segments = {ALL_TENANTS} | ({tenant} if tenant else set())
-    windows = [window_for(r, manifest) for r in records if r.metadata.tenant_segment in segments]
+def recovery_windows(records, manifest: Manifest) -> list[RecoveryWindow]:
+    """One window per base backup, newest first."""
+    windows = [window_for(r, manifest) for r in records if is_base(r.metadata)]
     return sorted(windows, key=lambda w: parse_time(w.start), reverse=True)
 
 
@@ -343,36 +390,30 @@ def choose_window(windows: list[RecoveryWindow], target: datetime) -> RecoveryWi
     raise UsageError(f"{target.isoformat().replace('+00:00', 'Z')} is outside the recovery window: {spans}")
 
 
-def segments_to_replay(window: RecoveryWindow, target: datetime) -> list[Segment]:
-    return [s for s in window.segments if parse_time(s.first_timestamp) <= target]
-
-
-def read_entries(paths: list[Path]):
-    """The stored bytes of every entry in the downloaded segments, in order."""
-    for path in paths:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    yield line.rstrip(b"\n")
-
+def segments_to_fetch(window: RecoveryWindow, target: datetime) -> list[Segment]:
+    """The window's segments up to the first that starts after the target (the prefix ends in it)."""
+    wanted = []
+    for segment in window.segments:
+        if parse_time(segment.first_timestamp) > target:
+            break
+        wanted.append(segment)
+    return wanted
 
 
 def archive_status(db_path, manifest: Manifest) -> dict:
-    """How far the archive is behind the live WAL, in entries and in seconds."""
-    with open_db(db_path, "ro") as db:
-        latest = db.latest_wal_seq()
-        raw = db.get("wal", wal_key(latest)) if latest else None
-    latest_ts = orjson.loads(raw)["timestamp"] if raw else None
-    lag_entries = max(0, latest - manifest.last_archived_sequence)
-    if lag_entries == 0:
+    """How far the archive is behind the live database, in batches and in seconds."""
+    live = live_last_sequence(db_path)
+    archived = manifest.last_archived_sequence
+    lag_batches = max(0, live - archived) if archived is not None else None
+    if lag_batches == 0 and manifest.confirmed_timestamp:
         lag_seconds = 0.0
-    elif manifest.last_archived_timestamp:
-        lag_seconds = (datetime.now(timezone.utc) - parse_time(manifest.last_archived_timestamp)).total_seconds()
+    elif manifest.confirmed_timestamp:
+        lag_seconds = (datetime.now(timezone.utc) - parse_time(manifest.confirmed_timestamp)).total_seconds()
     else:
         lag_seconds = None
-    return {"live_latest_seq": latest, "live_latest_timestamp": latest_ts,
-            "last_archived_sequence": manifest.last_archived_sequence,
-            "last_archived_timestamp": manifest.last_archived_timestamp, "lag_entries": lag_entries,
+    return {"live_last_sequence": live, "last_archived_sequence": archived,
+            "last_archived_timestamp": manifest.last_archived_timestamp,
+            "confirmed_timestamp": manifest.confirmed_timestamp, "lag_batches": lag_batches,
             "lag_seconds": lag_seconds, "segments": len(manifest.wal_segments),
             "failures": len(manifest.broken_ranges),
-            "broken_ranges": [b.model_dump() for b in manifest.broken_ranges if not b.healed_by]}
+            "broken_ranges": [b.model_dump() for b in manifest.broken_ranges]}
