@@ -97,7 +97,8 @@ def _fake_backup(root: Path, when: datetime, seq: int) -> str:
     folder.mkdir(parents=True)
     meta = {"name": name, "kind": "full", "tenant_id": None, "timestamp": when.isoformat().replace("+00:00", "Z"),
             "size_bytes": 1, "uncompressed_bytes": 1, "entity_count": 0, "schema_count": 0, "checksum_sha256": "0",
-            "rocksdb_version": "8.10.0", "schema_version": "0", "wal_last_seq": seq, "column_families": {},
+            "rocksdb_version": "8.10.0", "schema_version": "0", "wal_last_seq": 0, "last_sequence": seq,
+            "column_families": {},
             "host": "h", "tool_version": "t", "duration_seconds": 1.0, "compression": "zstd-3", "online": False}
     (folder / "metadata.json").write_text(json.dumps(meta))
     return name
@@ -108,7 +109,8 @@ def test_a_year_of_daily_backups_is_pruned_to_exactly_the_gfs_set(make_sample, t
     backups = tmp_path / "backups"
     start = datetime(2025, 1, 1, 2, 0, tzinfo=timezone.utc)
     days = [start + timedelta(days=i) for i in range(365)]
-    names = [_fake_backup(backups, d, seq=i + 1) for i, d in enumerate(days)]
+    for i, d in enumerate(days):
+        _fake_backup(backups, d, seq=i + 1)
     newest = days[-1]
     # The expected set, worked out by hand from the calendar: 7 newest days, the newest backup of each
     # of the 4 newest ISO weeks, of the 3 newest months.
@@ -119,17 +121,17 @@ def test_a_year_of_daily_backups_is_pruned_to_exactly_the_gfs_set(make_sample, t
         months.setdefault((d.year, d.month), d)
     weekly = set(sorted(weeks.values(), reverse=True)[:4])
     monthly = set(sorted(months.values(), reverse=True)[:3])
-    pitr_base = days[100]  # the WAL archive's base must survive although GFS would drop it
-    expected = {d.strftime("%Y-%m-%dT%H%M%SZ") for d in daily | weekly | monthly | {pitr_base}}
+    expected = {d.strftime("%Y-%m-%dT%H%M%SZ") for d in daily | weekly | monthly}
+    oldest_kept_seq = days.index(min(daily | weekly | monthly)) + 1
 
     env = {"P8_BACKUP_DIR": str(backups), "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    manifest = {"last_archived_sequence": 365, "base_backup": names[100], "wal_segments": [
-        {"key": f"backups/wal/_all/segments/{i:020d}-{i:020d}.wal.zst", "first_seq": i, "last_seq": i,
-         "first_timestamp": "x", "last_timestamp": "x", "entries": 1, "size_bytes": 1, "sha256": "0"}
-        for i in range(1, 366)]}
+    manifest = {"format_version": 2, "last_archived_sequence": 365, "wal_segments": [
+        {"key": f"backups/wal/_all/segments/{i:020d}-{i:020d}.log.zst", "log_number": i, "start_offset": 0,
+         "end_offset": 1, "first_seq": i, "last_seq": i, "first_timestamp": "x", "last_timestamp": "x", "batches": 1,
+         "size_bytes": 1, "sha256": "0"} for i in range(1, 366)]}
     s3.put_object(Bucket=bucket, Key="backups/wal/_all/manifest.json", Body=json.dumps(manifest).encode())
     for seg in manifest["wal_segments"]:
         s3.put_object(Bucket=bucket, Key=seg["key"], Body=b"x")
@@ -140,7 +142,7 @@ def test_a_year_of_daily_backups_is_pruned_to_exactly_the_gfs_set(make_sample, t
     rem("--db-path", str(db), "backup", "prune", env=env, check=True)
     assert {p.name for p in (backups / "full" / "_all").iterdir()} == expected
     kept = json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
-    assert min(s["first_seq"] for s in kept["wal_segments"]) == 102  # after the oldest kept base (seq 101)
+    assert min(s["first_seq"] for s in kept["wal_segments"]) == oldest_kept_seq + 1  # what no kept base holds
     stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix="backups/wal/_all/segments/") for o in page.get("Contents", [])}
     assert stored == {s["key"] for s in kept["wal_segments"]}

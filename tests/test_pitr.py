@@ -1,18 +1,29 @@
-"""Point-in-time recovery against moto: an oracle of known states, races, corruption, trimmed WAL."""
+"""Point-in-time recovery from RocksDB's own log, against moto and a live engine (RocksDB 8.10 in
+its own process, standalone: its logical `wal` column family stays empty)."""
 
 import json
-import threading
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
-from rem.db import open_db
-from rem.writer import RemWriter
-from tests.helpers import dump_all, rem
+from tests.engine import LiveEngine, engine_read_all
+from tests.engine.scenario import ARTICLES, PEOPLE
+from tests.helpers import REPO, dump_all, rem
+
+UNIT = REPO / "deployments" / "rem-wal-archiver.service"
+SMALL_LOGS = {"max_total_wal_size": 64 * 1024}  # past it RocksDB flushes the oldest log's CFs: logs rotate and go
 
 
 def env_for(endpoint, bucket, **more):
     return {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5",
-            "P8_PITR_SEGMENT_MAX_ENTRIES": "7", **more}
+            "P8_PITR_SEGMENT_MAX_MB": "0.02", **more}
 
 
 def ok(proc):
@@ -20,163 +31,243 @@ def ok(proc):
     return json.loads(proc.stdout) if proc.stdout.strip().startswith(("{", "[")) else proc.stdout
 
 
-def note(uid, text):
-    return {"id": uid, "entity_type": "articles", "created_at": "2099-01-01T00:00:00Z",
-            "modified_at": "2099-01-01T00:00:00Z", "deleted_at": None, "edges": [],
-            "properties": {"uri": f"u:{uid}", "title": text, "status": "draft", "category": "c"}}
+def instant() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def workload_phase(db_path, ops):
-    """Run writes as a primary engine would (the logical WAL this PITR archives), at explicit times,
-    then close so the state can be captured."""
-    with open_db(db_path, "rw") as db:
-        w = RemWriter(db, replication="primary")
-        for op in ops:
-            op(w)
-        db.flush_all()
+def manifest_of(s3, bucket) -> dict:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/manifest.json")
+    if not listed.get("KeyCount"):
+        return {}
+    return json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
 
 
-def at(timestamp, write):
-    """A write made at a given instant (the writer's clock says so)."""
-    def run(w):
-        w.now = lambda: timestamp
-        return write(w)
-    return run
+def wait_archived(s3, bucket, engine: LiveEngine, after: str | None = None, seconds: float = 60) -> dict:
+    """Until the archive holds the engine's last write (and a pass started after `after`)."""
+    want = engine.call("latest_sequence")
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        manifest = manifest_of(s3, bucket)
+        if (manifest.get("last_archived_sequence") or 0) >= want and (
+                after is None or (manifest.get("confirmed_timestamp") or "") > after):
+            return manifest
+        time.sleep(0.05)
+    raise AssertionError(f"the archive did not reach sequence {want}: {manifest_of(s3, bucket)}")
+
+
+def follower_from_unit(db: Path, env: dict) -> subprocess.Popen:
+    """The systemd unit's own ExecStart and environment, run as systemd would (then SIGTERM to stop)."""
+    service = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            service.setdefault(key.strip(), value.strip())
+    command = shlex.split(service["ExecStart"])
+    assert command[0].endswith("/bin/rem") and command[1:4] == ["pitr", "archive", "--follow"]
+    # the unit's EnvironmentFile sets these on a host; here the test's database and bucket stand in
+    full_env = {**os.environ, **env, "P8_DB_PATH": str(db)}
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *command[1:], "--interval", "0.2", "--json"],
+                            cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(follower: subprocess.Popen) -> dict:
+    follower.send_signal(signal.SIGTERM)  # systemctl stop
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    return json.loads(out)
+
+
+def restore_to(db, env, moment, out, *more) -> dict:
+    return ok(rem("--db-path", str(db), "pitr", "restore", "--timestamp", moment, "--output", str(out), *more,
+                  "--json", env=env))
+
+
+def article(slug: str, words: int = 60) -> dict:
+    return {"slug": slug, "title": f"{slug} " + "lorem ipsum " * words, "views": len(slug)}
 
 
 @pytest.fixture
-def pitr_db(make_sample, s3_endpoint, bucket):
-    db = make_sample(entities=300, tenants=2, replication="primary")
-    env = env_for(s3_endpoint, bucket)
+def live(tmp_path, s3_endpoint, bucket):
+    db = tmp_path / "db"
+    engine = LiveEngine(db, **SMALL_LOGS)
+    engine.call("register_schema", "articles", ARTICLES)
+    engine.call("register_schema", "people", PEOPLE)
+    yield db, engine, env_for(s3_endpoint, bucket)
+    engine.close()
+
+
+def test_restore_to_each_instant_equals_the_live_database_then_in_every_column_family(live, s3, tmp_path):
+    db, engine, env = live
+    bucket = env["P8_S3_BUCKET"]
+    ids = [engine.call("insert", "acme", "articles", article(f"a-{i}")) for i in range(40)]
     base = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
-    return db, env, base
+    assert base["last_sequence"] == engine.call("latest_sequence")  # no write since: the live one's
+    states = {base["last_sequence_time"]: engine.dump()}  # the base instant itself
+    follower = follower_from_unit(db, env)
+    try:
+        wait_archived(s3, bucket, engine)  # its first pass has pinned the live log
+        people = []
 
+        def phase(writes) -> None:
+            writes()
+            wait_archived(s3, bucket, engine)
+            moment = instant()
+            states[moment] = engine.dump()
+            time.sleep(0.002)
 
-def test_restore_to_each_instant_matches_the_state_the_database_had_then(pitr_db, tmp_path):
-    db, env, base = pitr_db
-    expected = {base["wal_last_timestamp"]: dump_all(db)}  # the instant of the base backup itself
-    t = lambda s: f"2099-01-01T00:00:{s}Z"  # noqa: E731
-    phases = [
-        ("2099-01-01T00:00:01.300000Z", [at(t("01.100000"), lambda w: w.put_entity("acme", note("p1-a", "one")))]),
-        # between two entries of the same second: 01.100 is in, 01.700 is not
-        ("2099-01-01 00:00:02.500000", [at(t("01.700000"), lambda w: w.put_entity("acme", note("p2-a", "two"))),
-                                        at(t("02.000000"), lambda w: w.update("acme", "p1-a", {
-                                            "uri": "u:moved", "title": "one!", "status": "published"}))]),
-        # No add_edge here: the engine's logical WAL never logs one (replication/wal.rs), so this
-        # PITR cannot restore it; PITR from RocksDB's own log (issue 12) will.
-        (t("05.000000"), [at(t("03.000000"), lambda w: w.soft_delete("acme", "p2-a")),
-                          at(t("04.500000"), lambda w: w.put_entity("globex", note("p3-g", "three")))]),
-    ]
-    for instant, ops in phases:
-        workload_phase(db, ops)
-        expected[instant] = dump_all(db)
-    workload_phase(db, [at(t("09.000000"), lambda w: w.put_entity("acme", note("late", "after")))])
-    archived = ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    assert archived["lag_entries"] == 0 and len(archived["segments"]) >= 2  # 7 entries per segment at most
+        phase(lambda: [engine.call("insert", "globex", "articles", article(f"g-{i}")) for i in range(120)])
+        phase(lambda: people.extend(engine.call("insert", "acme", "people", {"name": f"P{i}", "age": 30 + i})
+                                    for i in range(3)))
+        phase(lambda: [engine.call("insert", "acme", "articles", {**article("a-1"), "views": 999}),  # upsert
+                       engine.call("update", "acme", ids[2], {"views": 7, "title": "changed"}),
+                       engine.call("add_edge", "acme", ids[3], people[0], "authored_by", {"w": 1}),
+                       engine.call("add_edge", "acme", ids[4], people[1], "cites")])
+        phase(lambda: [engine.call("delete", "acme", ids[5]),  # soft delete
+                       engine.call("hard_delete", "acme", ids[6]),
+                       engine.call("delete_edge", ids[4], people[1], "cites"),
+                       engine.call("batch_insert", "globex", "people",
+                                   [{"name": f"B{i}", "age": i} for i in range(20)])])
+        phase(lambda: [engine.call("insert", "acme", "articles", article(f"late-{i}")) for i in range(120)])
+        while datetime.now(timezone.utc).microsecond > 300_000:  # two instants in one second, one batch apart
+            time.sleep(0.01)
+        phase(lambda: engine.call("insert", "acme", "articles", article("same-second-1", 3)))
+        phase(lambda: engine.call("hard_delete", "acme", ids[7]))
+        final = instant()
+        wait_archived(s3, bucket, engine, after=final)  # caught up, and a pass looked after the last write
+        states[final] = engine.dump()
+    finally:
+        report = stop(follower)
+    assert report["gaps"] == [] and report["passes"] >= 5
 
-    for i, (instant, state) in enumerate(expected.items()):
+    manifest = manifest_of(s3, bucket)
+    logs = sorted({s["log_number"] for s in manifest["wal_segments"]})
+    live_logs = {int(p.name[:-4]) for p in db.glob("*.log")}
+    assert len(logs) >= 3 and logs[0] not in live_logs  # logs rotated, and the engine deleted what we pinned
+    pinned = sorted(p.name for p in (tmp_path / ".rem-logpins-db").glob("*.log"))
+    assert len(pinned) <= 2, pinned  # every shipped, finished log was released
+
+    points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
+    assert points[0]["base_backup"] == base["name"] and points[0]["broken"] is None
+    assert points[0]["window_end"] >= final
+    for i, (moment, state) in enumerate(states.items()):
         out = tmp_path / f"at-{i}"
-        result = ok(rem("--db-path", str(db), "pitr", "restore", "--timestamp", instant, "--output", str(out),
-                        "--json", env=env))
+        result = restore_to(db, env, moment, out)
         assert result["base_backup"] == base["name"]
         restored = dump_all(out)
-        assert restored == state, f"state at {instant} differs"
-
-    status = ok(rem("--db-path", str(db), "pitr", "status", "--json", env=env))
-    assert status["lag_entries"] == 0 and status["last_archived_timestamp"] == t("09.000000")
-    points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
-    assert points[0]["window_start"] == base["wal_last_timestamp"] and points[0]["window_end"] == t("09.000000")
-    verify = ok(rem("--db-path", str(db), "pitr", "verify", "--timestamp", t("03.500000"), "--json", env=env))
-    assert verify["base_backup"] == base["name"]
+        for cf, rows in state.items():
+            assert restored.get(cf, {}) == rows, f"{cf} at {moment} (instant {i}) differs"
+        assert restored.get("wal", {}) == {}  # standalone: the logical WAL played no part
+        assert engine_read_all(out) == {cf: restored.get(cf, {}) for cf in state}  # RocksDB 8.10 opens it
 
 
-def test_a_target_outside_the_window_states_the_window(pitr_db, tmp_path):
-    db, env, base = pitr_db
+def test_a_tenant_restore_to_an_instant_holds_exactly_that_tenants_rows_then(live, s3, tmp_path):
+    db, engine, env = live
+    for i in range(10):
+        engine.call("insert", "acme", "articles", article(f"a-{i}", 2))
+        engine.call("insert", "globex", "articles", article(f"g-{i}", 2))
+    ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    engine.call("insert", "acme", "articles", article("after-base", 2))
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    out = tmp_path / "too-late"
-    proc = rem("--db-path", str(db), "pitr", "restore", "--timestamp", "2030-01-01 00:00:00", "--output", str(out),
-               env=env)
-    assert proc.returncode == 2 and "outside the recovery window" in proc.stderr
-    assert base["wal_last_timestamp"] in proc.stderr and not out.exists()
+    moment = instant()
+    state = engine.dump()
+    engine.call("insert", "acme", "articles", article("too-late", 2))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    out = tmp_path / "acme-only"
+    restore_to(db, env, moment, out, "--tenant", "acme")
+    restored = dump_all(out)["entities"]
+    want = {k: v for k, v in state["entities"].items() if k.startswith(b"entity:acme:")}
+    assert {k: v for k, v in restored.items() if k.startswith(b"entity:acme:")} == want
+    assert not [k for k in restored if k.startswith(b"entity:globex:")]
+    assert len(want) == 11 and b"too-late" not in b"".join(restored.values())
 
 
-def test_two_archivers_at_once_neither_lose_nor_duplicate_a_segment(pitr_db, s3):
-    from flows.pitr import wal_archive_for
-    from rem.settings import load_settings
-    from tasks.wal_archive import archive_pass
-
-    db, env, _ = pitr_db
-    cfg = load_settings(db_path=db, s3_bucket=env["P8_S3_BUCKET"], s3_endpoint_url=env["P8_S3_ENDPOINT_URL"])
-    for round_ in range(4):
-        workload_phase(db, [at(f"2099-02-0{round_ + 1}T00:00:{i:02d}Z", lambda w, i=i: w.put_entity("acme", note(f"r{round_}-{i}", "x")))
-                            for i in range(40)])
-        errors = []
-
-        def run():
-            try:
-                archive_pass(db, wal_archive_for(cfg), max_entries=9)
-            except Exception as exc:  # surfaced below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run) for _ in range(3)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors, errors
-    archive = wal_archive_for(cfg)
-    manifest, _ = archive.read_manifest()
-    with open_db(db, "ro") as handle:
-        latest = handle.latest_wal_seq()
-    covered = [seq for s in manifest.wal_segments for seq in range(s.first_seq, s.last_seq + 1)]
-    assert covered == list(range(1, latest + 1))  # every entry exactly once, in order
-    stored = {o["Key"] for o in s3.list_objects_v2(Bucket=archive.bucket, Prefix=archive.root + "segments/")["Contents"]}
-    assert stored == {s.key for s in manifest.wal_segments}  # no orphan left by a lost race
+def test_a_full_backup_of_an_engine_holding_unflushed_writes_restores_every_acknowledged_one(tmp_path):
+    db = tmp_path / "db"
+    engine = LiveEngine(db)  # the engine's 64 MB write buffer: nothing below is flushed
+    try:
+        engine.call("register_schema", "articles", ARTICLES)
+        for i in range(300):
+            engine.call("insert", "acme", "articles", article(f"u-{i}", 5))
+        assert not list(db.glob("*.sst"))  # every write is in the log and the memtables only
+        env = {"P8_BACKUP_DIR": str(tmp_path / "backups")}
+        base = ok(rem("--db-path", str(db), "backup", "create", "--json", env=env))
+        assert base["last_sequence"] == engine.call("latest_sequence")
+        state = engine.dump()
+        engine.call("insert", "acme", "articles", article("after", 5))
+    finally:
+        engine.close()
+    out = tmp_path / "restored"
+    ok(rem("--db-path", str(db), "backup", "restore", "--source", base["location"], "--target", str(out), "--json",
+           env=env))
+    restored = dump_all(out)
+    assert {cf: restored.get(cf, {}) for cf in state} == state
 
 
-def test_an_archiver_that_loses_the_manifest_race_retries_and_leaves_no_orphan(pitr_db, s3):
-    """Archiver A is interrupted just before its manifest write by a whole pass of archiver B."""
-    from flows.pitr import wal_archive_for
-    from rem.settings import load_settings
-    from tasks.wal_archive import archive_pass
+def test_a_log_deleted_before_it_was_pinned_is_a_named_gap_and_nothing_is_restored_across_it(live, s3, tmp_path):
+    db, engine, env = live
+    engine.call("insert", "acme", "articles", article("first", 2))
+    base = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))  # pins the current log
+    before_gap = instant()
+    engine.call("insert", "acme", "articles", article("in-pinned-log", 2))
+    engine.call("flush")  # a new log; the pinned one is finished
+    first_lost = engine.call("latest_sequence") + 1
+    for i in range(5):
+        engine.call("insert", "acme", "articles", article(f"lost-{i}", 2))
+    last_lost = engine.call("latest_sequence")
+    engine.call("flush")  # that log is flushed and deleted before any archiver saw it
+    engine.call("insert", "acme", "articles", article("after-gap", 2))
+    proc = rem("--db-path", str(db), "pitr", "archive", env=env)
+    assert proc.returncode == 1 and f"{first_lost}-{last_lost}" in proc.stderr, proc.stderr
+    points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
+    window = next(p for p in points if p["base_backup"] == base["name"])
+    assert window["broken"] and f"{first_lost}-{last_lost}" in window["broken"]
+    assert window["window_last_sequence"] == first_lost - 1
+    late = instant()
+    out = tmp_path / "across"
+    proc = rem("--db-path", str(db), "pitr", "restore", "--timestamp", late, "--output", str(out), env=env)
+    assert proc.returncode == 2 and "outside the recovery window" in proc.stderr and not out.exists()
+    restored = restore_to(db, env, before_gap, tmp_path / "before")  # the window before the gap still works
+    assert restored["last_sequence"] < first_lost
+    health = json.loads(rem("--db-path", str(db), "db", "health", "--json",
+                            env={**env, "P8_PITR_ENABLED": "true"}).stdout)
+    assert health["checks"]["wal"]["status"] == "critical"
+    # the next full backup starts a whole window again
+    fresh = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    engine.call("insert", "acme", "articles", article("healed", 2))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
+    assert next(p for p in points if p["base_backup"] == fresh["name"])["broken"] is None
+    health = json.loads(rem("--db-path", str(db), "db", "health", "--json",
+                            env={**env, "P8_PITR_ENABLED": "true"}).stdout)
+    assert health["checks"]["wal"]["status"] != "critical"
 
-    db, env, _ = pitr_db
-    cfg = load_settings(db_path=db, s3_bucket=env["P8_S3_BUCKET"], s3_endpoint_url=env["P8_S3_ENDPOINT_URL"])
-    archive_pass(db, wal_archive_for(cfg), max_entries=50)
-    workload_phase(db, [at(f"2099-05-01T00:00:{i:02d}Z", lambda w, i=i: w.put_entity("acme", note(f"race-{i}", "x")))
-                        for i in range(30)])
-    rival = wal_archive_for(cfg)
-    loser = wal_archive_for(cfg)
-    real_write, rival_reports = loser.write_manifest, []
 
-    def write_after_rival(manifest, etag):
-        if not rival_reports:
-            rival_reports.append(archive_pass(db, rival, max_entries=7))  # B wins the race
-        return real_write(manifest, etag)
-
-    loser.write_manifest = write_after_rival
-    report = archive_pass(db, loser, max_entries=9)
-    assert report.conflicts == 1 and rival_reports[0].archived_entries == 30
-    assert report.archived_entries == 0  # everything was already archived by the winner
-    manifest, _ = rival.read_manifest()
-    with open_db(db, "ro") as handle:
-        latest = handle.latest_wal_seq()
-    covered = [seq for seg in manifest.wal_segments for seq in range(seg.first_seq, seg.last_seq + 1)]
-    assert covered == list(range(1, latest + 1))
-    stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=rival.bucket, Prefix=rival.root + "segments/") for o in page.get("Contents", [])}
-    assert stored == {seg.key for seg in manifest.wal_segments}  # the loser's segments were deleted
+def test_logs_deleted_while_the_newest_is_empty_show_against_the_live_sequence(live, s3):
+    db, engine, env = live
+    engine.call("insert", "acme", "articles", article("one", 2))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    engine.call("flush")
+    first_lost = engine.call("latest_sequence") + 1
+    for i in range(3):
+        engine.call("insert", "acme", "articles", article(f"gone-{i}", 2))
+    engine.call("flush")  # their log is deleted and the newest is empty: only the live sequence tells
+    live_last = engine.call("latest_sequence")
+    proc = rem("--db-path", str(db), "pitr", "archive", env=env)
+    assert proc.returncode == 1 and f"{first_lost}-{live_last}" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("damage", ["flip", "delete"])
-def test_a_corrupted_or_missing_segment_is_named_and_no_database_is_written(pitr_db, s3, tmp_path, damage):
-    db, env, base = pitr_db
-    workload_phase(db, [at(f"2099-03-01T00:00:{i:02d}Z", lambda w, i=i: w.put_entity("acme", note(f"c{i}", "x")))
-                        for i in range(20)])
-    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+def test_a_corrupted_or_missing_segment_is_named_and_no_database_is_written(live, s3, tmp_path, damage):
+    db, engine, env = live
     bucket = env["P8_S3_BUCKET"]
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
-    victim = next(seg for seg in manifest["wal_segments"] if seg["first_seq"] > base["wal_last_seq"] + 1)
+    base = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    for i in range(60):
+        engine.call("insert", "acme", "articles", article(f"c-{i}", 20))
+    moment = instant()  # the pass that follows confirms every write before it
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    manifest = manifest_of(s3, bucket)
+    victim = next(seg for seg in manifest["wal_segments"] if seg["first_seq"] > base["last_sequence"] + 1)
     if damage == "flip":
         body = bytearray(s3.get_object(Bucket=bucket, Key=victim["key"])["Body"].read())
         body[len(body) // 2] ^= 0xFF
@@ -185,40 +276,80 @@ def test_a_corrupted_or_missing_segment_is_named_and_no_database_is_written(pitr
         s3.delete_object(Bucket=bucket, Key=victim["key"])
     out = tmp_path / "restored"
     for command in (["pitr", "restore", "--output", str(out)], ["pitr", "verify"]):
-        proc = rem("--db-path", str(db), *command, "--timestamp", "2099-03-01T00:00:19Z", env=env)
+        proc = rem("--db-path", str(db), *command, "--timestamp", moment, env=env)
         assert proc.returncode == 1
         assert f"{victim['first_seq']}-{victim['last_seq']}" in proc.stderr
         assert ("checksum" if damage == "flip" else "missing") in proc.stderr
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-")]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-") and
+                                     not p.name.startswith(".rem-logpins-")]
 
 
-def test_a_trimmed_wal_is_reported_and_marks_the_window_broken_until_the_next_backup(pitr_db, tmp_path):
-    db, env, base = pitr_db
-    workload_phase(db, [at(f"2099-04-01T00:00:{i:02d}Z", lambda w, i=i: w.put_entity("acme", note(f"t{i}", "x")))
-                        for i in range(30)])
-    first_trimmed, last_trimmed = base["wal_last_seq"] + 1, base["wal_last_seq"] + 10
-    with open_db(db, "rw") as handle:  # the engine trims entries before the archiver saw them
-        from rem.format import wal_key
+def test_pitr_verify_checks_every_segment_and_the_continuity_without_writing_a_database(live, s3, tmp_path):
+    db, engine, env = live
+    base = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    for i in range(60):
+        engine.call("insert", "acme", "articles", article(f"v-{i}", 20))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))  # dates the key rows: seen by now
+    moment = instant()
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))  # confirms nothing came after
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = ok(rem("--db-path", str(db), "pitr", "verify", "--timestamp", moment, "--json", env=env))
+    assert result["base_backup"] == base["name"] and result["segments"] >= 2
+    assert result["would_replay_through_sequence"] == engine.call("latest_sequence")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
-        batch = handle.batch()
-        for seq in range(first_trimmed, last_trimmed + 1):
-            batch.delete(wal_key(seq), handle.handle("wal"))
-        handle.write(batch)
-        handle.flush_all()
-    proc = rem("--db-path", str(db), "pitr", "archive", env=env)
-    assert proc.returncode == 1 and f"{first_trimmed}-{last_trimmed}" in proc.stderr and "trimmed" in proc.stderr
-    points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
-    assert points[0]["broken"] and f"{first_trimmed}-{last_trimmed}" in points[0]["broken"]
-    assert points[0]["window_end"] == base["wal_last_timestamp"]  # nothing past the gap is reachable
-    # A new full backup heals it: archiving resumes after the backup, and its window is whole.
-    fresh = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+
+def test_a_second_archiver_on_the_same_database_is_refused_while_the_first_follows(live, s3):
+    db, engine, env = live
+    follower = follower_from_unit(db, env)
+    try:
+        wait_archived(s3, env["P8_S3_BUCKET"], engine)
+        engine.call("insert", "acme", "articles", article("x", 2))
+        wait_archived(s3, env["P8_S3_BUCKET"], engine)
+        proc = rem("--db-path", str(db), "pitr", "archive", env=env)
+        assert proc.returncode != 0 and "another archiver" in proc.stderr
+    finally:
+        stop(follower)
+
+
+def test_an_archiver_that_loses_the_manifest_race_retries_and_leaves_no_orphan(live, s3):
+    """Archiver A is interrupted just before its manifest write by a whole pass of archiver B."""
+    from flows.pitr import wal_archive_for
+    from rem.pitr import LogPins
+    from rem.settings import load_settings
+    from tasks.wal_archive import archive_pass
+
+    db, engine, env = live
+    cfg = load_settings(db_path=db, s3_bucket=env["P8_S3_BUCKET"], s3_endpoint_url=env["P8_S3_ENDPOINT_URL"])
+    archive_pass(db, wal_archive_for(cfg))
+    for i in range(30):
+        engine.call("insert", "acme", "articles", article(f"race-{i}", 2))
+    rival, loser = wal_archive_for(cfg), wal_archive_for(cfg)
+    real_write, rival_reports = loser.write_manifest, []
+
+    def write_after_rival(manifest, etag):
+        if not rival_reports:
+            rival_reports.append(archive_pass(db, rival, 4096, pins=LogPins(db)))  # B wins the race
+        return real_write(manifest, etag)
+
+    loser.write_manifest = write_after_rival
+    report = archive_pass(db, loser, 8192, pins=LogPins(db))
+    assert report.conflicts == 1 and rival_reports[0].archived_batches > 30
+    assert report.archived_batches == 0  # everything was already archived by the winner
+    manifest, _ = rival.read_manifest()
+    covered = [seq for seg in manifest.wal_segments for seq in range(seg.first_seq, seg.last_seq + 1)]
+    assert covered == list(range(covered[0], engine.call("latest_sequence") + 1))  # each batch once, in order
+    stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=rival.bucket, Prefix=rival.root + "segments/") for o in page.get("Contents", [])}
+    assert stored == {seg.key for seg in manifest.wal_segments}  # the loser's segments were deleted
+
+
+def test_a_target_outside_the_window_states_the_window(live, tmp_path):
+    db, engine, env = live
+    base = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    workload_phase(db, [at("2099-04-02T00:00:00Z", lambda w: w.put_entity("acme", note("after", "x")))])
-    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
-    newest = next(p for p in points if p["base_backup"] == fresh["name"])
-    assert newest["broken"] is None and newest["window_end"] == "2099-04-02T00:00:00Z"
-    out = tmp_path / "healed"
-    ok(rem("--db-path", str(db), "pitr", "restore", "--timestamp", "2099-04-02T00:00:00Z", "--output", str(out),
-           "--json", env=env))
-    assert dump_all(out)["entities"] == dump_all(db)["entities"]
+    out = tmp_path / "too-late"
+    proc = rem("--db-path", str(db), "pitr", "restore", "--timestamp", "2099-01-01 00:00:00", "--output", str(out),
+               env=env)
+    assert proc.returncode == 2 and "outside the recovery window" in proc.stderr
+    assert base["name"] in proc.stderr and not out.exists()

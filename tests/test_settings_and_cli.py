@@ -37,7 +37,7 @@ def test_bad_file_values_name_the_file_the_key_and_what_is_accepted(tmp_path, te
 
 def test_bad_config_exits_2_with_one_line(tmp_path, make_sample):
     cfg = tmp_path / "rem.toml"
-    cfg.write_text("[pitr]\ninterval_seconds = 1\n")
+    cfg.write_text("[pitr]\ninterval_seconds = 0\n")
     proc = rem("--config", str(cfg), "--db-path", str(make_sample()), "db", "stats")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "interval_seconds" in proc.stderr

@@ -37,3 +37,38 @@ def engine_read_all(path) -> dict[str, dict[bytes, bytes]]:
         raise RuntimeError(f"RocksDB 8.10 could not open {path}:\n{proc.stderr}")
     return {cf: {bytes.fromhex(k): bytes.fromhex(v) for k, v in rows.items()}
             for cf, rows in json.loads(proc.stdout).items()}
+
+
+class LiveEngine:
+    """An engine that stays open in its own process (RocksDB 8.10 holding the lock, writing its logs)
+    while the test runs our tools against its directory; `call` runs one op and returns its result."""
+
+    def __init__(self, path, mode: str = "standalone", **options):
+        if not ENGINE_PYTHON.exists():
+            raise RuntimeError(f"{ENGINE_PYTHON} is missing: run `make test` (it creates .venv-engine)")
+        self.proc = subprocess.Popen([str(ENGINE_PYTHON), str(RUN), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self._send({"path": str(path), "mode": mode, "options": options})
+
+    def _send(self, message):
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"the engine exited ({self.proc.wait()})")
+        answer = json.loads(reply)
+        if "error" in answer:
+            raise RuntimeError(f"engine: {answer['error']}")
+        return answer["result"]
+
+    def call(self, name: str, *args):
+        return self._send([name, *args])
+
+    def dump(self) -> dict[str, dict[bytes, bytes]]:
+        return {cf: {bytes.fromhex(k): bytes.fromhex(v) for k, v in rows.items()}
+                for cf, rows in self.call("dump").items()}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
