@@ -13,7 +13,7 @@ from typing import Any
 
 from flows.backup import resolve_settings
 from rem.errors import UsageError
-from rem.pitr import LogPins, check_log_options, format_micros
+from rem.pitr import ArchiverBusy, LogPins, check_log_options, format_micros
 from rem.scratch import remove_scratch
 from rem.settings import Settings
 from tasks.pitr import check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover
@@ -26,12 +26,14 @@ from tasks.wal_archive import (PassReport, RecoveryWindow, WalArchive, WalGap, a
 HEARTBEAT_SECONDS = 60  # a follower passing every second still emits one event a minute
 
 
-def wal_archive_for(cfg: Settings, bounded: bool = False) -> WalArchive:
+def wal_archive_for(cfg: Settings, bounded: bool = False, stores: list | None = None) -> WalArchive:
+    """The log archive; through the client of a store already made for the same bucket, if one is given."""
     bucket = cfg.pitr_bucket or cfg.s3_bucket
     if not bucket:
         raise UsageError("point-in-time recovery needs a bucket: set [pitr] bucket or P8_S3_BUCKET "
                          "(or run `rem pitr enable --bucket B`)")
-    store = make_store(cfg.model_copy(update={"s3_bucket": bucket}), upload=True, bounded=bounded)
+    store = next((s for s in stores or [] if getattr(getattr(s, "cfg", None), "bucket", None) == bucket), None)
+    store = store or make_store(cfg.model_copy(update={"s3_bucket": bucket}), upload=True, bounded=bounded)
     return WalArchive(store.client, bucket, cfg.s3_prefix)
 
 
@@ -63,10 +65,16 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
                 interval_seconds: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings, database_block)
     archive = wal_archive_for(cfg)
-    interval = interval_seconds or cfg.pitr_interval_seconds
+    interval = interval_seconds or cfg.pitr_follow_interval_seconds
     check_log_options(cfg.db_path)
     pins = LogPins(cfg.db_path)
-    pins.lock()
+    try:
+        pins.lock()
+    except ArchiverBusy as exc:
+        if follow:
+            raise
+        get_logger().info("%s: this pass has nothing to do", exc)  # the follower ships; no page for that
+        return {"ok": True, "skipped": str(exc), "passes": 0, "archived_batches": 0, "segments": []}
     stop = stop or threading.Event()
     pinner = Pinner(pins) if follow else None
     passes, last_beat, report, shipped, batches, final, gaps = 0, 0.0, None, [], 0, False, []
@@ -88,8 +96,11 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             if not follow and report.new_gaps:
                 raise WalGap(gap_message(report.new_gaps[0]))
             if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval) or not follow:
-                emit("rem.wal.archived", cfg.db_path, {"last_archived_sequence": report.last_archived_sequence,
-                                                        "confirmed_timestamp": report.confirmed_timestamp})
+                beat = {"last_archived_sequence": report.last_archived_sequence,
+                        "confirmed_timestamp": report.confirmed_timestamp, "lag_batches": report.lag_batches}
+                emit("rem.wal.archived", cfg.db_path, beat)
+                if follow:
+                    emit("rem.wal.follower.alive", cfg.db_path, beat)
                 last_beat = time.monotonic()
             if not follow or final:
                 break
@@ -110,9 +121,10 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
 def plan(cfg: Settings, target_text: str) -> tuple[WalArchive, RecoveryWindow, list]:
     """The archive, the recovery window that holds the target, and the segments to fetch."""
     target = parse_time(target_text)
-    archive = wal_archive_for(cfg)
+    stores = all_stores(cfg)
+    archive = wal_archive_for(cfg, stores=stores)
     manifest, _ = archive.read_manifest()
-    records = [r for s in all_stores(cfg) for r in s.list()]
+    records = [r for s in stores for r in s.list()]
     window = choose_window(recovery_windows(records, manifest), target)
     return archive, window, segments_to_fetch(window, target)
 
@@ -166,9 +178,10 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
 
 
 def recovery_points(cfg: Settings) -> list[dict[str, Any]]:
-    archive = wal_archive_for(cfg)
+    stores = all_stores(cfg)
+    archive = wal_archive_for(cfg, stores=stores)
     manifest, _ = archive.read_manifest()
-    records = [r for s in all_stores(cfg) for r in s.list()]
+    records = [r for s in stores for r in s.list()]
     rows = []
     for w in recovery_windows(records, manifest):
         rows.append({"base_backup": w.base.name, "base_location": w.record.location,

@@ -272,8 +272,34 @@ class Piece:
     def load(self) -> bytes:
         if self.data is not None:
             return self.data
-        raw = self.path.read_bytes()
-        return raw[len(raw) - (self.end - self.start):]
+        with open(self.path, "rb") as f:
+            f.seek(-(self.end - self.start), os.SEEK_END)
+            return f.read()
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Log bytes [offset, offset + length) of this piece, offsets relative to its start."""
+        if self.data is not None:
+            return self.data[offset:offset + length]
+        with open(self.path, "rb") as f:
+            f.seek(offset - (self.end - self.start), os.SEEK_END)
+            return f.read(min(length, self.end - self.start - offset))
+
+    def append_to(self, out, offset: int) -> None:
+        """Write the piece's log bytes from `offset` (relative to its start) at out's position."""
+        if self.data is not None:
+            out.write(self.data[offset:])
+            return
+        out.flush()
+        with open(self.path, "rb") as f:
+            position = os.fstat(f.fileno()).st_size - (self.end - self.start) + offset
+            left = self.end - self.start - offset
+            while left > 0:  # in the kernel: a restore's logs never pass through Python's memory
+                copied = os.copy_file_range(f.fileno(), out.fileno(), left, position)
+                if copied == 0:
+                    raise LogCorruption(f"{self.path}: shorter than its header says")
+                position += copied
+                left -= copied
+        out.seek(0, os.SEEK_END)
 
     @property
     def first_sequence(self) -> int:
@@ -437,23 +463,25 @@ def place_logs(db_dir: Path, pieces: list[Piece], base_last: int, target_us: int
     written = []
     for number, parts in sorted(by_log.items()):
         path = db_dir / log_name(number)
-        content = bytearray(path.read_bytes() if path.exists() else b"")
-        for part in sorted(parts, key=lambda p: p.start):
-            if part.start > len(content):
-                raise LogGap(f"{log_name(number)}: bytes {len(content)}-{part.start} are in neither the base nor "
-                             "the archive")
-            data = part.load()
-            overlap = content[part.start:]
-            if data[:len(overlap)] != overlap:
-                raise LogCorruption(f"{log_name(number)}: the archive and the base backup differ at byte "
-                                    f"{part.start}: they are not of the same database")
-            content += data[len(overlap):]
-        if number == cut_log:
-            del content[cut_at:]
-        with open(path, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
+        size = path.stat().st_size if path.exists() else 0
+        with open(path, "r+b" if path.exists() else "w+b") as out:
+            for part in sorted(parts, key=lambda p: p.start):
+                if part.start > size:
+                    raise LogGap(f"{log_name(number)}: bytes {size}-{part.start} are in neither the base nor the "
+                                 "archive")
+                held = min(size, part.end) - part.start  # bytes of this part the file has already
+                out.seek(part.start)
+                if out.read(held) != part.read(0, held):
+                    raise LogCorruption(f"{log_name(number)}: the archive and the base backup differ after byte "
+                                        f"{part.start}: they are not of the same database")
+                if part.end > size:
+                    out.seek(size)
+                    part.append_to(out, held)
+                    size = part.end
+            if number == cut_log:
+                out.truncate(cut_at)
+            out.flush()
+            os.fsync(out.fileno())
         written.append(path.name)
     return Placed(last_sequence, last_time, batches, written)
 
