@@ -582,7 +582,7 @@ def pitr_archive(
     ctx: typer.Context,
     follow: bool = typer.Option(False, "--follow", help="Keep running: pin each new log at once, ship every interval"),
     interval: Optional[float] = typer.Option(None, "--interval", min=0.2,
-                                             help="Seconds between shipments with --follow (default [pitr] interval_seconds)"),
+                                             help="Seconds between shipments with --follow (default [pitr] follow_interval_seconds, 1)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Ship RocksDB's log to the archive: one pass (the 5-minute deployment), or --follow."""
@@ -591,7 +591,7 @@ def pitr_archive(
         from flows.pitr import wal_archive
 
         result = wal_archive(_settings_dict(settings), follow=follow, interval_seconds=interval)
-        emit(result, as_json, lambda c: c.print(
+        emit(result, as_json, lambda c: c.print(f"Skipped: {result['skipped']}") if "skipped" in result else c.print(
             f"Archived {result['archived_batches']:,} batches in {len(result['segments'])} segment(s) "
             f"({result['passes']} pass(es)); archived through sequence {result['last_archived_sequence']}, "
             f"confirmed at {result['confirmed_timestamp']}, {result['lag_batches']:,} behind"))

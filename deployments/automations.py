@@ -16,6 +16,7 @@ BACKUP_FLOWS = ["full-backup", "recovery-drill"]
 BACKUP_FAILED = "rem: backup or drill run failed"
 BACKUP_STALE = "rem: no successful backup"
 WAL_STALE = "rem: no WAL archived"
+FOLLOWER_STOPPED = "rem: log follower stopped"
 
 
 def heartbeat(name: str, event: str, window: timedelta, actions: list) -> AutomationCore:
@@ -30,7 +31,8 @@ def heartbeat(name: str, event: str, window: timedelta, actions: list) -> Automa
 
 
 def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_window: timedelta = timedelta(hours=48),
-                     wal_window: timedelta = timedelta(hours=1), prefix: str = "") -> list[AutomationCore]:
+                     wal_window: timedelta = timedelta(hours=1), prefix: str = "",
+                     follower_window: timedelta = timedelta(minutes=5)) -> list[AutomationCore]:
     notify = lambda subject, body: [SendNotification(block_document_id=notification_block_id,  # noqa: E731
                                                      subject=subject, body=body)]
     specs = [
@@ -54,6 +56,11 @@ def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_win
         specs.append(heartbeat(prefix + WAL_STALE, "rem.wal.archived", wal_window, notify(
             "REM WAL archive stalled: {{ event.resource.id }}",
             f"No WAL archived for {{{{ event.resource.id }}}} within {wal_window}: the recovery window is not moving.")))
+        specs.append(heartbeat(prefix + FOLLOWER_STOPPED, "rem.wal.follower.alive", follower_window, notify(
+            "REM log follower stopped: {{ event.resource.id }}",
+            f"The log follower of {{{{ event.resource.id }}}} sent no heartbeat within {follower_window}: logs the "
+            "engine deletes meanwhile are lost to point-in-time recovery (the 5-minute passes pin only what they "
+            "find). Restart it: systemctl restart rem-wal-archiver@<name>, or run the wal-archive-follow deployment.")))
     return specs
 
 

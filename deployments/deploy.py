@@ -3,6 +3,7 @@ concurrency limit, the notification block and the automations. Running it twice 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def ensure_notification_block(webhook_url: str | None, existing: str | None):
 
 
 def set_wal_archive_schedule(client, interval_seconds: int, active: bool) -> str:
-    """Point the wal-archive deployment's schedule at the [pitr] interval, paused unless PITR is on."""
+    """Point the wal-archive deployment's schedule at the [pitr] interval, paused unless PITR is on;
+    the follower's deployment is switched with it."""
     from prefect.client.schemas.schedules import IntervalSchedule
     from prefect.exceptions import ObjectNotFound
 
@@ -75,6 +77,10 @@ def set_wal_archive_schedule(client, interval_seconds: int, active: bool) -> str
     schedule = IntervalSchedule(interval=interval_seconds)
     for existing in client.read_deployment_schedules(deployment.id):
         client.update_deployment_schedule(deployment.id, existing.id, active=active, schedule=schedule)
+    with contextlib.suppress(ObjectNotFound):  # the follower's restart schedule follows the same switch
+        follower = client.read_deployment_by_name("wal-archive/wal-archive-follow")
+        for existing in client.read_deployment_schedules(follower.id):
+            client.update_deployment_schedule(follower.id, existing.id, active=active)
     return f"every {interval_seconds} s, {'active' if active else 'paused (PITR is not enabled)'}"
 
 

@@ -5,7 +5,7 @@ The TOML file (`--config` or P8_CONFIG) uses the runbook's tables:
     db_path = "/var/lib/rem/db"
     [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id
     [backup.s3]     bucket, prefix, endpoint_url, region, storage_class
-    [pitr]          enabled, interval_seconds, bucket
+    [pitr]          enabled, interval_seconds, follow_interval_seconds, bucket, segment_max_mb
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("backup.s3", "storage_class"): "s3_storage_class",
     ("pitr", "enabled"): "pitr_enabled",
     ("pitr", "interval_seconds"): "pitr_interval_seconds",
+    ("pitr", "follow_interval_seconds"): "pitr_follow_interval_seconds",
     ("pitr", "bucket"): "pitr_bucket",
     ("pitr", "segment_max_mb"): "pitr_segment_max_mb",
 }
@@ -102,7 +103,9 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="AWS region")
     s3_storage_class: Literal[STORAGE_CLASSES] = Field("STANDARD_IA", description="S3 storage class of backup objects")
     pitr_enabled: bool = Field(False, description="Continuous WAL archival is on")
-    pitr_interval_seconds: float = Field(300, ge=0.2, description="Seconds between log archival passes (the follower ships this often)")
+    pitr_interval_seconds: float = Field(300, ge=1, description="Seconds between scheduled log archival passes")
+    pitr_follow_interval_seconds: float = Field(1, ge=0.2, le=3600,
+                                                description="Seconds between the follower's shipments")
     pitr_bucket: str | None = Field(None, min_length=3, description="WAL archive bucket; default: s3_bucket")
     pitr_segment_max_mb: float = Field(16, gt=0, le=1024, description="Log MiB per archived segment at most")
 

@@ -299,15 +299,21 @@ def test_pitr_verify_checks_every_segment_and_the_continuity_without_writing_a_d
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_a_second_archiver_on_the_same_database_is_refused_while_the_first_follows(live, s3):
+def test_while_the_follower_runs_a_scheduled_pass_steps_aside_and_a_second_follower_is_refused(live, s3):
     db, engine, env = live
     follower = follower_from_unit(db, env)
     try:
         wait_archived(s3, env["P8_S3_BUCKET"], engine)
         engine.call("insert", "acme", "articles", article("x", 2))
-        wait_archived(s3, env["P8_S3_BUCKET"], engine)
-        proc = rem("--db-path", str(db), "pitr", "archive", env=env)
-        assert proc.returncode != 0 and "another archiver" in proc.stderr
+        before = wait_archived(s3, env["P8_S3_BUCKET"], engine)["wal_segments"]
+        skipped = ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+        assert "another archiver" in skipped["skipped"] and skipped["segments"] == []
+        second = rem("--db-path", str(db), "pitr", "archive", "--follow", env=env)
+        assert second.returncode == 1 and "another archiver" in second.stderr
+        engine.call("insert", "acme", "articles", article("y", 2))
+        manifest = wait_archived(s3, env["P8_S3_BUCKET"], engine)
+        assert manifest["wal_segments"][:len(before)] == before  # nothing shipped twice or lost
+        assert manifest["wal_segments"][len(before)]["first_seq"] == before[-1]["last_seq"] + 1
     finally:
         stop(follower)
 
