@@ -92,15 +92,15 @@ def test_deploy_twice_leaves_exactly_one_of_each_deployment_and_automation(deplo
         names = [d.name for d in deployments]
         assert sorted(names) == sorted(set(names)) == ["full-backup", "health-and-metrics", "prune",
                                                        "recovery-drill", "verify", "wal-archive",
-                                                       "weekly-maintenance"]
+                                                       "wal-archive-follow", "weekly-maintenance"]
         assert all(len(d.schedules) == 1 for d in deployments)
         backup = next(d for d in deployments if d.name == "full-backup")
         assert backup.schedules[0].schedule.cron == "0 2 * * *" and "backup" in backup.tags
         assert backup.parameters == {"upload": True, "database_block": "rem-db", "storage_block": "rem-backups"}
         drill = next(d for d in deployments if d.name == "recovery-drill")
         assert drill.schedules[0].schedule.cron == "0 3 1 */3 *"
-        wal = next(d for d in deployments if d.name == "wal-archive")
-        assert not wal.schedules[0].active  # PITR is not enabled for this database: no failing runs every 5 min
+        for name in ("wal-archive", "wal-archive-follow"):  # PITR is not enabled for this database: no runs
+            assert not next(d for d in deployments if d.name == name).schedules[0].active
         for name in deployed["first"]["automations"]:
             found = client.read_automations_by_name(name)
             assert len(found) == 1
@@ -214,3 +214,55 @@ def test_pitr_enable_writes_the_config_and_activates_the_archival_schedule(deplo
         from deployments.deploy import set_wal_archive_schedule
 
         set_wal_archive_schedule(client, 300, False)  # leave the shared server without runs nobody will pick up
+
+
+def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deployed, s3_endpoint, bucket, s3, tmp_path):
+    """The long-running way to follow: the wal-archive-follow deployment on a process worker."""
+    import urllib.request
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    from blocks import RemDatabase
+    from tests.engine import LiveEngine
+
+    db = tmp_path / "followed"
+    engine = LiveEngine(db)
+    RemDatabase(path=str(db)).save("rem-followed", overwrite=True)
+    env = {**os.environ, **deployed["env"], "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("wal-archive/wal-archive-follow")
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={
+            "database_block": "rem-followed", "interval_seconds": 0.5})
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "rem-test", "--run-once"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        engine.call("insert", "acme", "resources", {"uri": "u:1", "content": "followed"})
+        wanted, deadline, archived = engine.call("latest_sequence"), time.time() + 120, 0
+        while time.time() < deadline and archived < wanted:
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/manifest.json")
+            if listed.get("KeyCount"):
+                manifest = json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
+                archived = manifest["last_archived_sequence"] or 0
+            time.sleep(0.5)
+        assert archived >= wanted  # the run follows the live engine's writes
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(run.id).state.is_running()
+            request = urllib.request.Request(
+                deployed["env"]["PREFECT_API_URL"] + "/events/filter", method="POST",
+                headers={"Content-Type": "application/json"},
+                data=json.dumps({"filter": {"event": {"name": ["rem.wal.follower.alive"]}}, "limit": 50}).encode())
+            with urllib.request.urlopen(request, timeout=10) as response:
+                beats = json.loads(response.read())["events"]
+            assert any(e["resource"]["prefect.resource.name"] == "followed" for e in beats)  # what the automation expects
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            for _ in range(90):
+                state = client.read_flow_run(run.id).state
+                if state.is_final():
+                    break
+                time.sleep(1)
+        assert state.type.value == "CANCELLED", state
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        engine.close()
