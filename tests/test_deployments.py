@@ -248,13 +248,19 @@ def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deplo
         assert archived >= wanted  # the run follows the live engine's writes
         with get_client(sync_client=True) as client:
             assert client.read_flow_run(run.id).state.is_running()
-            request = urllib.request.Request(
-                deployed["env"]["PREFECT_API_URL"] + "/events/filter", method="POST",
-                headers={"Content-Type": "application/json"},
-                data=json.dumps({"filter": {"event": {"name": ["rem.wal.follower.alive"]}}, "limit": 50}).encode())
-            with urllib.request.urlopen(request, timeout=10) as response:
-                beats = json.loads(response.read())["events"]
-            assert any(e["resource"]["prefect.resource.name"] == "followed" for e in beats)  # what the automation expects
+            beats = []
+            for _ in range(60):  # the server stores events a moment after they are sent
+                request = urllib.request.Request(
+                    deployed["env"]["PREFECT_API_URL"] + "/events/filter", method="POST",
+                    headers={"Content-Type": "application/json"},
+                    data=json.dumps({"filter": {"event": {"name": ["rem.wal.follower.alive"]}}, "limit": 50}).encode())
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    beats = [e for e in json.loads(response.read())["events"]
+                             if e["resource"]["prefect.resource.name"] == "followed"]
+                if beats:
+                    break
+                time.sleep(0.5)
+            assert beats  # what the follower-stopped automation expects
             client.set_flow_run_state(run.id, Cancelling(), force=True)
             for _ in range(90):
                 state = client.read_flow_run(run.id).state
