@@ -136,6 +136,23 @@ class LogPins:
         if number > self.released_through():  # first: the watcher must not pin it again meanwhile
             (self.dir / ".released").write_text(str(number))
         (self.dir / log_name(number)).unlink(missing_ok=True)
+        self._shipped_path(number).unlink(missing_ok=True)
+
+    def _shipped_path(self, number: int) -> Path:
+        return self.dir / f"{log_name(number)}.shipped"
+
+    def record_shipped(self, number: int, batches: np.ndarray) -> None:
+        """Remember the batches (and their times) shipped from a pinned log: compacting its
+        segments once it is finished needs them, and S3 need not be read for it."""
+        with open(self._shipped_path(number), "ab") as f:
+            f.write(batches.tobytes())
+
+    def shipped(self, number: int) -> np.ndarray:
+        try:
+            raw = self._shipped_path(number).read_bytes()
+        except FileNotFoundError:
+            return np.zeros(0, dtype=BATCH_TABLE)
+        return np.frombuffer(raw[:len(raw) // BATCH_TABLE.itemsize * BATCH_TABLE.itemsize], dtype=BATCH_TABLE)
 
     def watch(self, stopped: "threading.Event") -> None:
         """Pin each log the moment the engine creates it (inotify), until stopped; a listing every

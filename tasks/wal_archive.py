@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field
 
 from rem.engine import rfc3339_micros
 from rem.errors import RemError, UsageError
-from rem.pitr import LogCorruption, LogPins, Piece, check_log_options, format_micros, live_last_sequence, read_new, split
+from rem.pitr import (LogCorruption, LogPins, Piece, check_log_options, format_micros, live_last_sequence, log_name,
+                      read_new, split)
 from tasks.storage import ALL_TENANTS, BackupMetadata, BackupRecord
 
 MANIFEST = "manifest.json"
@@ -55,6 +56,13 @@ class BrokenRange(BaseModel):
     detected_at: str
 
 
+class Retired(BaseModel):
+    """A segment a compaction replaced: deleted once no restore that read an older manifest can still want it."""
+
+    key: str
+    retired_at: str
+
+
 class Manifest(BaseModel):
     format_version: int = MANIFEST_VERSION
     last_archived_sequence: int | None = Field(default=None, description="None until the first pass")
@@ -64,6 +72,7 @@ class Manifest(BaseModel):
     live_last_sequence: int | None = Field(default=None, description="the live database's, at the last pass")
     wal_segments: list[Segment] = Field(default_factory=list)
     broken_ranges: list[BrokenRange] = Field(default_factory=list)
+    retired: list[Retired] = Field(default_factory=list)
 
 
 class WalGap(RemError):
@@ -265,6 +274,7 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
     previous = rfc3339_micros(manifest.last_archived_timestamp) if manifest.last_archived_timestamp else None
     gaps: list[BrokenRange] = []
     finished: list[int] = []
+    shipped: list[Piece] = []
     pinned = pins.pinned()
     newest = max([n for n, _ in pinned] + list(live), default=0)
     for number, path in pinned:
@@ -277,6 +287,7 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
             gaps.append(BrokenRange(first_missing_seq=first, last_missing_seq=last, detected_at=now_rfc3339(),
                                     after_timestamp=format_micros(previous) if previous else None))
         if found.piece is not None:
+            shipped.append(found.piece)
             for part in split(found.piece, max_bytes):
                 uploaded.append(archive.put_segment(part))
             previous = int(found.piece.batches["time_us"][-1])
@@ -293,6 +304,8 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
                                     detected_at=now_rfc3339()))
             archived_last = live_last
     updated = manifest.model_copy(deep=True)
+    due = [r.key for r in manifest.retired if (started - rfc3339_micros(r.retired_at)) / 1e6 > RETIRE_SECONDS]
+    updated.retired = [r for r in manifest.retired if r.key not in due]
     updated.wal_segments.extend(uploaded)
     updated.broken_ranges.extend(gaps)
     updated.last_archived_sequence = archived_last
@@ -301,11 +314,52 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
     updated.confirmed_timestamp = format_micros(started)
     updated.live_last_sequence = live_last if live_last is not None else archived_last
     archive.write_manifest(updated, etag)
+    archive.delete(due)
+    for piece in shipped:
+        pins.record_shipped(piece.log_number, piece.batches)
     for number in finished:
+        compact_log(pins, archive, number, max_bytes)
         pins.release(number)
     return PassReport(sum(s.batches for s in uploaded), [s.key for s in uploaded], updated.last_archived_sequence,
                       updated.last_archived_timestamp, updated.confirmed_timestamp, updated.live_last_sequence,
                       gaps, finished)
+
+
+RETIRE_SECONDS = 3600  # far longer than any restore takes to fetch the segments its manifest named
+
+
+def compact_log(pins: LogPins, archive: WalArchive, number: int, max_bytes: int) -> int:
+    """Replace a finished log's segments (one per pass: with a follower, one a second) by as few as
+    max_bytes allows, cut from the pinned log and the batch times recorded when they were shipped.
+    The replaced objects are retired, not deleted; any doubt (the record of shipped batches does not
+    match, another archiver wrote the manifest) leaves the segments as they are. Returns the number
+    of segments replaced."""
+    manifest, etag = archive.read_manifest()
+    old = [s for s in manifest.wal_segments if s.log_number == number]
+    if len(old) < 2:
+        return 0
+    table = pins.shipped(number)
+    rows = table[(table["sequence"] >= old[0].first_seq) & (table["sequence"] <= old[-1].last_seq)]
+    if len(rows) != sum(s.batches for s in old) or any(a.end_offset != b.start_offset for a, b in zip(old, old[1:])):
+        return 0
+    with open(pins.dir / log_name(number), "rb") as f:
+        f.seek(old[0].start_offset)
+        data = f.read(old[-1].end_offset - old[0].start_offset)
+    parts = list(split(Piece(number, old[0].start_offset, data, rows.copy()), max_bytes))
+    if len(parts) >= len(old):
+        return 0
+    new = [archive.put_segment(part) for part in parts]
+    kept = {s.key for s in new}
+    updated = manifest.model_copy(deep=True)
+    updated.wal_segments = sorted([s for s in manifest.wal_segments if s.log_number != number] + new,
+                                  key=lambda s: s.first_seq)
+    updated.retired += [Retired(key=s.key, retired_at=now_rfc3339()) for s in old if s.key not in kept]
+    try:
+        archive.write_manifest(updated, etag)
+    except ManifestConflict:
+        archive.delete([k for k in kept if k not in {s.key for s in old}])
+        return 0
+    return len(old)
 
 
 def _size(path: Path) -> int:

@@ -145,6 +145,13 @@ def test_restore_to_each_instant_equals_the_live_database_then_in_every_column_f
     assert len(logs) >= 3 and logs[0] not in live_logs  # logs rotated, and the engine deleted what we pinned
     pinned = sorted(p.name for p in (tmp_path / ".rem-logpins-db").glob("*.log"))
     assert len(pinned) <= 2, pinned  # every shipped, finished log was released
+    limit = float(env["P8_PITR_SEGMENT_MAX_MB"]) * 2**20
+    for log in logs[:-1]:  # a finished log's one-per-pass segments were compacted into full-size ones
+        sizes = [s["end_offset"] - s["start_offset"] for s in manifest["wal_segments"] if s["log_number"] == log]
+        assert sum(size < limit / 2 for size in sizes) <= 1, (log, sizes)
+    assert manifest["retired"]  # the segments compaction replaced stay until no restore can want them
+    for retired in manifest["retired"]:
+        s3.head_object(Bucket=bucket, Key=retired["key"])
 
     points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
     assert points[0]["base_backup"] == base["name"] and points[0]["broken"] is None
@@ -158,6 +165,35 @@ def test_restore_to_each_instant_equals_the_live_database_then_in_every_column_f
             assert restored.get(cf, {}) == rows, f"{cf} at {moment} (instant {i}) differs"
         assert restored.get("wal", {}) == {}  # standalone: the logical WAL played no part
         assert engine_read_all(out) == {cf: restored.get(cf, {}) for cf in state}  # RocksDB 8.10 opens it
+
+
+def test_compacted_segments_restore_and_the_ones_they_replaced_go_after_the_grace_period(live, s3, tmp_path):
+    db, engine, env = live
+    bucket = env["P8_S3_BUCKET"]
+    ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    for round_ in range(3):  # three passes: three segments of one log
+        engine.call("insert", "acme", "articles", article(f"r-{round_}", 2))
+        ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    log = manifest_of(s3, bucket)["wal_segments"][-1]["log_number"]
+    engine.call("flush")  # a new log: the pass after this finds that one finished and compacts it
+    engine.call("insert", "acme", "articles", article("next-log", 2))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    manifest = manifest_of(s3, bucket)
+    assert len([s for s in manifest["wal_segments"] if s["log_number"] == log]) == 1
+    retired = [r["key"] for r in manifest["retired"]]
+    assert len(retired) >= 3 and all(s3.head_object(Bucket=bucket, Key=k) for k in retired)
+    moment = instant()
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    out = tmp_path / "from-compacted"
+    restore_to(db, env, moment, out)
+    assert dump_all(out)["entities"] == engine.dump()["entities"]
+
+    manifest["retired"] = [{**r, "retired_at": "2000-01-01T00:00:00Z"} for r in manifest["retired"]]
+    s3.put_object(Bucket=bucket, Key="backups/wal/_all/manifest.json", Body=json.dumps(manifest).encode())
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    assert manifest_of(s3, bucket)["retired"] == []
+    left = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/segments/")["Contents"]}
+    assert not left & set(retired) and left == {s["key"] for s in manifest_of(s3, bucket)["wal_segments"]}
 
 
 def test_a_tenant_restore_to_an_instant_holds_exactly_that_tenants_rows_then(live, s3, tmp_path):
