@@ -19,6 +19,7 @@ written to. A tenant snapshot is logical instead: a new database holding that te
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from pathlib import Path
 from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
 from rem.engine import now_rfc3339
 from rem.errors import DatabaseNotFound
-from rem.rocksdb_log import read_log
+from rem.rocksdb_log import complete_bytes_from_tail
 from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
@@ -50,10 +51,22 @@ class Snapshot:
 SNAPSHOT_ATTEMPTS = 5
 
 
-def _complete_records(path: Path) -> bytes:
-    """A log-format file (a WAL or a MANIFEST) up to its last complete record."""
-    data = path.read_bytes()
-    return data[:read_log(data, str(path)).complete_bytes]
+def copy_complete_records(source: Path, target: Path) -> None:
+    """A log-format file (a WAL or a MANIFEST) copied up to its last complete record, found from its
+    tail and copied in the kernel: a live log may hold tens of MB."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(src.fileno(), size, access=mmap.ACCESS_READ) as data:
+            left = complete_bytes_from_tail(data, str(source))
+        offset = 0
+        while left > 0:
+            copied = os.copy_file_range(src.fileno(), dst.fileno(), left, offset)
+            if copied == 0:
+                raise OSError(f"{source} shrank while it was copied")
+            offset += copied
+            left -= copied
 
 
 def physical_copy(source: Path, target: Path) -> None:
@@ -67,7 +80,7 @@ def physical_copy(source: Path, target: Path) -> None:
         if name.endswith((".sst", ".blob")):
             os.link(source, target / name)
         elif name.endswith(".log") or name.startswith("MANIFEST-"):
-            (target / name).write_bytes(_complete_records(source))
+            copy_complete_records(source, target / name)
         elif name in ("CURRENT", "IDENTITY") or name.startswith("OPTIONS-"):
             shutil.copyfile(source, target / name)
 
