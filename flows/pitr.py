@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.backup import resolve_settings
-from rem.errors import UsageError
+from rem.db import is_database
+from rem.errors import DatabaseNotFound, UsageError
 from rem.pitr import ArchiverBusy, LogPins, check_log_options, format_micros
 from rem.scratch import remove_scratch
 from rem.settings import Settings
@@ -66,6 +67,8 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
     cfg = resolve_settings(settings, database_block)
     archive = wal_archive_for(cfg)
     interval = interval_seconds or cfg.pitr_follow_interval_seconds
+    if not is_database(cfg.db_path):
+        raise DatabaseNotFound(str(cfg.db_path))  # before anything is created beside it
     check_log_options(cfg.db_path)
     pins = LogPins(cfg.db_path)
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import mmap
 import os
 import re
@@ -338,7 +337,7 @@ class Piece:
         if not raw.startswith(PIECE_MAGIC):
             raise LogCorruption(f"{name}: not an archived log piece")
         line_end = raw.index(b"\n", len(PIECE_MAGIC))
-        header = json.loads(raw[len(PIECE_MAGIC):line_end])
+        header = orjson.loads(raw[len(PIECE_MAGIC):line_end])
         table_end = line_end + 1 + header["batches"] * BATCH_TABLE.itemsize
         if len(raw) - table_end != header["bytes"]:
             raise LogCorruption(f"{name}: {len(raw) - table_end} log bytes, its header says {header['bytes']}")
@@ -368,7 +367,6 @@ class NewBatches:
     """New batches read from one pinned log."""
 
     piece: Piece | None
-    complete_bytes: int  # where the next read of this log starts
     gaps: list[tuple[int, int]] = field(default_factory=list)  # (first missing, last missing)
     next_sequence: int | None = None
 
@@ -380,7 +378,7 @@ def read_new(path: Path, number: int, start: int, expected: int | None, clock_us
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size <= start:
-            return NewBatches(None, start, next_sequence=expected)
+            return NewBatches(None, next_sequence=expected)
         with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
             read = read_log(data, str(path), start=start)
     seen_us = clock_us()  # after the read: every batch in it was written before now
@@ -400,13 +398,13 @@ def read_new(path: Path, number: int, start: int, expected: int | None, clock_us
         expected = batch.last_sequence + 1
     rows = date_batches(rows, seen_us, previous_us)
     if not rows:
-        return NewBatches(None, max(first_byte, start), gaps, expected)
+        return NewBatches(None, gaps, expected)
     end = rows[-1][0]
     with open(path, "rb") as f:
         f.seek(first_byte)
         data = f.read(end - first_byte)
     piece = Piece(number, first_byte, data, np.array(rows, dtype=BATCH_TABLE))
-    return NewBatches(piece, end, gaps, expected)
+    return NewBatches(piece, gaps, expected)
 
 
 def split(piece: Piece, max_bytes: int) -> Iterator[Piece]:

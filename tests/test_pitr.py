@@ -156,6 +156,9 @@ def test_restore_to_each_instant_equals_the_live_database_then_in_every_column_f
     points = ok(rem("--db-path", str(db), "pitr", "list-recovery-points", "--json", env=env))
     assert points[0]["base_backup"] == base["name"] and points[0]["broken"] is None
     assert points[0]["window_end"] >= final
+    status = ok(rem("--db-path", str(db), "pitr", "status", "--json", env=env))
+    assert status["live_last_sequence"] == status["last_archived_sequence"] == engine.call("latest_sequence")
+    assert status["lag_batches"] == 0 and status["broken_ranges"] == []
     for i, (moment, state) in enumerate(states.items()):
         out = tmp_path / f"at-{i}"
         result = restore_to(db, env, moment, out)
@@ -395,3 +398,9 @@ def test_a_target_outside_the_window_states_the_window(live, tmp_path):
                env=env)
     assert proc.returncode == 2 and "outside the recovery window" in proc.stderr
     assert base["name"] in proc.stderr and not out.exists()
+
+
+def test_archiving_a_path_that_holds_no_database_says_so_and_creates_nothing(tmp_path, s3_endpoint, bucket):
+    proc = rem("--db-path", str(tmp_path / "nothing-here"), "pitr", "archive", env=env_for(s3_endpoint, bucket))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
