@@ -41,7 +41,8 @@ def wal_archive_for(cfg: Settings, bounded: bool = False, stores: list | None = 
 @task("archive-log", retries=2, retry_delay_seconds=10)
 def archive_once(cfg: Settings, archive: WalArchive, pins: LogPins) -> PassReport:
     """Ship the log batches written since the last pass."""
-    return archive_pass(cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins)
+    return archive_pass(cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins,
+                        page_segments=cfg.pitr_page_segments)
 
 
 class Pinner(threading.Thread):
@@ -87,8 +88,7 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             pinner.start()
         while True:
             began = time.monotonic()
-            report = archive_once(cfg, archive, pins) if not follow else archive_pass(
-                cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins)
+            report = archive_once(cfg, archive, pins) if not follow else archive_once.fn(cfg, archive, pins)
             passes += 1
             shipped += report.segments
             batches += report.archived_batches
@@ -128,7 +128,7 @@ def plan(cfg: Settings, target_text: str) -> tuple[WalArchive, RecoveryWindow, l
     archive = wal_archive_for(cfg, stores=stores)
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
-    window = choose_window(recovery_windows(records, manifest), target)
+    window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), target)
     return archive, window, segments_to_fetch(window, target)
 
 
@@ -186,7 +186,7 @@ def recovery_points(cfg: Settings) -> list[dict[str, Any]]:
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
     rows = []
-    for w in recovery_windows(records, manifest):
+    for w in recovery_windows(records, manifest, archive.all_segments(manifest)):
         rows.append({"base_backup": w.base.name, "base_location": w.record.location,
                      "base_last_sequence": w.base.last_sequence, "window_start": w.start, "window_end": w.end,
                      "window_last_sequence": w.last_seq, "archived_through": manifest.last_archived_sequence,

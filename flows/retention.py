@@ -35,7 +35,8 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
     cfg = resolve_settings(settings, database_block)
     records = [r for store in all_stores(cfg) for r in store.list()]
     archive, manifest = _archive_and_manifest(cfg)
-    plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant, manifest)
+    plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant,
+                      archive.all_segments(manifest) if manifest else None)
     result = {"dry_run": dry_run, **plan.to_dict()}
     if not dry_run:
         for record in plan.delete:

@@ -39,8 +39,9 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("pitr", "enabled"): "pitr_enabled",
     ("pitr", "interval_seconds"): "pitr_interval_seconds",
     ("pitr", "follow_interval_seconds"): "pitr_follow_interval_seconds",
-    ("pitr", "bucket"): "pitr_bucket",
     ("pitr", "segment_max_mb"): "pitr_segment_max_mb",
+    ("pitr", "page_segments"): "pitr_page_segments",
+    ("pitr", "bucket"): "pitr_bucket",
 }
 FIELD_TO_TOML = {field: (table, key) for (table, key), field in TOML_KEYS.items()}
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY")
@@ -108,6 +109,8 @@ class Settings(BaseSettings):
                                                 description="Seconds between the follower's shipments")
     pitr_bucket: str | None = Field(None, min_length=3, description="WAL archive bucket; default: s3_bucket")
     pitr_segment_max_mb: float = Field(16, gt=0, le=1024, description="Log MiB per archived segment at most")
+    pitr_page_segments: int = Field(500, ge=2, le=100_000,
+                                    description="Segments sealed into one page object, out of the manifest")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -45,9 +45,9 @@ class PrunePlan:
 
 
 def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, keep_monthly: int,
-               tenant: str | None = None, manifest=None) -> PrunePlan:
-    """GFS per tenant segment; with the log archive's manifest, the segments every kept base
-    already holds (those at or before the oldest kept base's last sequence number) go too."""
+               tenant: str | None = None, log_segments: list | None = None) -> PrunePlan:
+    """GFS per tenant segment; with the log archive's segments, those every kept base already
+    holds (at or before the oldest kept base's last sequence number) go too."""
     plan = PrunePlan()
     segment = tenant  # None: every tenant's backups, each tenant kept on its own
     by_segment: dict[str, list[BackupRecord]] = {}
@@ -64,26 +64,37 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
     plan.keep.sort(key=lambda kr: kr[0].metadata.timestamp, reverse=True)
     plan.delete.sort(key=lambda r: r.metadata.timestamp, reverse=True)
     kept_bases = [r.metadata.last_sequence for r, _ in plan.keep if is_base(r.metadata)]
-    if manifest is not None and kept_bases:
+    if log_segments is not None and kept_bases:
         oldest = min(kept_bases)
-        plan.wal_segments_to_delete = [s.key for s in manifest.wal_segments if s.last_seq <= oldest]
+        plan.wal_segments_to_delete = [s.key for s in log_segments if s.last_seq <= oldest]
     return plan
 
 
 def drop_wal_segments(archive, keys: list[str]) -> int:
-    """Remove segments from the manifest (conditional write, retried on a race), then the objects."""
+    """Remove segments from the manifest (conditional write, retried on a race), then the objects;
+    a sealed page goes whole, with its object, or stays whole."""
     from tasks.wal_archive import ManifestConflict
 
-    doomed = set(keys)
     for _ in range(20):
         manifest, etag = archive.read_manifest()
+        doomed, gone_pages, kept_pages = set(keys), [], []
+        for page in manifest.pages:
+            inside = {s.key for s in archive.read_page(page)}
+            if inside <= doomed:
+                gone_pages.append(page.key)
+            else:
+                kept_pages.append(page)
+                doomed -= inside
+        manifest.pages = kept_pages
         manifest.wal_segments = [s for s in manifest.wal_segments if s.key not in doomed]
         try:
             archive.write_manifest(manifest, etag)
             break
         except ManifestConflict:
             continue
-    archive.delete(sorted(doomed))
+    else:
+        return 0
+    archive.delete(sorted(doomed) + gone_pages)
     return len(doomed)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
 import zstandard
 from pydantic import BaseModel, Field
 
@@ -56,6 +57,15 @@ class BrokenRange(BaseModel):
     detected_at: str
 
 
+class Page(BaseModel):
+    """Sealed segments, kept in an object of their own so the manifest rewritten every pass stays small."""
+
+    key: str
+    first_seq: int
+    last_seq: int
+    segments: int
+
+
 class Retired(BaseModel):
     """A segment a compaction replaced: deleted once no restore that read an older manifest can still want it."""
 
@@ -70,7 +80,8 @@ class Manifest(BaseModel):
     confirmed_timestamp: str | None = Field(
         default=None, description="every write made before this instant is archived (the last pass's start)")
     live_last_sequence: int | None = Field(default=None, description="the live database's, at the last pass")
-    wal_segments: list[Segment] = Field(default_factory=list)
+    pages: list[Page] = Field(default_factory=list, description="sealed segments, oldest first")
+    wal_segments: list[Segment] = Field(default_factory=list, description="the segments after the pages")
     broken_ranges: list[BrokenRange] = Field(default_factory=list)
     retired: list[Retired] = Field(default_factory=list)
 
@@ -125,6 +136,25 @@ class WalArchive:
 
     def segment_key(self, first: int, last: int) -> str:
         return f"{self.root}segments/{first:020d}-{last:020d}.log.zst"
+
+    def put_page(self, segments: list[Segment]) -> Page:
+        first, last = segments[0].first_seq, segments[-1].last_seq
+        key = f"{self.root}pages/{first:020d}-{last:020d}.json"
+        body = orjson.dumps([s.model_dump() for s in segments])
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        return Page(key=key, first_seq=first, last_seq=last, segments=len(segments))
+
+    def read_page(self, page: Page) -> list[Segment]:
+        body = self.client.get_object(Bucket=self.bucket, Key=page.key)["Body"].read()
+        segments = [Segment.model_validate(s) for s in orjson.loads(body)]
+        if len(segments) != page.segments or (segments and (segments[0].first_seq, segments[-1].last_seq) !=
+                                              (page.first_seq, page.last_seq)):
+            raise SegmentCorrupt(f"{page.key} does not hold the {page.segments} segments the manifest says")
+        return segments
+
+    def all_segments(self, manifest: "Manifest") -> list[Segment]:
+        """Every segment: the sealed pages' (read from S3) and the manifest's own."""
+        return [s for page in manifest.pages for s in self.read_page(page)] + manifest.wal_segments
 
     def read_manifest(self) -> tuple[Manifest, str | None]:
         from botocore.exceptions import ClientError
@@ -229,7 +259,7 @@ class PassReport:
 
 
 def archive_pass(db_path: str | Path, archive: WalArchive, max_bytes: int = 16 << 20, pins: LogPins | None = None,
-                 max_conflicts: int = 20) -> PassReport:
+                 max_conflicts: int = 20, page_segments: int = 500) -> PassReport:
     """Pin the database's new logs, ship every complete batch after the archive's last one, and
     release the pins of logs shipped to their end. With `pins` the caller holds their lock (the
     follower); otherwise this pass takes it, and fails at once if another archiver holds it."""
@@ -244,7 +274,7 @@ def archive_pass(db_path: str | Path, archive: WalArchive, max_bytes: int = 16 <
             manifest, etag = archive.read_manifest()
             uploaded: list[Segment] = []
             try:
-                report = _archive_from(pins, archive, manifest, etag, uploaded, max_bytes)
+                report = _archive_from(pins, archive, manifest, etag, uploaded, max_bytes, page_segments)
                 report.conflicts = conflicts
                 return report
             except ManifestConflict:
@@ -260,7 +290,7 @@ def archive_pass(db_path: str | Path, archive: WalArchive, max_bytes: int = 16 <
 
 
 def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: str | None, uploaded: list[Segment],
-                  max_bytes: int) -> PassReport:
+                  max_bytes: int, page_segments: int) -> PassReport:
     started = clock_us()  # everything written before this is in a log we are about to read
     pins.pin_new()
     live = pins.live()
@@ -320,6 +350,7 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
     for number in finished:
         compact_log(pins, archive, number, max_bytes)
         pins.release(number)
+    seal_pages(archive, min((n for n, _ in pins.pinned()), default=None), page_segments)
     return PassReport(sum(s.batches for s in uploaded), [s.key for s in uploaded], updated.last_archived_sequence,
                       updated.last_archived_timestamp, updated.confirmed_timestamp, updated.live_last_sequence,
                       gaps, finished)
@@ -362,6 +393,30 @@ def compact_log(pins: LogPins, archive: WalArchive, number: int, max_bytes: int)
     return len(old)
 
 
+def seal_pages(archive: WalArchive, oldest_pinned: int | None, page_segments: int) -> int:
+    """Move the oldest page_segments segments of logs no longer pinned (shipped, compacted,
+    released: they never change again) out of the manifest into a page object. Returns how many."""
+    manifest, etag = archive.read_manifest()
+    settled = 0
+    for segment in manifest.wal_segments:
+        if oldest_pinned is not None and segment.log_number >= oldest_pinned:
+            break
+        settled += 1
+    if settled < page_segments:
+        return 0
+    chunk = manifest.wal_segments[:page_segments]
+    page = archive.put_page(chunk)
+    updated = manifest.model_copy(deep=True)
+    updated.pages.append(page)
+    updated.wal_segments = manifest.wal_segments[page_segments:]
+    try:
+        archive.write_manifest(updated, etag)
+    except ManifestConflict:
+        archive.delete([page.key])
+        return 0
+    return len(chunk)
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -401,12 +456,12 @@ def is_base(meta: BackupMetadata) -> bool:
     return meta.tenant_segment == ALL_TENANTS and meta.last_sequence is not None
 
 
-def window_for(record: BackupRecord, manifest: Manifest) -> RecoveryWindow:
+def window_for(record: BackupRecord, manifest: Manifest, all_segments: list[Segment]) -> RecoveryWindow:
     base = record.metadata
     expected = base.last_sequence + 1
     start = base_instant(base)
     end, segments = start, []
-    for segment in sorted(manifest.wal_segments, key=lambda s: s.first_seq):
+    for segment in sorted(all_segments, key=lambda s: s.first_seq):
         if segment.last_seq < expected:
             continue
         if segment.first_seq > expected:
@@ -415,7 +470,7 @@ def window_for(record: BackupRecord, manifest: Manifest) -> RecoveryWindow:
         expected = segment.last_seq + 1
         end = segment.last_timestamp
     broken = next((b for b in manifest.broken_ranges if b.first_missing_seq <= expected <= b.last_missing_seq), None)
-    later = [s.first_seq for s in manifest.wal_segments if s.first_seq > expected]
+    later = [s.first_seq for s in all_segments if s.first_seq > expected]
     if broken is None and later and not segments:  # the archive starts after this base: nothing joins them
         broken = BrokenRange(first_missing_seq=expected, last_missing_seq=min(later) - 1, after_timestamp=start,
                              detected_at=manifest.confirmed_timestamp or start)
@@ -427,9 +482,9 @@ def window_for(record: BackupRecord, manifest: Manifest) -> RecoveryWindow:
     return RecoveryWindow(record, start, end, expected - 1, segments, broken)
 
 
-def recovery_windows(records, manifest: Manifest) -> list[RecoveryWindow]:
+def recovery_windows(records, manifest: Manifest, all_segments: list[Segment]) -> list[RecoveryWindow]:
     """One window per base backup, newest first."""
-    windows = [window_for(r, manifest) for r in records if is_base(r.metadata)]
+    windows = [window_for(r, manifest, all_segments) for r in records if is_base(r.metadata)]
     return sorted(windows, key=lambda w: parse_time(w.start), reverse=True)
 
 
@@ -468,6 +523,6 @@ def archive_status(db_path, manifest: Manifest) -> dict:
     return {"live_last_sequence": live, "last_archived_sequence": archived,
             "last_archived_timestamp": manifest.last_archived_timestamp,
             "confirmed_timestamp": manifest.confirmed_timestamp, "lag_batches": lag_batches,
-            "lag_seconds": lag_seconds, "segments": len(manifest.wal_segments),
+            "lag_seconds": lag_seconds, "segments": sum(p.segments for p in manifest.pages) + len(manifest.wal_segments),
             "failures": len(manifest.broken_ranges),
             "broken_ranges": [b.model_dump() for b in manifest.broken_ranges]}

@@ -199,6 +199,39 @@ def test_compacted_segments_restore_and_the_ones_they_replaced_go_after_the_grac
     assert not left & set(retired) and left == {s["key"] for s in manifest_of(s3, bucket)["wal_segments"]}
 
 
+def test_settled_segments_are_sealed_into_pages_that_restore_and_prune_read(live, s3, tmp_path):
+    db, engine, env = live
+    env = {**env, "P8_PITR_PAGE_SEGMENTS": "2"}
+    bucket = env["P8_S3_BUCKET"]
+    ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    for log_round in range(4):  # four finished logs, each shipped in two passes, then compacted
+        for i in range(2):
+            engine.call("insert", "acme", "articles", article(f"p-{log_round}-{i}", 2))
+            ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+        engine.call("flush")
+    engine.call("insert", "acme", "articles", article("last", 2))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    moment = instant()
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    manifest = manifest_of(s3, bucket)
+    assert len(manifest["pages"]) >= 1 and len(manifest["wal_segments"]) <= 3  # the manifest stays small
+    out = tmp_path / "through-pages"
+    restore_to(db, env, moment, out)
+    assert dump_all(out)["entities"] == engine.dump()["entities"]
+
+    sealed = {p["key"] for p in manifest["pages"]}
+    newer = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    ok(rem("--db-path", str(db), "backup", "prune", "--json", env=env))  # the older base of the day goes
+    manifest = manifest_of(s3, bucket)
+    pages = manifest["pages"]
+    assert all(p["last_seq"] > newer["last_sequence"] for p in pages)  # pages every kept base holds went whole
+    stored = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/")["Contents"]}
+    listed = {p["key"] for p in pages} | {s["key"] for s in manifest["wal_segments"]} | \
+        {s["key"] for p in pages for s in json.loads(s3.get_object(Bucket=bucket, Key=p["key"])["Body"].read())}
+    assert stored - {"backups/wal/_all/manifest.json"} - {r["key"] for r in manifest["retired"]} == listed
+    assert not sealed & stored  # the pages sealed before the newer base are gone, objects and all
+
+
 def test_a_tenant_restore_to_an_instant_holds_exactly_that_tenants_rows_then(live, s3, tmp_path):
     db, engine, env = live
     for i in range(10):
