@@ -13,7 +13,7 @@ from typing import Any
 
 from flows.backup import resolve_settings
 from rem.db import is_database
-from rem.errors import DatabaseNotFound, UsageError
+from rem.errors import DatabaseNotFound, RemError, UsageError
 from rem.pitr import ArchiverBusy, LogPins, check_log_options, format_micros
 from rem.scratch import remove_scratch
 from rem.settings import Settings
@@ -81,30 +81,36 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
         return {"ok": True, "skipped": str(exc), "passes": 0, "archived_batches": 0, "segments": []}
     stop = stop or threading.Event()
     pinner = Pinner(pins) if follow else None
-    passes, last_beat, report, shipped, batches, final, gaps = 0, 0.0, None, [], 0, False, []
+    totals = {"passes": 0, "failed_passes": 0, "archived_batches": 0, "segments": [], "gaps": []}
+    report, last_beat, last_failure, final = None, 0.0, 0.0, False
     try:
         if pinner:
             _stop_on_sigterm(stop)
             pinner.start()
         while True:
             began = time.monotonic()
-            report = archive_once(cfg, archive, pins) if not follow else archive_once.fn(cfg, archive, pins)
-            passes += 1
-            shipped += report.segments
-            batches += report.archived_batches
-            gaps += report.new_gaps
-            for gap in report.new_gaps:
-                emit("rem.wal.archive.failed", cfg.db_path, {"reason": gap_message(gap)})
-                get_logger().error(gap_message(gap))
-            if not follow and report.new_gaps:
-                raise WalGap(gap_message(report.new_gaps[0]))
-            if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval) or not follow:
-                beat = {"last_archived_sequence": report.last_archived_sequence,
-                        "confirmed_timestamp": report.confirmed_timestamp, "lag_batches": report.lag_batches}
-                emit("rem.wal.archived", cfg.db_path, beat)
-                if follow:
-                    emit("rem.wal.follower.alive", cfg.db_path, beat)
-                last_beat = time.monotonic()
+            try:
+                report = archive_once(cfg, archive, pins) if not follow else archive_once.fn(cfg, archive, pins)
+            except Exception as exc:
+                if not follow or isinstance(exc, UsageError):
+                    raise
+                # The pinner keeps every new log meanwhile: a pass that failed (S3 away) loses nothing.
+                totals["failed_passes"] += 1
+                get_logger().error("log archival pass failed, next try in %g s: %s", interval, exc)
+                if time.monotonic() - last_failure >= HEARTBEAT_SECONDS:
+                    emit("rem.wal.archive.failed", cfg.db_path, {"reason": f"{type(exc).__name__}: {exc}"})
+                    last_failure = time.monotonic()
+            else:
+                _account(cfg, report, totals)
+                if not follow and report.new_gaps:
+                    raise WalGap(gap_message(report.new_gaps[0]))
+                if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval) or not follow:
+                    beat = {"last_archived_sequence": report.last_archived_sequence,
+                            "confirmed_timestamp": report.confirmed_timestamp, "lag_batches": report.lag_batches}
+                    emit("rem.wal.archived", cfg.db_path, beat)
+                    if follow:
+                        emit("rem.wal.follower.alive", cfg.db_path, beat)
+                    last_beat = time.monotonic()
             if not follow or final:
                 break
             final = stop.wait(max(0.0, interval - (time.monotonic() - began)))  # stopped: one last pass
@@ -113,12 +119,23 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             pinner.stopped.set()
             pinner.join()
         pins.unlock()
-    return {"ok": True, "passes": passes, "archived_batches": batches, "segments": shipped,
-            "last_archived_sequence": report.last_archived_sequence,
+    if report is None:
+        raise RemError(f"none of {totals['failed_passes']} archival passes succeeded; the pins in {pins.dir} "
+                       "keep the logs until one does")
+    return {"ok": True, **totals, "last_archived_sequence": report.last_archived_sequence,
             "last_archived_timestamp": report.last_archived_timestamp,
             "confirmed_timestamp": report.confirmed_timestamp, "live_last_sequence": report.live_last_sequence,
-            "lag_batches": report.lag_batches, "released_logs": report.released,
-            "gaps": [g.model_dump() for g in gaps]}
+            "lag_batches": report.lag_batches, "gaps": [g.model_dump() for g in totals["gaps"]]}
+
+
+def _account(cfg: Settings, report: PassReport, totals: dict) -> None:
+    totals["passes"] += 1
+    totals["segments"] += report.segments
+    totals["archived_batches"] += report.archived_batches
+    totals["gaps"] += report.new_gaps
+    for gap in report.new_gaps:
+        emit("rem.wal.archive.failed", cfg.db_path, {"reason": gap_message(gap)})
+        get_logger().error(gap_message(gap))
 
 
 def plan(cfg: Settings, target_text: str) -> tuple[WalArchive, RecoveryWindow, list]:

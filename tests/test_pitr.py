@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from tests.engine import LiveEngine, engine_read_all
 from tests.engine.scenario import ARTICLES, PEOPLE
+from tests.faultproxy import FaultProxy
 from tests.helpers import REPO, dump_all, rem
 
 UNIT = REPO / "deployments" / "rem-wal-archiver.service"
@@ -230,6 +232,39 @@ def test_settled_segments_are_sealed_into_pages_that_restore_and_prune_read(live
         {s["key"] for p in pages for s in json.loads(s3.get_object(Bucket=bucket, Key=p["key"])["Body"].read())}
     assert stored - {"backups/wal/_all/manifest.json"} - {r["key"] for r in manifest["retired"]} == listed
     assert not sealed & stored  # the pages sealed before the newer base are gone, objects and all
+
+
+def test_the_follower_keeps_pinning_through_an_s3_outage_and_catches_up_without_a_gap(live, s3, s3_endpoint,
+                                                                                      tmp_path):
+    db, engine, env = live
+    bucket = env["P8_S3_BUCKET"]
+    outage = threading.Event()
+    # 403 is not retried: each pass fails at once, as after minutes of 503s once the client's retries run out
+    with FaultProxy(s3_endpoint, rule=lambda method, path, headers: "403" if outage.is_set() else None) as proxy:
+        through_proxy = {**env, "P8_S3_ENDPOINT_URL": proxy.url}
+        ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=through_proxy))
+        follower = follower_from_unit(db, through_proxy)
+        try:
+            wait_archived(s3, bucket, engine)
+            before = {int(p.name[:-4]) for p in db.glob("*.log")}
+            outage.set()  # S3 refuses everything
+            for i in range(300):
+                engine.call("insert", "acme", "articles", article(f"dark-{i}"))
+            time.sleep(3)
+            assert not before & {int(p.name[:-4]) for p in db.glob("*.log")}  # the engine deleted those logs
+            assert manifest_of(s3, bucket)["last_archived_sequence"] < engine.call("latest_sequence")
+            outage.clear()
+            wait_archived(s3, bucket, engine)
+            moment = instant()
+            wait_archived(s3, bucket, engine, after=moment)
+            state = engine.dump()
+        finally:
+            report = stop(follower)
+    assert report["gaps"] == [] and report["failed_passes"] >= 1
+    out = tmp_path / "after-outage"
+    restore_to(db, env, moment, out)
+    restored = dump_all(out)
+    assert {cf: restored.get(cf, {}) for cf in state} == state
 
 
 def test_a_tenant_restore_to_an_instant_holds_exactly_that_tenants_rows_then(live, s3, tmp_path):
