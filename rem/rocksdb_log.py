@@ -31,7 +31,7 @@ RECYCLABLE_HEADER = 11
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 RECYCLABLE = {5: FULL, 6: FIRST, 7: MIDDLE, 8: LAST}
 METADATA_TYPES = {9, 10, 11}  # set compression type, user-defined timestamp sizes: no WriteBatch in them
-BOUNDARIES = {FULL, LAST} | METADATA_TYPES  # a record of these types ends where a complete one does
+STARTS = {FULL, FIRST} | METADATA_TYPES  # a block that begins with one of these begins a logical record
 _MASK_DELTA = 0xA282EAD8
 
 
@@ -116,39 +116,19 @@ def read_log(data: bytes, name: str = "log", verify: bool = True, start: int = 0
 
 
 
-def complete_bytes_from_tail(data, name: str = "log") -> int:
-    """Where a log's complete records end, read from its last blocks only: every 32 KiB block starts
-    with a record header, so the blocks can be scanned from the end (read_log reads the whole file)."""
-    size = len(data)
-    block = (size - 1) // BLOCK_SIZE if size else -1
+def last_record_from_tail(data, name: str = "log") -> LogRecord | None:
+    """A log's last complete logical record, read from its last blocks only (read_log reads the whole
+    file): every 32 KiB block starts with a record header, so reading can start at the last block
+    where a record starts, going back a block at a time while none has completed."""
+    block = (len(data) - 1) // BLOCK_SIZE if len(data) else -1
     while block >= 0:
         start = block * BLOCK_SIZE
-        ends = [end for kind, end in _block_records(data, start, size, name) if kind in BOUNDARIES]
-        if ends:
-            return ends[-1]
+        if start + HEADER <= len(data) and RECYCLABLE.get(data[start + 6], data[start + 6]) in STARTS:
+            records = read_log(data, name, start=start).records
+            if records:
+                return records[-1]
         block -= 1
-    return 0
-
-
-def _block_records(data, start: int, size: int, name: str) -> list[tuple[int, int]]:
-    """(type, end offset) of each whole, checksummed physical record of the block at `start`."""
-    found = []
-    pos = start
-    block_end = min(start + BLOCK_SIZE, size)
-    while pos + HEADER <= block_end:
-        checksum, length, kind = struct.unpack_from("<IHB", data, pos)
-        if kind == 0 and length == 0:
-            break
-        header = RECYCLABLE_HEADER if kind in RECYCLABLE or kind == 11 else HEADER
-        if pos + header + length > block_end:
-            break  # being written (or torn)
-        if crc32c.crc32c(data[pos + 6: pos + header + length]) != unmask(checksum):
-            if pos + header + length >= size:
-                break  # a torn final write
-            raise LogCorruption(f"{name}: checksum mismatch in the record at offset {pos}")
-        pos += header + length
-        found.append((RECYCLABLE.get(kind, kind), pos))
-    return found
+    return None
 
 
 def read_log_file(path: str | Path, verify: bool = True) -> LogRead:

@@ -29,7 +29,7 @@ from pathlib import Path
 from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
 from rem.engine import now_rfc3339
 from rem.errors import DatabaseNotFound
-from rem.rocksdb_log import complete_bytes_from_tail
+from rem.rocksdb_log import last_record_from_tail
 from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
@@ -59,7 +59,8 @@ def copy_complete_records(source: Path, target: Path) -> None:
         if size == 0:
             return
         with mmap.mmap(src.fileno(), size, access=mmap.ACCESS_READ) as data:
-            left = complete_bytes_from_tail(data, str(source))
+            last = last_record_from_tail(data, str(source))
+        left = last.end if last else 0
         offset = 0
         while left > 0:
             copied = os.copy_file_range(src.fileno(), dst.fileno(), left, offset)
