@@ -90,6 +90,7 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
         while True:
             began = time.monotonic()
             try:
+                # The follower's passes are plain calls: a task run a second would flood the Prefect UI.
                 report = archive_once(cfg, archive, pins) if not follow else archive_once.fn(cfg, archive, pins)
             except Exception as exc:
                 if not follow or isinstance(exc, UsageError):
@@ -177,7 +178,8 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
     return {"ok": True, "output": str(out), "target": target.isoformat().replace("+00:00", "Z"),
             "base_backup": metadata.name, "base_last_sequence": metadata.last_sequence,
             "replayed_batches": placed.batches, "last_sequence": placed.last_sequence,
-            "last_replayed_timestamp": format_micros(placed.last_time_us) if placed.last_time_us else None, "logs": placed.logs, "segments": len(segments),
+            "last_replayed_timestamp": format_micros(placed.last_time_us) if placed.last_time_us else None,
+            "logs": placed.logs, "segments": len(segments),
             "tenant": tenant}
 
 

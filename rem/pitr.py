@@ -36,7 +36,7 @@ import orjson
 
 from rem.engine import rfc3339_micros
 from rem.errors import RemError
-from rem.rocksdb_log import BLOCK_SIZE, LogCorruption, parse_write_batch, read_log
+from rem.rocksdb_log import BLOCK_SIZE, LogCorruption, last_record_from_tail, parse_write_batch, read_log
 
 LOG_NAME = re.compile(r"^(\d+)\.log$")
 PIECE_MAGIC = b"REMLOG1\n"
@@ -72,6 +72,7 @@ class LogPins:
         self.db = Path(db_path)
         self.dir = self.db.parent / f".rem-logpins-{self.db.name}"
         self._lock_fd: int | None = None
+        self._live_last: tuple[tuple, int] | None = None
 
     def lock(self) -> None:
         """One archiver per database on this host: the follower holds this for its whole life."""
@@ -101,6 +102,19 @@ class LogPins:
                 if number is not None:
                     found[number] = Path(entry.path)
         return found
+
+    def live_last_sequence(self) -> int:
+        """live_last_sequence(db), remembered while the directory's logs and MANIFEST keep their
+        names and sizes (no write, no flush since): an idle follower would open the database every pass."""
+        try:
+            with os.scandir(self.db) as entries:
+                signature = tuple(sorted((e.name, e.stat().st_size) for e in entries
+                                         if LOG_NAME.match(e.name) or e.name.startswith("MANIFEST-")))
+        except FileNotFoundError:  # a file went between the listing and its stat: the engine is busy
+            signature = None
+        if signature is None or self._live_last is None or self._live_last[0] != signature:
+            self._live_last = (signature, live_last_sequence(self.db))
+        return self._live_last[1]
 
     def pin_new(self) -> list[int]:
         """Link every log not pinned yet; a log the engine deleted in between is simply not there."""
@@ -381,6 +395,7 @@ def read_new(path: Path, number: int, start: int, expected: int | None, clock_us
             return NewBatches(None, next_sequence=expected)
         with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
             read = read_log(data, str(path), start=start)
+            tail = data[start:read.records[-1].end] if read.records else b""  # the bytes a piece may take
     seen_us = clock_us()  # after the read: every batch in it was written before now
     rows, gaps, first_byte = [], [], start
     for record in read.records:
@@ -399,11 +414,7 @@ def read_new(path: Path, number: int, start: int, expected: int | None, clock_us
     rows = date_batches(rows, seen_us, previous_us)
     if not rows:
         return NewBatches(None, gaps, expected)
-    end = rows[-1][0]
-    with open(path, "rb") as f:
-        f.seek(first_byte)
-        data = f.read(end - first_byte)
-    piece = Piece(number, first_byte, data, np.array(rows, dtype=BATCH_TABLE))
+    piece = Piece(number, first_byte, tail[first_byte - start:rows[-1][0] - start], np.array(rows, dtype=BATCH_TABLE))
     return NewBatches(piece, gaps, expected)
 
 
@@ -520,18 +531,17 @@ def format_micros(micros: int) -> str:
 
 
 def last_log_sequence(path: Path) -> int | None:
-    """The last sequence number in a log's complete batches, None when it holds none."""
+    """The last sequence number in a log's complete batches, None when it holds none (read from its tail)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return None
         with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
-            records = read_log(data, str(path)).records
-    if not records:
+            last = last_record_from_tail(data, str(path))
+    if last is None:
         return None
-    sequence, count = _header(records[-1].payload)
+    sequence, count = _header(last.payload)
     return sequence + count - 1
-
 
 def live_last_sequence(db_path: str | os.PathLike) -> int:
     """The live database's last sequence number: its newest log's last batch, else RocksDB's own

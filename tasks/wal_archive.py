@@ -24,7 +24,7 @@ import orjson
 import zstandard
 from pydantic import BaseModel, Field
 
-from rem.engine import rfc3339_micros
+from rem.engine import now_rfc3339, rfc3339_micros
 from rem.errors import RemError, UsageError
 from rem.pitr import (LogCorruption, LogPins, Piece, check_log_options, format_micros, live_last_sequence, log_name,
                       read_new, split)
@@ -114,10 +114,6 @@ def micros(moment: datetime) -> int:
 
 def clock_us() -> int:
     return time.time_ns() // 1000
-
-
-def now_rfc3339() -> str:
-    return format_micros(clock_us())
 
 
 @dataclass
@@ -296,7 +292,7 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
     live = pins.live()
     live_last = None
     if not live or _size(live[max(live)]) == 0:  # the newest log is empty: only RocksDB knows its last sequence
-        live_last = live_last_sequence(pins.db)
+        live_last = pins.live_last_sequence()
         pins.pin_new()  # logs created while it looked
     expected = None if manifest.last_archived_sequence is None else manifest.last_archived_sequence + 1
     position = (manifest.wal_segments[-1].log_number, manifest.wal_segments[-1].end_offset) \
@@ -350,7 +346,8 @@ def _archive_from(pins: LogPins, archive: WalArchive, manifest: Manifest, etag: 
     for number in finished:
         compact_log(pins, archive, number, max_bytes)
         pins.release(number)
-    seal_pages(archive, min((n for n, _ in pins.pinned()), default=None), page_segments)
+    if len(updated.wal_segments) >= page_segments:  # else nothing to seal: spare the manifest's GET
+        seal_pages(archive, min((n for n, _ in pins.pinned()), default=None), page_segments)
     return PassReport(sum(s.batches for s in uploaded), [s.key for s in uploaded], updated.last_archived_sequence,
                       updated.last_archived_timestamp, updated.confirmed_timestamp, updated.live_last_sequence,
                       gaps, finished)
@@ -523,6 +520,7 @@ def archive_status(db_path, manifest: Manifest) -> dict:
     return {"live_last_sequence": live, "last_archived_sequence": archived,
             "last_archived_timestamp": manifest.last_archived_timestamp,
             "confirmed_timestamp": manifest.confirmed_timestamp, "lag_batches": lag_batches,
-            "lag_seconds": lag_seconds, "segments": sum(p.segments for p in manifest.pages) + len(manifest.wal_segments),
+            "lag_seconds": lag_seconds,
+            "segments": sum(p.segments for p in manifest.pages) + len(manifest.wal_segments),
             "failures": len(manifest.broken_ranges),
             "broken_ranges": [b.model_dump() for b in manifest.broken_ranges]}
