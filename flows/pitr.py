@@ -79,23 +79,40 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             raise
         get_logger().info("%s: this pass has nothing to do", exc)  # the follower ships; no page for that
         return {"ok": True, "skipped": str(exc), "passes": 0, "archived_batches": 0, "segments": []}
-    stop = stop or threading.Event()
-    pinner = Pinner(pins) if follow else None
     totals = {"passes": 0, "failed_passes": 0, "archived_batches": 0, "segments": [], "gaps": []}
+    try:
+        if follow:
+            report = _follow(cfg, archive, pins, interval, stop or threading.Event(), totals)
+        else:
+            report = archive_once(cfg, archive, pins)
+            _account(cfg, report, totals)
+            if report.new_gaps:
+                raise WalGap(gap_message(report.new_gaps[0]))
+            emit("rem.wal.archived", cfg.db_path, _beat(report))
+    finally:
+        pins.unlock()
+    return {"ok": True, **totals, "last_archived_sequence": report.last_archived_sequence,
+            "last_archived_timestamp": report.last_archived_timestamp,
+            "confirmed_timestamp": report.confirmed_timestamp, "live_last_sequence": report.live_last_sequence,
+            "lag_batches": report.lag_batches, "gaps": [g.model_dump() for g in totals["gaps"]]}
+
+
+def _follow(cfg: Settings, archive: WalArchive, pins: LogPins, interval: float, stop: threading.Event,
+            totals: dict) -> PassReport:
+    """Pass after pass until stopped, then one last; the pinner keeps every new log all along, so a
+    pass that fails (S3 away) loses nothing: it is logged, reported at most once a minute, retried."""
+    pinner = Pinner(pins)
+    _stop_on_sigterm(stop)
+    pinner.start()
     report, last_beat, last_failure, final = None, 0.0, 0.0, False
     try:
-        if pinner:
-            _stop_on_sigterm(stop)
-            pinner.start()
         while True:
             began = time.monotonic()
-            try:
-                # The follower's passes are plain calls: a task run a second would flood the Prefect UI.
-                report = archive_once(cfg, archive, pins) if not follow else archive_once.fn(cfg, archive, pins)
+            try:  # plain calls, not task runs: one a second would flood the Prefect UI
+                report = archive_once.fn(cfg, archive, pins)
+            except UsageError:
+                raise
             except Exception as exc:
-                if not follow or isinstance(exc, UsageError):
-                    raise
-                # The pinner keeps every new log meanwhile: a pass that failed (S3 away) loses nothing.
                 totals["failed_passes"] += 1
                 get_logger().error("log archival pass failed, next try in %g s: %s", interval, exc)
                 if time.monotonic() - last_failure >= HEARTBEAT_SECONDS:
@@ -103,30 +120,25 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
                     last_failure = time.monotonic()
             else:
                 _account(cfg, report, totals)
-                if not follow and report.new_gaps:
-                    raise WalGap(gap_message(report.new_gaps[0]))
-                if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval) or not follow:
-                    beat = {"last_archived_sequence": report.last_archived_sequence,
-                            "confirmed_timestamp": report.confirmed_timestamp, "lag_batches": report.lag_batches}
-                    emit("rem.wal.archived", cfg.db_path, beat)
-                    if follow:
-                        emit("rem.wal.follower.alive", cfg.db_path, beat)
+                if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval):
+                    emit("rem.wal.archived", cfg.db_path, _beat(report))
+                    emit("rem.wal.follower.alive", cfg.db_path, _beat(report))
                     last_beat = time.monotonic()
-            if not follow or final:
+            if final:
                 break
             final = stop.wait(max(0.0, interval - (time.monotonic() - began)))  # stopped: one last pass
     finally:
-        if pinner:
-            pinner.stopped.set()
-            pinner.join()
-        pins.unlock()
+        pinner.stopped.set()
+        pinner.join()
     if report is None:
         raise RemError(f"none of {totals['failed_passes']} archival passes succeeded; the pins in {pins.dir} "
                        "keep the logs until one does")
-    return {"ok": True, **totals, "last_archived_sequence": report.last_archived_sequence,
-            "last_archived_timestamp": report.last_archived_timestamp,
-            "confirmed_timestamp": report.confirmed_timestamp, "live_last_sequence": report.live_last_sequence,
-            "lag_batches": report.lag_batches, "gaps": [g.model_dump() for g in totals["gaps"]]}
+    return report
+
+
+def _beat(report: PassReport) -> dict:
+    return {"last_archived_sequence": report.last_archived_sequence,
+            "confirmed_timestamp": report.confirmed_timestamp, "lag_batches": report.lag_batches}
 
 
 def _account(cfg: Settings, report: PassReport, totals: dict) -> None:

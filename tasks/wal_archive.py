@@ -279,7 +279,8 @@ def archive_pass(db_path: str | Path, archive: WalArchive, max_bytes: int = 16 <
                 referenced = {s.key for s in winner.wal_segments}
                 archive.delete([s.key for s in uploaded if s.key not in referenced])
                 if conflicts >= max_conflicts:
-                    raise RemError(f"gave up after {conflicts} conflicting manifest updates; is an archiver stuck?")
+                    raise RemError(f"gave up after {conflicts} conflicting manifest updates; is an archiver "
+                                   "stuck?") from None
     finally:
         if own:
             pins.unlock()
