@@ -89,16 +89,19 @@ def stop(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def manifest(s3, bucket: str) -> dict:
+def manifest(s3, bucket: str, db: Path) -> dict:
+    from rem.identity import derived_name
+
     try:
-        return json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
+        key = f"{derived_name(db)}/backups/wal/_all/manifest.json"
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except s3.exceptions.NoSuchKey:
         return {}
 
 
-def wait_for(s3, bucket: str, sequence: int, after: str = "") -> None:
+def wait_for(s3, bucket: str, db: Path, sequence: int, after: str = "") -> None:
     while True:
-        m = manifest(s3, bucket)
+        m = manifest(s3, bucket, db)
         if (m.get("last_archived_sequence") or 0) >= sequence and (m.get("confirmed_timestamp") or "") > after:
             return
         time.sleep(0.1)
@@ -126,7 +129,7 @@ def restore_benchmark(work: Path, env: dict, s3, bucket: str, writes: int) -> di
     last = int(writer.stdout.split()[0])
     after = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="microseconds")[:-6] + "Z"
     time.sleep(1.2)
-    wait_for(s3, bucket, last, after)
+    wait_for(s3, bucket, db, last, after)
     stop(follow)
 
     started = time.perf_counter()
@@ -142,7 +145,7 @@ def restore_benchmark(work: Path, env: dict, s3, bucket: str, writes: int) -> di
                     str(direct)], check=True)
     db_dir = direct / "rocksdb" if (direct / "rocksdb").is_dir() else direct
     pieces = []
-    for seg in manifest(s3, bucket)["wal_segments"]:
+    for seg in manifest(s3, bucket, db)["wal_segments"]:
         raw = s3.get_object(Bucket=bucket, Key=seg["key"])["Body"].read()
         pieces.append(Piece.decode(zstandard.ZstdDecompressor().decompressobj().decompress(raw)))
     place_logs(db_dir, pieces, base["last_sequence"], 2**62)
@@ -159,7 +162,7 @@ def lag_benchmark(work: Path, env: dict, s3, bucket: str, seconds: float, rate: 
     db = work / "lagdb"
     engine_db(db)
     follow = follower(db, env)
-    wait_for(s3, bucket, 1)
+    wait_for(s3, bucket, db, 1)
     writer = subprocess.Popen([str(ENGINE_PYTHON), "-c", STEADY, str(db), str(RUN.parent), str(rate), str(seconds)],
                               stdout=subprocess.PIPE, text=True)
     written: list[tuple[int, float]] = []
@@ -174,7 +177,7 @@ def lag_benchmark(work: Path, env: dict, s3, bucket: str, seconds: float, rate: 
     reader = threading.Thread(target=read_writer, daemon=True)
     reader.start()
     while reader.is_alive() or not written or archived[-1][0] < written[-1][0]:
-        archived.append(((manifest(s3, bucket).get("last_archived_sequence") or 0), time.time()))
+        archived.append(((manifest(s3, bucket, db).get("last_archived_sequence") or 0), time.time()))
         time.sleep(0.05)
     writer.wait()
     stop(follow)

@@ -9,7 +9,7 @@ from prefect_aws import S3Bucket
 from pydantic import Field, model_validator
 
 from rem.settings import STORAGE_CLASSES
-from tasks.storage import encryption_args
+from rem.storage.s3 import encryption_args
 
 
 class RemDatabase(Block):
@@ -26,6 +26,10 @@ class RemDatabase(Block):
         default=None, description="Tenant backed up when a run names none; empty means the whole database.")
     backup_dir: Optional[str] = Field(
         default=None, description="Local backup directory; default: backups/ beside the database directory.")
+    db_name: Optional[str] = Field(
+        default=None, description="The database's name in the store (P8_DB_NAME); default: derived from it.")
+    storage_block: Optional[str] = Field(
+        default=None, description="The REM Backup Storage block its backups, log archive and exports use.")
 
 
 class BackupEncryption(Block):

@@ -39,9 +39,8 @@ def main() -> None:
         shutil.rmtree(own, ignore_errors=True)
     data.mkdir(parents=True, exist_ok=True)
     run("--db-path", str(db), "db", "init", "--sample", str(args.entities), "--tenants", "3")
-    run("--db-path", str(db), "backup", "create", "--name", "demo")
+    source = Path(run_json("--db-path", str(db), "backup", "create", "--name", "demo")["location"])
     run("--db-path", str(db), "backup", "list")
-    source = data / "backups" / "full" / "_all" / "demo"
     restored = data / "restored-db"
     run("backup", "restore", "--source", str(source), "--target", str(restored))
     run("--db-path", str(db), "db", "stats")

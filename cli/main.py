@@ -31,6 +31,8 @@ metrics_app = typer.Typer(help="Prometheus metrics: print them, serve /metrics, 
 app.add_typer(metrics_app, name="metrics")
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+FROM_DB_OPTION = typer.Option(None, "--from-db", help="Another database's backups, by its name (see `rem backup "
+                              "list --all-dbs`); legacy: the layout before databases had names")
 
 
 @dataclass
@@ -55,9 +57,11 @@ def main_options(
     backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Local backup directory [env: P8_BACKUP_DIR]"),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="S3 bucket [env: P8_S3_BUCKET]"),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint [env: P8_S3_ENDPOINT_URL]"),
+    db_name: Optional[str] = typer.Option(None, "--db-name", help="The database's name in the store; default: its "
+                                          "directory name and RocksDB IDENTITY [env: P8_DB_NAME]"),
 ) -> None:
     ctx.obj = Globals(config, {"db_path": db_path, "backup_dir": backup_dir, "s3_bucket": bucket,
-                               "s3_endpoint_url": endpoint_url})
+                               "s3_endpoint_url": endpoint_url, "db_name": db_name})
 
 
 # ---------------------------------------------------------------------------------------- db
@@ -271,7 +275,7 @@ def backup_create(
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         tenant = _tenant(tenant)
-        if upload and not settings.s3_bucket:
+        if upload and not (settings.s3_bucket or settings.storage_block):
             fail("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket in the config, or --bucket)", 2,
                  as_json)
         from flows.backup import full_backup
@@ -285,16 +289,18 @@ def backup_create(
 
 
 @backup_app.command("list")
-def backup_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
-    """Backups, local and S3 merged, newest first."""
+def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
+                all_dbs: bool = typer.Option(False, "--all-dbs", help="Every database's backups in the stores"),
+                as_json: bool = JSON_OPTION) -> None:
+    """This database's backups, local and S3 merged, newest first (and the old layout's, as db 'legacy')."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         from flows.restore import list_backups
 
-        rows, unreachable = list_backups(_settings_dict(settings))
+        rows, unreachable = list_backups(_settings_dict(settings), from_db, all_dbs)
         emit(rows, as_json, table_renderer(
-            ["NAME", "TENANT", "SIZE", "CREATED", "LOCATION"],
-            [[r["name"], r["tenant_id"] or "(all)", human_bytes(r["size_bytes"]), r["created"], r["location"]]
+            ["DB", "NAME", "TENANT", "SIZE", "CREATED", "LOCATION"],
+            [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["size_bytes"]), r["created"], r["location"]]
              for r in rows], "No backups found."))
         if unreachable:
             fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"
@@ -307,6 +313,7 @@ def backup_download(
     name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
     output: Path = typer.Option(..., "--output", help="Directory; the backup goes to OUTPUT/NAME/"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    from_db: Optional[str] = FROM_DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Download a backup (parallel ranged GETs; an interrupted download resumes)."""
@@ -316,7 +323,8 @@ def backup_download(
         from flows.restore import download_backup
 
         with progress("Downloading", None) as advance:
-            result = download_backup(name, str(output), _settings_dict(settings), tenant, progress=advance)
+            result = download_backup(name, str(output), _settings_dict(settings), tenant, progress=advance,
+                                     from_db=from_db)
         emit(result, as_json, lambda c: c.print(f"Downloaded {name} to {result['path']}"))
 
 
@@ -351,6 +359,7 @@ def backup_verify(
     ctx: typer.Context,
     name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    from_db: Optional[str] = FROM_DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Checksum plus a trial restore into a temporary directory; the live database is not touched."""
@@ -359,7 +368,7 @@ def backup_verify(
         tenant = _tenant(tenant)
         from flows.restore import verify_backup
 
-        result = verify_backup(name, _settings_dict(settings), tenant)
+        result = verify_backup(name, _settings_dict(settings), tenant, from_db)
         emit(result, as_json, lambda c: c.print(
             f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
 
@@ -461,12 +470,33 @@ def deploy(
     with command(as_json):
         from deployments.deploy import deploy_everything
 
-        result = deploy_everything(work_pool, work_queue, settings.db_path.name, settings.pitr_enabled,
-                                   alert_webhook_url, notification_block, settings.pitr_interval_seconds)
+        result = deploy_everything(work_pool, work_queue, settings, alert_webhook_url, notification_block)
         emit(result, as_json, lambda c: c.print(
             f"Work pool {work_pool} ({result['work_pool_status']}), queue {work_queue}; "
             f"{len(result['deployments'])} deployments; automations: "
             + ", ".join(f"{k} ({v})" for k, v in result["automations"].items())))
+
+
+fleet_app = typer.Typer(help="Every database the Prefect server schedules.")
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("status")
+def fleet_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Host, last successful backup and its age, PITR lag, last verify, health and next run of every
+    database; exit 1 when any breaches the runbook's thresholds."""
+    with command(as_json):
+        from flows.fleet import fleet_status
+
+        result = fleet_status()
+        emit(result, as_json, table_renderer(
+            ["DB", "HOST", "LAST BACKUP", "AGE H", "PITR LAG S", "VERIFY", "HEALTH", "NEXT RUN", "BREACHES"],
+            [[r["db"], r["host"] or "?", r["last_backup"] or "never", str(r["backup_age_hours"]),
+              str(r["pitr_lag_seconds"]), r["last_verify"] or "-", r["health"], r["next_run"] or "-",
+              "; ".join(r["breaches"]) or "ok"] for r in result["databases"]],
+            "No database is deployed on this server: `rem deploy` on each database host."))
+        if not result["ok"]:
+            raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------- index
@@ -615,13 +645,13 @@ def pitr_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None
 
 
 @pitr_app.command("list-recovery-points")
-def pitr_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+def pitr_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION, as_json: bool = JSON_OPTION) -> None:
     """BASE BACKUP, RECOVERY WINDOW and what breaks it, for every usable base backup."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         from flows.pitr import recovery_points
 
-        rows = recovery_points(settings)
+        rows = recovery_points(settings, from_db)
         emit(rows, as_json, table_renderer(
             ["BASE BACKUP", "BASE SEQUENCE", "RECOVERY WINDOW", "BROKEN"],
             [[r["base_backup"], str(r["base_last_sequence"]), f"{r['window_start']} to {r['window_end']}",
@@ -634,6 +664,7 @@ def pitr_restore_command(
     timestamp: str = typer.Option(..., "--timestamp", help="Target time; without a zone it is UTC"),
     output: Path = typer.Option(..., "--output", help="New database directory (must be empty or absent)"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Keep only this tenant's rows"),
+    from_db: Optional[str] = FROM_DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Newest base backup at or before the target, then the archived log replayed up to it by RocksDB."""
@@ -642,7 +673,7 @@ def pitr_restore_command(
         tenant = _tenant(tenant)
         from flows.pitr import pitr_restore
 
-        result = pitr_restore(timestamp, str(output), tenant, _settings_dict(settings))
+        result = pitr_restore(timestamp, str(output), tenant, _settings_dict(settings), from_db)
         emit(result, as_json, lambda c: c.print(
             f"Restored {result['output']} to {result['target']}: base {result['base_backup']} + "
             f"{result['replayed_batches']:,} batches replayed by RocksDB (through sequence {result['last_sequence']:,})"))
@@ -653,6 +684,7 @@ def pitr_verify_command(
     ctx: typer.Context,
     timestamp: str = typer.Option(..., "--timestamp", help="Target time; without a zone it is UTC"),
     tenant: Optional[str] = typer.Option(None, "--tenant"),
+    from_db: Optional[str] = FROM_DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Check the base backup, every segment a restore needs and their continuity; writes no database."""
@@ -661,7 +693,7 @@ def pitr_verify_command(
         tenant = _tenant(tenant)
         from flows.pitr import pitr_verify
 
-        result = pitr_verify(timestamp, tenant, _settings_dict(settings))
+        result = pitr_verify(timestamp, tenant, _settings_dict(settings), from_db)
         emit(result, as_json, lambda c: c.print(
             f"A restore to {timestamp} would start from {result['base_backup']} (sequence "
             f"{result['base_last_sequence']:,}) and replay {result['batches']:,} batches from {result['segments']} "
@@ -690,7 +722,7 @@ def pitr_enable(
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(tomli_w.dumps(data))
         try:
-            load_settings(tmp)  # refuse to write a file the next command could not read
+            settings = load_settings(tmp, **ctx.obj.flags)  # refuse to write a file the next command could not read
         except Exception:
             tmp.unlink()
             raise
@@ -703,7 +735,10 @@ def pitr_enable(
             from deployments.deploy import set_wal_archive_schedule
 
             with get_client(sync_client=True) as client:
-                deployment = "wal-archive deployment: " + set_wal_archive_schedule(client, interval, True)
+                from tasks.storage import identity
+
+                deployment = "wal-archive deployment: " + set_wal_archive_schedule(client, identity(settings).name,
+                                                                                   interval, True)
         else:
             deployment = "no Prefect API configured: `rem deploy` will schedule wal-archive at this interval"
         result = {"ok": True, "config": str(path), "pitr": data["pitr"], "deployment": deployment}

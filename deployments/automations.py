@@ -42,22 +42,26 @@ def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_win
             trigger=EventTrigger(
                 expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
                 match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
+                # A run of a deployment only: an ad-hoc run from the command line has its operator watching.
+                match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
+                               {"prefect.resource.role": "deployment"}],
                 posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-            actions=notify("REM backup failed: {{ flow.name }} / {{ flow_run.name }}",
-                           "Flow run {{ flow_run.name }} of {{ flow.name }} entered {{ flow_run.state.name }}: "
-                           "{{ flow_run.state.message }}"),
+            actions=notify("REM backup failed: {{ flow.name }}/{{ deployment.name }} ({{ flow_run.name }})",
+                           "Database {{ deployment.name }} ({{ flow_run.tags | join(', ') }}): flow run "
+                           "{{ flow_run.name }} ({{ flow_run.id }}) of deployment {{ flow.name }}/{{ deployment.name }} "
+                           "entered {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
+                           "{{ flow_run | ui_url }}"),
         ),
         heartbeat(prefix + BACKUP_STALE, "rem.backup.succeeded", backup_window, notify(
-            "REM backup overdue: {{ event.resource.id }}",
+            "REM backup overdue: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",
             f"No successful backup of {{{{ event.resource.id }}}} within {backup_window}.")),
     ]
     if pitr_enabled:
         specs.append(heartbeat(prefix + WAL_STALE, "rem.wal.archived", wal_window, notify(
-            "REM WAL archive stalled: {{ event.resource.id }}",
+            "REM WAL archive stalled: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",
             f"No WAL archived for {{{{ event.resource.id }}}} within {wal_window}: the recovery window is not moving.")))
         specs.append(heartbeat(prefix + FOLLOWER_STOPPED, "rem.wal.follower.alive", follower_window, notify(
-            "REM log follower stopped: {{ event.resource.id }}",
+            "REM log follower stopped: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",
             f"The log follower of {{{{ event.resource.id }}}} sent no heartbeat within {follower_window}: logs the "
             "engine deletes meanwhile are lost to point-in-time recovery (the 5-minute passes pin only what they "
             "find). Restart it: systemctl restart rem-wal-archiver@<name>, or run the wal-archive-follow deployment.")))

@@ -1,5 +1,10 @@
-"""`rem deploy`: block types, the process work pool, every deployment in prefect.yaml, the writer
-concurrency limit, the notification block and the automations. Running it twice changes nothing."""
+"""`rem deploy`: one database's deployments, blocks and writer slot on a shared Prefect server, plus the
+block types, the process work pool, the notification block and the automations every database shares.
+
+prefect.yaml is the template: each of its deployments becomes `{flow}/{db}` (the follower
+`wal-archive/{db}-follow`) on the database host's own work queue, its parameters naming that
+database's blocks `rem-db-{db}` and `rem-backups-{db}`. Running it twice changes nothing; running it
+for a second database changes nothing of the first."""
 
 from __future__ import annotations
 
@@ -64,47 +69,107 @@ def ensure_notification_block(webhook_url: str | None, existing: str | None):
     return CustomWebhookNotificationBlock.load(NOTIFICATION_BLOCK)
 
 
-def set_wal_archive_schedule(client, interval_seconds: int, active: bool) -> str:
-    """Point the wal-archive deployment's schedule at the [pitr] interval, paused unless PITR is on;
-    the follower's deployment is switched with it."""
+def set_wal_archive_schedule(client, db: str, interval_seconds: int, active: bool) -> str:
+    """Point the database's wal-archive deployment's schedule at the [pitr] interval, paused unless
+    PITR is on; its follower's deployment is switched with it."""
     from prefect.client.schemas.schedules import IntervalSchedule
     from prefect.exceptions import ObjectNotFound
 
     try:
-        deployment = client.read_deployment_by_name("wal-archive/wal-archive")
+        deployment = client.read_deployment_by_name(f"wal-archive/{db}")
     except ObjectNotFound:
         return "not deployed yet: `rem deploy` schedules it"
     schedule = IntervalSchedule(interval=interval_seconds)
     for existing in client.read_deployment_schedules(deployment.id):
         client.update_deployment_schedule(deployment.id, existing.id, active=active, schedule=schedule)
     with contextlib.suppress(ObjectNotFound):  # the follower's restart schedule follows the same switch
-        follower = client.read_deployment_by_name("wal-archive/wal-archive-follow")
+        follower = client.read_deployment_by_name(f"wal-archive/{db}-follow")
         for existing in client.read_deployment_schedules(follower.id):
             client.update_deployment_schedule(follower.id, existing.id, active=active)
     return f"every {interval_seconds} s, {'active' if active else 'paused (PITR is not enabled)'}"
 
 
-def deploy_everything(work_pool: str, work_queue: str, db_name: str, pitr_enabled: bool,
-                      webhook_url: str | None, notification_block: str | None, pitr_interval: int = 300) -> dict:
+def database_blocks(cfg, db: str) -> dict[str, str]:
+    """The database's RemDatabase block (rewritten from the settings every deploy) and, with a bucket
+    configured, its BackupStorage block (made once: credentials are edited in the UI, not here)."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks.backup import BackupStorage, RemDatabase
+
+    storage = f"rem-backups-{db}"
+    outcome = {}
+    if cfg.s3_bucket:
+        try:
+            BackupStorage.load(storage)
+            outcome[storage] = "exists"
+        except (ValueError, ObjectNotFound):
+            creds = AwsCredentials(region_name=cfg.s3_region, aws_client_parameters=AwsClientParameters(
+                endpoint_url=cfg.s3_endpoint_url))
+            BackupStorage(bucket=S3Bucket(bucket_name=cfg.s3_bucket, credentials=creds), prefix=cfg.s3_prefix,
+                          storage_class=cfg.s3_storage_class, chunk_size_mb=cfg.backup_chunk_size_mb,
+                          concurrency=cfg.backup_upload_concurrency,
+                          compression_level=cfg.backup_compression).save(storage)
+            outcome[storage] = "created"
+    RemDatabase(path=str(cfg.db_path), db_name=db, backup_dir=str(cfg.backup_dir) if cfg.backup_dir else None,
+                storage_block=storage if cfg.s3_bucket else None).save(f"rem-db-{db}", overwrite=True)
+    outcome[f"rem-db-{db}"] = "saved"
+    return outcome
+
+
+def database_deployments(db: str, host: str, remote: bool) -> dict:
+    """prefect.yaml with every deployment renamed for this database, pointed at its blocks and tagged
+    with its name and host (which pages and the fleet view read)."""
+    import yaml
+
+    spec = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
+    for deployment in spec["deployments"]:
+        deployment["name"] = db + ("-follow" if deployment["name"].endswith("-follow") else "")
+        params = deployment.setdefault("parameters", {})
+        params["database_block"] = f"rem-db-{db}"
+        if "storage_block" in params or "upload" in params:
+            params.pop("storage_block", None)  # the database block names its storage
+            if "upload" in params:
+                params["upload"] = remote
+        deployment["tags"] = sorted(set(deployment.get("tags", [])) | {f"db:{db}", f"host:{host}"})
+    return spec
+
+
+def deploy_everything(work_pool: str, work_queue: str, cfg, webhook_url: str | None,
+                      notification_block: str | None) -> dict:
+    import socket
+    import tempfile
+
+    import yaml
     from prefect.client.orchestration import get_client
 
     from deployments.automations import automation_specs, sync_automations
     from tasks.runtime import prefect_api_url, writer_limit_name
+    from tasks.storage import identity
 
     if not prefect_api_url():
         raise UsageError("rem deploy needs a Prefect server: set PREFECT_API_URL (or a Prefect profile with one)")
+    db, host = identity(cfg).name, socket.gethostname()
     env = {**os.environ, "REM_PROJECT_DIR": str(PROJECT_DIR), "REM_WORK_POOL": work_pool,
            "REM_WORK_QUEUE": work_queue}
-    result: dict = {"work_pool": work_pool, "work_queue": work_queue}
+    result: dict = {"db_name": db, "host": host, "work_pool": work_pool, "work_queue": work_queue}
     _run(["block", "register", "-m", "blocks"], env)
     result["block_types"] = ["rem-database", "rem-backup-storage", "rem-backup-encryption"]
+    result["blocks"] = database_blocks(cfg, db)
     block = ensure_notification_block(webhook_url, notification_block)
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, tempfile.TemporaryDirectory(prefix="rem-deploy-") as tmp:
         result["work_pool_status"] = ensure_work_pool(client, work_pool)
-        result["writer_limit"] = {writer_limit_name(db_name): ensure_writer_limit(client, writer_limit_name(db_name))}
-        _run(["--no-prompt", "deploy", "--all", "--prefect-file", str(PROJECT_DIR / "prefect.yaml")], env)
-        result["deployments"] = sorted(f"{d.name}" for d in client.read_deployments())
-        result["wal_archive_schedule"] = set_wal_archive_schedule(client, pitr_interval, pitr_enabled)
-        result["automations"] = sync_automations(client, automation_specs(block._block_document_id, pitr_enabled))
+        limit = writer_limit_name(cfg.db_path, host)
+        result["writer_limit"] = {limit: ensure_writer_limit(client, limit)}
+        spec_file = os.path.join(tmp, "prefect.yaml")
+        with open(spec_file, "w") as f:
+            yaml.safe_dump(database_deployments(db, host, bool(cfg.s3_bucket)), f, sort_keys=False)
+        _run(["--no-prompt", "deploy", "--all", "--prefect-file", spec_file], env)
+        result["deployments"] = sorted(f"{flow}/{d.name}" for d in client.read_deployments()
+                                       for flow in [client.read_flow(d.flow_id).name] if d.name.split("-follow")[0] == db)
+        result["wal_archive_schedule"] = set_wal_archive_schedule(client, db, int(cfg.pitr_interval_seconds),
+                                                                  cfg.pitr_enabled)
+        result["automations"] = sync_automations(client, automation_specs(block._block_document_id, cfg.pitr_enabled))
     result["notification_block"] = notification_block or NOTIFICATION_BLOCK
     return result

@@ -9,22 +9,30 @@ from rem.format import check_tenant
 from rem.settings import Settings, load_settings
 from rem.tenant import require_tenant
 from tasks.backup import build_metadata, compress_and_store, describe, snapshot, store_metadata, store_schemas, utc_now
-from tasks.runtime import emit, flow, get_logger, publish_report, publish_table
-from tasks.storage import ALL_TENANTS, backup_name, check_name, cleanup_quietly, make_store
+from tasks.runtime import current_db, db_label, emit, flow, get_logger, publish_report, publish_table
+from rem.backups import ALL_TENANTS, backup_name, check_name
+from rem.storage import cleanup_quietly
+from tasks.storage import backup_store
 
 
-def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None) -> Settings:
+def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None,
+                     storage_block: str | None = None, encryption_block: str | None = None) -> Settings:
     """Settings given by the command line, else from the environment and config file; a RemDatabase
-    block named by a deployment supplies the database path and backup directory."""
+    block named by a deployment supplies the database's path, name, backup directory and storage
+    block, so every flow of a deployment writes and reads where its backups are."""
     cfg = Settings.model_validate(settings) if settings else load_settings()
+    update: dict[str, Any] = {}
     if database_block:
         from pathlib import Path
 
         from blocks.backup import RemDatabase
 
         block = RemDatabase.load(database_block)
-        cfg = cfg.model_copy(update={"db_path": Path(block.path),
-                                     "backup_dir": Path(block.backup_dir) if block.backup_dir else cfg.backup_dir})
+        update = {"db_path": Path(block.path), "backup_dir": Path(block.backup_dir) if block.backup_dir else None,
+                  "db_name": block.db_name, "storage_block": block.storage_block}
+    update.update({"storage_block": storage_block, "encryption_block": encryption_block})
+    cfg = cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
+    current_db.set(db_label(cfg))
     return cfg
 
 
@@ -32,7 +40,7 @@ def resolve_settings(settings: dict[str, Any] | None, database_block: str | None
 def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = None, name: str | None = None,
                 upload: bool = False, storage_block: str | None = None, encryption_block: str | None = None,
                 database_block: str | None = None) -> dict[str, Any]:
-    cfg = resolve_settings(settings, database_block)
+    cfg = resolve_settings(settings, database_block, storage_block, encryption_block)
     started = time.monotonic()
     taken_at = utc_now()
     name = check_name(name) if name is not None else backup_name(taken_at)
@@ -40,7 +48,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     try:
         if tenant is not None:
             require_tenant(str(cfg.db_path), tenant)
-        store = make_store(cfg, upload or bool(storage_block), storage_block, encryption_block)
+        store = backup_store(cfg, upload or bool(cfg.storage_block))
         store.prepare(segment, name)
         try:
             snap = snapshot(str(cfg.db_path), tenant)
@@ -49,17 +57,18 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                 archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
                 facts = facts.result()
                 store_schemas(store, segment, name, facts)
-                metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap)
+                metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap,
+                                          store.owner)
                 store_metadata(store, metadata)
             finally:
                 snap.remove()
         finally:
             cleanup_quietly(lambda: store.release(segment, name), f"releasing backup name {name!r}")
     except Exception as exc:
-        emit("rem.backup.failed", cfg.db_path, {"name": name, "tenant": tenant, "reason": str(exc)})
+        emit("rem.backup.failed", cfg, {"name": name, "tenant": tenant, "reason": str(exc)})
         raise
     location = store.location(segment, name)
-    emit("rem.backup.succeeded", cfg.db_path, {"name": name, "tenant": tenant, "location": location,
+    emit("rem.backup.succeeded", cfg, {"name": name, "tenant": tenant, "location": location,
                                                "size_bytes": metadata.size_bytes})
     publish_report("backup", f"# Backup {name}\n\n{metadata.entity_count} entities, {metadata.size_bytes} bytes "
                              f"compressed, at {location}\n\nSHA-256 `{metadata.checksum_sha256}`")

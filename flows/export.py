@@ -16,7 +16,9 @@ from rem.engine import SYSTEM_SCHEMA_PROPERTIES
 from rem.format import check_tenant
 from rem.tenant import require_tenant
 from tasks.runtime import flow, publish_report, task
-from tasks.storage import make_store
+from rem.identity import claim_name
+from rem.storage import ObjectStore
+from tasks.storage import identity, remote_store
 
 
 @task("export-schemas", retries=1, retry_delay_seconds=2)
@@ -29,10 +31,10 @@ def export_files(db_path: str, targets: dict[str, Path], tenant: str | None, inc
 
 
 @task("upload-export", retries=3, retry_delay_seconds=5)
-def upload_export(store, path: Path, key: str) -> str:
-    """Upload a Parquet file with boto3's managed transfer."""
-    store.client.upload_file(str(path), store.cfg.bucket, key, ExtraArgs=store._put_args())
-    return f"s3://{store.cfg.bucket}/{key}"
+def upload_export(objects: ObjectStore, path: Path, key: str) -> str:
+    """Store a Parquet file under the database's exports/."""
+    objects.put_file(key, path)
+    return objects.url(key)
 
 
 def chosen_schemas(db_path: str, wanted: list[str] | None) -> list[str]:
@@ -55,7 +57,10 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
     names = chosen_schemas(str(cfg.db_path), schemas)
     if not output and not upload:
         raise UsageError("give --output PATH (and/or --upload)")
-    store = make_store(cfg, upload=True) if upload else None
+    objects = remote_store(cfg) if upload else None
+    if objects is not None:
+        me = identity(cfg)
+        claim_name(objects, me, write=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="rem-export-") as tmp:
         base = Path(output) if output else Path(tmp)
@@ -67,9 +72,9 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
                 Path(result["path"]).unlink(missing_ok=True)
                 files.remove(result)
         for result in files:
-            if store is not None:
-                key = f"{store.prefix}exports/{tenant}/{stamp}/{result['schema']}.parquet"
-                result["uploaded"] = upload_export(store, targets[result["schema"]], key)
+            if objects is not None:
+                key = f"{me.name}/exports/{tenant}/{stamp}/{result['schema']}.parquet"
+                result["uploaded"] = upload_export(objects, targets[result["schema"]], key)
             if not output:
                 result["path"] = None
     publish_report("tenant-export", f"# Export of {tenant}\n\n" + "\n".join(

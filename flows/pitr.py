@@ -15,27 +15,17 @@ from flows.backup import resolve_settings
 from rem.db import is_database
 from rem.errors import DatabaseNotFound, RemError, UsageError
 from rem.pitr import ArchiverBusy, LogPins, check_log_options, format_micros
-from rem.scratch import remove_scratch
 from rem.settings import Settings
 from tasks.pitr import check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover
-from tasks.restore import check_target, extract, put_into_place, real_target, verify_archive
+from tasks.restore import check_target, put_into_place, real_target, unpacked, verify_archive
 from tasks.runtime import emit, flow, get_logger, task
-from tasks.storage import all_stores, make_store, read_local_backup
-from tasks.wal_archive import (PassReport, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
+from rem.backups import read_local_backup
+from rem.identity import claim_name
+from tasks.storage import all_stores, identity, log_archive
+from rem.log_archive import (PassReport, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
                                choose_window, gap_message, micros, parse_time, recovery_windows, segments_to_fetch)
 
 HEARTBEAT_SECONDS = 60  # a follower passing every second still emits one event a minute
-
-
-def wal_archive_for(cfg: Settings, bounded: bool = False, stores: list | None = None) -> WalArchive:
-    """The log archive; through the client of a store already made for the same bucket, if one is given."""
-    bucket = cfg.pitr_bucket or cfg.s3_bucket
-    if not bucket:
-        raise UsageError("point-in-time recovery needs a bucket: set [pitr] bucket or P8_S3_BUCKET "
-                         "(or run `rem pitr enable --bucket B`)")
-    store = next((s for s in stores or [] if getattr(getattr(s, "cfg", None), "bucket", None) == bucket), None)
-    store = store or make_store(cfg.model_copy(update={"s3_bucket": bucket}), upload=True, bounded=bounded)
-    return WalArchive(store.client, bucket, cfg.s3_prefix)
 
 
 @task("archive-log", retries=2, retry_delay_seconds=10)
@@ -66,11 +56,11 @@ def _stop_on_sigterm(stop: threading.Event) -> None:
 def wal_archive(settings: dict[str, Any] | None = None, database_block: str | None = None, follow: bool = False,
                 interval_seconds: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings, database_block)
-    archive = wal_archive_for(cfg)
     interval = interval_seconds or cfg.pitr_follow_interval_seconds
     if not is_database(cfg.db_path):
         raise DatabaseNotFound(str(cfg.db_path))  # before anything is created beside it
     check_log_options(cfg.db_path)
+    archive = log_archive(cfg)
     pins = LogPins(cfg.db_path)
     try:
         pins.lock()
@@ -81,6 +71,7 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
         return {"ok": True, "skipped": str(exc), "passes": 0, "archived_batches": 0, "segments": []}
     totals = {"passes": 0, "failed_passes": 0, "archived_batches": 0, "segments": [], "gaps": []}
     try:
+        claim_name(archive.objects, identity(cfg), write=True)
         if follow:
             report = _follow(cfg, archive, pins, interval, stop or threading.Event(), totals)
         else:
@@ -88,7 +79,7 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             _account(cfg, report, totals)
             if report.new_gaps:
                 raise WalGap(gap_message(report.new_gaps[0]))
-            emit("rem.wal.archived", cfg.db_path, _beat(report))
+            emit("rem.wal.archived", cfg, _beat(report))
     finally:
         pins.unlock()
     return {"ok": True, **totals, "last_archived_sequence": report.last_archived_sequence,
@@ -116,13 +107,13 @@ def _follow(cfg: Settings, archive: WalArchive, pins: LogPins, interval: float, 
                 totals["failed_passes"] += 1
                 get_logger().error("log archival pass failed, next try in %g s: %s", interval, exc)
                 if time.monotonic() - last_failure >= HEARTBEAT_SECONDS:
-                    emit("rem.wal.archive.failed", cfg.db_path, {"reason": f"{type(exc).__name__}: {exc}"})
+                    emit("rem.wal.archive.failed", cfg, {"reason": f"{type(exc).__name__}: {exc}"})
                     last_failure = time.monotonic()
             else:
                 _account(cfg, report, totals)
                 if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval):
-                    emit("rem.wal.archived", cfg.db_path, _beat(report))
-                    emit("rem.wal.follower.alive", cfg.db_path, _beat(report))
+                    emit("rem.wal.archived", cfg, _beat(report))
+                    emit("rem.wal.follower.alive", cfg, _beat(report))
                     last_beat = time.monotonic()
             if final:
                 break
@@ -147,15 +138,16 @@ def _account(cfg: Settings, report: PassReport, totals: dict) -> None:
     totals["archived_batches"] += report.archived_batches
     totals["gaps"] += report.new_gaps
     for gap in report.new_gaps:
-        emit("rem.wal.archive.failed", cfg.db_path, {"reason": gap_message(gap)})
+        emit("rem.wal.archive.failed", cfg, {"reason": gap_message(gap)})
         get_logger().error(gap_message(gap))
 
 
-def plan(cfg: Settings, target_text: str) -> tuple[WalArchive, RecoveryWindow, list]:
-    """The archive, the recovery window that holds the target, and the segments to fetch."""
+def plan(cfg: Settings, target_text: str, from_db: str | None = None) -> tuple[WalArchive, RecoveryWindow, list]:
+    """The archive, the recovery window that holds the target, and the segments to fetch (this
+    database's, or with from_db another's)."""
     target = parse_time(target_text)
-    stores = all_stores(cfg)
-    archive = wal_archive_for(cfg, stores=stores)
+    stores = all_stores(cfg, from_db=from_db)
+    archive = log_archive(cfg, from_db=from_db)
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
     window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), target)
@@ -164,28 +156,24 @@ def plan(cfg: Settings, target_text: str) -> tuple[WalArchive, RecoveryWindow, l
 
 @flow("pitr-restore", description="A base backup plus the archived log up to a time, replayed by RocksDB itself.")
 def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
-                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                 settings: dict[str, Any] | None = None, from_db: str | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
     out = real_target(Path(output))
     target = parse_time(timestamp)
-    archive, window, segments = plan(cfg, timestamp)
+    archive, window, segments = plan(cfg, timestamp, from_db)
     lock = check_target(out, overwrite=False, tenant=None)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
         if lock is not None:
             held.callback(lock.release)
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
         source = window.record.store.fetch(window.record, Path(tmp) / "base")
-        metadata = read_local_backup(source)
-        verify_archive(source, metadata)
-        db_dir = extract(source, out, metadata)
-        try:
+        with unpacked(source, out, check=False) as base:
+            metadata, db_dir = base.metadata, base.db_dir
             placed = place_archived_logs(db_dir, pieces, metadata.last_sequence, micros(target))
             recover(db_dir, placed.last_sequence)
             if tenant:
                 db_dir = narrow_to_tenant(db_dir, tenant)
             put_into_place(db_dir, out)
-        finally:
-            remove_scratch(db_dir.parent)
     get_logger().info("restored %s to %s from base %s", out, timestamp, metadata.name)
     return {"ok": True, "output": str(out), "target": target.isoformat().replace("+00:00", "Z"),
             "base_backup": metadata.name, "base_last_sequence": metadata.last_sequence,
@@ -196,10 +184,11 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
 
 
 @flow("pitr-verify", description="Check the base, every segment and their continuity, without writing a database.")
-def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, Any] | None = None,
+                from_db: str | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
     target = parse_time(timestamp)
-    archive, window, segments = plan(cfg, timestamp)
+    archive, window, segments = plan(cfg, timestamp, from_db)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-verify-") as tmp:
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
         source = window.record.store.fetch(window.record, Path(tmp) / "base")
@@ -211,9 +200,9 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
             "window": {"start": window.start, "end": window.end}}
 
 
-def recovery_points(cfg: Settings) -> list[dict[str, Any]]:
-    stores = all_stores(cfg)
-    archive = wal_archive_for(cfg, stores=stores)
+def recovery_points(cfg: Settings, from_db: str | None = None) -> list[dict[str, Any]]:
+    stores = all_stores(cfg, from_db=from_db)
+    archive = log_archive(cfg, from_db=from_db)
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
     rows = []
@@ -228,7 +217,7 @@ def recovery_points(cfg: Settings) -> list[dict[str, Any]]:
 
 
 def pitr_status(cfg: Settings) -> dict[str, Any]:
-    archive = wal_archive_for(cfg)
+    archive = log_archive(cfg)
     manifest, _ = archive.read_manifest()
-    return {"enabled": cfg.pitr_enabled, "bucket": archive.bucket,
-            "manifest": f"s3://{archive.bucket}/{archive.root}manifest.json", **archive_status(cfg.db_path, manifest)}
+    return {"enabled": cfg.pitr_enabled, "db_name": archive.db, "archive": archive.describe(),
+            "manifest": archive.objects.url(archive.root + "manifest.json"), **archive_status(cfg.db_path, manifest)}

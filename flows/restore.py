@@ -9,18 +9,25 @@ from typing import Any
 from flows.backup import resolve_settings
 from tasks.runtime import RunProgress, flow, get_logger, publish_report, task
 from rem.db import is_database
-from rem.scratch import remove_scratch
-from tasks.restore import (build_tenant_replacement, check_restored, check_target, extract, put_into_place, real_target,
-                           verify_archive)
-from tasks.storage import all_stores, find_backup, list_reachable, read_local_backup
+from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, read_local_backup
+from rem.settings import Settings
+from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
+from rem.identity import LEGACY
+from tasks.storage import all_stores, database_names, object_stores, other_stores
+
+
+def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | None) -> BackupRecord:
+    """This database's backup called name, or with from_db another database's (`legacy`: the old layout's)."""
+    return find_backup(all_stores(cfg, from_db=from_db), name, tenant,
+                       None if from_db else lambda: other_stores(cfg, databases=True))
 
 
 @task("download", retries=3, retry_delay_seconds=10)
 def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
-             progress=None) -> Path:
+             progress=None, from_db: str | None = None) -> Path:
     """Fetch a backup into output/{name}/ (resuming a partial download)."""
     cfg = resolve_settings(settings_dict)
-    record = find_backup(all_stores(cfg), name, tenant)
+    record = find_record(cfg, name, tenant, from_db)
     run_progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
 
     def advance(n: int) -> None:
@@ -35,8 +42,8 @@ def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tena
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
 def download_backup(name: str, output: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
-                    progress=None) -> dict[str, Any]:
-    dest = download(name, Path(output), settings, tenant, progress)
+                    progress=None, from_db: str | None = None) -> dict[str, Any]:
+    dest = download(name, Path(output), settings, tenant, progress, from_db)
     return {"name": name, "path": str(dest)}
 
 
@@ -46,18 +53,14 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
     metadata = read_local_backup(source_dir)
     lock = check_target(target_dir, overwrite, metadata.tenant_id)  # held until the swap is durable
     try:
-        verify_archive(source_dir, metadata)
-        extracted = extract(source_dir, target_dir, metadata)
-        try:
-            report = check_restored(extracted, metadata)
+        with unpacked(source_dir, target_dir) as base:
+            report = base.report
             if metadata.tenant_id and is_database(target_dir):
-                replacement, written = build_tenant_replacement(extracted, target_dir, metadata.tenant_id)
+                replacement, written = build_tenant_replacement(base.db_dir, target_dir, metadata.tenant_id)
                 mode = "tenant-replaced"
             else:
-                replacement, written, mode = extracted, report.column_families, "database"
+                replacement, written, mode = base.db_dir, report.column_families, "database"
             put_into_place(replacement, target_dir)
-        finally:
-            remove_scratch(extracted.parent)  # this flow's extraction, whichever copy went into place
     finally:
         if lock is not None:
             lock.release()
@@ -71,26 +74,36 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
 
 
 @flow("verify-backup", description="Checksum and trial restore of a backup into a temporary directory.")
-def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str | None = None) -> dict[str, Any]:
+def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
+                  from_db: str | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
-    record = find_backup(all_stores(cfg), name, tenant)
+    record = find_record(cfg, name, tenant, from_db)
     with tempfile.TemporaryDirectory(prefix="rem-verify-") as tmp:
         source = record.store.fetch(record, Path(tmp) / "download")
-        metadata = read_local_backup(source)
-        verify_archive(source, metadata)
-        trial = Path(tmp) / "trial" / "db"
-        trial.parent.mkdir()
-        db_dir = extract(source, trial, metadata)
-        report = check_restored(db_dir, metadata)
+        with unpacked(source, Path(tmp) / "trial") as base:
+            metadata, report = base.metadata, base.report
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
             "entity_count": report.entity_count, "column_families": report.column_families}
 
 
-def list_backups(settings: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Local and S3 backups merged, newest first, and the stores that could not be read (with why)."""
+def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = None,
+                 all_dbs: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """This database's backups (or from_db's, or with all_dbs every database's), local and S3
+    merged, newest first, with the old layout's; and the stores that could not be read (with why)."""
     cfg = resolve_settings(settings)
-    records, unreachable = list_reachable(all_stores(cfg, bounded=True))
+    if all_dbs:
+        stores = [BackupStore(o, name) for o in object_stores(cfg, bounded=True) for name in database_names(o)]
+    else:
+        stores = all_stores(cfg, bounded=True, from_db=from_db)
+    if not from_db:
+        stores += other_stores(cfg)
+    records, unreachable = list_reachable(stores)
     records.sort(key=lambda r: (r.metadata.timestamp, r.name), reverse=True)
-    return [{"name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
+    legacy = {r.store.describe() for r in records if r.store.legacy}
+    for where in sorted(legacy):
+        get_logger().warning("%s holds backups in the old layout (no database level): they are listed as db "
+                             "'legacy' and restored with --from-db legacy; to give them to this database, move "
+                             "them under %s", where, all_stores(cfg)[0].describe() if not all_dbs else "its name")
+    return [{"db": r.store.db or LEGACY, "name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
              "size_bytes": r.metadata.size_bytes, "created": r.metadata.timestamp, "location": r.location,
              "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq} for r in records], unreachable

@@ -13,18 +13,16 @@ from flows.backup import full_backup, resolve_settings
 from rem.db import open_db
 from rem.stats import collect_stats
 from rem.verify import verify_database
-from tasks.restore import check_restored, extract, put_into_place, verify_archive
-from tasks.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
+from tasks.restore import put_into_place, unpacked
+from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
 from tasks.runtime import emit, flow, publish_report
-from tasks.storage import all_stores, find_backup, make_store, read_local_backup
+from rem.backups import find_backup
+from rem.identity import claim_name
+from tasks.storage import all_stores, identity, log_archive, remote_store
 
 
 def _archive_and_manifest(cfg):
-    if not (cfg.pitr_bucket or cfg.s3_bucket):
-        return None, None
-    from flows.pitr import wal_archive_for
-
-    archive = wal_archive_for(cfg)
+    archive = log_archive(cfg)
     manifest, etag = archive.read_manifest()
     return archive, (manifest if etag else None)
 
@@ -33,7 +31,11 @@ def _archive_and_manifest(cfg):
 def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tenant: str | None = None,
           dry_run: bool = False, settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
     cfg = resolve_settings(settings, database_block)
-    records = [r for store in all_stores(cfg) for r in store.list()]
+    stores = all_stores(cfg)
+    me = identity(cfg)
+    for store in stores:  # a database configured with another's name must not prune that one's backups
+        claim_name(store.objects, me, write=False)
+    records = [r for store in stores for r in store.list()]
     archive, manifest = _archive_and_manifest(cfg)
     plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant,
                       archive.all_segments(manifest) if manifest else None)
@@ -49,19 +51,14 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
 
 
 def apply_lifecycle(cfg, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3) -> dict:
-    """Install the runbook's lifecycle rules on the bucket (replacing the rem-* rules, keeping others)."""
-    store = make_store(cfg, upload=True)
-    from botocore.exceptions import ClientError
-
-    try:
-        existing = store.client.get_bucket_lifecycle_configuration(Bucket=store.cfg.bucket).get("Rules", [])
-    except ClientError:
-        existing = []
-    ours = lifecycle_rules(store.prefix)
-    rules = [r for r in existing if not r.get("ID", "").startswith("rem-")] + ours
-    store.client.put_bucket_lifecycle_configuration(Bucket=store.cfg.bucket,
-                                                    LifecycleConfiguration={"Rules": rules})
-    return {"bucket": store.cfg.bucket, "rules": ours, "notes": lifecycle_notes(keep_daily, keep_weekly, keep_monthly)}
+    """Install the runbook's lifecycle rules for this database's backups (replacing its own rules,
+    keeping every other database's and every rule rem did not write)."""
+    objects = remote_store(cfg)
+    ours = lifecycle_rules(objects.prefix, identity(cfg).name)
+    mine = {r["ID"] for r in ours}
+    objects.set_lifecycle_rules([r for r in objects.lifecycle_rules() if r.get("ID") not in mine] + ours)
+    return {"bucket": objects.cfg.bucket, "rules": ours,
+            "notes": lifecycle_notes(keep_daily, keep_weekly, keep_monthly)}
 
 
 def _per_schema_live(db_path) -> dict[str, int]:
@@ -83,12 +80,9 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
         record = find_backup(all_stores(cfg), backup)
         with tempfile.TemporaryDirectory(prefix="rem-drill-") as tmp:
             source = record.store.fetch(record, Path(tmp) / "download")
-            metadata = read_local_backup(source)
-            verify_archive(source, metadata)
             target = Path(tmp) / "restored"
-            db_dir = extract(source, target, metadata)
-            check_restored(db_dir, metadata)
-            put_into_place(db_dir, target)
+            with unpacked(source, target) as base:
+                put_into_place(base.db_dir, target)
             with open_db(target, "ro") as db:
                 report = verify_database(db)
             if report.critical:
@@ -103,12 +97,12 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
     except Exception as exc:  # a drill reports its failure; it is a result, not a crash
         result["reason"] = str(exc)
     result["seconds"] = round(time.monotonic() - started, 2)
-    log = cfg.local_backup_dir / "drill-log.jsonl"
+    log = cfg.local_backup_dir / identity(cfg).name / "drill-log.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(json.dumps(result) + "\n")
     result["log"] = str(log)
-    emit("rem.drill.passed" if result["passed"] else "rem.drill.failed", cfg.db_path,
+    emit("rem.drill.passed" if result["passed"] else "rem.drill.failed", cfg,
          {"backup": result["backup"], "reason": result["reason"]})
     publish_report("recovery-drill", f"# Recovery drill: {'PASSED' if result['passed'] else 'FAILED'}\n\n"
                                      f"backup `{result['backup']}`, {result['seconds']} s"

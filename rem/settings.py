@@ -3,6 +3,7 @@
 The TOML file (`--config` or P8_CONFIG) uses the runbook's tables:
 
     db_path = "/var/lib/rem/db"
+    db_name = "orders-eu-1"   (optional; default derived from the database, see rem.identity)
     [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id
     [backup.s3]     bucket, prefix, endpoint_url, region, storage_class
     [pitr]          enabled, interval_seconds, follow_interval_seconds, bucket, segment_max_mb
@@ -10,6 +11,7 @@ The TOML file (`--config` or P8_CONFIG) uses the runbook's tables:
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -20,10 +22,15 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rem.errors import ConfigError
+from rem.identity import unknown_variables
+
+# P8_* variables read outside Settings.
+EXTRA_VARIABLES = {"P8_CONFIG", "P8_ALERT_WEBHOOK_URL"}
 
 # (table, key) in the TOML file -> settings field
 TOML_KEYS: dict[tuple[str, str], str] = {
     ("", "db_path"): "db_path",
+    ("", "db_name"): "db_name",
     ("", "default_tenant"): "default_tenant",
     ("backup", "compression"): "backup_compression",
     ("backup", "chunk_size_mb"): "backup_chunk_size_mb",
@@ -91,6 +98,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="P8_", extra="ignore", validate_default=True)
 
     db_path: Path = Field(Path.home() / ".p8" / "db", description="The REM database directory")
+    db_name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description=(
+        "The database's name in the store: 1-63 lowercase letters, digits, '-'; default: its directory name "
+        "and RocksDB IDENTITY (db-3f2a9c1e)"))
     default_tenant: str = Field("default", description="Tenant used when a command is not given one")
     backup_dir: Path | None = Field(None, description="Local backups; default: backups/ beside the database directory")
     backup_compression: int = Field(3, ge=1, le=22, description="zstd level, 1 to 22")
@@ -103,6 +113,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...)")
     s3_region: str = Field("us-east-1", description="AWS region")
     s3_storage_class: Literal[STORAGE_CLASSES] = Field("STANDARD_IA", description="S3 storage class of backup objects")
+    storage_block: str | None = Field(None, description="BackupStorage block holding the bucket (deployments)")
+    encryption_block: str | None = Field(None, description="BackupEncryption block for uploads (deployments)")
     pitr_enabled: bool = Field(False, description="Continuous WAL archival is on")
     pitr_interval_seconds: float = Field(300, ge=1, description="Seconds between scheduled log archival passes")
     pitr_follow_interval_seconds: float = Field(1, ge=0.2, le=3600,
@@ -154,6 +166,8 @@ def load_settings(config: str | os.PathLike | None = None, **flags: Any) -> Sett
     _toml_values.value = read_toml(config_path) if config_path else {}
     try:
         settings = Settings(**flags)
+        for line in unknown_variables({f"P8_{f.upper()}" for f in Settings.model_fields} | EXTRA_VARIABLES):
+            logging.getLogger("rem").warning(line)
         if settings.backup_encryption == "aws:kms" and not settings.kms_key_id:
             raise ConfigError(f"{_describe_source('backup_encryption', flags, config_path)}: aws:kms encryption "
                               "needs a key: set P8_KMS_KEY_ID (or [backup] kms_key_id)")

@@ -20,7 +20,9 @@ from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from tasks.archive import ArchiveStats, write_archive
 from tasks.runtime import RunProgress, task
-from tasks.storage import METADATA, SCHEMAS, BackupMetadata, cleanup_quietly
+from rem.identity import DatabaseIdentity
+from rem.backups import METADATA, SCHEMAS, BackupMetadata
+from rem.storage import cleanup_quietly
 
 @dataclass
 class SnapshotFacts:
@@ -47,7 +49,7 @@ def describe_snapshot(db_dir: Path) -> SnapshotFacts:
 
 
 def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts, archive: ArchiveStats,
-                   started: float, level: int, snap: Snapshot) -> BackupMetadata:
+                   started: float, level: int, snap: Snapshot, owner: DatabaseIdentity) -> BackupMetadata:
     import hashlib
 
     return BackupMetadata(
@@ -59,6 +61,7 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         schema_version=hashlib.sha256(facts.schemas_json).hexdigest()[:16], wal_last_seq=facts.wal_last_seq,
         last_sequence=snap.last_sequence, last_sequence_time=snap.last_sequence_time,
         wal_last_timestamp=facts.wal_last_timestamp, column_families=facts.column_families, host=socket.gethostname(),
+        db_name=owner.name, db_identity=owner.identity, db_path=owner.path,
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
         duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=snap.live)
 

@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from rem.db import open_db
 from rem.settings import Settings
 from rem.stats import sst_size_and_files
-from tasks.storage import ALL_TENANTS, all_stores, list_reachable
-from tasks.wal_archive import parse_time
+from rem.backups import ALL_TENANTS, list_reachable
+from tasks.storage import all_stores
+from rem.log_archive import parse_time
 
 disable_created_metrics()  # only the runbook's series, no *_created twins
 
@@ -25,7 +26,13 @@ DISK_WARN_PERCENT = 80
 def newest_backup(cfg: Settings):
     """The newest complete whole-database backup in the stores that answer (None if there is none),
     and the stores that did not answer within seconds, with why."""
-    records, unreachable = list_reachable(all_stores(cfg, bounded=True))
+    from rem.errors import UsageError
+
+    try:
+        stores = all_stores(cfg, bounded=True)
+    except UsageError as exc:  # no database here and no name given: no backups can be said to be its
+        return None, {"database": str(exc)}
+    records, unreachable = list_reachable(stores)
     records = [r for r in records if r.metadata.tenant_segment == ALL_TENANTS]
     return (max(records, key=lambda r: r.metadata.timestamp).metadata if records else None), unreachable
 
@@ -34,11 +41,11 @@ def wal_archive_state(cfg: Settings) -> dict | None:
     """Archive status when PITR is enabled; None when it is not; {"error": ...} when it cannot be read."""
     if not cfg.pitr_enabled:
         return None
-    from flows.pitr import wal_archive_for
-    from tasks.wal_archive import archive_status
+    from rem.log_archive import archive_status
+    from tasks.storage import log_archive
 
     try:
-        manifest, _ = wal_archive_for(cfg, bounded=True).read_manifest()
+        manifest, _ = log_archive(cfg, bounded=True).read_manifest()
     except Exception as exc:  # reported as a failed check, never as a failed health command
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     return archive_status(cfg.db_path, manifest)

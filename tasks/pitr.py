@@ -12,7 +12,7 @@ from rem.pitr import Piece, Placed, place_logs, replay_plan
 from rem.scratch import remove_scratch
 from rem.snapshot import take_tenant_snapshot
 from tasks.runtime import task
-from tasks.wal_archive import Segment, WalArchive
+from rem.log_archive import Segment, WalArchive
 
 
 @task("fetch-log-segments", retries=2, retry_delay_seconds=5)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 from tasks.archive import extract_archive, fsync_tree, verify_checksum
 from tasks.runtime import task
-from tasks.storage import ARCHIVE, BackupMetadata
+from rem.backups import ARCHIVE, BackupMetadata
 
 
 class RestoreCheckFailed(RemError):
@@ -210,3 +212,26 @@ def build_tenant_replacement(db_dir: Path, target: Path, tenant: str) -> tuple[P
     except BaseException:
         remove_scratch(work)
         raise
+
+
+@dataclass
+class Unpacked:
+    metadata: BackupMetadata
+    db_dir: Path
+    report: CheckReport | None
+
+
+@contextmanager
+def unpacked(source: Path, beside: Path, check: bool = True) -> Iterator[Unpacked]:
+    """A backup directory checked and extracted into scratch beside `beside`: checksum verified,
+    key counts checked (and repaired only when nothing is lost). The one pipeline restore, backup
+    verify, PITR and drills share; the scratch is removed when the block ends, whatever went into place."""
+    from rem.backups import read_local_backup
+
+    metadata = read_local_backup(source)
+    verify_archive(source, metadata)
+    db_dir = extract(source, beside, metadata)
+    try:
+        yield Unpacked(metadata, db_dir, check_restored(db_dir, metadata) if check else None)
+    finally:
+        remove_scratch(db_dir.parent)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
+from contextvars import ContextVar
 import logging
 import os
 import sys
@@ -152,35 +153,63 @@ def _artifact(create: str, **kwargs: Any):
         return None
 
 
+# The database the current flow works on (set by flows.backup.resolve_settings): its artifacts carry it.
+current_db: ContextVar[str | None] = ContextVar("current_db", default=None)
+
+
+def db_label(cfg) -> str:
+    """The database's name, or where it is when it has none yet (no database at the path)."""
+    import socket
+
+    from rem.identity import derived_name
+
+    return cfg.db_name or derived_name(cfg.db_path) or f"{socket.gethostname()}-{Path(cfg.db_path).name}"
+
+
+def artifact_key(key: str) -> str:
+    """Artifact keys carry the database, so each database's latest backup, verify, ... stays its own."""
+    import re
+
+    db = current_db.get()
+    return re.sub(r"[^a-z0-9-]+", "-", f"{key}-{db}".lower()) if db else key
+
+
 def publish_report(key: str, markdown: str, description: str | None = None) -> None:
     """A markdown artifact on the run in the Prefect UI."""
-    _artifact("create_markdown_artifact", key=key, markdown=markdown, description=description)
+    _artifact("create_markdown_artifact", key=artifact_key(key), markdown=markdown, description=description)
 
 
 def publish_table(key: str, rows: list[dict], description: str | None = None) -> None:
     """A table artifact on the run in the Prefect UI."""
-    _artifact("create_table_artifact", key=key, table=rows, description=description)
+    _artifact("create_table_artifact", key=artifact_key(key), table=rows, description=description)
 
 
-def db_resource(db_path) -> str:
-    """The Prefect resource id events about one database carry: rem.db.<host>.<name>."""
+def db_resource(cfg) -> dict[str, str]:
+    """The Prefect resource events about one database carry: rem.db.<name>, with its host and path."""
     import socket
 
-    return f"rem.db.{socket.gethostname()}.{Path(db_path).name}"
+    name = db_label(cfg)
+    return {"prefect.resource.id": f"rem.db.{name}", "prefect.resource.name": name,
+            "rem.host": socket.gethostname(), "rem.db.path": str(cfg.db_path)}
 
 
-def emit(event: str, db_path, payload: dict[str, Any]) -> None:
+def emit(event: str, cfg, payload: dict[str, Any]) -> None:
     """A Prefect event about the database when a Prefect API is configured (automations match these)."""
     if not ORCHESTRATED:
         return
     from prefect.events import emit_event
 
-    emit_event(event=event, resource={"prefect.resource.id": db_resource(db_path),
-                                      "prefect.resource.name": Path(db_path).name}, payload=payload)
+    emit_event(event=event, resource=db_resource(cfg), payload=payload)
 
 
-def writer_limit_name(db_path) -> str:
-    return f"rem-writer-{Path(db_path).name}"
+def writer_limit_name(db_path, host: str | None = None) -> str:
+    """The database's own writer slot: host and path, so the many hosts keeping theirs at
+    /var/lib/rem/db never wait on one another."""
+    import re
+    import socket
+
+    where = re.sub(r"[^A-Za-z0-9.-]+", "-", str(Path(db_path).resolve()).strip("/"))
+    return f"rem-writer-{host or socket.gethostname()}-{where}"
 
 
 @contextmanager

@@ -154,3 +154,10 @@ class DirectoryEvents:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def db_name_of(path) -> str:
+    """The name rem must give a database by default: its directory name and the start of the
+    RocksDB IDENTITY the engine's RocksDB wrote when it created it."""
+    identity = (Path(path) / "IDENTITY").read_text().strip().replace("-", "")[:8]
+    return f"{Path(path).name}-{identity}"

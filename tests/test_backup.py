@@ -13,7 +13,7 @@ import zstandard
 
 from tests.engine import ENGINE_PYTHON, RUN, engine_write
 from tests.faultproxy import FaultProxy
-from tests.helpers import REPO, dump_all, holding_lock, rem, snapshot_dir
+from tests.helpers import REPO, db_name_of, dump_all, holding_lock, rem, snapshot_dir
 
 
 def create(db, *extra, env=None):
@@ -22,8 +22,10 @@ def create(db, *extra, env=None):
     return json.loads(proc.stdout)
 
 
-def s3_env(endpoint, bucket, **more):
-    return {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5", **more}
+def s3_env(endpoint, bucket, db=None, **more):
+    """S3 settings; with db, also that database's name, as on a host where it is not (or no longer) present."""
+    named = {"P8_DB_NAME": db_name_of(db)} if db is not None else {}
+    return {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5", **named, **more}
 
 
 def test_local_round_trip_is_byte_identical_in_every_column_family(make_sample, tmp_path):
@@ -41,20 +43,22 @@ def test_local_round_trip_is_byte_identical_in_every_column_family(make_sample, 
 def test_s3_round_trip_through_download_is_byte_identical(make_sample, tmp_path, s3_endpoint, bucket, s3):
     db = make_sample(entities=9000, dim=256)
     meta = create(db, "--upload", env=s3_env(s3_endpoint, bucket))
-    assert meta["location"] == f"s3://{bucket}/backups/full/_all/{meta['name']}/"
+    home = f"{db_name_of(db)}/backups/full/_all/{meta['name']}/"
+    assert meta["location"] == f"s3://{bucket}/{home}" and meta["db_name"] == db_name_of(db)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {f"backups/full/_all/{meta['name']}/{f}" for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")}
-    head = s3.head_object(Bucket=bucket, Key=f"backups/full/_all/{meta['name']}/rocksdb.tar.zst")
+    assert keys == {home + f for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")} | {
+        f"{db_name_of(db)}/database.json"}
+    head = s3.head_object(Bucket=bucket, Key=home + "rocksdb.tar.zst")
     assert head["StorageClass"] == "STANDARD_IA" and head["ContentLength"] == meta["size_bytes"]
     assert meta["size_bytes"] > 5 * 1024 * 1024, "want a multipart upload"
-    tags = s3.get_object_tagging(Bucket=bucket, Key=f"backups/full/_all/{meta['name']}/rocksdb.tar.zst")["TagSet"]
+    tags = s3.get_object_tagging(Bucket=bucket, Key=home + "rocksdb.tar.zst")["TagSet"]
     assert {"Key": "rem-backup", "Value": meta["name"]} in tags
 
-    listed = json.loads(rem("backup", "list", "--json", env=s3_env(s3_endpoint, bucket), check=True).stdout)
+    listed = json.loads(rem("backup", "list", "--json", env=s3_env(s3_endpoint, bucket, db), check=True).stdout)
     assert [row["name"] for row in listed] == [meta["name"]] and listed[0]["location"] == meta["location"]
 
     out = tmp_path / "restore"
-    rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(s3_endpoint, bucket), check=True)
+    rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(s3_endpoint, bucket, db), check=True)
     target = tmp_path / "restored"
     rem("backup", "restore", "--source", str(out / meta["name"]), "--target", str(target), check=True)
     assert dump_all(target) == dump_all(db)
@@ -254,7 +258,7 @@ def test_restore_refuses_a_target_another_process_holds(make_sample, tmp_path):
 def test_backup_and_restore_survive_20_percent_of_s3_requests_failing(make_sample, tmp_path, s3_endpoint, bucket):
     db = make_sample(entities=9000, dim=256)
     with FaultProxy(s3_endpoint, fault_rate=0.2, seed=11) as proxy:
-        env = s3_env(proxy.url, bucket)
+        env = s3_env(proxy.url, bucket, db)
         meta = create(db, "--upload", env=env)
         out = tmp_path / "dl"
         rem("backup", "download", "--name", meta["name"], "--output", str(out), env=env, check=True)
@@ -275,9 +279,10 @@ def test_an_interrupted_upload_leaves_no_backup_no_parts_and_the_rerun_succeeds(
                    env=s3_env(proxy.url, bucket))
         assert proc.returncode == 1
         assert any("partNumber=1" in r.path for r in proxy.requests if r.method == "PUT")
-    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])] == [
+        f"{db_name_of(db)}/database.json"]  # the name's owner record: no backup, no part
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    env = s3_env(s3_endpoint, bucket)
+    env = s3_env(s3_endpoint, bucket, db)
     assert json.loads(rem("backup", "list", "--json", env=env, check=True).stdout) == []
     meta = create(db, "--upload", "--name", "nightly", env=env)
     assert meta["name"] == "nightly"
@@ -304,19 +309,21 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
         proc.wait()
         release.set()
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill must leave an incomplete upload"
-    env = s3_env(s3_endpoint, bucket)
+    env = s3_env(s3_endpoint, bucket, db)
     assert json.loads(rem("backup", "list", "--json", env=env, check=True).stdout) == []
     meta = create(db, "--upload", env=env)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     # The killed run's claim went with its upload: only the new backup's three files remain.
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {f"backups/full/_all/{meta['name']}/{f}" for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")}
+    home = f"{db_name_of(db)}/backups/full/_all/{meta['name']}/"
+    assert keys == {home + f for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")} | {
+        f"{db_name_of(db)}/database.json"}
 
 
 def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(make_sample, tmp_path, s3_endpoint,
                                                                                bucket):
     db = make_sample(entities=9000, dim=256)
-    env = s3_env(s3_endpoint, bucket)
+    env = s3_env(s3_endpoint, bucket, db)
     meta = create(db, "--upload", env=env)
     assert meta["size_bytes"] > 5 * 1024 * 1024
     parts = -(-meta["size_bytes"] // (5 * 1024 * 1024))
@@ -327,13 +334,13 @@ def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(m
         not headers.get("Range", "").startswith("bytes=0-") else None
     out = tmp_path / "dl"
     with FaultProxy(s3_endpoint, rule=first_only) as proxy:
-        proc = rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(proxy.url, bucket))
+        proc = rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(proxy.url, bucket, db))
         assert proc.returncode == 1
         assert len(archive_gets(proxy)) == 1
     folder = out / meta["name"]
     assert not (folder / "metadata.json").exists(), "an unfinished download must not look like a backup"
     with FaultProxy(s3_endpoint) as proxy:
-        rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(proxy.url, bucket),
+        rem("backup", "download", "--name", meta["name"], "--output", str(out), env=s3_env(proxy.url, bucket, db),
             check=True)
         resumed = archive_gets(proxy)
     assert len(resumed) == parts - 1 and not any(r.range.startswith("bytes=0-") for r in resumed)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.helpers import REPO, rem
+from tests.helpers import REPO, db_name_of, rem
 
 
 class Receiver:
@@ -70,37 +71,81 @@ def api(prefect_api):
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
+FLOWS = ["full-backup", "health-and-metrics", "prune", "recovery-drill", "verify", "wal-archive",
+         "weekly-maintenance"]
+
+
+def _deploy(env, queue):
+    return json.loads(rem("deploy", "--work-pool", "rem-test", "--work-queue", queue, "--json", env=env,
+                          check=True).stdout)
+
+
+def _deployments_of(client, db):
+    """Each of the database's deployments as what a redeploy of another database must not change."""
+    return {d.name + "@" + client.read_flow(d.flow_id).name: (d.id, d.updated, d.work_queue_name, d.parameters,
+                                                              sorted(d.tags), [(s.schedule, s.active) for s in d.schedules])
+            for d in client.read_deployments() if d.name in (db, db + "-follow")}
+
+
 @pytest.fixture(scope="module")
-def deployed(api, receiver, tmp_path_factory):
-    db = tmp_path_factory.mktemp("deploy") / "db"
-    from rem.sample import create_sample
+def deployed(api, receiver, tmp_path_factory, s3_endpoint):
+    """Two databases, each kept at .../db on its own "host" (queue), sharing one bucket and one server."""
+    import boto3
 
-    create_sample(db, 500, 2, 3, 16)
-    env = {**api, "P8_DB_PATH": str(db), "P8_ALERT_WEBHOOK_URL": receiver.url}
-    first = json.loads(rem("deploy", "--work-pool", "rem-test", "--json", env=env, check=True).stdout)
-    second = json.loads(rem("deploy", "--work-pool", "rem-test", "--json", env=env, check=True).stdout)
-    return {"db": db, "env": env, "first": first, "second": second}
+    from tests.engine.sample import engine_sample
+    from tests.helpers import db_name_of
 
-
-def test_deploy_twice_leaves_exactly_one_of_each_deployment_and_automation(deployed):
+    bucket = f"rem-fleet-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    hosts = {}
+    for host in ("host-a", "host-b"):
+        db = tmp_path_factory.mktemp(host) / "db"
+        engine_sample(db, 500, 2, 3, 16)
+        hosts[host] = {"db": db, "name": db_name_of(db),
+                       "env": {**api, "P8_DB_PATH": str(db), "P8_ALERT_WEBHOOK_URL": receiver.url,
+                               "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint,
+                               "P8_BACKUP_CHUNK_SIZE_MB": "5"}}
+    a, b = hosts["host-a"], hosts["host-b"]
+    first = _deploy(a["env"], "host-a")
+    second = _deploy(a["env"], "host-a")
     from prefect.client.orchestration import get_client
 
+    with get_client(sync_client=True) as client:
+        a_before = _deployments_of(client, a["name"])
+    b["deployed"] = _deploy(b["env"], "host-b")
+    return {"a": a, "b": b, "bucket": bucket, "first": first, "second": second, "a_before": a_before,
+            "env": a["env"]}
+
+
+def test_deploying_a_second_database_changes_nothing_of_the_first(deployed):
+    from prefect.client.orchestration import get_client
+
+    from blocks import RemDatabase
+
+    a, b = deployed["a"], deployed["b"]
+    assert a["name"] != b["name"]  # both live at .../db on their hosts
     assert deployed["second"]["work_pool_status"] == "exists"
     assert set(deployed["second"]["automations"].values()) == {"updated"}
     with get_client(sync_client=True) as client:
-        deployments = client.read_deployments()
-        names = [d.name for d in deployments]
-        assert sorted(names) == sorted(set(names)) == ["full-backup", "health-and-metrics", "prune",
-                                                       "recovery-drill", "verify", "wal-archive",
-                                                       "wal-archive-follow", "weekly-maintenance"]
-        assert all(len(d.schedules) == 1 for d in deployments)
-        backup = next(d for d in deployments if d.name == "full-backup")
-        assert backup.schedules[0].schedule.cron == "0 2 * * *" and "backup" in backup.tags
-        assert backup.parameters == {"upload": True, "database_block": "rem-db", "storage_block": "rem-backups"}
-        drill = next(d for d in deployments if d.name == "recovery-drill")
-        assert drill.schedules[0].schedule.cron == "0 3 1 */3 *"
-        for name in ("wal-archive", "wal-archive-follow"):  # PITR is not enabled for this database: no runs
-            assert not next(d for d in deployments if d.name == name).schedules[0].active
+        assert _deployments_of(client, a["name"]) == deployed["a_before"]  # not one field of A moved
+        for db, queue in ((a, "host-a"), (b, "host-b")):
+            mine = [d for d in client.read_deployments() if d.name in (db["name"], db["name"] + "-follow")]
+            assert sorted(client.read_flow(d.flow_id).name for d in mine) == sorted(FLOWS + ["wal-archive"])
+            assert {d.work_queue_name for d in mine} == {queue}
+            assert all(d.parameters["database_block"] == f"rem-db-{db['name']}" and f"db:{db['name']}" in d.tags
+                       for d in mine)
+            backup = next(d for d in mine if client.read_flow(d.flow_id).name == "full-backup")
+            assert backup.schedules[0].schedule.cron == "0 2 * * *" and backup.parameters["upload"] is True
+            for d in mine:  # PITR is not enabled for these databases: no archival runs
+                if client.read_flow(d.flow_id).name == "wal-archive":
+                    assert not d.schedules[0].active
+            block = RemDatabase.load(f"rem-db-{db['name']}")
+            assert (block.path, block.db_name, block.storage_block) == (str(db["db"]), db["name"],
+                                                                        f"rem-backups-{db['name']}")
+        limits = {lim.name: lim.limit for lim in client.read_global_concurrency_limits(limit=200)}
+        slots = [next(iter(r["writer_limit"])) for r in (deployed["first"], b["deployed"])]
+        assert slots[0] != slots[1] and all(limits.get(s) == 1 for s in slots)  # one writer slot per database
+        assert all(str(db["db"]).strip("/").replace("/", "-") in s for db, s in zip((a, b), slots))
         for name in deployed["first"]["automations"]:
             found = client.read_automations_by_name(name)
             assert len(found) == 1
@@ -108,63 +153,88 @@ def test_deploy_twice_leaves_exactly_one_of_each_deployment_and_automation(deplo
             assert trigger.expect and trigger.match.root  # never a trigger that matches every event
 
 
-def _save_blocks(db, bucket, endpoint, name):
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    from blocks import BackupStorage, RemDatabase
-
-    RemDatabase(path=str(db)).save("rem-db", overwrite=True)
-    creds = AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
-                           aws_client_parameters=AwsClientParameters(endpoint_url=endpoint))
-    BackupStorage(bucket=S3Bucket(bucket_name=bucket, credentials=creds), chunk_size_mb=5).save(name, overwrite=True)
-
-
-def _run_with_worker(env, parameters=None):
+def _schedule(db_name, parameters=None):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("full-backup/full-backup")
-        run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {})
-    subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "rem-test", "--run-once"],
-                   cwd=REPO, env={**os.environ, **env}, capture_output=True, timeout=180)
+        deployment = client.read_deployment_by_name(f"full-backup/{db_name}")
+        return client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {}).id
+
+
+def _work(queue, env):
+    subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "rem-test", "--work-queue", queue,
+                    "--run-once"], cwd=REPO, env={**os.environ, **env}, capture_output=True, timeout=180)
+
+
+def _final_state(run_id):
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
         for _ in range(60):
-            state = client.read_flow_run(run.id).state
+            state = client.read_flow_run(run_id).state
             if state.is_final():
-                return run.id, state
+                return state
             time.sleep(1)
     raise AssertionError("the flow run did not finish")
 
 
-def test_a_worker_runs_the_backup_deployment_to_completed_with_its_artifact(deployed, s3_endpoint, bucket, s3):
+def test_each_backup_runs_on_its_own_hosts_worker_under_its_own_prefix(deployed, s3):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    _save_blocks(deployed["db"], bucket, s3_endpoint, "rem-backups")
-    run_id, state = _run_with_worker(deployed["env"])
-    assert state.type.value == "COMPLETED", state.message
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert any(k.endswith("/metadata.json") for k in keys)
+    a, b = deployed["a"], deployed["b"]
+    fleet = rem("fleet", "status", "--json", env=deployed["env"])
+    assert fleet.returncode == 1  # neither has a backup yet: a breach
+    rows = {r["db"]: r for r in json.loads(fleet.stdout)["databases"]}
+    assert {a["name"], b["name"]} <= set(rows) and rows[a["name"]]["host"] == socket.gethostname()
+
+    run_a, run_b = _schedule(a["name"]), _schedule(b["name"])
+    _work("host-b", b["env"])  # host B's worker takes only host B's run
+    assert _final_state(run_b).type.value == "COMPLETED"
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_a).state.type.value == "SCHEDULED"
+    _work("host-a", a["env"])
+    assert _final_state(run_a).type.value == "COMPLETED"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=deployed["bucket"])["Contents"]]
+    for db in (a, b):
+        assert any(k.startswith(f"{db['name']}/backups/full/_all/") and k.endswith("/metadata.json") for k in keys)
+    assert all(k.split("/")[0] in (a["name"], b["name"]) for k in keys)  # nothing outside the two prefixes
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-    assert any(a.key == "backup" and "SHA-256" in a.data for a in artifacts)
-    table = next(a for a in artifacts if a.key == "recent-backups")
-    assert table.type == "table" and any(row["entities"] == 500 for row in json.loads(table.data))
-    progress = [a for a in artifacts if a.type == "progress"]
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_a])))
+    assert any(x.key == f"backup-{a['name']}" and "SHA-256" in x.data for x in artifacts)
+    table = next(x for x in artifacts if x.key == f"recent-backups-{a['name']}")
+    assert table.type == "table" and [row["entities"] for row in json.loads(table.data)] == [500]  # A's only
+    progress = [x for x in artifacts if x.type == "progress"]
     assert progress and float(progress[0].data) == 100.0  # the upload's progress artifact ran to the end
 
+    fleet = rem("fleet", "status", "--json", env=deployed["env"])
+    rows = {r["db"]: r for r in json.loads(fleet.stdout)["databases"]}
+    for db in (a, b):
+        assert rows[db["name"]]["backup_age_hours"] is not None and rows[db["name"]]["backup_age_hours"] < 1
+        assert rows[db["name"]]["work_queue"] == ("host-a" if db is a else "host-b")
 
-def test_a_failed_backup_pages_the_webhook_within_30_seconds(deployed, receiver, s3_endpoint):
-    _save_blocks(deployed["db"], "rem-no-such-bucket", s3_endpoint, "rem-backups-broken")
-    _, state = _run_with_worker(deployed["env"], {"storage_block": "rem-backups-broken"})
+
+def test_a_failed_backup_pages_naming_its_host_database_and_run(deployed, receiver, s3_endpoint):
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks import BackupStorage
+
+    b = deployed["b"]
+    creds = AwsCredentials(region_name="us-east-1", aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint))
+    BackupStorage(bucket=S3Bucket(bucket_name="rem-no-such-bucket", credentials=creds)).save(
+        "rem-backups-broken", overwrite=True)
+    run_id = _schedule(b["name"], {"storage_block": "rem-backups-broken"})
+    _work("host-b", b["env"])
+    state = _final_state(run_id)
     assert state.type.value == "FAILED"
-    note = receiver.wait_for(lambda n: "backup failed" in n.get("subject", "") and "full-backup" in n.get("subject", ""),
+    note = receiver.wait_for(lambda n: "backup failed" in n.get("subject", "") and str(run_id) in n.get("body", ""),
                              30)
     assert note is not None, receiver.received
     assert note["received_at"] - state.timestamp.timestamp() < 30  # from the run failing to the page arriving
-    assert "rem-no-such-bucket" in note["body"]
+    assert b["name"] in note["subject"] and f"host:{socket.gethostname()}" in note["body"]
+    assert "rem-no-such-bucket" in note["body"] and deployed["a"]["name"] not in note["body"]
 
 
 def test_a_proactive_automation_fires_without_success_events_and_stays_quiet_with_them(deployed, receiver):
@@ -208,12 +278,15 @@ def test_pitr_enable_writes_the_config_and_activates_the_archival_schedule(deplo
     assert tomllib.loads(config.read_text()) == {"backup": {"compression": 5},
                                                  "pitr": {"enabled": True, "bucket": "wal-bucket",
                                                           "interval_seconds": 120}}
+    name = deployed["a"]["name"]
     with get_client(sync_client=True) as client:
-        wal = client.read_deployment_by_name("wal-archive/wal-archive")
+        wal = client.read_deployment_by_name(f"wal-archive/{name}")
         assert wal.schedules[0].active and wal.schedules[0].schedule.interval.total_seconds() == 120
+        other = client.read_deployment_by_name(f"wal-archive/{deployed['b']['name']}")
+        assert not other.schedules[0].active  # the other database's archival is its own business
         from deployments.deploy import set_wal_archive_schedule
 
-        set_wal_archive_schedule(client, 300, False)  # leave the shared server without runs nobody will pick up
+        set_wal_archive_schedule(client, name, 300, False)  # leave the shared server without runs nobody picks up
 
 
 def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deployed, s3_endpoint, bucket, s3, tmp_path):
@@ -231,18 +304,19 @@ def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deplo
     RemDatabase(path=str(db)).save("rem-followed", overwrite=True)
     env = {**os.environ, **deployed["env"], "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("wal-archive/wal-archive-follow")
+        deployment = client.read_deployment_by_name(f"wal-archive/{deployed['a']['name']}-follow")
         run = client.create_flow_run_from_deployment(deployment.id, parameters={
             "database_block": "rem-followed", "interval_seconds": 0.5})
-    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "rem-test", "--run-once"],
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "rem-test", "--work-queue",
+                               "host-a", "--run-once"],
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         engine.call("insert", "acme", "resources", {"uri": "u:1", "content": "followed"})
         wanted, deadline, archived = engine.call("latest_sequence"), time.time() + 120, 0
         while time.time() < deadline and archived < wanted:
-            listed = s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/manifest.json")
-            if listed.get("KeyCount"):
-                manifest = json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
+            key = f"{db_name_of(db)}/backups/wal/_all/manifest.json"
+            if s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount"):
+                manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
                 archived = manifest["last_archived_sequence"] or 0
             time.sleep(0.5)
         assert archived >= wanted  # the run follows the live engine's writes
@@ -256,7 +330,7 @@ def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deplo
                     data=json.dumps({"filter": {"event": {"name": ["rem.wal.follower.alive"]}}, "limit": 50}).encode())
                 with urllib.request.urlopen(request, timeout=10) as response:
                     beats = [e for e in json.loads(response.read())["events"]
-                             if e["resource"]["prefect.resource.name"] == "followed"]
+                             if e["resource"]["prefect.resource.name"] == db_name_of(db)]
                 if beats:
                     break
                 time.sleep(0.5)

@@ -8,8 +8,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.retention import gfs_keep
-from tests.helpers import dump_all, rem
+from rem.retention import gfs_keep
+from tests.helpers import db_name_of, dump_all, rem
 
 
 SYSTEM_COLUMNS = {"tenant_id", "id", "entity_type", "created_at", "modified_at", "deleted_at", "edges",
@@ -64,8 +64,9 @@ def test_export_upload_writes_the_runbook_layout(make_sample, s3_endpoint, bucke
     rem("--db-path", str(path), "export", "--tenant", "globex", "--schemas", "people,tickets", "--upload",
         env=env, check=True)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-    assert [k.split("/")[0:2] + [k.split("/")[3]] for k in keys] == [["exports", "globex", "people.parquet"],
-                                                                     ["exports", "globex", "tickets.parquet"]]
+    name = db_name_of(path)
+    assert [k.split("/")[0:3] + [k.split("/")[4]] for k in keys if k != f"{name}/database.json"] == [
+        [name, "exports", "globex", "people.parquet"], [name, "exports", "globex", "tickets.parquet"]]
 
 
 def test_query_answers_spot_checks_on_live_and_restored_databases(make_sample, tmp_path):
@@ -109,8 +110,10 @@ def test_a_year_of_daily_backups_is_pruned_to_exactly_the_gfs_set(make_sample, t
     backups = tmp_path / "backups"
     start = datetime(2025, 1, 1, 2, 0, tzinfo=timezone.utc)
     days = [start + timedelta(days=i) for i in range(365)]
+    name = db_name_of(db)
+    home = backups / name / "backups"
     for i, d in enumerate(days):
-        _fake_backup(backups, d, seq=i + 1)
+        _fake_backup(home, d, seq=i + 1)
     newest = days[-1]
     # The expected set, worked out by hand from the calendar: 7 newest days, the newest backup of each
     # of the 4 newest ISO weeks, of the 3 newest months.
@@ -129,22 +132,22 @@ def test_a_year_of_daily_backups_is_pruned_to_exactly_the_gfs_set(make_sample, t
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     manifest = {"format_version": 2, "last_archived_sequence": 365, "wal_segments": [
-        {"key": f"backups/wal/_all/segments/{i:020d}-{i:020d}.log.zst", "log_number": i, "start_offset": 0,
+        {"key": f"{name}/backups/wal/_all/segments/{i:020d}-{i:020d}.log.zst", "log_number": i, "start_offset": 0,
          "end_offset": 1, "first_seq": i, "last_seq": i, "first_timestamp": "x", "last_timestamp": "x", "batches": 1,
          "size_bytes": 1, "sha256": "0"} for i in range(1, 366)]}
-    s3.put_object(Bucket=bucket, Key="backups/wal/_all/manifest.json", Body=json.dumps(manifest).encode())
+    s3.put_object(Bucket=bucket, Key=f"{name}/backups/wal/_all/manifest.json", Body=json.dumps(manifest).encode())
     for seg in manifest["wal_segments"]:
         s3.put_object(Bucket=bucket, Key=seg["key"], Body=b"x")
 
     dry = json.loads(rem("--db-path", str(db), "backup", "prune", "--dry-run", "--json", env=env, check=True).stdout)
     assert {r["name"] for r in dry["keep"]} == expected
-    assert len(list((backups / "full" / "_all").iterdir())) == 365  # nothing deleted by a dry run
+    assert len(list((home / "full" / "_all").iterdir())) == 365  # nothing deleted by a dry run
     rem("--db-path", str(db), "backup", "prune", env=env, check=True)
-    assert {p.name for p in (backups / "full" / "_all").iterdir()} == expected
-    kept = json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
+    assert {p.name for p in (home / "full" / "_all").iterdir()} == expected
+    kept = json.loads(s3.get_object(Bucket=bucket, Key=f"{name}/backups/wal/_all/manifest.json")["Body"].read())
     assert min(s["first_seq"] for s in kept["wal_segments"]) == oldest_kept_seq + 1  # what no kept base holds
     stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix="backups/wal/_all/segments/") for o in page.get("Contents", [])}
+        Bucket=bucket, Prefix=f"{name}/backups/wal/_all/segments/") for o in page.get("Contents", [])}
     assert stored == {s["key"] for s in kept["wal_segments"]}
 
 
@@ -156,14 +159,18 @@ def test_gfs_keeps_the_newest_of_each_bucket():
     assert set(gfs_keep(t, keep_daily=1, keep_weekly=1, keep_monthly=1)) == {3}
 
 
-def test_lifecycle_rules_are_installed_idempotently(make_sample, s3_endpoint, bucket, s3):
+def test_lifecycle_rules_are_installed_idempotently_per_database(make_sample, s3_endpoint, bucket, s3):
+    first, second = make_sample(), make_sample()
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
-    for _ in range(2):
-        result = json.loads(rem("backup", "lifecycle", "apply", "--keep-monthly", "6", "--json", env=env,
-                                check=True).stdout)
+    for db in (first, first, second):
+        result = json.loads(rem("--db-path", str(db), "backup", "lifecycle", "apply", "--keep-monthly", "6", "--json",
+                                env=env, check=True).stdout)
     rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    assert sorted(r["ID"] for r in rules) == ["rem-abort-incomplete-uploads", "rem-backups-glacier-then-expire"]
-    glacier = next(r for r in rules if r["ID"] == "rem-backups-glacier-then-expire")
+    a, b = db_name_of(first), db_name_of(second)
+    assert sorted(r["ID"] for r in rules) == sorted(f"rem-{n}-{rule}" for n in (a, b) for rule in (
+        "abort-incomplete-uploads", "backups-glacier-then-expire"))  # the second database kept the first's
+    glacier = next(r for r in rules if r["ID"] == f"rem-{a}-backups-glacier-then-expire")
+    assert glacier["Filter"]["Prefix"] == f"{a}/backups/full/"
     assert glacier["Transitions"][0] == {"Days": 30, "StorageClass": "GLACIER"} and glacier["Expiration"]["Days"] == 90
     assert any("beyond" in note for note in result["notes"])
 
@@ -183,7 +190,7 @@ def test_drill_fails_cleanly_with_the_reason_on_a_corrupted_archive(make_sample,
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_BACKUP_DIR": str(tmp_path / "b"),
            "P8_BACKUP_CHUNK_SIZE_MB": "5"}
     meta = json.loads(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env, check=True).stdout)
-    key = f"backups/full/_all/{meta['name']}/rocksdb.tar.zst"
+    key = f"{db_name_of(db)}/backups/full/_all/{meta['name']}/rocksdb.tar.zst"
     body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     body[100] ^= 0xFF
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))

@@ -17,7 +17,7 @@ import pytest
 from tests.engine import LiveEngine, engine_read_all
 from tests.engine.scenario import ARTICLES, PEOPLE
 from tests.faultproxy import FaultProxy
-from tests.helpers import REPO, dump_all, rem
+from tests.helpers import REPO, db_name_of, dump_all, rem
 
 UNIT = REPO / "deployments" / "rem-wal-archiver.service"
 SMALL_LOGS = {"max_total_wal_size": 64 * 1024}  # past it RocksDB flushes the oldest log's CFs: logs rotate and go
@@ -37,11 +37,12 @@ def instant() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def manifest_of(s3, bucket) -> dict:
-    listed = s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/manifest.json")
+def manifest_of(s3, bucket, db) -> dict:
+    key = f"{db_name_of(db)}/backups/wal/_all/manifest.json"
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key)
     if not listed.get("KeyCount"):
         return {}
-    return json.loads(s3.get_object(Bucket=bucket, Key="backups/wal/_all/manifest.json")["Body"].read())
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def wait_archived(s3, bucket, engine: LiveEngine, after: str | None = None, seconds: float = 60) -> dict:
@@ -49,12 +50,12 @@ def wait_archived(s3, bucket, engine: LiveEngine, after: str | None = None, seco
     want = engine.call("latest_sequence")
     deadline = time.time() + seconds
     while time.time() < deadline:
-        manifest = manifest_of(s3, bucket)
+        manifest = manifest_of(s3, bucket, engine.path)
         if (manifest.get("last_archived_sequence") or 0) >= want and (
                 after is None or (manifest.get("confirmed_timestamp") or "") > after):
             return manifest
         time.sleep(0.05)
-    raise AssertionError(f"the archive did not reach sequence {want}: {manifest_of(s3, bucket)}")
+    raise AssertionError(f"the archive did not reach sequence {want}: {manifest_of(s3, bucket, engine.path)}")
 
 
 def follower_from_unit(db: Path, env: dict) -> subprocess.Popen:
@@ -141,7 +142,7 @@ def test_restore_to_each_instant_equals_the_live_database_then_in_every_column_f
         report = stop(follower)
     assert report["gaps"] == [] and report["passes"] >= 5
 
-    manifest = manifest_of(s3, bucket)
+    manifest = manifest_of(s3, bucket, db)
     logs = sorted({s["log_number"] for s in manifest["wal_segments"]})
     live_logs = {int(p.name[:-4]) for p in db.glob("*.log")}
     assert len(logs) >= 3 and logs[0] not in live_logs  # logs rotated, and the engine deleted what we pinned
@@ -179,11 +180,11 @@ def test_compacted_segments_restore_and_the_ones_they_replaced_go_after_the_grac
     for round_ in range(3):  # three passes: three segments of one log
         engine.call("insert", "acme", "articles", article(f"r-{round_}", 2))
         ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    log = manifest_of(s3, bucket)["wal_segments"][-1]["log_number"]
+    log = manifest_of(s3, bucket, db)["wal_segments"][-1]["log_number"]
     engine.call("flush")  # a new log: the pass after this finds that one finished and compacts it
     engine.call("insert", "acme", "articles", article("next-log", 2))
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    manifest = manifest_of(s3, bucket)
+    manifest = manifest_of(s3, bucket, db)
     assert len([s for s in manifest["wal_segments"] if s["log_number"] == log]) == 1
     retired = [r["key"] for r in manifest["retired"]]
     assert len(retired) >= 3 and all(s3.head_object(Bucket=bucket, Key=k) for k in retired)
@@ -194,11 +195,11 @@ def test_compacted_segments_restore_and_the_ones_they_replaced_go_after_the_grac
     assert dump_all(out)["entities"] == engine.dump()["entities"]
 
     manifest["retired"] = [{**r, "retired_at": "2000-01-01T00:00:00Z"} for r in manifest["retired"]]
-    s3.put_object(Bucket=bucket, Key="backups/wal/_all/manifest.json", Body=json.dumps(manifest).encode())
+    s3.put_object(Bucket=bucket, Key=f"{db_name_of(db)}/backups/wal/_all/manifest.json", Body=json.dumps(manifest).encode())
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    assert manifest_of(s3, bucket)["retired"] == []
-    left = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/segments/")["Contents"]}
-    assert not left & set(retired) and left == {s["key"] for s in manifest_of(s3, bucket)["wal_segments"]}
+    assert manifest_of(s3, bucket, db)["retired"] == []
+    left = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{db_name_of(db)}/backups/wal/_all/segments/")["Contents"]}
+    assert not left & set(retired) and left == {s["key"] for s in manifest_of(s3, bucket, db)["wal_segments"]}
 
 
 def test_settled_segments_are_sealed_into_pages_that_restore_and_prune_read(live, s3, tmp_path):
@@ -215,7 +216,7 @@ def test_settled_segments_are_sealed_into_pages_that_restore_and_prune_read(live
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
     moment = instant()
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    manifest = manifest_of(s3, bucket)
+    manifest = manifest_of(s3, bucket, db)
     assert len(manifest["pages"]) >= 1 and len(manifest["wal_segments"]) <= 3  # the manifest stays small
     out = tmp_path / "through-pages"
     restore_to(db, env, moment, out)
@@ -224,13 +225,13 @@ def test_settled_segments_are_sealed_into_pages_that_restore_and_prune_read(live
     sealed = {p["key"] for p in manifest["pages"]}
     newer = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
     ok(rem("--db-path", str(db), "backup", "prune", "--json", env=env))  # the older base of the day goes
-    manifest = manifest_of(s3, bucket)
+    manifest = manifest_of(s3, bucket, db)
     pages = manifest["pages"]
     assert all(p["last_seq"] > newer["last_sequence"] for p in pages)  # pages every kept base holds went whole
-    stored = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="backups/wal/_all/")["Contents"]}
+    stored = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{db_name_of(db)}/backups/wal/_all/")["Contents"]}
     listed = {p["key"] for p in pages} | {s["key"] for s in manifest["wal_segments"]} | \
         {s["key"] for p in pages for s in json.loads(s3.get_object(Bucket=bucket, Key=p["key"])["Body"].read())}
-    assert stored - {"backups/wal/_all/manifest.json"} - {r["key"] for r in manifest["retired"]} == listed
+    assert stored - {f"{db_name_of(db)}/backups/wal/_all/manifest.json"} - {r["key"] for r in manifest["retired"]} == listed
     assert not sealed & stored  # the pages sealed before the newer base are gone, objects and all
 
 
@@ -252,7 +253,7 @@ def test_the_follower_keeps_pinning_through_an_s3_outage_and_catches_up_without_
                 engine.call("insert", "acme", "articles", article(f"dark-{i}"))
             time.sleep(3)
             assert not before & {int(p.name[:-4]) for p in db.glob("*.log")}  # the engine deleted those logs
-            assert manifest_of(s3, bucket)["last_archived_sequence"] < engine.call("latest_sequence")
+            assert manifest_of(s3, bucket, db)["last_archived_sequence"] < engine.call("latest_sequence")
             outage.clear()
             wait_archived(s3, bucket, engine)
             moment = instant()
@@ -373,7 +374,7 @@ def test_a_corrupted_or_missing_segment_is_named_and_no_database_is_written(live
         engine.call("insert", "acme", "articles", article(f"c-{i}", 20))
     moment = instant()  # the pass that follows confirms every write before it
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
-    manifest = manifest_of(s3, bucket)
+    manifest = manifest_of(s3, bucket, db)
     victim = next(seg for seg in manifest["wal_segments"] if seg["first_seq"] > base["last_sequence"] + 1)
     if damage == "flip":
         body = bytearray(s3.get_object(Bucket=bucket, Key=victim["key"])["Body"].read())
@@ -427,17 +428,17 @@ def test_while_the_follower_runs_a_scheduled_pass_steps_aside_and_a_second_follo
 
 def test_an_archiver_that_loses_the_manifest_race_retries_and_leaves_no_orphan(live, s3):
     """Archiver A is interrupted just before its manifest write by a whole pass of archiver B."""
-    from flows.pitr import wal_archive_for
+    from tasks.storage import log_archive
     from rem.pitr import LogPins
     from rem.settings import load_settings
-    from tasks.wal_archive import archive_pass
+    from rem.log_archive import archive_pass
 
     db, engine, env = live
     cfg = load_settings(db_path=db, s3_bucket=env["P8_S3_BUCKET"], s3_endpoint_url=env["P8_S3_ENDPOINT_URL"])
-    archive_pass(db, wal_archive_for(cfg))
+    archive_pass(db, log_archive(cfg))
     for i in range(30):
         engine.call("insert", "acme", "articles", article(f"race-{i}", 2))
-    rival, loser = wal_archive_for(cfg), wal_archive_for(cfg)
+    rival, loser = log_archive(cfg), log_archive(cfg)
     real_write, rival_reports = loser.write_manifest, []
 
     def write_after_rival(manifest, etag):
@@ -453,7 +454,7 @@ def test_an_archiver_that_loses_the_manifest_race_retries_and_leaves_no_orphan(l
     covered = [seq for seg in manifest.wal_segments for seq in range(seg.first_seq, seg.last_seq + 1)]
     assert covered == list(range(covered[0], engine.call("latest_sequence") + 1))  # each batch once, in order
     stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=rival.bucket, Prefix=rival.root + "segments/") for o in page.get("Contents", [])}
+        Bucket=env["P8_S3_BUCKET"], Prefix=rival.root + "segments/") for o in page.get("Contents", [])}
     assert stored == {seg.key for seg in manifest.wal_segments}  # the loser's segments were deleted
 
 

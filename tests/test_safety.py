@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine import ENGINE_PYTHON, RUN, engine_write
-from tests.helpers import REPO, digest, dump_all, free_port, rem, snapshot_dir, wait_http
+from tests.helpers import REPO, db_name_of, digest, dump_all, free_port, rem, snapshot_dir, wait_http
 
 # The engine (tests/engine, RocksDB 8.10) as a service starts it: it retries its read-write open
 # until RocksDB lets it in, then inserts notes into one tenant and prints each entity's key once
@@ -185,11 +185,12 @@ def test_prune_never_acts_on_a_path_a_metadata_file_names(make_sample, tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
-    crafted = backup_dir / "full" / "_all" / "evil"
+    home = backup_dir / db_name_of(db) / "backups" / "full" / "_all"
+    crafted = home / "evil"
     crafted.mkdir(parents=True)
     (crafted / "metadata.json").write_text(json.dumps({**{k: v for k, v in meta.items() if k != "location"},
                                                        "name": "../../../victim", "timestamp": "2001-01-01T00:00:00Z"}))
-    liar = backup_dir / "full" / "_all" / "liar"
+    liar = home / "liar"
     liar.mkdir()
     (liar / "metadata.json").write_text(json.dumps({**{k: v for k, v in meta.items() if k != "location"},
                                                     "name": "real", "timestamp": "2001-01-01T00:00:00Z"}))
@@ -211,13 +212,14 @@ def test_download_never_writes_outside_output(make_sample, tmp_path, s3_endpoint
     real = json.loads(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env, check=True).stdout)
     # A record planted in the bucket whose metadata names a path outside any --output.
     crafted = {**{k: v for k, v in real.items() if k != "location"}, "name": "../../escaped"}
+    home = f"{db_name_of(db)}/backups/full/_all/"
     for filename in ("rocksdb.tar.zst", "schemas.json"):
-        s3.copy_object(Bucket=bucket, Key=f"backups/full/_all/escaped/{filename}",
-                       CopySource={"Bucket": bucket, "Key": f"backups/full/_all/{real['name']}/{filename}"})
-    s3.put_object(Bucket=bucket, Key="backups/full/_all/escaped/metadata.json", Body=json.dumps(crafted).encode())
+        s3.copy_object(Bucket=bucket, Key=f"{home}escaped/{filename}",
+                       CopySource={"Bucket": bucket, "Key": f"{home}{real['name']}/{filename}"})
+    s3.put_object(Bucket=bucket, Key=f"{home}escaped/metadata.json", Body=json.dumps(crafted).encode())
     out = tmp_path / "out" / "inner"
     for name in ("../../escaped", "escaped"):
-        proc = rem("backup", "download", "--name", name, "--output", str(out), env=env)
+        proc = rem("backup", "download", "--name", name, "--output", str(out), env={**env, "P8_DB_NAME": db_name_of(db)})
         assert proc.returncode == 2, proc.stderr
         assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
         assert not (tmp_path / "escaped").exists() and not out.exists()

@@ -46,6 +46,7 @@ class LiveEngine:
     def __init__(self, path, mode: str = "standalone", **options):
         if not ENGINE_PYTHON.exists():
             raise RuntimeError(f"{ENGINE_PYTHON} is missing: run `make test` (it creates .venv-engine)")
+        self.path = Path(path)
         self.proc = subprocess.Popen([str(ENGINE_PYTHON), str(RUN), "--serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self._send({"path": str(path), "mode": mode, "options": options})

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tasks.storage import BackupRecord
-from tasks.wal_archive import is_base, parse_time
+from rem.backups import BackupRecord
+from rem.log_archive import is_base, parse_time
 
 
 def gfs_keep(times: list[datetime], keep_daily: int, keep_weekly: int, keep_monthly: int) -> dict[int, list[str]]:
@@ -73,7 +73,7 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
 def drop_wal_segments(archive, keys: list[str]) -> int:
     """Remove segments from the manifest (conditional write, retried on a race), then the objects;
     a sealed page goes whole, with its object, or stays whole."""
-    from tasks.wal_archive import ManifestConflict
+    from rem.log_archive import ManifestConflict
 
     for _ in range(20):
         manifest, etag = archive.read_manifest()
@@ -102,14 +102,16 @@ LIFECYCLE_GLACIER_DAYS = 30
 LIFECYCLE_EXPIRE_DAYS = 90
 
 
-def lifecycle_rules(prefix: str = "") -> list[dict]:
-    """The runbook's rules: backups to Glacier after 30 days, gone after 90; stale multipart uploads
-    aborted after a day."""
+def lifecycle_rules(prefix: str, db: str) -> list[dict]:
+    """The runbook's rules for one database's full backups: to Glacier after 30 days, gone after 90;
+    stale multipart uploads aborted after a day. Its log archive is left to prune: a segment still
+    needed by a kept base must never expire on its own."""
+    where = f"{prefix}{db}/backups/full/"
     return [
-        {"ID": "rem-backups-glacier-then-expire", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}backups/"},
+        {"ID": f"rem-{db}-backups-glacier-then-expire", "Status": "Enabled", "Filter": {"Prefix": where},
          "Transitions": [{"Days": LIFECYCLE_GLACIER_DAYS, "StorageClass": "GLACIER"}],
          "Expiration": {"Days": LIFECYCLE_EXPIRE_DAYS}},
-        {"ID": "rem-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}backups/"},
+        {"ID": f"rem-{db}-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}{db}/"},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
     ]
 

@@ -1,9 +1,11 @@
 """The archive of RocksDB's own write-ahead log in S3, and recovery windows over it.
 
-Layout (the whole database's log, tenant segment `_all`, as for whole-database backups):
+Layout (the whole database's log, tenant segment `_all`, as for whole-database backups), in the
+store the database's backups use:
 
-    {prefix}backups/wal/_all/manifest.json
-    {prefix}backups/wal/_all/segments/{first_seq:020}-{last_seq:020}.log.zst
+    {prefix}/{db}/backups/wal/_all/manifest.json
+    {prefix}/{db}/backups/wal/_all/segments/{first_seq:020}-{last_seq:020}.log.zst
+    {prefix}/{db}/backups/wal/_all/pages/{first_seq:020}-{last_seq:020}.json
 
 A segment is one piece of one log file (rem.pitr.Piece: the log's own bytes between two record
 boundaries and a table of the batches in them), zstd-compressed, with its SHA-256 in the manifest.
@@ -28,7 +30,8 @@ from rem.engine import now_rfc3339, rfc3339_micros
 from rem.errors import RemError, UsageError
 from rem.pitr import (LogCorruption, LogPins, Piece, check_log_options, format_micros, live_last_sequence, log_name,
                       read_new, split)
-from tasks.storage import ALL_TENANTS, BackupMetadata, BackupRecord
+from rem.backups import ALL_TENANTS, BackupMetadata, BackupRecord
+from rem.storage import ObjectMissing, ObjectStore, PreconditionFailed
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2
@@ -75,6 +78,7 @@ class Retired(BaseModel):
 
 class Manifest(BaseModel):
     format_version: int = MANIFEST_VERSION
+    db_name: str | None = Field(default=None, description="the database whose log this is")
     last_archived_sequence: int | None = Field(default=None, description="None until the first pass")
     last_archived_timestamp: str | None = None
     confirmed_timestamp: str | None = Field(
@@ -118,17 +122,18 @@ def clock_us() -> int:
 
 @dataclass
 class WalArchive:
-    """Where one database's log archive lives in S3."""
+    """Where one database's log archive lives: {db}/backups/wal/_all/ in an ObjectStore."""
 
-    client: object
-    bucket: str
-    prefix: str = ""
+    objects: ObjectStore
+    db: str | None  # None: the layout before databases had a level (read with --from-db legacy)
     segment: str = ALL_TENANTS
 
     @property
     def root(self) -> str:
-        prefix = self.prefix.strip("/") + "/" if self.prefix.strip("/") else ""
-        return f"{prefix}backups/wal/{self.segment}/"
+        return f"{self.db}/backups/wal/{self.segment}/" if self.db else f"backups/wal/{self.segment}/"
+
+    def describe(self) -> str:
+        return self.objects.url(self.root)
 
     def segment_key(self, first: int, last: int) -> str:
         return f"{self.root}segments/{first:020d}-{last:020d}.log.zst"
@@ -136,54 +141,43 @@ class WalArchive:
     def put_page(self, segments: list[Segment]) -> Page:
         first, last = segments[0].first_seq, segments[-1].last_seq
         key = f"{self.root}pages/{first:020d}-{last:020d}.json"
-        body = orjson.dumps([s.model_dump() for s in segments])
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        self.objects.put(key, orjson.dumps([s.model_dump() for s in segments]))
         return Page(key=key, first_seq=first, last_seq=last, segments=len(segments))
 
     def read_page(self, page: Page) -> list[Segment]:
-        body = self.client.get_object(Bucket=self.bucket, Key=page.key)["Body"].read()
-        segments = [Segment.model_validate(s) for s in orjson.loads(body)]
+        segments = [Segment.model_validate(s) for s in orjson.loads(self.objects.get(page.key))]
         if len(segments) != page.segments or (segments and (segments[0].first_seq, segments[-1].last_seq) !=
                                               (page.first_seq, page.last_seq)):
             raise SegmentCorrupt(f"{page.key} does not hold the {page.segments} segments the manifest says")
         return segments
 
     def all_segments(self, manifest: "Manifest") -> list[Segment]:
-        """Every segment: the sealed pages' (read from S3) and the manifest's own."""
+        """Every segment: the sealed pages' (read from the store) and the manifest's own."""
         return [s for page in manifest.pages for s in self.read_page(page)] + manifest.wal_segments
 
     def read_manifest(self) -> tuple[Manifest, str | None]:
-        from botocore.exceptions import ClientError
-
         try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=self.root + MANIFEST)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return Manifest(), None
-            raise
-        manifest = Manifest.model_validate_json(reply["Body"].read())
+            body, etag = self.objects.get_with_etag(self.root + MANIFEST)
+        except ObjectMissing:
+            return Manifest(db_name=self.db), None
+        manifest = Manifest.model_validate_json(body)
         if manifest.format_version != MANIFEST_VERSION:
-            raise UsageError(f"s3://{self.bucket}/{self.root}{MANIFEST} is a format {manifest.format_version} archive "
-                             "(the engine's logical wal column family), which RocksDB's own log replaces: move it "
-                             f"aside (aws s3 mv --recursive s3://{self.bucket}/{self.root} "
-                             f"s3://{self.bucket}/{self.root.rstrip('/')}-v1/) and take a full backup")
-        return manifest, reply["ETag"]
+            where = self.objects.url(self.root)
+            raise UsageError(f"{where}{MANIFEST} is a format {manifest.format_version} archive (the engine's logical "
+                             f"wal column family), which RocksDB's own log replaces: move it aside (aws s3 mv "
+                             f"--recursive {where} {where.rstrip('/')}-v1/) and take a full backup")
+        if self.db is not None and manifest.db_name not in (None, self.db):
+            raise UsageError(f"{self.objects.url(self.root + MANIFEST)} is the log archive of database "
+                             f"{manifest.db_name!r}, found under {self.db!r}; rem did not write it there")
+        return manifest, etag
 
     def write_manifest(self, manifest: Manifest, etag: str | None) -> str:
-        from botocore.exceptions import ClientError
-
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        manifest.db_name = manifest.db_name or self.db
         try:
-            reply = self.client.put_object(Bucket=self.bucket, Key=self.root + MANIFEST,
-                                           Body=manifest.model_dump_json(indent=2).encode(),
-                                           ContentType="application/json", **condition)
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status in (409, 412) or exc.response.get("Error", {}).get("Code") in ("PreconditionFailed",
-                                                                                     "ConditionalRequestConflict"):
-                raise ManifestConflict() from None
-            raise
-        return reply["ETag"]
+            return self.objects.put(self.root + MANIFEST, manifest.model_dump_json(indent=2).encode(),
+                                    if_match=etag, if_none_match=etag is None)
+        except PreconditionFailed:
+            raise ManifestConflict() from None
 
     def put_segment(self, piece: Piece) -> Segment:
         body = zstandard.ZstdCompressor(level=3).compress(piece.encode())
@@ -191,7 +185,7 @@ class WalArchive:
         first, last = piece.first_sequence, piece.last_sequence
         key = self.segment_key(first, last)
         times = piece.batches["time_us"]
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={
+        self.objects.put(key, body, metadata={
             "log-number": str(piece.log_number), "first-seq": str(first), "last-seq": str(last), "sha256": digest})
         return Segment(key=key, log_number=piece.log_number, start_offset=piece.start, end_offset=piece.end,
                        first_seq=first, last_seq=last, first_timestamp=format_micros(int(times[0])),
@@ -201,16 +195,12 @@ class WalArchive:
     def fetch_segment(self, segment: Segment, dest: Path) -> Piece:
         """Download one segment to dest, refusing it unless its SHA-256, its log bytes and its place
         (log, offsets, sequence numbers) are what the manifest says."""
-        from botocore.exceptions import ClientError
-
         where = f"log segment {segment.first_seq}-{segment.last_seq} ({segment.key})"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=segment.key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise SegmentCorrupt(f"{where} is missing from the archive; sequence numbers {segment.first_seq}-"
-                                     f"{segment.last_seq} cannot be replayed") from None
-            raise
+            body = self.objects.get(segment.key)
+        except ObjectMissing:
+            raise SegmentCorrupt(f"{where} is missing from the archive; sequence numbers {segment.first_seq}-"
+                                 f"{segment.last_seq} cannot be replayed") from None
         if hashlib.sha256(body).hexdigest() != segment.sha256:
             raise SegmentCorrupt(f"{where}: SHA-256 checksum mismatch; sequence numbers {segment.first_seq}-"
                                  f"{segment.last_seq} cannot be trusted")
@@ -228,8 +218,7 @@ class WalArchive:
         return piece
 
     def delete(self, keys: list[str]) -> None:
-        for key in keys:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+        self.objects.delete(keys)
 
 
 # ---------------------------------------------------------------------------------- archival

@@ -1,0 +1,129 @@
+"""rem fleet status: every database the Prefect server schedules, from its deployments (tagged
+db:NAME and host:HOST by `rem deploy`), their runs, artifacts and the databases' own events."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from datetime import datetime, timezone
+from typing import Any
+
+from tasks.monitoring import BACKUP_MAX_AGE_HOURS, WAL_LAG_WARN_SECONDS
+from tasks.runtime import flow, prefect_api_url, publish_table
+
+
+def _tag(tags: list[str], kind: str) -> str | None:
+    return next((t.split(":", 1)[1] for t in tags if t.startswith(kind + ":")), None)
+
+
+def _latest_run(client, deployment_id, states: list[str] | None = None):
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))) if states else None
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                 flow_run_filter=run_filter, sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return runs[0] if runs else None
+
+
+def _next_run(client, deployment_ids: list):
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+    return runs[0] if runs else None
+
+
+def _latest_event(name: str, resource_id: str) -> dict | None:
+    """The newest event of that name about the database, through the server's events API."""
+    body = json.dumps({"filter": {"event": {"name": [name]}, "resource": {"id": [resource_id]},
+                                  "order": "DESC"}, "limit": 1}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key := os.environ.get("PREFECT_API_KEY"):
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(prefect_api_url().rstrip("/") + "/events/filter", data=body, headers=headers,
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        events = json.loads(response.read()).get("events", [])
+    return events[0] if events else None
+
+
+def _health(client, db: str) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"health-{db}"])),
+                                  sort=ArtifactSort.CREATED_DESC, limit=1)
+    if not found or not isinstance(found[0].data, str) or not found[0].data.startswith("# Health: "):
+        return "unknown"
+    return found[0].data.split("\n", 1)[0].removeprefix("# Health: ").strip()
+
+
+def _age_hours(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round((now - moment).total_seconds() / 3600, 2)
+
+
+def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
+    """One row per database: host, newest successful backup and its age, PITR lag, last verify,
+    health, next scheduled run, and what breaches the runbook's thresholds."""
+    now = now or datetime.now(timezone.utc)
+    flows = {f.id: f.name for f in client.read_flows()}
+    by_db: dict[str, list] = {}
+    for deployment in client.read_deployments():
+        if db := _tag(deployment.tags or [], "db"):
+            by_db.setdefault(db, []).append(deployment)
+    rows = []
+    for db, deployments in sorted(by_db.items()):
+        named = {flows.get(d.flow_id): d for d in deployments if not d.name.endswith("-follow")}
+        backup = named.get("full-backup")
+        last_backup = _latest_run(client, backup.id, ["COMPLETED"]) if backup else None
+        backup_at = last_backup.end_time if last_backup else None
+        verify = named.get("verify")
+        last_verify = _latest_run(client, verify.id) if verify else None
+        archived = _latest_event("rem.wal.archived", f"rem.db.{db}")
+        confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
+        lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
+            if confirmed else None
+        upcoming = _next_run(client, [d.id for d in deployments])
+        row = {"db": db, "host": _tag(deployments[0].tags or [], "host"),
+               "work_queue": deployments[0].work_queue_name,
+               "last_backup": backup_at.isoformat() if backup_at else None,
+               "backup_age_hours": _age_hours(backup_at, now),
+               "pitr_lag_seconds": lag,
+               "last_verify": last_verify.state.name if last_verify and last_verify.state else None,
+               "health": _health(client, db),
+               "next_run": (f"{flows.get(upcoming.flow_id)} at {upcoming.expected_start_time.isoformat()}"
+                            if upcoming else None)}
+        breaches = []
+        if row["backup_age_hours"] is None or row["backup_age_hours"] > BACKUP_MAX_AGE_HOURS:
+            breaches.append(f"no successful backup within {BACKUP_MAX_AGE_HOURS} h")
+        if lag is not None and lag > WAL_LAG_WARN_SECONDS:
+            breaches.append(f"PITR lag over {WAL_LAG_WARN_SECONDS} s")
+        if row["last_verify"] in ("Failed", "Crashed"):
+            breaches.append("last verify failed")
+        if row["health"] == "unhealthy":
+            breaches.append("unhealthy")
+        row["breaches"] = breaches
+        rows.append(row)
+    return rows
+
+
+@flow("fleet-status", description="Every database the server schedules: backups, PITR lag, verify, health.")
+def fleet_status() -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+
+    from rem.errors import UsageError
+
+    if not prefect_api_url():
+        raise UsageError("rem fleet status reads the Prefect server: set PREFECT_API_URL")
+    with get_client(sync_client=True) as client:
+        rows = database_rows(client)
+    publish_table("fleet-status", [{**r, "breaches": "; ".join(r["breaches"])} for r in rows],
+                  description="Every database on this Prefect server, against the runbook's thresholds")
+    return {"ok": not any(r["breaches"] for r in rows), "databases": rows}

@@ -1,0 +1,388 @@
+"""A database's backups in an ObjectStore (a local directory or an S3 bucket), in the runbook's layout
+
+    {prefix}/{db}/backups/full/{tenant}/{name}/metadata.json | rocksdb.tar.zst | schemas.json
+
+(locally {backup_dir}/{db}/backups/full/...; before databases had a level of their own,
+{prefix}/backups/full/... and {backup_dir}/full/..., which stay readable). A whole-database backup uses the tenant segment
+`_all`; tenant ids cannot start with '_'. A backup exists only once its metadata.json does:
+it is written last, so an interrupted run leaves nothing `list` or `restore` would take.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from rem.errors import RemError, UsageError
+from rem.format import check_tenant
+from rem.identity import DatabaseIdentity, claim_name
+from rem.storage import ObjectMissing, ObjectStore, PreconditionFailed
+from rem.storage.local import private_file, space_checked
+
+log = logging.getLogger("rem")
+
+ALL_TENANTS = "_all"
+METADATA = "metadata.json"
+ARCHIVE = "rocksdb.tar.zst"
+SCHEMAS = "schemas.json"
+CLAIM = ".claim"
+FORMAT_VERSION = 1
+NAME_MAX = 128
+# An S3 claim older than this whose backup never got its metadata.json was left by a run that died.
+CLAIM_STALE_SECONDS = 6 * 3600
+
+
+class BackupMetadata(BaseModel):
+    """metadata.json: everything a restore, a listing or PITR needs to know of a backup."""
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    kind: str = Field(description="full (whole database) or tenant")
+    tenant_id: str | None = Field(description="None for a whole-database backup")
+    timestamp: str = Field(description="RFC 3339 UTC time the snapshot was taken")
+    size_bytes: int = Field(description="compressed archive size")
+    uncompressed_bytes: int
+    entity_count: int
+    schema_count: int
+    checksum_sha256: str
+    rocksdb_version: str = Field(description="the RocksDB that wrote the database (its OPTIONS file): the engine's")
+    tools_rocksdb_version: str | None = Field(default=None, description="the RocksDB our tools ran (rocksdict's)")
+    schema_version: str = Field(description="SHA-256 prefix of schemas.json: changes when any schema does")
+    wal_last_seq: int = Field(description="highest logical-WAL sequence inside the snapshot")
+    last_sequence: int | None = Field(default=None, description="RocksDB's last sequence number in a whole-database "
+                                      "snapshot: every write up to it is in the backup, none after")
+    last_sequence_time: str | None = Field(default=None, description="when the snapshot held last_sequence: the "
+                                           "instant a point-in-time restore from this base starts at")
+    wal_last_timestamp: str | None = Field(default=None, description="time of the logical WAL's entry wal_last_seq")
+    column_families: dict[str, int] = Field(description="keys per column family")
+    db_name: str | None = Field(default=None, description="the database's name: the level of the store it lies under")
+    db_identity: str | None = Field(default=None, description="RocksDB's IDENTITY of the database backed up")
+    host: str
+    db_path: str | None = Field(default=None, description="where the database was on its host")
+    tool_version: str
+    duration_seconds: float
+    compression: str
+    online: bool = Field(description="a writer held the database while it was backed up")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        try:
+            return check_name(name)
+        except UsageError as exc:  # pydantic reports ValueErrors as validation errors
+            raise ValueError(str(exc)) from None
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _valid_tenant(cls, tenant: str | None) -> str | None:
+        try:
+            return None if tenant is None else check_tenant(tenant)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _kind_matches_tenant(self) -> "BackupMetadata":
+        if (self.kind == "tenant") != (self.tenant_id is not None):
+            raise ValueError(f"kind {self.kind!r} does not go with tenant_id {self.tenant_id!r}")
+        return self
+
+    @property
+    def tenant_segment(self) -> str:
+        return self.tenant_id or ALL_TENANTS
+
+
+@dataclass
+class BackupRecord:
+    """A backup as found: `segment` and `folder` are where its metadata.json was, and every action on
+    the backup (download, delete) uses them, never the names written inside the file."""
+
+    metadata: BackupMetadata
+    location: str
+    store: "BackupStore"
+    segment: str
+    folder: str
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class BackupNotFound(UsageError):
+    pass
+
+
+def backup_name(now: datetime | None = None) -> str:
+    """The default name: the snapshot's UTC time, sortable, without ':' (2025-10-25T143000Z)."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%S") + "Z"
+
+
+def check_name(name: str) -> str:
+    if (not name or len(name) > NAME_MAX or name.startswith((".", "_"))
+            or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in name)):
+        shown = name if len(name) <= 40 else name[:40] + f"... ({len(name)} characters)"
+        raise UsageError(f"backup name {shown!r}: use 1 to {NAME_MAX} letters, digits, '-', '_' or '.', "
+                         "not starting with '.' or '_'")
+    return name
+
+
+def claim_is_stale(owner: dict) -> bool:
+    """A claim whose run is gone: its process is dead on this host, or it is older than any backup runs."""
+    if time.time() - float(owner.get("started", 0)) > CLAIM_STALE_SECONDS:
+        return True
+    if owner.get("host") == socket.gethostname():
+        try:
+            os.kill(int(owner.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+    return False
+
+
+def _parse_found(body: bytes, where: str, segment: str, folder: str, db: str | None) -> BackupMetadata | None:
+    """The metadata found at where, or None (with a warning) when it is unreadable or names another
+    place than the one it was found in: such a record is never listed, restored or deleted."""
+    try:
+        metadata = BackupMetadata.model_validate_json(body)
+    except ValueError as exc:
+        log.warning("skipping %s: not valid backup metadata (%s)", where, str(exc).splitlines()[0])
+        return None
+    if (metadata.tenant_segment, metadata.name) != (segment, folder):
+        log.warning("skipping %s: it says backup %r of %r but lies in %s/%s; rem did not write it there, "
+                             "so it is neither listed nor acted on", where, metadata.name, metadata.tenant_segment,
+                             segment, folder)
+        return None
+    if db is not None and metadata.db_name not in (None, db):
+        log.warning("skipping %s: it is a backup of database %r, found under %r; rem did not write it there",
+                    where, metadata.db_name, db)
+        return None
+    return metadata
+
+
+class BackupStore:
+    """One database's backups in an ObjectStore: {db}/backups/full/{tenant}/{name}/{file}.
+    db None is the layout before databases had a level of their own, read-only (`--from-db legacy`)."""
+
+    def __init__(self, objects: ObjectStore, db: str | None, root: str | None = None,
+                 owner: DatabaseIdentity | None = None):
+        self.objects, self.db, self.owner = objects, db, owner
+        self.root = root if root is not None else f"{db}/backups/full/"
+
+    @property
+    def legacy(self) -> bool:
+        return self.db is None
+
+    @property
+    def local(self) -> bool:
+        """Its files are on this host: restored in place, nothing to download."""
+        return self.objects.local_path(self.key(ALL_TENANTS, "x", METADATA)) is not None
+
+    def describe(self) -> str:
+        return self.objects.url(self.root)
+
+    def key(self, tenant_segment: str, name: str, filename: str = "") -> str:
+        return f"{self.root}{tenant_segment}/{name}/{filename}"
+
+    def location(self, tenant_segment: str, name: str) -> str:
+        return self.objects.url(self.key(tenant_segment, name))
+
+    def exists(self, tenant_segment: str, name: str) -> bool:
+        return self.objects.head(self.key(tenant_segment, name, METADATA)) is not None
+
+    def prepare(self, tenant_segment: str, name: str) -> None:
+        """Refuse a taken name and claim it (a conditional put of .claim, so two runs cannot both
+        write one backup); clean what interrupted runs of this tenant left."""
+        if self.legacy:
+            raise UsageError(f"{self.describe()} is the old layout without a database level; rem reads it, "
+                             "never writes it")
+        self.objects.check()
+        if self.owner is not None:
+            claim_name(self.objects, self.owner, write=True)
+        if self.exists(tenant_segment, name):
+            raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
+        claim_key = self.key(tenant_segment, name, CLAIM)
+        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+        try:
+            self.objects.put(claim_key, body, if_none_match=True)
+        except PreconditionFailed:
+            self._take_stale_claim(claim_key, body, name)
+        if self.exists(tenant_segment, name):  # finished by the run whose claim was stale after all
+            self.objects.delete([claim_key])
+            raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
+        self.clean_abandoned(tenant_segment)
+
+    def _claim(self, claim_key: str) -> tuple[dict, str] | None:
+        """A claim's owner and ETag; None when there is none (or it is unreadable)."""
+        try:
+            body, etag = self.objects.get_with_etag(claim_key)
+            return json.loads(body), etag
+        except (ObjectMissing, ValueError):
+            return None
+
+    def _take_stale_claim(self, claim_key: str, body: bytes, name: str) -> None:
+        """Replace a claim its run left behind; refuse a live one."""
+        busy = UsageError(f"a backup named {name!r} is being written right now by another run in {self.describe()}; "
+                          "choose another --name")
+        claim = self._claim(claim_key)
+        if claim is None or not claim_is_stale(claim[0]):
+            raise busy
+        try:  # only the run that read this exact stale claim may replace it
+            self.objects.put(claim_key, body, if_match=claim[1])
+        except PreconditionFailed:
+            raise busy from None
+
+    def clean_abandoned(self, tenant_segment: str) -> None:
+        """Remove what runs that died left in this tenant's backups: unfinished uploads with no claim
+        or a stale one, then the claims and partial objects of backups that never got metadata.json.
+        A concurrent run's upload and claim are left alone."""
+        base = f"{self.root}{tenant_segment}/"
+        abandoned: dict[str, bool] = {}
+
+        def is_abandoned(key: str) -> bool:
+            folder = key[len(base):].split("/")[0]
+            if folder not in abandoned:
+                claim = self._claim(self.key(tenant_segment, folder, CLAIM))
+                abandoned[folder] = claim is None or claim_is_stale(claim[0])
+            return abandoned[folder]
+
+        self.objects.abort_uploads(base, is_abandoned)
+        for info in list(self.objects.list(base)):
+            folder, _, filename = info.key[len(base):].partition("/")
+            if filename == CLAIM and is_abandoned(info.key) and not self.exists(tenant_segment, folder):
+                self.objects.delete([self.key(tenant_segment, folder, f) for f in (ARCHIVE, SCHEMAS, CLAIM)])
+
+    def archive_writer(self, tenant_segment: str, name: str, spool_dir: Path) -> AbstractContextManager[BinaryIO]:
+        """The archive's sink: a file renamed into place locally, a spooled multipart upload to S3."""
+        return self.objects.writer(self.key(tenant_segment, name, ARCHIVE), spool_dir)
+
+    def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
+        self.objects.put(self.key(tenant_segment, name, filename), data)
+
+    def finish(self, tenant_segment: str, name: str, tags: dict[str, str]) -> None:
+        for filename in (ARCHIVE, SCHEMAS, METADATA):
+            self.objects.tag(self.key(tenant_segment, name, filename), tags)
+
+    def discard(self, tenant_segment: str, name: str) -> None:
+        """Remove a failed attempt's objects (the claim stays for a retry)."""
+        if self.exists(tenant_segment, name):
+            return
+        self.objects.abort_uploads(self.key(tenant_segment, name, ARCHIVE), lambda key: True)
+        self.objects.delete([self.key(tenant_segment, name, f) for f in (ARCHIVE, SCHEMAS)])
+
+    def release(self, tenant_segment: str, name: str) -> None:
+        """End this run's claim; without metadata.json the objects are an unfinished backup and go."""
+        self.discard(tenant_segment, name)
+        self.objects.delete([self.key(tenant_segment, name, CLAIM)])
+
+    def list(self) -> list[BackupRecord]:
+        records = []
+        for info in self.objects.list(self.root):
+            parts = info.key[len(self.root):].split("/")
+            if len(parts) != 3 or parts[2] != METADATA:
+                continue
+            try:
+                body = self.objects.get(info.key)
+            except ObjectMissing:
+                continue  # pruned while listed
+            metadata = _parse_found(body, self.objects.url(info.key), parts[0], parts[1], self.db)
+            if metadata is not None:
+                records.append(BackupRecord(metadata, self.location(parts[0], parts[1]), self, parts[0], parts[1]))
+        return records
+
+    def delete(self, record: BackupRecord) -> None:
+        """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
+        self.objects.delete([self.key(record.segment, record.folder, METADATA)])
+        self.objects.delete([self.key(record.segment, record.folder, f) for f in (ARCHIVE, SCHEMAS, CLAIM)])
+
+    def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
+        """The backup as a local directory: a local store's own folder (restored in place), else a
+        download to out_dir/{name}/ with parallel ranged GETs (an interrupted run resumes)."""
+        here = self.objects.local_path(self.key(record.segment, record.folder, METADATA))
+        if here is not None:
+            return here.parent
+        dest = out_dir / check_name(record.folder)
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with space_checked(dest, "--output"):
+            with private_file(dest / SCHEMAS) as f:
+                f.write(self.objects.get(self.key(record.segment, record.folder, SCHEMAS)))
+            self.objects.download(self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE, progress)
+            # metadata.json last, as on upload: a directory without it is an unfinished download.
+            with private_file(dest / METADATA) as f:
+                f.write(record.metadata.model_dump_json(indent=2).encode())
+        return dest
+
+
+# ------------------------------------------------------------------------------ lookups
+
+
+def find_backup(stores: list[BackupStore], name: str, tenant: str | None = None,
+                elsewhere: Callable[[], list[BackupStore]] | None = None) -> BackupRecord:
+    """The backup called name in any of the stores (one database's). When several match, the one
+    local copy wins (nothing to download); otherwise the ambiguity is an error. A backup of that
+    name in the stores `elsewhere` returns (other databases, the old layout; looked at only when none
+    matches here) is named in the refusal, never taken."""
+    check_name(name)
+    if tenant is not None and tenant != ALL_TENANTS:
+        check_tenant(tenant)
+    matches = [r for store in stores for r in store.list()
+               if r.name == name and (tenant is None or r.metadata.tenant_segment == tenant)]
+    if not matches:
+        where = ", ".join(s.describe() for s in stores)
+        holder = _holder(elsewhere, name) if elsewhere else None
+        if holder is not None:
+            raise BackupNotFound(f"no backup named {name!r} in {where}; {holder.describe()} has one, of "
+                                 f"{'the old layout' if holder.legacy else 'database ' + repr(holder.db)}: "
+                                 f"restore it with --from-db {holder.db or 'legacy'}")
+        raise BackupNotFound(f"no backup named {name!r} in {where}; see `rem backup list`")
+    if len(matches) == 1:
+        return matches[0]
+    local = [r for r in matches if r.store.local]
+    if len(local) == 1:
+        return local[0]
+    raise UsageError(f"several backups are named {name!r}: {', '.join(r.location for r in matches)}; add --tenant")
+
+
+def _holder(elsewhere: Callable[[], list[BackupStore]], name: str) -> BackupStore | None:
+    """The first of the other stores holding a backup of that name; an unreachable one only loses the hint."""
+    try:
+        for other in elsewhere():
+            if any(r.name == name for r in other.list()):
+                return other
+    except Exception:  # noqa: BLE001 - the refusal being built is the error to report
+        return None
+    return None
+
+
+def read_local_backup(source: Path) -> BackupMetadata:
+    """The metadata of a backup directory (as written by create or download)."""
+    meta = source / METADATA
+    if not meta.exists():
+        raise UsageError(f"{source}: no {METADATA} here (not a backup, or an unfinished download); "
+                         "give --source the directory `rem backup download` wrote")
+    try:
+        return BackupMetadata.model_validate_json(meta.read_bytes())
+    except ValueError as exc:
+        raise RemError(f"{meta}: unreadable backup metadata ({str(exc).splitlines()[0]})") from None
+
+
+def list_reachable(stores: list) -> tuple[list[BackupRecord], dict[str, str]]:
+    """Every backup in the stores that answer, and for each one that does not, why."""
+    records: list[BackupRecord] = []
+    failed: dict[str, str] = {}
+    for store in stores:
+        try:
+            records.extend(store.list())
+        except Exception as exc:  # one unreachable store must not hide the others' backups
+            failed[store.describe()] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return records, failed
