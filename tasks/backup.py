@@ -18,7 +18,7 @@ from rem.format import wal_key
 from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
-from tasks.archive import ArchiveStats, write_archive
+from rem.archive import ArchiveStats, write_archive
 from tasks.runtime import RunProgress, task
 from rem.identity import DatabaseIdentity
 from rem.backups import METADATA, SCHEMAS, BackupMetadata

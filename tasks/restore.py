@@ -20,7 +20,7 @@ from rem.snapshot import copy_rows, physical_copy
 from rem.stats import count_keys, entity_totals
 from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
-from tasks.archive import extract_archive, fsync_tree, verify_checksum
+from rem.archive import extract_archive, fsync_tree, verify_checksum
 from tasks.runtime import task
 from rem.backups import ARCHIVE, BackupMetadata
 
