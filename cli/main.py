@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from cli.output import command, emit, fail, human_bytes, out, progress, table_renderer
+from cli.output import PAGE_ON_FAILURE, command, emit, fail, human_bytes, out, progress, table_renderer
 from rem.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -59,7 +59,10 @@ def main_options(
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint [env: P8_S3_ENDPOINT_URL]"),
     db_name: Optional[str] = typer.Option(None, "--db-name", help="The database's name in the store; default: its "
                                           "directory name and RocksDB IDENTITY [env: P8_DB_NAME]"),
+    page: bool = typer.Option(False, "--page", help="Under Prefect, page on this run's failure as on a "
+                              "scheduled one's (ad-hoc runs do not page by default)"),
 ) -> None:
+    PAGE_ON_FAILURE["page"] = page
     ctx.obj = Globals(config, {"db_path": db_path, "backup_dir": backup_dir, "s3_bucket": bucket,
                                "s3_endpoint_url": endpoint_url, "db_name": db_name})
 

@@ -16,6 +16,9 @@ from rich.console import Console
 
 from rem.errors import ConfigError, RemError, UsageError
 
+# The global --page flag (one command per process): its runs' failures page like a deployment's.
+PAGE_ON_FAILURE: dict[str, bool] = {}
+
 # Piped output keeps whole lines (names, paths, s3:// URLs) rather than rich's 80-column folding.
 # markup=False: names, paths and messages are data; a '[/]' in one must print as itself.
 out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
@@ -59,9 +62,12 @@ def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
 @contextmanager
 def command(as_json: bool) -> Iterator[None]:
     """Turn errors into one line and the right exit code (REM_DEBUG=1 keeps the traceback of the
-    unexpected ones)."""
+    unexpected ones); under Prefect, tag the runs as ad hoc."""
+    from tasks.runtime import adhoc_tags
+
     try:
-        yield
+        with adhoc_tags(PAGE_ON_FAILURE.get("page", False)):
+            yield
     except (ConfigError, UsageError) as exc:
         fail(str(exc), 2, as_json)
     except RemError as exc:

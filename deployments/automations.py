@@ -14,6 +14,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 
 BACKUP_FLOWS = ["full-backup", "recovery-drill"]
 BACKUP_FAILED = "rem: backup or drill run failed"
+PAGED_RUN_FAILED = "rem: ad-hoc run failed (--page)"
 BACKUP_STALE = "rem: no successful backup"
 WAL_STALE = "rem: no WAL archived"
 FOLLOWER_STOPPED = "rem: log follower stopped"
@@ -51,6 +52,19 @@ def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_win
                            "{{ flow_run.name }} ({{ flow_run.id }}) of deployment {{ flow.name }}/{{ deployment.name }} "
                            "entered {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
                            "{{ flow_run | ui_url }}"),
+        ),
+        AutomationCore(
+            name=prefix + PAGED_RUN_FAILED,
+            description="A run started from the command line with --page failed or crashed.",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.rem-page"},
+                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+            actions=notify("REM ad-hoc run failed: {{ flow.name }} ({{ flow_run.name }})",
+                           "Flow run {{ flow_run.name }} ({{ flow_run.id }}) of {{ flow.name }}, started by hand "
+                           "with --page ({{ flow_run.tags | join(', ') }}), entered {{ flow_run.state.name }}: "
+                           "{{ flow_run.state.message }}\n{{ flow_run | ui_url }}"),
         ),
         heartbeat(prefix + BACKUP_STALE, "rem.backup.succeeded", backup_window, notify(
             "REM backup overdue: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",

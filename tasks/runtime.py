@@ -202,6 +202,23 @@ def emit(event: str, cfg, payload: dict[str, Any]) -> None:
     emit_event(event=event, resource=db_resource(cfg), payload=payload)
 
 
+ADHOC_TAG = "adhoc"
+PAGE_TAG = "rem-page"  # an ad-hoc run whose failure pages as a deployment run's does
+
+
+@contextmanager
+def adhoc_tags(page: bool):
+    """Runs started by hand from the command line carry the tag `adhoc`; the failure pages match
+    deployment runs only, unless the operator asked with --page."""
+    if not ORCHESTRATED or os.environ.get("PREFECT__FLOW_RUN_ID"):
+        yield
+        return
+    from prefect import tags
+
+    with tags(ADHOC_TAG, *([PAGE_TAG] if page else [])):
+        yield
+
+
 def writer_limit_name(db_path, host: str | None = None) -> str:
     """The database's own writer slot: host and path, so the many hosts keeping theirs at
     /var/lib/rem/db never wait on one another."""

@@ -236,6 +236,17 @@ def test_a_failed_backup_pages_naming_its_host_database_and_run(deployed, receiv
     assert b["name"] in note["subject"] and f"host:{socket.gethostname()}" in note["body"]
     assert "rem-no-such-bucket" in note["body"] and deployed["a"]["name"] not in note["body"]
 
+    # By hand from the command line the same failure pages only when asked to.
+    broken = {**b["env"], "P8_S3_BUCKET": "rem-no-such-bucket"}
+    assert rem("--db-path", str(b["db"]), "backup", "create", "--upload", "--name", "by-hand", env=broken).returncode
+    assert rem("--db-path", str(b["db"]), "--page", "backup", "create", "--upload", "--name", "paged",
+               env=broken).returncode
+    paged = receiver.wait_for(lambda n: "ad-hoc run failed" in n.get("subject", ""), 30)
+    assert paged is not None and "adhoc" in paged["body"] and "rem-no-such-bucket" in paged["body"], receiver.received
+    time.sleep(3)  # the unasked run failed first: its page, were there one, would be here by now
+    pages = [n for n in receiver.received if "failed" in n.get("subject", "")]
+    assert len(pages) == 2, pages  # the deployment run's and the --page run's, nothing for the unasked one
+
 
 def test_a_proactive_automation_fires_without_success_events_and_stays_quiet_with_them(deployed, receiver):
     from prefect.client.orchestration import get_client
