@@ -31,51 +31,49 @@ def heartbeat(name: str, event: str, window: timedelta, actions: list) -> Automa
         actions=actions)
 
 
+# The rest of a failure page: the run's tags (db: and host:), name, id, flow, state and UI address.
+RUN_DETAILS = ("{{ flow_run.tags | join(', ') }}): flow run {{ flow_run.name }} ({{ flow_run.id }}) of "
+               "{{ flow.name }} entered {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
+               "{{ flow_run | ui_url }}")
+HOST = "{{ event.resource.get('rem.host') or 'an unknown host' }}"
+
+
+def run_failed(name: str, description: str, related, actions: list) -> AutomationCore:
+    """Fires at once for each flow run entering Failed or Crashed whose related resources match."""
+    return AutomationCore(
+        name=name, description=description,
+        trigger=EventTrigger(expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                             match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=related,
+                             posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+        actions=actions)
+
+
 def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_window: timedelta = timedelta(hours=48),
                      wal_window: timedelta = timedelta(hours=1), prefix: str = "",
                      follower_window: timedelta = timedelta(minutes=5)) -> list[AutomationCore]:
     notify = lambda subject, body: [SendNotification(block_document_id=notification_block_id,  # noqa: E731
                                                      subject=subject, body=body)]
     specs = [
-        AutomationCore(
-            name=prefix + BACKUP_FAILED,
-            description="A backup or recovery-drill flow run failed or crashed.",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                # A run of a deployment only: an ad-hoc run from the command line has its operator watching.
-                match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
-                               {"prefect.resource.role": "deployment"}],
-                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-            actions=notify("REM backup failed: {{ flow.name }}/{{ deployment.name }} ({{ flow_run.name }})",
-                           "Database {{ deployment.name }} ({{ flow_run.tags | join(', ') }}): flow run "
-                           "{{ flow_run.name }} ({{ flow_run.id }}) of deployment {{ flow.name }}/{{ deployment.name }} "
-                           "entered {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
-                           "{{ flow_run | ui_url }}"),
-        ),
-        AutomationCore(
-            name=prefix + PAGED_RUN_FAILED,
-            description="A run started from the command line with --page failed or crashed.",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.rem-page"},
-                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-            actions=notify("REM ad-hoc run failed: {{ flow.name }} ({{ flow_run.name }})",
-                           "Flow run {{ flow_run.name }} ({{ flow_run.id }}) of {{ flow.name }}, started by hand "
-                           "with --page ({{ flow_run.tags | join(', ') }}), entered {{ flow_run.state.name }}: "
-                           "{{ flow_run.state.message }}\n{{ flow_run | ui_url }}"),
-        ),
+        run_failed(prefix + BACKUP_FAILED, "A backup or recovery-drill run of a deployment failed or crashed.",
+                   # Deployment runs only: an ad-hoc run from the command line has its operator watching.
+                   [{"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
+                    {"prefect.resource.role": "deployment"}],
+                   notify("REM backup failed: {{ flow.name }}/{{ deployment.name }} ({{ flow_run.name }})",
+                          "Database {{ deployment.name }} (" + RUN_DETAILS)),
+        run_failed(prefix + PAGED_RUN_FAILED, "A run started from the command line with --page failed or crashed.",
+                   {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.rem-page"},
+                   notify("REM ad-hoc run failed: {{ flow.name }} ({{ flow_run.name }})",
+                          "Started by hand with --page (" + RUN_DETAILS)),
         heartbeat(prefix + BACKUP_STALE, "rem.backup.succeeded", backup_window, notify(
-            "REM backup overdue: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",
+            "REM backup overdue: {{ event.resource.id }} on " + HOST,
             f"No successful backup of {{{{ event.resource.id }}}} within {backup_window}.")),
     ]
     if pitr_enabled:
         specs.append(heartbeat(prefix + WAL_STALE, "rem.wal.archived", wal_window, notify(
-            "REM WAL archive stalled: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",
+            "REM WAL archive stalled: {{ event.resource.id }} on " + HOST,
             f"No WAL archived for {{{{ event.resource.id }}}} within {wal_window}: the recovery window is not moving.")))
         specs.append(heartbeat(prefix + FOLLOWER_STOPPED, "rem.wal.follower.alive", follower_window, notify(
-            "REM log follower stopped: {{ event.resource.id }} on {{ event.resource.get('rem.host') or 'an unknown host' }}",
+            "REM log follower stopped: {{ event.resource.id }} on " + HOST,
             f"The log follower of {{{{ event.resource.id }}}} sent no heartbeat within {follower_window}: logs the "
             "engine deletes meanwhile are lost to point-in-time recovery (the 5-minute passes pin only what they "
             "find). Restart it: systemctl restart rem-wal-archiver@<name>, or run the wal-archive-follow deployment.")))
