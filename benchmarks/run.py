@@ -87,7 +87,8 @@ def main() -> None:
                          f"vs {max(tar_rss, cp_rss)} MB", "ratio <= 1.0, RSS < 300 MB"))
 
             dl = work / "dl"
-            ours_d, ours_d_rss = rem("backup", "download", "--name", "bench", "--output", str(dl), env=s3env)
+            ours_d, ours_d_rss = rem("--db-path", str(db), "backup", "download", "--name", "bench", "--output", str(dl),
+                                     env=s3env)
             ours_r, ours_r_rss = rem("backup", "restore", "--source", str(dl / "bench"), "--target",
                                      str(work / "restored"), env=s3env)
             get_s, get_rss = timed(["aws", "--endpoint-url", endpoint, "s3", "cp", "s3://bench/base.tar.zst",
