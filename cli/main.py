@@ -272,9 +272,12 @@ def backup_create(
     name: Optional[str] = typer.Option(None, "--name", help="Backup name (default: the UTC time)"),
     upload: bool = typer.Option(False, "--upload", help="Store in S3 (P8_S3_BUCKET) instead of the local directory"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Back up only this tenant (plus the schemas)"),
+    archive: bool = typer.Option(False, "--archive", help="One self-contained rocksdb.tar.zst (the runbook's "
+                                 "format, to move a database elsewhere) instead of an incremental backup"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Full (or per-tenant) backup: snapshot -> tar + zstd -> chunked upload -> metadata last."""
+    """Whole-database backups are incremental: snapshot -> the SSTs the repository lacks, uploaded once
+    each -> small files -> file list -> metadata last. --archive and --tenant write one tar.zst."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         tenant = _tenant(tenant)
@@ -283,7 +286,7 @@ def backup_create(
                  as_json)
         from flows.backup import full_backup
 
-        result = full_backup(_settings_dict(settings), tenant=tenant, name=name, upload=upload)
+        result = full_backup(_settings_dict(settings), tenant=tenant, name=name, upload=upload, archive=archive)
         emit(result, as_json, lambda c: c.print(
             f"Backup {result['name']} of {result['tenant_id'] or 'the whole database'}: "
             f"{result['entity_count']:,} entities, {human_bytes(result['size_bytes'])} "
@@ -302,8 +305,9 @@ def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
 
         rows, unreachable = list_backups(_settings_dict(settings), from_db, all_dbs)
         emit(rows, as_json, table_renderer(
-            ["DB", "NAME", "TENANT", "SIZE", "CREATED", "LOCATION"],
-            [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["size_bytes"]), r["created"], r["location"]]
+            ["DB", "NAME", "TENANT", "SIZE", "ADDED", "CREATED", "LOCATION"],
+            [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["logical_bytes"]),
+              human_bytes(r["added_bytes"]), r["created"], r["location"]]
              for r in rows], "No backups found."))
         if unreachable:
             fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"

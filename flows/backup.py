@@ -8,7 +8,8 @@ from typing import Any
 from rem.format import check_tenant
 from rem.settings import Settings, load_settings
 from rem.tenant import require_tenant
-from tasks.backup import build_metadata, compress_and_store, describe, snapshot, store_metadata, store_schemas, utc_now
+from tasks.backup import (build_metadata, compress_and_store, describe, measure_repository, snapshot, store_incrementally,
+                          store_metadata, store_schemas, utc_now)
 from tasks.runtime import current_db, db_label, emit, flow, get_logger, publish_report, publish_table
 from rem.backups import ALL_TENANTS, backup_name, check_name
 from rem.storage import cleanup_quietly
@@ -39,8 +40,11 @@ def resolve_settings(settings: dict[str, Any] | None, database_block: str | None
 @flow("full-backup", description="Consistent snapshot of a REM database, compressed and stored with its metadata.")
 def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = None, name: str | None = None,
                 upload: bool = False, storage_block: str | None = None, encryption_block: str | None = None,
-                database_block: str | None = None) -> dict[str, Any]:
+                database_block: str | None = None, archive: bool = False) -> dict[str, Any]:
+    """A whole-database backup is incremental (only the SSTs the repository lacks go up) unless
+    archive asks for one self-contained rocksdb.tar.zst; a tenant's is always an archive."""
     cfg = resolve_settings(settings, database_block, storage_block, encryption_block)
+    incremental = tenant is None and not archive
     started = time.monotonic()
     taken_at = utc_now()
     name = check_name(name) if name is not None else backup_name(taken_at)
@@ -54,11 +58,13 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
             snap = snapshot(str(cfg.db_path), tenant)
             try:
                 facts = describe.submit(snap)  # counting keys runs while the archive streams
-                archive = compress_and_store(snap, store, segment, name, cfg.backup_compression)
+                stored = (store_incrementally(snap, store, segment, name, cfg.backup_compression,
+                                              cfg.backup_upload_concurrency) if incremental
+                          else compress_and_store(snap, store, segment, name, cfg.backup_compression))
                 facts = facts.result()
                 store_schemas(store, segment, name, facts)
-                metadata = build_metadata(name, tenant, taken_at, facts, archive, started, cfg.backup_compression, snap,
-                                          store.owner)
+                metadata = build_metadata(name, tenant, taken_at, facts, stored, started, cfg.backup_compression, snap,
+                                          store.owner, measure_repository(store))
                 store_metadata(store, metadata)
             finally:
                 snap.remove()
@@ -69,7 +75,8 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
         raise
     location = store.location(segment, name)
     emit("rem.backup.succeeded", cfg, {"name": name, "tenant": tenant, "location": location,
-                                               "size_bytes": metadata.size_bytes})
+                                       "size_bytes": metadata.size_bytes, "added_bytes": metadata.added_bytes,
+                                       "repository_bytes": metadata.repository_bytes})
     publish_report("backup", f"# Backup {name}\n\n{metadata.entity_count} entities, {metadata.size_bytes} bytes "
                              f"compressed, at {location}\n\nSHA-256 `{metadata.checksum_sha256}`")
     recent = sorted((r.metadata for r in store.list()), key=lambda m: m.timestamp, reverse=True)[:10]

@@ -86,6 +86,7 @@ def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
         backup_at = last_backup.end_time if last_backup else None
         verify = named.get("verify")
         last_verify = _latest_run(client, verify.id) if verify else None
+        succeeded = _latest_event("rem.backup.succeeded", f"rem.db.{db}")
         archived = _latest_event("rem.wal.archived", f"rem.db.{db}")
         confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
         lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
@@ -96,6 +97,7 @@ def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
                "last_backup": backup_at.isoformat() if backup_at else None,
                "backup_age_hours": _age_hours(backup_at, now),
                "pitr_lag_seconds": lag,
+               "repository_bytes": (succeeded or {}).get("payload", {}).get("repository_bytes"),
                "last_verify": last_verify.state.name if last_verify and last_verify.state else None,
                "health": _health(client, db),
                "next_run": (f"{flows.get(upcoming.flow_id)} at {upcoming.expected_start_time.isoformat()}"

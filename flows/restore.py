@@ -13,6 +13,7 @@ from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, 
 from rem.settings import Settings
 from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
 from rem.identity import LEGACY
+from rem.repository import ObjectCorrupt, dependents
 from tasks.storage import all_stores, database_names, object_stores, other_stores
 
 
@@ -79,9 +80,14 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
     cfg = resolve_settings(settings)
     record = find_record(cfg, name, tenant, from_db)
     with tempfile.TemporaryDirectory(prefix="rem-verify-") as tmp:
-        source = record.store.fetch(record, Path(tmp) / "download")
-        with unpacked(source, Path(tmp) / "trial") as base:
-            metadata, report = base.metadata, base.report
+        try:
+            source = record.store.fetch(record, Path(tmp) / "download")
+            with unpacked(source, Path(tmp) / "trial") as base:
+                metadata, report = base.metadata, base.report
+        except ObjectCorrupt as exc:  # one shared object breaks every backup that names it
+            users = dependents(record.store, exc.key)
+            raise ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
+                                         "take a new backup (it uploads the object again)") from None
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
             "entity_count": report.entity_count, "column_families": report.column_families}
 
@@ -106,4 +112,7 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
                              "them under %s", where, all_stores(cfg)[0].describe() if not all_dbs else "its name")
     return [{"db": r.store.db or LEGACY, "name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
              "size_bytes": r.metadata.size_bytes, "created": r.metadata.timestamp, "location": r.location,
-             "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq} for r in records], unreachable
+             "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq,
+             "layout": r.metadata.layout, "logical_bytes": r.metadata.uncompressed_bytes,
+             "added_bytes": r.metadata.added_bytes if r.metadata.layout == "incremental" else r.metadata.size_bytes,
+             "repository_bytes": r.metadata.repository_bytes} for r in records], unreachable

@@ -60,9 +60,10 @@ class CountingWriter:
 
 
 def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = -1,
-                  progress: Callable[[int], None] | None = None) -> ArchiveStats:
-    """Stream src_dir as tar + zstd (multi-threaded) into sink; the sink is not closed.
-    progress is called with the size of each file once it is in the stream."""
+                  progress: Callable[[int], None] | None = None,
+                  include: Callable[[Path], bool] = lambda path: True) -> ArchiveStats:
+    """Stream src_dir (the files include accepts) as tar + zstd (multi-threaded) into sink; the sink
+    is not closed. progress is called with the size of each file once it is in the stream."""
     hashing = CountingWriter(sink, hashed=True)
     compressor = zstandard.ZstdCompressor(level=level, threads=threads)
     files = 0
@@ -71,7 +72,7 @@ def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = 
         with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER) as tar:
             for path in sorted(src_dir.iterdir()):
                 # Only what a restore accepts: litter such as rocksdict-config.json never goes in.
-                if path.is_file() and ROCKSDB_FILE.match(path.name):
+                if path.is_file() and ROCKSDB_FILE.match(path.name) and include(path):
                     tar.add(path, arcname=f"{ARCHIVE_ROOT}/{path.relative_to(src_dir)}", recursive=False)
                     files += 1
                     if progress:

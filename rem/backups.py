@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -36,6 +36,8 @@ ALL_TENANTS = "_all"
 METADATA = "metadata.json"
 ARCHIVE = "rocksdb.tar.zst"
 SCHEMAS = "schemas.json"
+FILES = "files.json"  # an incremental backup's file list (rem.repository)
+SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
 FORMAT_VERSION = 1
 NAME_MAX = 128
@@ -74,6 +76,13 @@ class BackupMetadata(BaseModel):
     duration_seconds: float
     compression: str
     online: bool = Field(description="a writer held the database while it was backed up")
+    layout: Literal["archive", "incremental"] = Field(
+        default="archive", description="archive: one rocksdb.tar.zst; incremental: files.json naming shared "
+                                       "SST objects (rem.repository); checksum_sha256 is then files.json's")
+    added_bytes: int | None = Field(default=None, description="bytes this backup uploaded (incremental)")
+    objects: int | None = Field(default=None, description="shared objects it references (incremental)")
+    repository_bytes: int | None = Field(default=None, description="the database's backups in the store, "
+                                         "after this one")
 
     @field_validator("name")
     @classmethod
@@ -260,7 +269,8 @@ class BackupStore:
         for info in list(self.objects.list(base)):
             folder, _, filename = info.key[len(base):].partition("/")
             if filename == CLAIM and is_abandoned(info.key) and not self.exists(tenant_segment, folder):
-                self.objects.delete([self.key(tenant_segment, folder, f) for f in (ARCHIVE, SCHEMAS, CLAIM)])
+                self.objects.delete([self.key(tenant_segment, folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
+                                                                                   CLAIM)])
 
     def archive_writer(self, tenant_segment: str, name: str, spool_dir: Path) -> AbstractContextManager[BinaryIO]:
         """The archive's sink: a file renamed into place locally, a spooled multipart upload to S3."""
@@ -269,16 +279,18 @@ class BackupStore:
     def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
         self.objects.put(self.key(tenant_segment, name, filename), data)
 
-    def finish(self, tenant_segment: str, name: str, tags: dict[str, str]) -> None:
-        for filename in (ARCHIVE, SCHEMAS, METADATA):
+    def finish(self, tenant_segment: str, name: str, tags: dict[str, str], layout: str = "archive") -> None:
+        own = (FILES, SMALL) if layout == "incremental" else (ARCHIVE,)
+        for filename in (*own, SCHEMAS, METADATA):
             self.objects.tag(self.key(tenant_segment, name, filename), tags)
 
     def discard(self, tenant_segment: str, name: str) -> None:
         """Remove a failed attempt's objects (the claim stays for a retry)."""
         if self.exists(tenant_segment, name):
             return
-        self.objects.abort_uploads(self.key(tenant_segment, name, ARCHIVE), lambda key: True)
-        self.objects.delete([self.key(tenant_segment, name, f) for f in (ARCHIVE, SCHEMAS)])
+        for filename in (ARCHIVE, SMALL):
+            self.objects.abort_uploads(self.key(tenant_segment, name, filename), lambda key: True)
+        self.objects.delete([self.key(tenant_segment, name, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS)])
 
     def release(self, tenant_segment: str, name: str) -> None:
         """End this run's claim; without metadata.json the objects are an unfinished backup and go."""
@@ -303,7 +315,8 @@ class BackupStore:
     def delete(self, record: BackupRecord) -> None:
         """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
         self.objects.delete([self.key(record.segment, record.folder, METADATA)])
-        self.objects.delete([self.key(record.segment, record.folder, f) for f in (ARCHIVE, SCHEMAS, CLAIM)])
+        self.objects.delete([self.key(record.segment, record.folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
+                                                                                  CLAIM)])
 
     def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
         """The backup as a local directory: a local store's own folder (restored in place), else a
@@ -316,7 +329,12 @@ class BackupStore:
         with space_checked(dest, "--output"):
             with private_file(dest / SCHEMAS) as f:
                 f.write(self.objects.get(self.key(record.segment, record.folder, SCHEMAS)))
-            self.objects.download(self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE, progress)
+            if record.metadata.layout == "incremental":
+                from rem.repository import download_objects
+
+                download_objects(self, record, dest, progress)
+            else:
+                self.objects.download(self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE, progress)
             # metadata.json last, as on upload: a directory without it is an unfinished download.
             with private_file(dest / METADATA) as f:
                 f.write(record.metadata.model_dump_json(indent=2).encode())

@@ -36,6 +36,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("backup", "chunk_size_mb"): "backup_chunk_size_mb",
     ("backup", "dir"): "backup_dir",
     ("backup", "upload_concurrency"): "backup_upload_concurrency",
+    ("backup", "gc_grace_hours"): "backup_gc_grace_hours",
     ("backup", "encryption"): "backup_encryption",
     ("backup", "kms_key_id"): "kms_key_id",
     ("backup.s3", "bucket"): "s3_bucket",
@@ -106,6 +107,8 @@ class Settings(BaseSettings):
     backup_compression: int = Field(3, ge=1, le=22, description="zstd level, 1 to 22")
     backup_chunk_size_mb: int = Field(100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5)")
     backup_upload_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded or downloaded at once")
+    backup_gc_grace_hours: float = Field(6, ge=0, description="Hours an unreferenced shared SST object is kept "
+                                         "before prune deletes it (a backup being written may still name it)")
     backup_encryption: Literal["none", "AES256", "aws:kms"] = Field("none", description="Server-side encryption")
     kms_key_id: str | None = Field(None, description="KMS key for aws:kms encryption")
     s3_bucket: str | None = Field(None, min_length=3, description="Bucket for backups, WAL archive and exports")

@@ -19,6 +19,7 @@ from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from rem.archive import ArchiveStats, write_archive
+from rem.repository import IncrementalStats, repository_bytes, store_incremental
 from tasks.runtime import RunProgress, task
 from rem.identity import DatabaseIdentity
 from rem.backups import METADATA, SCHEMAS, BackupMetadata
@@ -48,8 +49,9 @@ def describe_snapshot(db_dir: Path) -> SnapshotFacts:
                          json.dumps(schema_docs, indent=2, sort_keys=True).encode())
 
 
-def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts, archive: ArchiveStats,
-                   started: float, level: int, snap: Snapshot, owner: DatabaseIdentity) -> BackupMetadata:
+def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts,
+                   archive: ArchiveStats | IncrementalStats, started: float, level: int, snap: Snapshot,
+                   owner: DatabaseIdentity, repository: int | None = None) -> BackupMetadata:
     import hashlib
 
     return BackupMetadata(
@@ -63,7 +65,9 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         wal_last_timestamp=facts.wal_last_timestamp, column_families=facts.column_families, host=socket.gethostname(),
         db_name=owner.name, db_identity=owner.identity, db_path=owner.path,
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
-        duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=snap.live)
+        duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=snap.live,
+        **({"layout": "incremental", "added_bytes": archive.added_bytes, "objects": archive.objects}
+           if isinstance(archive, IncrementalStats) else {}), repository_bytes=repository)
 
 
 # ------------------------------------------------------------------------------- tasks
@@ -96,6 +100,27 @@ def compress_and_store(snap: Snapshot, store, tenant_segment: str, name: str, le
         raise
 
 
+@task("upload-new-ssts", retries=2, retry_delay_seconds=10)
+def store_incrementally(snap: Snapshot, store, tenant_segment: str, name: str, level: int,
+                        concurrency: int) -> IncrementalStats:
+    """Upload the SSTs the repository lacks, the small files and the file list (an incremental backup)."""
+    db_dir = snap.path / "db"
+    progress = RunProgress(f"Uploading what backup {name} adds", sum(p.stat().st_size for p in db_dir.iterdir()))
+    try:
+        stats = store_incremental(db_dir, store, tenant_segment, name, level, concurrency, snap.path, progress)
+        progress.finish()
+        return stats
+    except BaseException:
+        cleanup_quietly(lambda: store.discard(tenant_segment, name), f"removing the partial backup {name!r}")
+        raise
+
+
+@task("measure-repository", retries=2, retry_delay_seconds=5)
+def measure_repository(store) -> int:
+    """The bytes the database's backups occupy in the store, this one included."""
+    return repository_bytes(store)
+
+
 @task("store-schemas", retries=3, retry_delay_seconds=5)
 def store_schemas(store, tenant_segment: str, name: str, facts: SnapshotFacts) -> None:
     """Write schemas.json beside the archive."""
@@ -107,7 +132,8 @@ def store_metadata(store, metadata: BackupMetadata) -> None:
     """Write metadata.json last (the backup becomes visible), then tag the objects."""
     store.put_file_bytes(metadata.tenant_segment, metadata.name, METADATA, metadata.model_dump_json(indent=2).encode())
     store.finish(metadata.tenant_segment, metadata.name,
-                 {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_segment})
+                 {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_segment},
+                 metadata.layout)
 
 
 def utc_now() -> datetime:

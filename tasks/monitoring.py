@@ -135,6 +135,8 @@ def metrics_registry(cfg: Settings) -> CollectorRegistry:
           registry=registry).set(last.duration_seconds if last else 0)
     Gauge("rem_backup_size_bytes", "Compressed size of the newest complete backup",
           registry=registry).set(last.size_bytes if last else 0)
+    Gauge("rem_backup_repository_bytes", "Bytes the database's backups occupied in the store after the newest one "
+          "(shared SSTs counted once)", registry=registry).set(last.repository_bytes or last.size_bytes if last else 0)
     archive = wal_archive_state(cfg)
     lag = Gauge("rem_wal_archive_lag_seconds", "Seconds the WAL archive is behind the live WAL", registry=registry)
     failures = Counter("rem_wal_archive_failures", "WAL archival passes stopped by a gap", registry=registry)

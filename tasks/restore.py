@@ -20,9 +20,10 @@ from rem.snapshot import copy_rows, physical_copy
 from rem.stats import count_keys, entity_totals
 from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
-from rem.archive import extract_archive, fsync_tree, verify_checksum
+from rem.archive import check_free_space, extract_archive, fsync_tree, verify_checksum
+from rem.repository import FileList, materialize
 from tasks.runtime import task
-from rem.backups import ARCHIVE, BackupMetadata
+from rem.backups import ARCHIVE, FILES, SMALL, BackupMetadata
 
 
 class RestoreCheckFailed(RemError):
@@ -110,8 +111,14 @@ def describe_problems(report: CheckReport) -> str:
 
 @task("verify-checksum", retries=0)
 def verify_archive(source: Path, metadata: BackupMetadata) -> None:
-    """SHA-256 of the archive against metadata.json, before anything touches the target."""
-    verify_checksum(source / ARCHIVE, metadata.checksum_sha256)
+    """SHA-256 of the archive (an incremental backup: of its file list, then of its small files'
+    archive against the list) against metadata.json, before anything touches the target; the
+    shared objects are checked, each against its own SHA-256, as they are extracted."""
+    if metadata.layout == "incremental":
+        verify_checksum(source / FILES, metadata.checksum_sha256)
+        verify_checksum(source / SMALL, FileList.model_validate_json((source / FILES).read_bytes()).small_sha256)
+    else:
+        verify_checksum(source / ARCHIVE, metadata.checksum_sha256)
 
 
 @task("extract", retries=1, retry_delay_seconds=2)
@@ -119,7 +126,13 @@ def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
     """Safe, bounded extraction into a new directory beside the target; returns the database directory."""
     work = scratch_dir(beside, "restore")
     try:
-        db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes)
+        if metadata.layout == "incremental":
+            listing = FileList.model_validate_json((source / FILES).read_bytes())
+            check_free_space(work, metadata.uncompressed_bytes)
+            db_dir = extract_archive(source / SMALL, work, listing.small_uncompressed_bytes)
+            materialize(listing, source, db_dir)
+        else:
+            db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes)
         fsync_tree(db_dir)
         return db_dir
     except BaseException:

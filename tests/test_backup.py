@@ -17,7 +17,9 @@ from tests.helpers import REPO, db_name_of, dump_all, holding_lock, rem, snapsho
 
 
 def create(db, *extra, env=None):
-    proc = rem("--db-path", str(db), "backup", "create", "--json", *extra, env=env)
+    """A backup in the runbook's archive format (one rocksdb.tar.zst), whose pipeline this file tests;
+    incremental backups are tests/test_incremental.py's."""
+    proc = rem("--db-path", str(db), "backup", "create", "--archive", "--json", *extra, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -275,7 +277,7 @@ def test_an_interrupted_upload_leaves_no_backup_no_parts_and_the_rerun_succeeds(
     db = make_sample(entities=9000, dim=256)
     fail_part_2 = lambda method, path, headers: "403" if method == "PUT" and "partNumber=2" in path else None
     with FaultProxy(s3_endpoint, rule=fail_part_2) as proxy:
-        proc = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "nightly",
+        proc = rem("--db-path", str(db), "backup", "create", "--archive", "--upload", "--name", "nightly",
                    env=s3_env(proxy.url, bucket))
         assert proc.returncode == 1
         assert any("partNumber=1" in r.path for r in proxy.requests if r.method == "PUT")
@@ -296,7 +298,7 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
     stall_part_2 = lambda method, path, headers: (release.wait(60) and None) if "partNumber=2" in path else None
     with FaultProxy(s3_endpoint, rule=stall_part_2) as proxy:
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "create",
-                                 "--upload"], cwd=REPO, env={**os.environ, **s3_env(proxy.url, bucket)},
+                                 "--archive", "--upload"], cwd=REPO, env={**os.environ, **s3_env(proxy.url, bucket)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import time
 

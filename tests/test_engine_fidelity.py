@@ -285,7 +285,7 @@ def test_repaired_and_point_in_time_restores_open_in_rocksdb_810_with_the_engine
     db = tmp_path / "primary"
     shutil.copytree(_engine_dbs["primary"], db)
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5"}
-    meta = json.loads(rem("--db-path", str(db), "backup", "create", "--json", check=True).stdout)
+    meta = json.loads(rem("--db-path", str(db), "backup", "create", "--archive", "--json", check=True).stdout)
 
     # A copy whose CURRENT is gone: the restore repairs it, and the repaired database is the engine's.
     from tests.test_backup import _rebuilt_backup

@@ -189,7 +189,8 @@ def test_drill_fails_cleanly_with_the_reason_on_a_corrupted_archive(make_sample,
     db = make_sample()
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_BACKUP_DIR": str(tmp_path / "b"),
            "P8_BACKUP_CHUNK_SIZE_MB": "5"}
-    meta = json.loads(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env, check=True).stdout)
+    meta = json.loads(rem("--db-path", str(db), "backup", "create", "--archive", "--upload", "--json", env=env,
+                          check=True).stdout)
     key = f"{db_name_of(db)}/backups/full/_all/{meta['name']}/rocksdb.tar.zst"
     body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     body[100] ^= 0xFF

@@ -104,7 +104,7 @@ def test_backups_in_the_old_layout_stay_listable_and_restorable_by_naming_them(t
     a, _, _ = two_hosts
     backups = tmp_path / "backups"
     env = {"P8_BACKUP_DIR": str(backups)}
-    made = run(a, env, "backup", "create", "--name", "old-one")
+    made = run(a, env, "backup", "create", "--archive", "--name", "old-one")  # the previous version's format
     # Where the previous version wrote it: no database level.
     legacy = backups / "full" / "_all" / "old-one"
     legacy.parent.mkdir(parents=True)

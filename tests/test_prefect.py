@@ -62,7 +62,7 @@ def test_command_line_runs_appear_on_the_prefect_server_when_one_is_configured(m
     assert backups, "the backup run must be visible on the server"
     tasks = _api(prefect_api["url"], "/task_runs/filter",
                  {"task_runs": {"flow_run_id": {"any_": [backups[0]["id"]]}}})
-    assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= {"snapshot", "compress-and-upload", "tag-metadata"}
+    assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= {"snapshot", "upload-new-ssts", "tag-metadata"}
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     # The restore of that backup is a run too, and it fails cleanly on a bad source.
     proc = rem("backup", "restore", "--source", str(tmp_path / "nope"), "--target", str(tmp_path / "t"), env=env)

@@ -209,7 +209,8 @@ def test_prune_never_acts_on_a_path_a_metadata_file_names(make_sample, tmp_path)
 def test_download_never_writes_outside_output(make_sample, tmp_path, s3_endpoint, bucket, s3):
     db = make_sample()
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
-    real = json.loads(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env, check=True).stdout)
+    real = json.loads(rem("--db-path", str(db), "backup", "create", "--archive", "--upload", "--json", env=env,
+                          check=True).stdout)
     # A record planted in the bucket whose metadata names a path outside any --output.
     crafted = {**{k: v for k, v in real.items() if k != "location"}, "name": "../../escaped"}
     home = f"{db_name_of(db)}/backups/full/_all/"
@@ -430,8 +431,9 @@ def test_backup_files_are_readable_by_their_owner_only(make_sample, tmp_path, s3
     assert rem("--db-path", str(db), "backup", "create", "--upload", "--name", "up", env=env).returncode == 0
     out = tmp_path / "dl"
     assert rem("--db-path", str(db), "backup", "download", "--name", "up", "--output", str(out), env=env).returncode == 0
-    files = [*Path(meta["location"]).iterdir(), *(out / "up").iterdir()]
-    assert len(files) == 6
+    shared = Path(meta["location"]).parents[2] / "sst"  # the incremental backups' SST objects
+    files = [p for top in (Path(meta["location"]), out / "up", shared) for p in top.rglob("*") if p.is_file()]
+    assert len(files) >= 10 and {p.name for p in files} >= {"metadata.json", "files.json", "small.tar.zst"}
     assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
 
 

@@ -22,6 +22,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    modified: float = 0.0  # Unix time it was last written
 
 
 class PreconditionFailed(Exception):

@@ -75,7 +75,7 @@ class LocalObjectStore:
             st = self.path(key).stat()
         except FileNotFoundError:
             return None
-        return ObjectInfo(key, st.st_size, _etag(st))
+        return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
 
     def get(self, key: str, start: int | None = None, end: int | None = None, if_match: str | None = None) -> bytes:
         try:
@@ -155,7 +155,8 @@ class LocalObjectStore:
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")
                 if key.startswith(prefix):
                     try:
-                        yield ObjectInfo(key, *(lambda st: (st.st_size, _etag(st)))(os.stat(full)))
+                        st = os.stat(full)
+                        yield ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
                     except FileNotFoundError:
                         continue  # deleted while listed
 

@@ -190,7 +190,7 @@ class S3ObjectStore:
             if _missing(exc):
                 return None
             raise
-        return ObjectInfo(key, reply["ContentLength"], reply["ETag"])
+        return ObjectInfo(key, reply["ContentLength"], reply["ETag"], reply["LastModified"].timestamp())
 
     def _get(self, key: str, **args) -> dict:
         from botocore.exceptions import ClientError
@@ -271,7 +271,7 @@ class S3ObjectStore:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=self.full_key(prefix)):
             for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"])
+                yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"], obj["LastModified"].timestamp())
 
     def delete(self, keys: Iterable[str]) -> None:
         batch: list[str] = []

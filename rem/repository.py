@@ -1,0 +1,323 @@
+"""Incremental backups: each SST stored once per database, a backup is a list of files.
+
+    {db}/backups/sst/{sha256}.zst                     an SST (or blob file), zstd, named by its content's SHA-256
+    {db}/backups/full/_all/{name}/files.json          every file of the snapshot: name, size, SHA-256, object
+    {db}/backups/full/_all/{name}/small.tar.zst       the files that change: MANIFEST, CURRENT, OPTIONS, logs
+    {db}/backups/full/_all/{name}/schemas.json | metadata.json (last)
+
+RocksDB never changes an SST once written, so a backup uploads only the SSTs the repository does
+not hold yet, plus the small files; each backup is still logically full (any one restores alone).
+An object's name is its content's SHA-256, so two files with the same bytes are one object, a
+file number reused after a restore can never alias another file, and a restore checks every byte
+against the name it asked for. A backup's files.json is what metadata.json's checksum covers.
+
+Garbage: prune removes backups (metadata.json first), then the objects no remaining files.json
+references, only when no backup is being written (a live claim) and only objects older than the
+grace period; a backup re-lists the objects it references before its metadata.json is written and
+uploads again any that went meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+from pydantic import BaseModel, Field
+
+from rem.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
+from rem.backups import CLAIM, FILES, METADATA, SMALL, BackupStore, claim_is_stale
+from rem.errors import RemError
+from rem.storage import ObjectMissing
+
+SHARED = re.compile(r"^\d+\.(sst|blob)$")
+OBJECT_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/backups/sst/[0-9a-f]{64}\.zst$")
+GRACE_SECONDS = 6 * 3600  # an unreferenced object younger than this may belong to a backup being written
+
+
+class FileEntry(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    object: str | None = Field(description="the shared object holding it; None: inside small.tar.zst")
+    stored_bytes: int = 0
+    ino: int = Field(0, description="inode and mtime when backed up: an unchanged SST is not hashed again")
+    mtime_ns: int = 0
+
+
+class FileList(BaseModel):
+    format_version: int = 1
+    files: list[FileEntry]
+    small_sha256: str
+    small_bytes: int
+    small_uncompressed_bytes: int
+
+    @property
+    def objects(self) -> set[str]:
+        return {f.object for f in self.files if f.object}
+
+
+class ObjectCorrupt(RemError):
+    def __init__(self, key: str, why: str):
+        super().__init__(f"{key}: {why}")
+        self.key = key
+
+
+@dataclass
+class IncrementalStats:
+    sha256: str  # of files.json
+    size_bytes: int  # everything this backup needs, as stored
+    uncompressed_bytes: int  # the database's files
+    added_bytes: int  # what this backup uploaded
+    added_objects: int
+    objects: int
+    files: int
+
+
+def sst_root(db: str) -> str:
+    return f"{db}/backups/sst/"
+
+
+def object_key(db: str, sha256: str) -> str:
+    return f"{sst_root(db)}{sha256}.zst"
+
+
+def hash_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_files(store: BackupStore, segment: str, name: str) -> FileList:
+    return FileList.model_validate_json(store.objects.get(store.key(segment, name, FILES)))
+
+
+def previous_files(store: BackupStore, segment: str) -> FileList | None:
+    """The newest incremental backup's file list: its hashes spare hashing unchanged SSTs again."""
+    newest = sorted((r for r in store.list() if r.metadata.layout == "incremental" and r.segment == segment),
+                    key=lambda r: r.metadata.timestamp)
+    for record in reversed(newest):
+        try:
+            return read_files(store, record.segment, record.folder)
+        except (ObjectMissing, ValueError):
+            continue
+    return None
+
+
+def live_claims(store: BackupStore) -> list[str]:
+    """The claims of backups being written right now in this database's store."""
+    live = []
+    for info in store.objects.list(store.root):
+        if info.key.endswith("/" + CLAIM):
+            try:
+                owner = json.loads(store.objects.get(info.key))
+            except (ObjectMissing, ValueError):
+                continue
+            if not claim_is_stale(owner):
+                live.append(info.key)
+    return live
+
+
+def other_live_claims(store: BackupStore, name: str) -> list[str]:
+    return [k for k in live_claims(store) if k.split("/")[-2] != name]
+
+
+def _compress(objects, key: str, path: Path, level: int, spool: Path) -> int:
+    with objects.writer(key, spool) as sink:
+        counted = CountingWriter(sink)
+        with zstandard.ZstdCompressor(level=level).stream_writer(counted, closefd=False) as zw, open(path, "rb") as f:
+            while chunk := f.read(COPY_BUFFER):
+                zw.write(chunk)
+    return counted.size
+
+
+def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: str, level: int, concurrency: int,
+                      spool: Path, progress: Callable[[int], None] | None = None) -> IncrementalStats:
+    """Upload the SSTs the repository lacks (in parallel), the small files as one tar.zst, and files.json."""
+    db = store.db
+    files = sorted(p for p in snap_dir.iterdir() if p.is_file() and ROCKSDB_FILE.match(p.name))
+    shared = [p for p in files if SHARED.match(p.name)]
+    earlier = previous_files(store, segment)
+    known = {(f.name, f.size, f.ino, f.mtime_ns): f.sha256 for f in earlier.files} if earlier else {}
+
+    def identify(path: Path) -> FileEntry:
+        st = path.stat()
+        sha = known.get((path.name, st.st_size, st.st_ino, st.st_mtime_ns)) or hash_file(path)
+        return FileEntry(name=path.name, size=st.st_size, sha256=sha, object=object_key(db, sha), ino=st.st_ino,
+                         mtime_ns=st.st_mtime_ns)
+
+    if not other_live_claims(store, name):  # uploads of shared objects a dead run left
+        store.objects.abort_uploads(sst_root(db), lambda key: True)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-sst") as pool:
+        entries = list(pool.map(identify, shared))
+        have = {i.key: i.size for i in store.objects.list(sst_root(db))}
+        added = _upload_missing(store, entries, have, snap_dir, level, spool, pool, progress)
+        # Objects a prune removed while this ran go up again: nothing this list names may be missing.
+        have = {i.key: i.size for i in store.objects.list(sst_root(db))}
+        added.update(_upload_missing(store, entries, have, snap_dir, level, spool, pool, None))
+    for entry in entries:
+        entry.stored_bytes = have.get(entry.object, added.get(entry.object, 0))
+
+    with store.objects.writer(store.key(segment, name, SMALL), spool) as sink:
+        small = write_archive(snap_dir, sink, level, include=lambda p: not SHARED.match(p.name), progress=progress)
+    others = [FileEntry(name=p.name, size=p.stat().st_size, sha256="", object=None) for p in files
+              if not SHARED.match(p.name)]
+    listing = FileList(files=entries + others, small_sha256=small.sha256, small_bytes=small.size_bytes,
+                       small_uncompressed_bytes=small.uncompressed_bytes)
+    body = listing.model_dump_json(indent=1).encode()
+    store.put_file_bytes(segment, name, FILES, body)
+    unique = {e.object: e.stored_bytes for e in entries}
+    return IncrementalStats(sha256=hashlib.sha256(body).hexdigest(), size_bytes=sum(unique.values()) + small.size_bytes,
+                            uncompressed_bytes=sum(p.stat().st_size for p in files),
+                            added_bytes=sum(added.values()) + small.size_bytes + len(body), added_objects=len(added),
+                            objects=len(unique), files=len(files))
+
+
+def _upload_missing(store: BackupStore, entries: list[FileEntry], have: dict[str, int], snap_dir: Path, level: int,
+                    spool: Path, pool: ThreadPoolExecutor, progress) -> dict[str, int]:
+    todo = {e.object: e for e in entries if e.object not in have}
+    if progress:
+        progress(sum(e.size for e in entries if e.object in have))
+
+    def upload(entry: FileEntry) -> tuple[str, int]:
+        stored = _compress(store.objects, entry.object, snap_dir / entry.name, level, spool)
+        if progress:
+            progress(entry.size)
+        return entry.object, stored
+
+    return dict(pool.map(upload, todo.values()))
+
+
+def object_source(source: Path, key: str) -> Path:
+    """Where a downloaded backup keeps an object (objects/), or, for a backup read in place from a
+    local store ({root}/{db}/backups/full/{tenant}/{name}), the store's own copy."""
+    if not OBJECT_KEY.match(key):
+        raise ObjectCorrupt(key, "not an object name rem writes; the file list is not trustworthy")
+    downloaded = source / "objects" / key.rpartition("/")[2]
+    return downloaded if downloaded.exists() else source.parents[4] / key
+
+
+def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int = 4) -> None:
+    """Decompress every shared file into db_dir, refusing any whose bytes are not the SHA-256 asked for."""
+    def place(entry: FileEntry) -> None:
+        key = entry.object
+        path = object_source(source, key)
+        if not path.exists():
+            raise ObjectCorrupt(key, "missing from the repository")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(path, "rb") as raw, open(db_dir / entry.name, "xb") as out:
+                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_BUFFER)
+                while chunk := reader.read(COPY_BUFFER):
+                    size += len(chunk)
+                    if size > entry.size:
+                        raise ObjectCorrupt(key, f"holds more than the {entry.size} bytes of {entry.name}")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except zstandard.ZstdError as exc:
+            raise ObjectCorrupt(key, f"not readable zstd ({exc})") from None
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            raise ObjectCorrupt(key, f"SHA-256 checksum mismatch for {entry.name}: the object is corrupt")
+
+    for entry in listing.files:
+        if entry.object and not (SHARED.match(entry.name) and "/" not in entry.name):
+            raise ObjectCorrupt(entry.object, f"file name {entry.name!r} is not one RocksDB writes")
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-restore") as pool:
+        for future in [pool.submit(place, e) for e in listing.files if e.object]:
+            future.result()
+
+
+def dependents(store: BackupStore, key: str) -> list[str]:
+    """The backups whose file list names the object."""
+    names = []
+    for record in store.list():
+        if record.metadata.layout == "incremental":
+            try:
+                if key in read_files(store, record.segment, record.folder).objects:
+                    names.append(record.name)
+            except (ObjectMissing, ValueError):
+                continue
+    return sorted(names)
+
+
+@dataclass
+class GarbageReport:
+    deferred: str | None
+    deleted_objects: int
+    deleted_bytes: int
+    kept_young: int
+    leftovers: int
+
+
+def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, now: float | None = None,
+                    dry_run: bool = False) -> GarbageReport:
+    """Delete the objects no backup's file list names, and what interrupted runs left of backups
+    without metadata.json; nothing while a backup is being written (its claim is live), nothing
+    younger than the grace period. An interrupted collection is finished by the next."""
+    now = time.time() if now is None else now
+    if busy := live_claims(store):
+        return GarbageReport(f"a backup is being written ({busy[0]}); collected by the next prune", 0, 0, 0, 0)
+    listed = list(store.objects.list(store.root))
+    referenced: set[str] = set()
+    for record in store.list():
+        if record.metadata.layout == "incremental":
+            referenced |= read_files(store, record.segment, record.folder).objects
+    folders: dict[str, list] = {}
+    for info in listed:
+        folder, _, filename = info.key[len(store.root):].rpartition("/")
+        folders.setdefault(folder, []).append(info)
+    leftovers = [i.key for infos in folders.values() if not any(i.key.endswith("/" + METADATA) for i in infos)
+                 and all(now - i.modified > grace_seconds for i in infos) for i in infos]
+    garbage, young = [], 0
+    for info in store.objects.list(sst_root(store.db)):
+        if info.key in referenced:
+            continue
+        if now - info.modified <= grace_seconds:
+            young += 1
+        else:
+            garbage.append(info)
+    if not dry_run:
+        store.objects.delete(leftovers)
+        store.objects.delete(i.key for i in garbage)
+    return GarbageReport(None, len(garbage), sum(i.size for i in garbage), young, len(leftovers))
+
+
+def repository_bytes(store: BackupStore) -> int:
+    """Everything the database's backups occupy in the store (shared objects, lists, archives)."""
+    return sum(i.size for i in store.objects.list(f"{store.db}/backups/"))
+
+
+def download_objects(store: BackupStore, record, dest: Path, progress: Callable[[int], None] | None = None,
+                     concurrency: int = 4) -> None:
+    """files.json, small.tar.zst and every object the list names into dest (objects/), in parallel;
+    an object already there with its stored size is not fetched again (an interrupted run resumes)."""
+    from rem.storage.local import private_file
+
+    body = store.objects.get(store.key(record.segment, record.folder, FILES))
+    listing = FileList.model_validate_json(body)
+    with private_file(dest / FILES) as f:
+        f.write(body)
+    store.objects.download(store.key(record.segment, record.folder, SMALL), dest / SMALL, progress)
+    (dest / "objects").mkdir(exist_ok=True, mode=0o700)
+    wanted = {e.object: e.stored_bytes for e in listing.files if e.object}
+
+    def fetch(key: str) -> None:
+        if not OBJECT_KEY.match(key):
+            raise ObjectCorrupt(key, "not an object name rem writes; the file list is not trustworthy")
+        target = dest / "objects" / key.rpartition("/")[2]
+        if not (target.exists() and target.stat().st_size == wanted[key]):
+            try:
+                store.objects.download(key, target)
+            except ObjectMissing:
+                raise ObjectCorrupt(key, "missing from the repository") from None
+        if progress:
+            progress(wanted[key])
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-fetch") as pool:
+        for future in [pool.submit(fetch, key) for key in wanted]:
+            future.result()

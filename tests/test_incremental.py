@@ -1,0 +1,167 @@
+"""Incremental backups: each SST stored once per database, a backup costs what changed, retention
+collects what no backup references. Databases come from the engine-faithful writer (RocksDB 8.10)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.engine import engine_write
+from tests.engine.sample import engine_sample
+from tests.faultproxy import FaultProxy
+from tests.helpers import REPO, db_name_of, dump_all, rem
+
+
+def backup(db, env, *extra) -> dict:
+    proc = rem("--db-path", str(db), "backup", "create", "--json", *extra, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def sst_hashes(db: Path) -> set[str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in db.glob("*.sst")}
+
+
+def objects(s3, bucket, db) -> set[str]:
+    prefix = f"{db_name_of(db)}/backups/sst/"
+    return {o["Key"][len(prefix):-4] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                               Prefix=prefix)
+            for o in page.get("Contents", [])}
+
+
+def writes(round_: int, count: int = 150) -> list:
+    """Engine writes of one round: new entities, an update and a soft delete of earlier ones."""
+    ops = [["insert", "acme", "articles", {"name": f"r{round_}-{i}", "content": "x" * 200}] for i in range(count)]
+    return ops + [["update", "acme", "$0", {"content": f"changed in {round_}"}], ["delete", "acme", "$1"]]
+
+
+def s3_env(endpoint, bucket):
+    return {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5"}
+
+
+def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_the_new_ssts(
+        tmp_path, s3_endpoint, bucket, s3):
+    db = tmp_path / "db"
+    engine_sample(db, 3000, 2, 5, 32)
+    env = s3_env(s3_endpoint, bucket)
+    first = backup(db, env, "--upload")
+    assert first["layout"] == "incremental" and objects(s3, bucket, db) == sst_hashes(db)
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    second = backup(db, env, "--upload")
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    home = f"{db_name_of(db)}/backups/full/_all/{second['name']}/"
+    assert after - before == {home + f for f in ("files.json", "small.tar.zst", "schemas.json", "metadata.json")}
+    assert second["added_bytes"] < 0.05 * first["added_bytes"]  # the small files and the list
+
+    held = sst_hashes(db)
+    engine_write(db, writes(1, 2000))  # the engine's own flush on close writes new SSTs
+    rem("--db-path", str(db), "db", "compact", "--cf", "entities", check=True)  # and RocksDB rewrites some
+    new = sst_hashes(db) - held
+    assert new, "the writes and the compaction must have made new SSTs"
+    known = objects(s3, bucket, db)
+    third = backup(db, env, "--upload")
+    assert objects(s3, bucket, db) - known == new  # exactly the new SSTs, nothing already held
+    restored = tmp_path / "restored"
+    got = json.loads(rem("--db-path", str(db), "backup", "download", "--name", third["name"], "--output",
+                         str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
+    rem("backup", "restore", "--source", got["path"], "--target", str(restored), check=True)
+    assert dump_all(restored) == dump_all(db)
+
+
+def test_each_of_five_backups_restores_its_own_moment_byte_for_byte_and_prune_keeps_the_kept_restorable(tmp_path):
+    db = tmp_path / "db"
+    engine_sample(db, 1000, 2, 6, 16)
+    env = {"P8_BACKUP_DIR": str(tmp_path / "backups"), "P8_BACKUP_GC_GRACE_HOURS": "0"}
+    moments = []
+    for round_ in range(5):
+        if round_:
+            engine_write(db, writes(round_))
+        moments.append((backup(db, env, "--name", f"b{round_}")["name"], dump_all(db)))
+    for name, then in moments:
+        out = tmp_path / f"r-{name}"
+        rem("backup", "restore", "--source", str(tmp_path / "backups" / db_name_of(db) / "backups" / "full" / "_all"
+                                                / name), "--target", str(out), check=True)
+        assert dump_all(out) == then, name
+
+    shared = tmp_path / "backups" / db_name_of(db) / "backups" / "sst"
+    pruned = json.loads(rem("--db-path", str(db), "backup", "prune", "--keep-daily", "0", "--keep-weekly", "0",
+                            "--keep-monthly", "0", "--json", env=env, check=True).stdout)
+    assert len(pruned["keep"]) == 1 and len(pruned["delete"]) == 4  # the newest (timestamps are to the second)
+    name = pruned["keep"][0]["name"]
+    kept = json.loads((shared.parent / "full" / "_all" / name / "files.json").read_text())
+    assert {p.name[:-4] for p in shared.iterdir()} == {f["sha256"] for f in kept["files"] if f["object"]}
+    out = tmp_path / "after-prune"
+    rem("backup", "restore", "--source", str(shared.parent / "full" / "_all" / name), "--target", str(out),
+        check=True)
+    assert dump_all(out) == dict(moments)[name]
+
+
+def test_a_corrupted_shared_object_is_named_with_every_backup_that_needs_it_and_nothing_is_restored(tmp_path):
+    db = tmp_path / "db"
+    engine_sample(db, 1000, 2, 7, 16)
+    env = {"P8_BACKUP_DIR": str(tmp_path / "backups")}
+    backup(db, env, "--name", "one")
+    engine_write(db, writes(1))
+    backup(db, env, "--name", "two")
+    home = tmp_path / "backups" / db_name_of(db) / "backups"
+    files = json.loads((home / "full" / "_all" / "one" / "files.json").read_text())["files"]
+    victim = max((f for f in files if f["object"]), key=lambda f: f["stored_bytes"])  # in both backups
+    path = home / "sst" / (victim["sha256"] + ".zst")
+    body = bytearray(path.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    path.write_bytes(bytes(body))
+    proc = rem("--db-path", str(db), "backup", "verify", "--name", "two", env=env)
+    assert proc.returncode == 1
+    assert victim["sha256"] in proc.stderr and "one, two" in proc.stderr, proc.stderr
+    target = tmp_path / "target"
+    proc = rem("backup", "restore", "--source", str(home / "full" / "_all" / "one"), "--target", str(target))
+    assert proc.returncode == 1 and not target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-")]  # no scratch left
+
+
+def test_a_killed_upload_and_an_interrupted_prune_leave_nothing_a_later_run_trips_on(tmp_path, s3_endpoint, bucket,
+                                                                                      s3):
+    db = tmp_path / "db"
+    engine_sample(db, 3000, 2, 8, 64)
+    release = threading.Event()
+    uploads = []
+
+    def stall_second_object(method, path, headers):
+        if "/backups/sst/" in path and method == "POST" and "uploads" in path:
+            uploads.append(path)
+            if len(uploads) == 2:
+                release.wait(60)
+        return None
+
+    with FaultProxy(s3_endpoint, rule=stall_second_object) as proxy:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "create",
+                                 "--upload", "--name", "killed"], cwd=REPO,
+                                env={**os.environ, **s3_env(proxy.url, bucket)}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while len(uploads) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        release.set()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill must leave an unfinished object"
+    env = {**s3_env(s3_endpoint, bucket), "P8_BACKUP_GC_GRACE_HOURS": "0"}
+    assert json.loads(rem("--db-path", str(db), "backup", "list", "--json", env=env, check=True).stdout) == []
+    good = backup(db, env, "--upload", "--name", "good")
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the dead run's are aborted
+    assert objects(s3, bucket, db) == sst_hashes(db)
+    # A prune killed after it removed a backup's metadata.json: the next prune finishes the job.
+    backup(db, env, "--upload", "--name", "newest")
+    s3.delete_object(Bucket=bucket, Key=f"{db_name_of(db)}/backups/full/_all/good/metadata.json")
+    rem("--db-path", str(db), "backup", "prune", "--json", env=env, check=True)
+    left = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert not [k for k in left if "/full/_all/good/" in k or "/full/_all/killed/" in k]
+    out = tmp_path / "restored"
+    got = json.loads(rem("--db-path", str(db), "backup", "download", "--name", "newest", "--output",
+                         str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
+    rem("backup", "restore", "--source", got["path"], "--target", str(out), check=True)
+    assert dump_all(out) == dump_all(db) and good["name"] == "good"
