@@ -8,8 +8,8 @@ from typing import Any
 from rem.format import check_tenant
 from rem.settings import Settings, load_settings
 from rem.tenant import require_tenant
-from tasks.backup import (build_metadata, compress_and_store, describe, measure_repository, snapshot, store_incrementally,
-                          store_metadata, store_schemas, utc_now)
+from tasks.backup import (build_metadata, compress_and_store, describe, facts_if_unchanged, find_previous,
+                          measure_repository, snapshot, store_incrementally, store_metadata, store_schemas, utc_now)
 from tasks.runtime import current_db, db_label, emit, flow, get_logger, publish_report, publish_table
 from rem.backups import ALL_TENANTS, backup_name, check_name
 from rem.storage import cleanup_quietly
@@ -55,13 +55,15 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
         store = backup_store(cfg, upload or bool(cfg.storage_block))
         store.prepare(segment, name)
         try:
+            previous = find_previous(store, segment) if incremental else None
             snap = snapshot(str(cfg.db_path), tenant)
             try:
-                facts = describe.submit(snap)  # counting keys runs while the archive streams
+                known = facts_if_unchanged(store, previous, snap)
+                facts = None if known else describe.submit(snap)  # counting keys runs while the upload goes on
                 stored = (store_incrementally(snap, store, segment, name, cfg.backup_compression,
-                                              cfg.backup_upload_concurrency) if incremental
+                                              cfg.backup_upload_concurrency, previous and previous[1]) if incremental
                           else compress_and_store(snap, store, segment, name, cfg.backup_compression))
-                facts = facts.result()
+                facts = known or facts.result()
                 store_schemas(store, segment, name, facts)
                 metadata = build_metadata(name, tenant, taken_at, facts, stored, started, cfg.backup_compression, snap,
                                           store.owner, measure_repository(store))
@@ -79,9 +81,10 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                                        "repository_bytes": metadata.repository_bytes})
     publish_report("backup", f"# Backup {name}\n\n{metadata.entity_count} entities, {metadata.size_bytes} bytes "
                              f"compressed, at {location}\n\nSHA-256 `{metadata.checksum_sha256}`")
-    recent = sorted((r.metadata for r in store.list()), key=lambda m: m.timestamp, reverse=True)[:10]
-    publish_table("recent-backups", [{"name": m.name, "tenant": m.tenant_segment, "created": m.timestamp,
-                                      "size_bytes": m.size_bytes, "entities": m.entity_count} for m in recent],
+    publish_table("recent-backups", lambda: [
+        {"name": m.name, "tenant": m.tenant_segment, "created": m.timestamp, "size_bytes": m.size_bytes,
+         "added_bytes": m.added_bytes, "entities": m.entity_count}
+        for m in sorted((r.metadata for r in store.list()), key=lambda m: m.timestamp, reverse=True)[:10]],
                   description=f"Newest backups in {store.describe()}")
     get_logger().info("backup %s stored at %s (%d bytes)", name, location, metadata.size_bytes)
     return {**metadata.model_dump(), "location": location}

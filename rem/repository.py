@@ -32,7 +32,7 @@ import zstandard
 from pydantic import BaseModel, Field
 
 from rem.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
-from rem.backups import CLAIM, FILES, METADATA, SMALL, BackupStore, claim_is_stale
+from rem.backups import CLAIM, FILES, METADATA, SMALL, BackupRecord, BackupStore, claim_is_stale
 from rem.errors import RemError
 from rem.storage import ObjectMissing
 
@@ -97,16 +97,32 @@ def read_files(store: BackupStore, segment: str, name: str) -> FileList:
     return FileList.model_validate_json(store.objects.get(store.key(segment, name, FILES)))
 
 
-def previous_files(store: BackupStore, segment: str) -> FileList | None:
-    """The newest incremental backup's file list: its hashes spare hashing unchanged SSTs again."""
+def previous_backup(store: BackupStore, segment: str) -> tuple[BackupRecord, FileList] | None:
+    """The newest incremental backup and its file list: its hashes spare hashing unchanged SSTs again."""
     newest = sorted((r for r in store.list() if r.metadata.layout == "incremental" and r.segment == segment),
                     key=lambda r: r.metadata.timestamp)
     for record in reversed(newest):
         try:
-            return read_files(store, record.segment, record.folder)
+            return record, read_files(store, record.segment, record.folder)
         except (ObjectMissing, ValueError):
             continue
     return None
+
+
+def unchanged_since(listing: FileList, snap_dir: Path) -> bool:
+    """The snapshot holds exactly the files the list names: SSTs by name, size, inode and mtime (the
+    snapshot hard-links them, and RocksDB never rewrites one), the others by SHA-256."""
+    files = {p.name: p for p in snap_dir.iterdir() if p.is_file() and ROCKSDB_FILE.match(p.name)}
+    if set(files) != {f.name for f in listing.files}:
+        return False
+    for entry in listing.files:
+        st = files[entry.name].stat()
+        if entry.object:
+            if (st.st_size, st.st_ino, st.st_mtime_ns) != (entry.size, entry.ino, entry.mtime_ns):
+                return False
+        elif st.st_size != entry.size or hash_file(files[entry.name]) != entry.sha256:
+            return False
+    return True
 
 
 def live_claims(store: BackupStore) -> list[str]:
@@ -137,13 +153,13 @@ def _compress(objects, key: str, path: Path, level: int, spool: Path) -> int:
 
 
 def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: str, level: int, concurrency: int,
-                      spool: Path, progress: Callable[[int], None] | None = None) -> IncrementalStats:
+                      spool: Path, earlier: FileList | None, progress: Callable[[int], None] | None = None
+                      ) -> IncrementalStats:
     """Upload the SSTs the repository lacks (in parallel), the small files as one tar.zst, and files.json."""
     db = store.db
     files = sorted(p for p in snap_dir.iterdir() if p.is_file() and ROCKSDB_FILE.match(p.name))
     shared = [p for p in files if SHARED.match(p.name)]
-    earlier = previous_files(store, segment)
-    known = {(f.name, f.size, f.ino, f.mtime_ns): f.sha256 for f in earlier.files} if earlier else {}
+    known = {(f.name, f.size, f.ino, f.mtime_ns): f.sha256 for f in earlier.files if f.object} if earlier else {}
 
     def identify(path: Path) -> FileEntry:
         st = path.stat()
@@ -165,7 +181,7 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
 
     with store.objects.writer(store.key(segment, name, SMALL), spool) as sink:
         small = write_archive(snap_dir, sink, level, include=lambda p: not SHARED.match(p.name), progress=progress)
-    others = [FileEntry(name=p.name, size=p.stat().st_size, sha256="", object=None) for p in files
+    others = [FileEntry(name=p.name, size=p.stat().st_size, sha256=hash_file(p), object=None) for p in files
               if not SHARED.match(p.name)]
     listing = FileList(files=entries + others, small_sha256=small.sha256, small_bytes=small.size_bytes,
                        small_uncompressed_bytes=small.uncompressed_bytes)

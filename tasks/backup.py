@@ -19,7 +19,8 @@ from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.stats import count_keys, entity_totals
 from rem.tenant import schema_rows
 from rem.archive import ArchiveStats, write_archive
-from rem.repository import IncrementalStats, repository_bytes, store_incremental
+from rem.repository import (FileList, IncrementalStats, previous_backup, repository_bytes, store_incremental,
+                            unchanged_since)
 from tasks.runtime import RunProgress, task
 from rem.identity import DatabaseIdentity
 from rem.backups import METADATA, SCHEMAS, BackupMetadata
@@ -101,18 +102,36 @@ def compress_and_store(snap: Snapshot, store, tenant_segment: str, name: str, le
 
 
 @task("upload-new-ssts", retries=2, retry_delay_seconds=10)
-def store_incrementally(snap: Snapshot, store, tenant_segment: str, name: str, level: int,
-                        concurrency: int) -> IncrementalStats:
+def store_incrementally(snap: Snapshot, store, tenant_segment: str, name: str, level: int, concurrency: int,
+                        earlier: FileList | None) -> IncrementalStats:
     """Upload the SSTs the repository lacks, the small files and the file list (an incremental backup)."""
     db_dir = snap.path / "db"
     progress = RunProgress(f"Uploading what backup {name} adds", sum(p.stat().st_size for p in db_dir.iterdir()))
     try:
-        stats = store_incremental(db_dir, store, tenant_segment, name, level, concurrency, snap.path, progress)
+        stats = store_incremental(db_dir, store, tenant_segment, name, level, concurrency, snap.path, earlier,
+                                  progress)
         progress.finish()
         return stats
     except BaseException:
         cleanup_quietly(lambda: store.discard(tenant_segment, name), f"removing the partial backup {name!r}")
         raise
+
+
+@task("find-previous-backup", retries=2, retry_delay_seconds=5)
+def find_previous(store, tenant_segment: str) -> tuple | None:
+    """The newest incremental backup of this database and its file list."""
+    return previous_backup(store, tenant_segment)
+
+
+def facts_if_unchanged(store, previous: tuple | None, snap: Snapshot) -> SnapshotFacts | None:
+    """When the snapshot holds exactly the previous backup's files, that backup's counts and schemas
+    describe it too, and counting every key again (about 1.5 CPU-s per GB) is skipped."""
+    if previous is None or not unchanged_since(previous[1], snap.path / "db"):
+        return None
+    record, m = previous[0], previous[0].metadata
+    schemas = store.objects.get(store.key(record.segment, record.folder, SCHEMAS))
+    return SnapshotFacts(m.column_families, m.entity_count, m.schema_count, m.wal_last_seq, m.wal_last_timestamp,
+                         schemas)
 
 
 @task("measure-repository", retries=2, retry_delay_seconds=5)
