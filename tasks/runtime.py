@@ -179,9 +179,13 @@ def publish_report(key: str, markdown: str, description: str | None = None) -> N
     _artifact("create_markdown_artifact", key=artifact_key(key), markdown=markdown, description=description)
 
 
-def publish_table(key: str, rows: list[dict], description: str | None = None) -> None:
-    """A table artifact on the run in the Prefect UI."""
-    _artifact("create_table_artifact", key=artifact_key(key), table=rows, description=description)
+def publish_table(key: str, rows: list[dict] | Callable[[], list[dict]], description: str | None = None) -> None:
+    """A table artifact on the run in the Prefect UI; rows may be a function, called only when there is
+    a run to publish on (a listing costs S3 requests an in-process run would waste)."""
+    if not ORCHESTRATED:
+        return
+    _artifact("create_table_artifact", key=artifact_key(key), table=rows() if callable(rows) else rows,
+              description=description)
 
 
 def db_resource(cfg) -> dict[str, str]:
