@@ -56,6 +56,7 @@ def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_
     home = f"{db_name_of(db)}/backups/full/_all/{second['name']}/"
     assert after - before == {home + f for f in ("files.json", "small.tar.zst", "schemas.json", "metadata.json")}
     assert second["added_bytes"] < 0.05 * first["added_bytes"]  # the small files and the list
+    assert second["column_families"] == first["column_families"]  # counts the unchanged files still hold
 
     held = sst_hashes(db)
     engine_write(db, writes(1, 2000))  # the engine's own flush on close writes new SSTs
@@ -65,6 +66,7 @@ def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_
     known = objects(s3, bucket, db)
     third = backup(db, env, "--upload")
     assert objects(s3, bucket, db) - known == new  # exactly the new SSTs, nothing already held
+    assert third["column_families"]["entities"] == first["column_families"]["entities"] + 2000  # counted anew
     restored = tmp_path / "restored"
     got = json.loads(rem("--db-path", str(db), "backup", "download", "--name", third["name"], "--output",
                          str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
@@ -72,32 +74,44 @@ def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_
     assert dump_all(restored) == dump_all(db)
 
 
-def test_each_of_five_backups_restores_its_own_moment_byte_for_byte_and_prune_keeps_the_kept_restorable(tmp_path):
+def test_each_of_five_backups_restores_its_own_moment_and_the_oldest_survives_a_prune_of_the_others(tmp_path):
     db = tmp_path / "db"
     engine_sample(db, 1000, 2, 6, 16)
     env = {"P8_BACKUP_DIR": str(tmp_path / "backups"), "P8_BACKUP_GC_GRACE_HOURS": "0"}
-    moments = []
+    home = tmp_path / "backups" / db_name_of(db) / "backups"
+    moments = {}
     for round_ in range(5):
         if round_:
             engine_write(db, writes(round_))
-        moments.append((backup(db, env, "--name", f"b{round_}")["name"], dump_all(db)))
-    for name, then in moments:
+        if round_ == 2:  # RocksDB rewrites the SSTs the first backups hold: theirs become unique to them
+            rem("--db-path", str(db), "db", "compact", check=True)
+        name = backup(db, env, "--name", f"b{round_}")["name"]
+        moments[name] = dump_all(db)
+    for name, then in moments.items():
         out = tmp_path / f"r-{name}"
-        rem("backup", "restore", "--source", str(tmp_path / "backups" / db_name_of(db) / "backups" / "full" / "_all"
-                                                / name), "--target", str(out), check=True)
+        rem("backup", "restore", "--source", str(home / "full" / "_all" / name), "--target", str(out), check=True)
         assert dump_all(out) == then, name
 
-    shared = tmp_path / "backups" / db_name_of(db) / "backups" / "sst"
-    pruned = json.loads(rem("--db-path", str(db), "backup", "prune", "--keep-daily", "0", "--keep-weekly", "0",
-                            "--keep-monthly", "0", "--json", env=env, check=True).stdout)
-    assert len(pruned["keep"]) == 1 and len(pruned["delete"]) == 4  # the newest (timestamps are to the second)
-    name = pruned["keep"][0]["name"]
-    kept = json.loads((shared.parent / "full" / "_all" / name / "files.json").read_text())
-    assert {p.name[:-4] for p in shared.iterdir()} == {f["sha256"] for f in kept["files"] if f["object"]}
-    out = tmp_path / "after-prune"
-    rem("backup", "restore", "--source", str(shared.parent / "full" / "_all" / name), "--target", str(out),
-        check=True)
-    assert dump_all(out) == dict(moments)[name]
+    # Prune never deletes the newest backup, so to prune all but the oldest, the oldest is made a
+    # monthly of last month: prune keeps it and the newest, and collects what only b1-b3 held.
+    meta_path = home / "full" / "_all" / "b0" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["timestamp"] = "2020-01-01T00:00:00Z"
+    meta_path.write_text(json.dumps(meta))
+    pruned = json.loads(rem("--db-path", str(db), "backup", "prune", "--keep-daily", "1", "--keep-weekly", "0",
+                            "--keep-monthly", "2", "--json", env=env, check=True).stdout)
+    kept = {r["name"] for r in pruned["keep"]}
+    assert "b0" in kept and len(kept) == 2 and len(pruned["delete"]) == 3
+    assert next(iter(pruned["garbage"].values()))["deleted_objects"] > 0  # b1-b3's own SSTs went
+    named = set()
+    for name in kept:
+        named |= {f["sha256"] for f in json.loads((home / "full" / "_all" / name / "files.json").read_text())["files"]
+                  if f["object"]}
+    assert {p.name[:-4] for p in (home / "sst").iterdir()} == named  # exactly the kept backups' objects remain
+    for name in kept:
+        out = tmp_path / f"after-prune-{name}"
+        rem("backup", "restore", "--source", str(home / "full" / "_all" / name), "--target", str(out), check=True)
+        assert dump_all(out) == moments[name]
 
 
 def test_a_corrupted_shared_object_is_named_with_every_backup_that_needs_it_and_nothing_is_restored(tmp_path):
