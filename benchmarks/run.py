@@ -7,6 +7,8 @@
 3. Point-in-time recovery (benchmarks/pitr.py): restore of BENCH_PITR_WRITES (1,000,000) writes past the
    base vs RocksDB's own recovery of the same logs, and archival lag at 1,000 inserts/s.
 4. Start-up: `rem backup create` of a ~10 MB database with no Prefect API, and with a Prefect server.
+5. Incremental backups (benchmarks/incremental.py) on a ~1 GB database (BENCH_INC_ENTITIES, 660000):
+   first backup, an unchanged database's second, the bytes 1% of new entities add, restore.
 
 Sizes: BENCH_ENTITIES (default 450000, about 1 GB on disk), BENCH_DIM (128).
 """
@@ -138,6 +140,10 @@ def main() -> None:
         rows.append(("`rem backup create`, 10 MB database, no Prefect API (in-process)", f"{local_s:.2f} s", "< 3 s"))
         rows.append(("`rem backup create`, 10 MB database, PREFECT_API_URL set (run on the server)",
                      f"{served_s:.2f} s", "appears in the UI"))
+        # 5. incremental backups (their own moto and database)
+        from benchmarks.incremental import main as incremental_bench
+
+        rows += incremental_bench(int(os.environ.get("BENCH_INC_ENTITIES", "660000")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
