@@ -297,6 +297,9 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
             young += 1
         else:
             garbage.append(info)
+    if busy := live_claims(store):  # a backup that started while this looked may be reusing some of them
+        return GarbageReport(f"a backup started while garbage was being found ({busy[0]}); collected by the "
+                             "next prune", 0, 0, young, 0)
     if not dry_run:
         store.objects.delete(leftovers)
         store.objects.delete(i.key for i in garbage)
