@@ -69,7 +69,10 @@ def write_archive(src_dir: Path, sink: BinaryIO, level: int = 3, threads: int = 
     files = 0
     with compressor.stream_writer(hashing, closefd=False, write_size=COPY_BUFFER) as zstream:
         plain = CountingWriter(zstream)
-        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER) as tar:
+        # A stream tar writes through a buffer of bufsize (default 10 KB): every 1 MB block was re-sliced
+        # about a hundred times, 38% of the archive thread.
+        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER,
+                          bufsize=COPY_BUFFER) as tar:
             for path in sorted(src_dir.iterdir()):
                 # Only what a restore accepts: litter such as rocksdict-config.json never goes in.
                 if path.is_file() and ROCKSDB_FILE.match(path.name) and include(path):
