@@ -44,7 +44,10 @@ class SpooledMultipartUpload:
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-part")
         self.in_flight = threading.Semaphore(concurrency * 2)  # bounds how far the writer runs ahead
         self.futures: list = []
-        self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **put_args)["UploadId"]
+        # Declared, as `aws s3 cp` does: without an algorithm the server builds the object's checksum
+        # itself at completion by reading every part again.
+        self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32",
+                                                        **put_args)["UploadId"]
 
     def write(self, data) -> int:
         self.file.write(data)
@@ -70,9 +73,10 @@ class SpooledMultipartUpload:
         try:
             with ReadFileChunk.from_filename(str(self.spool), start, length) as body:
                 reply = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                PartNumber=number, Body=body)
+                                                PartNumber=number, Body=body, ChecksumAlgorithm="CRC32")
             _punch_hole(self.file.fileno(), start, length)
-            return {"PartNumber": number, "ETag": reply["ETag"]}
+            return {"PartNumber": number, "ETag": reply["ETag"],
+                    **({"ChecksumCRC32": reply["ChecksumCRC32"]} if reply.get("ChecksumCRC32") else {})}
         finally:
             self.in_flight.release()
 
