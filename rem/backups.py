@@ -251,6 +251,11 @@ class BackupStore:
         except PreconditionFailed:
             raise busy from None
 
+    def live_claims(self) -> list[str]:
+        """The claims of backups of this database being written right now."""
+        return [info.key for info in self.objects.list(self.root) if info.key.endswith("/" + CLAIM)
+                and (claim := self._claim(info.key)) is not None and not claim_is_stale(claim[0])]
+
     def clean_abandoned(self, tenant_segment: str) -> None:
         """Remove what runs that died left in this tenant's backups: unfinished uploads with no claim
         or a stale one, then the claims and partial objects of backups that never got metadata.json.

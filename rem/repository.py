@@ -19,8 +19,8 @@ uploads again any that went meanwhile.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
@@ -32,7 +32,7 @@ import zstandard
 from pydantic import BaseModel, Field
 
 from rem.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
-from rem.backups import CLAIM, FILES, METADATA, SMALL, BackupRecord, BackupStore, claim_is_stale
+from rem.backups import FILES, METADATA, SMALL, BackupRecord, BackupStore
 from rem.errors import RemError
 from rem.storage import ObjectMissing
 
@@ -75,9 +75,7 @@ class IncrementalStats:
     size_bytes: int  # everything this backup needs, as stored
     uncompressed_bytes: int  # the database's files
     added_bytes: int  # what this backup uploaded
-    added_objects: int
     objects: int
-    files: int
 
 
 def sst_root(db: str) -> str:
@@ -89,6 +87,13 @@ def object_key(db: str, sha256: str) -> str:
 
 
 def hash_file(path: Path) -> str:
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(path: str, size: int, mtime_ns: int, ino: int) -> str:
+    """Keyed by the file's identity too: a snapshot's file hashed to decide reuse is not read again to list it."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -125,24 +130,6 @@ def unchanged_since(listing: FileList, snap_dir: Path) -> bool:
     return True
 
 
-def live_claims(store: BackupStore) -> list[str]:
-    """The claims of backups being written right now in this database's store."""
-    live = []
-    for info in store.objects.list(store.root):
-        if info.key.endswith("/" + CLAIM):
-            try:
-                owner = json.loads(store.objects.get(info.key))
-            except (ObjectMissing, ValueError):
-                continue
-            if not claim_is_stale(owner):
-                live.append(info.key)
-    return live
-
-
-def other_live_claims(store: BackupStore, name: str) -> list[str]:
-    return [k for k in live_claims(store) if k.split("/")[-2] != name]
-
-
 def _compress(objects, key: str, path: Path, level: int, spool: Path) -> int:
     with objects.writer(key, spool) as sink:
         counted = CountingWriter(sink)
@@ -167,7 +154,7 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
         return FileEntry(name=path.name, size=st.st_size, sha256=sha, object=object_key(db, sha), ino=st.st_ino,
                          mtime_ns=st.st_mtime_ns)
 
-    if not other_live_claims(store, name):  # uploads of shared objects a dead run left
+    if all(key.split("/")[-2] == name for key in store.live_claims()):  # only this run: what dead runs left
         store.objects.abort_uploads(sst_root(db), lambda key: True)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-sst") as pool:
         entries = list(pool.map(identify, shared))
@@ -190,8 +177,8 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
     unique = {e.object: e.stored_bytes for e in entries}
     return IncrementalStats(sha256=hashlib.sha256(body).hexdigest(), size_bytes=sum(unique.values()) + small.size_bytes,
                             uncompressed_bytes=sum(p.stat().st_size for p in files),
-                            added_bytes=sum(added.values()) + small.size_bytes + len(body), added_objects=len(added),
-                            objects=len(unique), files=len(files))
+                            added_bytes=sum(added.values()) + small.size_bytes + len(body),
+                            objects=len(unique))
 
 
 def _upload_missing(store: BackupStore, entries: list[FileEntry], have: dict[str, int], snap_dir: Path, level: int,
@@ -276,7 +263,7 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
     without metadata.json; nothing while a backup is being written (its claim is live), nothing
     younger than the grace period. An interrupted collection is finished by the next."""
     now = time.time() if now is None else now
-    if busy := live_claims(store):
+    if busy := store.live_claims():
         return GarbageReport(f"a backup is being written ({busy[0]}); collected by the next prune", 0, 0, 0, 0)
     listed = list(store.objects.list(store.root))
     referenced: set[str] = set()
@@ -297,7 +284,7 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
             young += 1
         else:
             garbage.append(info)
-    if busy := live_claims(store):  # a backup that started while this looked may be reusing some of them
+    if busy := store.live_claims():  # a backup that started while this looked may be reusing some of them
         return GarbageReport(f"a backup started while garbage was being found ({busy[0]}); collected by the "
                              "next prune", 0, 0, young, 0)
     if not dry_run:
