@@ -166,8 +166,8 @@ def deploy_everything(work_pool: str, work_queue: str, cfg, webhook_url: str | N
         with open(spec_file, "w") as f:
             yaml.safe_dump(database_deployments(db, host, bool(cfg.s3_bucket)), f, sort_keys=False)
         _run(["--no-prompt", "deploy", "--all", "--prefect-file", spec_file], env)
-        result["deployments"] = sorted(f"{flow}/{d.name}" for d in client.read_deployments()
-                                       for flow in [client.read_flow(d.flow_id).name] if d.name.split("-follow")[0] == db)
+        result["deployments"] = sorted(f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()
+                                       if d.name in (db, f"{db}-follow"))
         result["wal_archive_schedule"] = set_wal_archive_schedule(client, db, int(cfg.pitr_interval_seconds),
                                                                   cfg.pitr_enabled)
         result["automations"] = sync_automations(client, automation_specs(block._block_document_id, cfg.pitr_enabled))
