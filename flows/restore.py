@@ -14,7 +14,7 @@ from rem.settings import Settings
 from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
 from rem.identity import LEGACY
 from rem.repository import ObjectCorrupt, dependents
-from tasks.storage import all_stores, database_names, object_stores, other_stores
+from tasks.storage import all_stores, database_names, identity, object_stores, other_stores
 
 
 def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | None) -> BackupRecord:
@@ -105,11 +105,13 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
         stores += other_stores(cfg)
     records, unreachable = list_reachable(stores)
     records.sort(key=lambda r: (r.metadata.timestamp, r.name), reverse=True)
-    legacy = {r.store.describe() for r in records if r.store.legacy}
-    for where in sorted(legacy):
+    legacy = {r.store.describe(): r.store.objects for r in records if r.store.legacy}
+    mine = None if all_dbs else identity(cfg).name
+    for where, objects in sorted(legacy.items()):
         get_logger().warning("%s holds backups in the old layout (no database level): they are listed as db "
-                             "'legacy' and restored with --from-db legacy; to give them to this database, move "
-                             "them under %s", where, all_stores(cfg)[0].describe() if not all_dbs else "its name")
+                             "'legacy' and restored with --from-db legacy; to give them to a database, move "
+                             "them under %s", where, BackupStore(objects, mine).describe() if mine
+                             else objects.url("{db}/backups/full/"))
     return [{"db": r.store.db or LEGACY, "name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
              "size_bytes": r.metadata.size_bytes, "created": r.metadata.timestamp, "location": r.location,
              "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq,

@@ -117,6 +117,7 @@ def test_backups_in_the_old_layout_stay_listable_and_restorable_by_naming_them(t
     listed = rem("--db-path", str(a), "backup", "list", "--json", env=env)
     assert [(r["db"], r["name"]) for r in json.loads(listed.stdout)] == [("legacy", "old-one")]
     assert "old layout" in listed.stderr and "move" in listed.stderr
+    assert str(backups / db_name_of(a) / "backups" / "full") in listed.stderr  # where to: its own level
     proc = rem("--db-path", str(a), "backup", "verify", "--name", "old-one", env=env)
     assert proc.returncode == 2 and "--from-db legacy" in proc.stderr
     assert run(a, env, "backup", "verify", "--from-db", "legacy", "--name", "old-one")["ok"]
