@@ -7,7 +7,7 @@ from __future__ import annotations
 from rem.backups import BackupStore
 from rem.errors import UsageError
 from rem.log_archive import WalArchive
-from rem.identity import LEGACY, DatabaseIdentity, check_db_name, database_identity
+from rem.identity import LEGACY, OWNER, DatabaseIdentity, check_db_name, database_identity
 from rem.settings import Settings
 from rem.storage import ObjectStore
 from rem.storage.local import LocalObjectStore
@@ -97,7 +97,7 @@ def database_names(objects: ObjectStore) -> list[str]:
     names = set()
     for info in objects.list(""):
         first, _, rest = info.key.partition("/")
-        if rest.startswith("backups/") or rest == "database.json":
+        if rest.startswith("backups/") or rest == OWNER:
             names.add(first)
     return sorted(n for n in names if n not in ("backups", "full"))
 
