@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from rem.errors import RemError, UsageError
 from rem.format import check_tenant
 from rem.identity import DatabaseIdentity, claim_name
-from rem.storage import ObjectMissing, ObjectStore, PreconditionFailed
+from rem.storage import ObjectInfo, ObjectMissing, ObjectStore, PreconditionFailed
 from rem.storage.local import private_file, space_checked
 
 log = logging.getLogger("rem")
@@ -303,19 +303,28 @@ class BackupStore:
         self.objects.delete([self.key(tenant_segment, name, CLAIM)])
 
     def list(self) -> list[BackupRecord]:
-        records = []
-        for info in self.objects.list(self.root):
-            parts = info.key[len(self.root):].split("/")
-            if len(parts) != 3 or parts[2] != METADATA:
-                continue
-            try:
-                body = self.objects.get(info.key)
-            except ObjectMissing:
-                continue  # pruned while listed
-            metadata = _parse_found(body, self.objects.url(info.key), parts[0], parts[1], self.db)
-            if metadata is not None:
-                records.append(BackupRecord(metadata, self.location(parts[0], parts[1]), self, parts[0], parts[1]))
-        return records
+        return [r for r in map(self._read, self._metadata_objects()) if r is not None]
+
+    def newest_first(self, segment: str) -> Iterator[BackupRecord]:
+        """One tenant segment's backups, the most recently written first, each read only when asked for."""
+        found = [i for i in self._metadata_objects() if i.key[len(self.root):].split("/")[0] == segment]
+        for info in sorted(found, key=lambda i: i.modified, reverse=True):
+            if (record := self._read(info)) is not None:
+                yield record
+
+    def _metadata_objects(self) -> list[ObjectInfo]:
+        return [i for i in self.objects.list(self.root) if (parts := i.key[len(self.root):].split("/"))
+                and len(parts) == 3 and parts[2] == METADATA]
+
+    def _read(self, info: ObjectInfo) -> BackupRecord | None:
+        segment, folder, _ = info.key[len(self.root):].split("/")
+        try:
+            body = self.objects.get(info.key)
+        except ObjectMissing:
+            return None  # pruned while listed
+        metadata = _parse_found(body, self.objects.url(info.key), segment, folder, self.db)
+        return None if metadata is None else BackupRecord(metadata, self.location(segment, folder), self, segment,
+                                                          folder)
 
     def delete(self, record: BackupRecord) -> None:
         """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
