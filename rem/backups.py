@@ -67,7 +67,13 @@ class BackupMetadata(BaseModel):
     last_sequence_time: str | None = Field(default=None, description="when the snapshot held last_sequence: the "
                                            "instant a point-in-time restore from this base starts at")
     wal_last_timestamp: str | None = Field(default=None, description="time of the logical WAL's entry wal_last_seq")
-    column_families: dict[str, int] = Field(description="keys per column family")
+    column_families: dict[str, int] = Field(description="keys per column family (see counts)")
+    counts: Literal["exact", "estimated"] = Field(
+        default="exact", description="exact: keys counted one by one (backups before 2026-12); estimated: RocksDB's "
+                                     "estimate-num-keys, exact for a compacted column family. A restore proves its "
+                                     "copy by SHA-256 of every byte, not by counts")
+    files: dict[str, int] | None = Field(default=None, description="name -> size of every file in the archive "
+                                         "(archive layout; an incremental backup lists its files in files.json)")
     db_name: str | None = Field(default=None, description="the database's name: the level of the store it lies under")
     db_identity: str | None = Field(default=None, description="RocksDB's IDENTITY of the database backed up")
     host: str

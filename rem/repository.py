@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable
@@ -224,6 +225,7 @@ def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int 
                         raise ObjectCorrupt(key, f"holds more than the {entry.size} bytes of {entry.name}")
                     digest.update(chunk)
                     out.write(chunk)
+                os.fsync(out.fileno())  # here, in parallel with the other objects, not in a pass after them
         except zstandard.ZstdError as exc:
             raise ObjectCorrupt(key, f"not readable zstd ({exc})") from None
         if size != entry.size or digest.hexdigest() != entry.sha256:

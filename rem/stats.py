@@ -96,6 +96,13 @@ def count_keys(db: RemDB, cf: str) -> int:
     return sum(1 for _ in db.keys(cf))
 
 
+def estimate_keys(db: RemDB, cf: str) -> int:
+    """RocksDB's own estimate of a column family's keys (rocksdb.estimate-num-keys): free, where an
+    exact count reads and decompresses every block (about 1.5 CPU-s per GB). It counts an overwritten
+    key once per version not yet compacted away, so it is exact for a compacted column family."""
+    return db.cf(cf).property_int_value("rocksdb.estimate-num-keys") or 0
+
+
 def sst_size_and_files(db: RemDB, cf: str, levels: int = 7) -> tuple[int, int]:
     """(bytes of SST files, number of SST files) of one column family, from RocksDB properties."""
     handle = db.cf(cf)

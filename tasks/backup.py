@@ -16,7 +16,7 @@ import rem
 from rem.db import open_db, tools_rocksdb_version
 from rem.format import wal_key
 from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
-from rem.stats import count_keys, entity_totals
+from rem.stats import entity_totals, estimate_keys
 from rem.tenant import schema_rows
 from rem.archive import ArchiveStats, write_archive
 from rem.repository import (FileList, IncrementalStats, previous_backup, repository_bytes, store_incremental,
@@ -28,19 +28,22 @@ from rem.storage import cleanup_quietly
 
 @dataclass
 class SnapshotFacts:
-    """What a snapshot holds, counted from the snapshot itself (so metadata describes the bytes stored)."""
+    """What a snapshot holds, read from the snapshot itself (so metadata describes the bytes stored)."""
 
-    column_families: dict[str, int]
+    column_families: dict[str, int]  # RocksDB's estimate of the keys (exact when reused from an exact count)
     entity_count: int
     schema_count: int
     wal_last_seq: int
     wal_last_timestamp: str | None
     schemas_json: bytes
+    exact: bool = False
 
 
 def describe_snapshot(db_dir: Path) -> SnapshotFacts:
+    """Key counts are RocksDB's estimates: counting exactly would read every block while compression
+    already uses every core, and a restore proves its copy by bytes, not by counts."""
     with open_db(db_dir, "ro") as db:
-        counts = {cf: count_keys(db, cf) for cf in db.cf_names if cf != "default"}
+        counts = {cf: estimate_keys(db, cf) for cf in db.cf_names if cf != "default"}
         entities, schemas = entity_totals(db, counts["entities"]) if db.has_cf("entities") else (0, 0)
         schema_docs = [orjson.loads(v) for _, v in schema_rows(db)] if db.has_cf("entities") else []
         wal_last = db.latest_wal_seq()
@@ -68,7 +71,8 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
         duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=snap.live,
         **({"layout": "incremental", "added_bytes": archive.added_bytes, "objects": archive.objects}
-           if isinstance(archive, IncrementalStats) else {}), repository_bytes=repository)
+           if isinstance(archive, IncrementalStats) else {"files": archive.files}),
+        counts="exact" if facts.exact else "estimated", repository_bytes=repository)
 
 
 # ------------------------------------------------------------------------------- tasks
@@ -82,7 +86,7 @@ def snapshot(db_path: str, tenant: str | None) -> Snapshot:
 
 @task("describe-snapshot", retries=0)
 def describe(snap: Snapshot) -> SnapshotFacts:
-    """Count what the snapshot holds: keys per column family, entities, schemas, last WAL sequence."""
+    """What the snapshot holds: estimated keys per column family and entities, schemas, last WAL sequence."""
     return describe_snapshot(snap.path / "db")
 
 
@@ -131,7 +135,7 @@ def facts_if_unchanged(store, previous: tuple | None, snap: Snapshot) -> Snapsho
     record, m = previous[0], previous[0].metadata
     schemas = store.objects.get(store.key(record.segment, record.folder, SCHEMAS))
     return SnapshotFacts(m.column_families, m.entity_count, m.schema_count, m.wal_last_seq, m.wal_last_timestamp,
-                         schemas)
+                         schemas, m.counts == "exact")
 
 
 @task("measure-repository", retries=2, retry_delay_seconds=5)

@@ -21,7 +21,7 @@ from rem.stats import count_keys, entity_totals
 from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 from rem.archive import check_free_space, extract_archive, fsync_tree, verify_checksum
-from rem.repository import FileList, materialize
+from rem.repository import SHARED, FileList, materialize
 from tasks.runtime import task
 from rem.backups import ARCHIVE, FILES, SMALL, BackupMetadata
 
@@ -32,16 +32,18 @@ class RestoreCheckFailed(RemError):
 
 @dataclass
 class CheckReport:
-    column_families: dict[str, int]
+    column_families: dict[str, int]  # keys per column family: counted, or the metadata's (see counted)
     entity_count: int
+    counted: bool = False  # counted in the copy (a repair, or a verify); else the backup's own figures
     repaired: bool = False
     dropped: dict[str, int] = field(default_factory=dict)  # keys lost per column family by repair
     missing_column_families: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
     lost_files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.dropped and not self.missing_column_families
+        return not (self.dropped or self.missing_column_families or self.missing_files or self.lost_files)
 
 
 def real_target(target: Path) -> Path:
@@ -70,13 +72,32 @@ def count_database(db_dir: Path) -> tuple[list[str], dict[str, int], int]:
         return list(db.cf_names), counts, entities
 
 
+def recorded_files(source: Path, metadata: BackupMetadata) -> dict[str, int] | None:
+    """name -> size of every file the backup recorded at backup time (None: an archive made before
+    archives recorded them)."""
+    if metadata.layout == "incremental":
+        return {f.name: f.size for f in FileList.model_validate_json((source / FILES).read_bytes()).files}
+    return metadata.files
+
+
+def missing_data_files(db_dir: Path, recorded: dict[str, int]) -> list[str]:
+    """The SST and blob files the backup recorded that the copy lacks or holds at another size."""
+    missing = []
+    for name, size in sorted(recorded.items()):
+        path = db_dir / name
+        if SHARED.match(name) and not (path.is_file() and path.stat().st_size == size):
+            missing.append(name)
+    return missing
+
+
 def compare(metadata: BackupMetadata, names: list[str], counts: dict[str, int], entities: int) -> CheckReport:
-    report = CheckReport(counts, entities)
+    report = CheckReport(counts, entities, counted=True)
     report.missing_column_families = [cf for cf in metadata.column_families if cf not in names]
-    report.dropped = {cf: want - counts.get(cf, 0) for cf, want in metadata.column_families.items()
-                      if counts.get(cf, 0) != want}
-    if entities != metadata.entity_count:
-        report.dropped["entities (count)"] = metadata.entity_count - entities
+    if metadata.counts == "exact":  # an estimate proves nothing key by key
+        report.dropped = {cf: want - counts.get(cf, 0) for cf, want in metadata.column_families.items()
+                          if counts.get(cf, 0) != want}
+        if entities != metadata.entity_count:
+            report.dropped["entities (count)"] = metadata.entity_count - entities
     return report
 
 
@@ -90,13 +111,18 @@ def repair_copy(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
     names, counts, entities = count_database(db_dir)
     report = compare(metadata, names, counts, entities)
     report.repaired = True
+    # Repair archives the logs it converted and the old MANIFEST there; an SST or blob file there is
+    # one it could not read: data lost.
     lost = db_dir / "lost"
-    report.lost_files = sorted(str(p.relative_to(db_dir)) for p in lost.rglob("*") if p.is_file()) if lost.exists() else []
+    report.lost_files = sorted(str(p.relative_to(db_dir)) for p in lost.rglob("*")
+                               if p.is_file() and SHARED.match(p.name)) if lost.exists() else []
     return report
 
 
 def describe_problems(report: CheckReport) -> str:
     parts = []
+    if report.missing_files:
+        parts.append(f"files missing or of another size than recorded: {', '.join(report.missing_files)}")
     if report.missing_column_families:
         parts.append(f"column families missing: {', '.join(report.missing_column_families)}")
     if report.dropped:
@@ -110,20 +136,21 @@ def describe_problems(report: CheckReport) -> str:
 
 
 @task("verify-checksum", retries=0)
-def verify_archive(source: Path, metadata: BackupMetadata) -> None:
-    """SHA-256 of the archive (an incremental backup: of its file list, then of its small files'
-    archive against the list) against metadata.json, before anything touches the target; the
-    shared objects are checked, each against its own SHA-256, as they are extracted."""
+def verify_archive(source: Path, metadata: BackupMetadata, while_extracting: bool = False) -> None:
+    """An incremental backup's file list against metadata.json and its small files' archive against
+    the list; an archive against metadata.json, unless while_extracting: a restore checks the archive,
+    and each shared object, in the pass that extracts it into scratch (a mismatch removes the
+    scratch), so the target is touched only after every byte matched."""
     if metadata.layout == "incremental":
         verify_checksum(source / FILES, metadata.checksum_sha256)
         verify_checksum(source / SMALL, FileList.model_validate_json((source / FILES).read_bytes()).small_sha256)
-    else:
+    elif not while_extracting:
         verify_checksum(source / ARCHIVE, metadata.checksum_sha256)
 
 
 @task("extract", retries=1, retry_delay_seconds=2)
 def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
-    """Safe, bounded extraction into a new directory beside the target; returns the database directory."""
+    """Safe, bounded, checksummed extraction into a new directory beside the target; returns the database directory."""
     work = scratch_dir(beside, "restore")
     try:
         if metadata.layout == "incremental":
@@ -132,8 +159,7 @@ def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
             db_dir = extract_archive(source / SMALL, work, listing.small_uncompressed_bytes)
             materialize(listing, source, db_dir)
         else:
-            db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes)
-        fsync_tree(db_dir)
+            db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes, metadata.checksum_sha256)
         return db_dir
     except BaseException:
         remove_scratch(work)
@@ -141,15 +167,24 @@ def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
 
 
 @task("check-and-repair", retries=0)
-def check_restored(db_dir: Path, metadata: BackupMetadata) -> CheckReport:
-    """Open every column family and compare keys and entities with the metadata; repair the
-    extracted copy only when it does not open."""
-    try:
-        names, counts, entities = count_database(db_dir)
-    except Exception:  # RocksDB's own error, or no CURRENT file: only then repair
-        report = repair_copy(db_dir, metadata)
+def check_restored(db_dir: Path, metadata: BackupMetadata, recorded: dict[str, int] | None) -> CheckReport:
+    """Every data file the backup recorded is there at its size (their bytes were checked against
+    their SHA-256 on the way in), then RocksDB opens the copy: its MANIFEST's files all present, its
+    logs replayed record by record under their CRC32C. Only a copy that does not open is repaired,
+    and kept only when the repair moved nothing to lost/ (and, for a backup with exact counts, every
+    key is still there)."""
+    missing = missing_data_files(db_dir, recorded) if recorded else []
+    if missing:
+        report = CheckReport(metadata.column_families, metadata.entity_count, missing_files=missing)
     else:
-        report = compare(metadata, names, counts, entities)
+        try:
+            with open_db(db_dir, "ro") as db:
+                names = list(db.cf_names)
+        except Exception:  # RocksDB's own error, or no CURRENT file: only then repair
+            report = repair_copy(db_dir, metadata)
+        else:
+            report = CheckReport(metadata.column_families, metadata.entity_count)
+            report.missing_column_families = [cf for cf in metadata.column_families if cf not in names]
     if not report.ok:
         copy = "the repaired copy" if report.repaired else "the extracted copy"
         raise RestoreCheckFailed(f"{copy} of backup {metadata.name} does not match its metadata: "
@@ -236,15 +271,16 @@ class Unpacked:
 
 @contextmanager
 def unpacked(source: Path, beside: Path, check: bool = True) -> Iterator[Unpacked]:
-    """A backup directory checked and extracted into scratch beside `beside`: checksum verified,
-    key counts checked (and repaired only when nothing is lost). The one pipeline restore, backup
+    """A backup directory checked and extracted into scratch beside `beside`: every byte against its
+    SHA-256, every recorded file present, opened by RocksDB (and repaired only when nothing is lost). The one pipeline restore, backup
     verify, PITR and drills share; the scratch is removed when the block ends, whatever went into place."""
     from rem.backups import read_local_backup
 
     metadata = read_local_backup(source)
-    verify_archive(source, metadata)
+    verify_archive(source, metadata, while_extracting=True)
     db_dir = extract(source, beside, metadata)
     try:
-        yield Unpacked(metadata, db_dir, check_restored(db_dir, metadata) if check else None)
+        yield Unpacked(metadata, db_dir,
+                       check_restored(db_dir, metadata, recorded_files(source, metadata)) if check else None)
     finally:
         remove_scratch(db_dir.parent)

@@ -66,7 +66,8 @@ def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_
     known = objects(s3, bucket, db)
     third = backup(db, env, "--upload")
     assert objects(s3, bucket, db) - known == new  # exactly the new SSTs, nothing already held
-    assert third["column_families"]["entities"] == first["column_families"]["entities"] + 2000  # counted anew
+    # described anew, not reused: RocksDB's estimate, exact for the column family just compacted
+    assert third["column_families"]["entities"] == len(dump_all(db)["entities"]) > first["column_families"]["entities"]
     restored = tmp_path / "restored"
     got = json.loads(rem("--db-path", str(db), "backup", "download", "--name", third["name"], "--output",
                          str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
