@@ -73,4 +73,4 @@ class BackupStorage(Block):
         default="STANDARD_IA", description="S3 storage class of backup objects.")
     chunk_size_mb: int = Field(default=100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5).")
     concurrency: int = Field(default=4, ge=1, le=64, description="Parts uploaded or downloaded in parallel.")
-    compression_level: int = Field(default=3, ge=1, le=22, description="zstd compression level.")
+    compression_level: int = Field(default=2, ge=1, le=22, description="zstd compression level.")
