@@ -12,21 +12,27 @@ leave (see rem/engine.py), each with its cause, never a reason to fail.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import struct
 import time
+from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import fastjsonschema
+import msgspec
+import numpy as np
 import orjson
 
-from rem.db import RemDB
+from rem.db import RemDB, open_db
 from rem.engine import SYSTEM_KEY_FIELDS, current_key_row
 from rem.errors import DecodeError
-from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, parse_edge_key,
-                        parse_edge_reverse_key, parse_embedding_key, parse_entity_key, parse_index_key,
-                        parse_key_index_key, parse_wal_key, schema_info)
+from rem.fast_schema import typed_decoder
+from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, edge_key, edge_reverse_key,
+                        entity_key, parse_edge_key, parse_edge_reverse_key, parse_embedding_key, parse_entity_key,
+                        parse_index_key, parse_key_index_key, parse_wal_key, schema_info)
 from rem.tenant import schema_rows
 
 ALL_CHECKS = ("schemas", "embeddings", "edges", "indexes", "wal")
@@ -60,6 +66,16 @@ class VerifyReport:
         if self.counts[(severity, category)] <= MAX_ISSUES_PER_CATEGORY:
             shown = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
             self.issues.append(Issue(severity, category, cf, shown, entity_id, message, fix))
+
+    def merge(self, other: "VerifyReport") -> None:
+        """Add another pass's findings, keeping at most MAX_ISSUES_PER_CATEGORY listed per category."""
+        listed = Counter((i.severity, i.category) for i in self.issues)
+        for issue in other.issues:
+            if listed[(issue.severity, issue.category)] < MAX_ISSUES_PER_CATEGORY:
+                listed[(issue.severity, issue.category)] += 1
+                self.issues.append(issue)
+        self.counts.update(other.counts)
+        self.checked.update(other.checked)
 
     def to_dict(self) -> dict:
         return {"ok": self.critical == 0, "critical": self.critical,
@@ -99,6 +115,7 @@ def _entity_problem(entity, uuid: str) -> str | None:
 class _Schema:
     validate: object
     info: SchemaInfo
+    body: dict
 
 
 def _load_schemas(db: RemDB, report: VerifyReport) -> dict[str, _Schema]:
@@ -116,7 +133,7 @@ def _load_schemas(db: RemDB, report: VerifyReport) -> dict[str, _Schema]:
             report.add("error", "schema", "entities", key, entity.get("id"), f"schema {props.get('short_name')!r} "
                        f"does not compile: {exc}", "fix the schema entity's JSON Schema")
             validate = None
-        schemas[props.get("short_name")] = _Schema(validate, schema_info(entity))
+        schemas[props.get("short_name")] = _Schema(validate, schema_info(entity), body)
     return schemas
 
 
@@ -128,40 +145,82 @@ def _check_vector(report, cf, key, uuid, values, dim) -> None:
         report.add("critical", "embedding", cf, key, uuid, "not all finite numbers", "re-embed the entity")
 
 
-def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyReport:
-    """Check every value decodes, and the relations the checks name."""
-    started = time.perf_counter()
-    report = VerifyReport()
-    schemas = _load_schemas(db, report)
-    stored = {name: s.info for name, s in schemas.items()}
-    # (tenant, uuid) -> entity_type (None: unreadable). Ids carry no tenant: one natural key in two
-    # tenants is one id (types/uuid_gen.rs), so an id alone names no entity.
-    entities: dict[tuple[str, str], str | None] = {}
-    ids: set[str] = set()
-    current_key_rows: dict[bytes, tuple[str, str]] = {}  # the key row each entity's current key implies
+@dataclass
+class _EntityScan:
+    """What one pass over a range of `entities` found, and the hashes the other checks look ids up in
+    (8 bytes per entity instead of a dict of every id: memory stays flat as the database grows)."""
 
-    for key, value in db.items("entities"):
+    report: VerifyReport
+    ids: np.ndarray  # hash(uuid) of every entity (edges name entities by id alone)
+    owners: np.ndarray  # hash((tenant, uuid)) of every entity
+    current_rows: np.ndarray  # hash(key row) of the row each entity's current key implies
+    unreadable: set  # (tenant, uuid) of entities whose value is not an entity (reported already)
+    unkeyed: list  # (row, tenant, uuid): current key rows the key_index lacks
+    sequence: int
+
+
+def _scan_entities(db: RemDB, schemas: dict[str, _Schema], checks: tuple[str, ...], lo: bytes | None,
+                   hi: bytes | None) -> _EntityScan:
+    report = VerifyReport()
+    stored = {name: s.info for name, s in schemas.items()}
+    decoder, typed = typed_decoder({name: (s.body, s.info.key_field) for name, s in schemas.items()
+                                    if s.validate is not None})
+    ids, owners, current = array("q"), array("q"), array("q")
+    unreadable: set = set()
+    unkeyed: list = []
+    pending: list[tuple[bytes, str, str]] = []
+    look_up_rows = "indexes" in checks and db.has_cf("key_index")
+
+    def find_unkeyed() -> None:
+        found = db.get_many("key_index", [row for row, _, _ in pending])
+        unkeyed.extend(p for p, value in zip(pending, found) if value is None)
+        pending.clear()
+
+    def keyed(tenant: str, uuid: str, row: bytes | None) -> None:
+        if row is not None:
+            current.append(hash(row))
+            if look_up_rows:
+                pending.append((row, tenant, uuid))
+                if len(pending) >= 1024:
+                    find_unkeyed()
+
+    for key, value in db.items("entities", start=lo, end=hi):
         report.checked["entities"] += 1
         try:
             tenant, uuid = parse_entity_key(key)
-            entity = orjson.loads(value)
         except DecodeError as exc:
             report.add("critical", "decode", "entities", key, None, exc.reason, "hard-delete this row")
             continue
+        ids.append(hash(uuid))
+        owners.append(hash((tenant, uuid)))
+        if decoder is not None:  # the fast path: schema and vector checked while decoding
+            try:
+                entity = decoder.decode(value)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                entity = None
+            if entity is not None and entity.id == uuid and _timestamps_hold(entity) and \
+                    (schema := typed[type(entity)]).formats_hold(entity.properties):
+                value_of_key = schema.key_value(entity.properties)
+                keyed(tenant, uuid, None if value_of_key is None else f"key:{tenant}:{value_of_key}:{uuid}".encode())
+                vector = schema.embedding(entity.properties)
+                if "embeddings" in checks and isinstance(vector, list):
+                    dim = stored[schema.name].embedding_dim
+                    if not schema.vector_checked or (dim and len(vector) != dim):
+                        _check_vector(report, "entities", key, uuid, vector, dim)
+                continue
+        try:
+            entity = orjson.loads(value)
         except orjson.JSONDecodeError:
             entity = None
         problem = _entity_problem(entity, uuid)
-        ids.add(uuid)
         if problem:
             # Its other rows are not reported as orphans: this unreadable value is the one problem.
-            entities[(tenant, uuid)] = None
+            unreadable.add((tenant, uuid))
             report.add("critical", "decode", "entities", key, uuid, problem, "restore this entity from a backup")
             continue
-        entities[(tenant, uuid)] = entity["entity_type"]
-        if entity["entity_type"] != SCHEMA_ENTITY_TYPE and (row := current_key_row(tenant, entity, stored)):
-            current_key_rows[row] = (tenant, uuid)
         if entity["entity_type"] == SCHEMA_ENTITY_TYPE:
             continue
+        keyed(tenant, uuid, current_key_row(tenant, entity, stored))
         schema = schemas.get(entity["entity_type"])
         props = entity["properties"]
         if "embeddings" in checks and isinstance(props.get("embedding"), list):
@@ -177,8 +236,92 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
                 schema.validate(props)
             except fastjsonschema.JsonSchemaValueException as exc:
                 report.add("critical", "schema", "entities", key, uuid, exc.message, "correct the entity's properties")
+    if pending:
+        find_unkeyed()
+    return _EntityScan(report, np.frombuffer(ids, dtype=np.int64), np.frombuffer(owners, dtype=np.int64),
+                       np.frombuffer(current, dtype=np.int64), unreadable, unkeyed,
+                       db.rdict.latest_sequence_number())
 
-    if "embeddings" in checks and db.has_cf("embeddings"):
+
+def _timestamps_hold(entity) -> bool:
+    for value in (entity.created_at, entity.modified_at, entity.deleted_at):
+        if value is not None:
+            try:
+                datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                return False
+    return True
+
+
+def entity_ranges(db: RemDB, parts: int) -> list[tuple[bytes | None, bytes | None]]:
+    """The `entities` key space cut into parts of about equal bytes, at the first keys of the SST
+    files of the level that holds most of it (RocksDB's own metadata: nothing is read to find them;
+    level 0's files each span every key)."""
+    files = [f for f in db.rdict.live_files() if f["start_key"].startswith(b"entity:")]
+    by_level: dict[int, int] = {}
+    for f in files:
+        by_level[f["level"]] = by_level.get(f["level"], 0) + f["size"]
+    if not by_level:
+        return [(None, None)]
+    level = max(by_level, key=by_level.get)
+    starts = sorted((f["start_key"], f["size"]) for f in files if f["level"] == level)
+    cuts: list[bytes] = []
+    running = 0
+    for start, size in starts:
+        share = by_level[level] * (len(cuts) + 1) / parts
+        if len(cuts) < parts - 1 and running and abs(running - share) <= abs(running + size - share):
+            cuts.append(start)
+        running += size
+    bounds = [None, *cuts, None]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _scan_range(job: tuple) -> _EntityScan:
+    path, checks, lo, hi = job
+    with open_db(path, "ro") as db:
+        report = VerifyReport()
+        return _scan_entities(db, _load_schemas(db, report), checks, lo, hi)
+
+
+def _scan_all_entities(db: RemDB, schemas: dict[str, _Schema], checks: tuple[str, ...],
+                       workers: int) -> list[_EntityScan]:
+    """The entity checks, split over worker processes by key range (decoding is CPU-bound and holds
+    the GIL). Each worker opens the database itself; a live database written between the opens
+    would give them different states, so then the scan is done again here, in one pass."""
+    ranges = entity_ranges(db, workers) if workers > 1 else []
+    if len(ranges) > 1:
+        with multiprocessing.get_context("fork").Pool(len(ranges)) as pool:
+            parts = pool.map(_scan_range, [(db.path, checks, lo, hi) for lo, hi in ranges])
+        if {p.sequence for p in parts} == {db.rdict.latest_sequence_number()}:
+            return parts
+    return [_scan_entities(db, schemas, checks, None, None)]
+
+
+def _member(sorted_hashes: np.ndarray, values) -> np.ndarray:
+    """Which values are in sorted_hashes (vectorised)."""
+    values = np.asarray(values, dtype=np.int64)
+    if not len(sorted_hashes):
+        return np.zeros(len(values), dtype=bool)
+    where = np.minimum(np.searchsorted(sorted_hashes, values), len(sorted_hashes) - 1)
+    return sorted_hashes[where] == values
+
+
+def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS, workers: int | None = None) -> VerifyReport:
+    """Check every value decodes, and the relations the checks name."""
+    started = time.perf_counter()
+    report = VerifyReport()
+    schemas = _load_schemas(db, report)
+    parts = _scan_all_entities(db, schemas, checks, workers if workers is not None else min(os.cpu_count() or 1, 4))
+    for part in parts:
+        report.merge(part.report)
+    ids = np.sort(np.concatenate([p.ids for p in parts]))
+    owners = np.sort(np.concatenate([p.owners for p in parts]))
+    current_rows = np.sort(np.concatenate([p.current_rows for p in parts]))
+    unreadable = set().union(*(p.unreadable for p in parts))
+    unkeyed = [row for p in parts for row in p.unkeyed]
+    del parts
+
+    if "embeddings" in checks and db.has_cf("embeddings"):  # the engine never writes it: rare, looked up one by one
         for key, value in db.items("embeddings"):
             report.checked["embeddings"] += 1
             try:
@@ -186,59 +329,28 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
             except DecodeError as exc:
                 report.add("critical", "decode", "embeddings", key, None, exc.reason, "delete the row")
                 continue
-            if (tenant, uuid) not in entities:
+            if not _member(owners, [hash((tenant, uuid))])[0]:
                 report.add("warning", "orphan", "embeddings", key, uuid, "no such entity", "`rem db vacuum`")
                 continue
-            owner_type = entities[(tenant, uuid)]
-            if owner_type is None:
+            if (tenant, uuid) in unreadable:
                 continue
             if len(value) % 4:
                 report.add("critical", "decode", "embeddings", key, uuid, f"{len(value)} bytes is not float32s",
                            "re-embed the entity")
                 continue
+            owner_type = orjson.loads(db.get("entities", entity_key(tenant, uuid)))["entity_type"]
             schema = schemas.get(owner_type)
             _check_vector(report, "embeddings", key, uuid, struct.unpack(f"<{len(value) // 4}f", value),
                           schema.info.embedding_dim if schema else None)
 
     if "edges" in checks and db.has_cf("edges"):
-        forward: dict[bytes, bytes] = {}
-        for key, value in db.items("edges"):
-            report.checked["edges"] += 1
-            try:
-                src, dst, rel = parse_edge_key(key)
-                decode_edge(key, value)
-            except DecodeError as exc:
-                report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
-                continue
-            forward[f"{src}:{dst}:{rel}".encode()] = value
-            for end, role in ((src, "source"), (dst, "target")):
-                if end not in ids:
-                    report.add("info", "edge", "edges", key, src, f"{role} entity {end} does not exist (the "
-                               "engine's hard_delete leaves edge rows behind)", "`rem db vacuum` removes them")
-        for key, value in db.items("edges_reverse"):
-            report.checked["edges_reverse"] += 1
-            try:
-                src, dst, rel = parse_edge_reverse_key(key)
-            except DecodeError as exc:
-                report.add("critical", "decode", "edges_reverse", key, None, exc.reason, "delete the row")
-                continue
-            twin = forward.pop(f"{src}:{dst}:{rel}".encode(), None)
-            if twin is None:
-                report.add("critical", "edge", "edges_reverse", key, src, "reverse edge without its forward twin",
-                           "re-add the edge (writes both) or delete this row")
-            elif twin != value:
-                report.add("error", "edge", "edges_reverse", key, src, "differs from its forward twin",
-                           "re-add the edge")
-        for pair in forward:
-            src = pair.split(b":")[0].decode()
-            report.add("critical", "edge", "edges", b"src:" + pair, src, "forward edge without its reverse twin",
-                       "re-add the edge (writes both) or delete this row")
+        _check_edges(db, report, ids)
 
     if "indexes" in checks:
-        _check_key_rows(db, report, entities, current_key_rows)
+        _check_key_rows(db, report, owners, current_rows, unreadable, unkeyed)
         if db.has_cf("indexes"):  # the engine never writes it; rows of ours must point at an entity
             for key, parsed in _parsed_keys(db, report, "indexes", parse_index_key, "`rem index rebuild --type fields`"):
-                if (parsed.tenant, parsed.uuid) not in entities:
+                if not _member(owners, [hash((parsed.tenant, parsed.uuid))])[0]:
                     report.add("warning", "orphan", "indexes", key, parsed.uuid, "points at no entity", "`rem db vacuum`")
 
     if "wal" in checks and db.has_cf("wal"):
@@ -259,6 +371,58 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> VerifyRe
     return report
 
 
+def _chunks(rows, size: int = 4096):
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _check_edges(db: RemDB, report: VerifyReport, ids: np.ndarray) -> None:
+    """Each edge row against its twin (looked up, not held: memory stays flat) and both its ends."""
+    for chunk in _chunks(db.items("edges")):
+        parsed = []
+        for key, value in chunk:
+            report.checked["edges"] += 1
+            try:
+                src, dst, rel = parse_edge_key(key)
+                decode_edge(key, value)
+            except DecodeError as exc:
+                report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
+                continue
+            parsed.append((key, value, src, dst, rel))
+        twins = db.get_many("edges_reverse", [edge_reverse_key(src, dst, rel) for _, _, src, dst, rel in parsed])
+        ends = _member(ids, [hash(end) for _, _, src, dst, _ in parsed for end in (src, dst)])
+        for i, ((key, value, src, dst, rel), twin) in enumerate(zip(parsed, twins)):
+            if twin is None:
+                report.add("critical", "edge", "edges", key, src, "forward edge without its reverse twin",
+                           "re-add the edge (writes both) or delete this row")
+            elif twin != value:
+                report.add("error", "edge", "edges_reverse", edge_reverse_key(src, dst, rel), src,
+                           "differs from its forward twin", "re-add the edge")
+            for end, role, present in ((src, "source", ends[2 * i]), (dst, "target", ends[2 * i + 1])):
+                if not present:
+                    report.add("info", "edge", "edges", key, src, f"{role} entity {end} does not exist (the "
+                               "engine's hard_delete leaves edge rows behind)", "`rem db vacuum` removes them")
+    for chunk in _chunks(db.keys("edges_reverse")):
+        parsed = []
+        for key in chunk:
+            report.checked["edges_reverse"] += 1
+            try:
+                parsed.append((key, *parse_edge_reverse_key(key)))
+            except DecodeError as exc:
+                report.add("critical", "decode", "edges_reverse", key, None, exc.reason, "delete the row")
+        twins = db.get_many("edges", [edge_key(src, dst, rel) for _, src, dst, rel in parsed])
+        for (key, src, _, _), twin in zip(parsed, twins):
+            if twin is None:
+                report.add("critical", "edge", "edges_reverse", key, src, "reverse edge without its forward twin",
+                           "re-add the edge (writes both) or delete this row")
+
+
 def _parsed_keys(db: RemDB, report: VerifyReport, cf: str, parse, fix: str):
     """Every key of cf with its parsed form, counted; one that does not parse is a critical finding."""
     for key in db.keys(cf):
@@ -269,24 +433,30 @@ def _parsed_keys(db: RemDB, report: VerifyReport, cf: str, parse, fix: str):
             report.add("critical", "decode", cf, key, None, exc.reason, fix)
 
 
-def _check_key_rows(db: RemDB, report: VerifyReport, entities: dict, current_key_rows: dict[bytes, tuple]) -> None:
+def _check_key_rows(db: RemDB, report: VerifyReport, owners: np.ndarray, current_rows: np.ndarray,
+                    unreadable: set, unkeyed: list) -> None:
     """Key rows against the entities, as the engine writes them: every state its own writes leave is info."""
     if not db.has_cf("key_index"):
         return
-    with_rows: set[tuple[str, str]] = set()
-    for key, parsed in _parsed_keys(db, report, "key_index", parse_key_index_key, "`rem index rebuild --type keys`"):
-        owner = (parsed.tenant, parsed.uuid)
-        with_rows.add(owner)
-        if key in current_key_rows or entities.get(owner, "") is None:
-            continue  # the row of the current key, or one of an unreadable entity (reported already)
-        if owner not in entities:
-            report.add("info", "key-row", "key_index", key, parsed.uuid, "points at no entity (the engine's "
-                       "hard_delete removes only the row of the current key)", "`rem db vacuum` removes it")
-        else:
-            report.add("info", "key-row", "key_index", key, parsed.uuid, "an old key of the entity (the engine's "
-                       "update never touches key rows)", "nothing to do: lookups by the old key still find it")
-    for row, owner in current_key_rows.items():
-        if owner not in with_rows:
-            report.add("info", "key-row", "key_index", row, owner[1], "no key row (the engine writes one on "
+    with_rows = array("q")
+    rows = _parsed_keys(db, report, "key_index", parse_key_index_key, "`rem index rebuild --type keys`")
+    for chunk in _chunks(rows):
+        owner_hashes = [hash((parsed.tenant, parsed.uuid)) for _, parsed in chunk]
+        with_rows.extend(owner_hashes)
+        is_current = _member(current_rows, [hash(key) for key, _ in chunk])
+        exists = _member(owners, owner_hashes)
+        for (key, parsed), current, present in zip(chunk, is_current, exists):
+            if current or (parsed.tenant, parsed.uuid) in unreadable:
+                continue  # the row of the current key, or one of an unreadable entity (reported already)
+            if not present:
+                report.add("info", "key-row", "key_index", key, parsed.uuid, "points at no entity (the engine's "
+                           "hard_delete removes only the row of the current key)", "`rem db vacuum` removes it")
+            else:
+                report.add("info", "key-row", "key_index", key, parsed.uuid, "an old key of the entity (the engine's "
+                           "update never touches key rows)", "nothing to do: lookups by the old key still find it")
+    has_rows = _member(np.sort(np.frombuffer(with_rows, dtype=np.int64)), [hash((t, u)) for _, t, u in unkeyed])
+    for (row, _, uuid), has in zip(unkeyed, has_rows):
+        if not has:
+            report.add("info", "key-row", "key_index", row, uuid, "no key row (the engine writes one on "
                        "insert only: the key was added by an update, or the row was lost)",
                        "`rem index rebuild --type keys` writes it if lookups by this key are needed")
