@@ -9,6 +9,8 @@
 4. Start-up: `rem backup create` of a ~10 MB database with no Prefect API, and with a Prefect server.
 5. Incremental backups (benchmarks/incremental.py) on a ~1 GB database (BENCH_INC_ENTITIES, 660000):
    first backup, an unchanged database's second, the bytes 1% of new entities add, restore.
+6. Local backup, restore and verify against tar + zstd and a raw scan, with peak RSS, at ~0.25 and
+   ~1 GB (benchmarks/local.py; BENCH_LOCAL_ENTITIES, 170000,660000).
 
 Sizes: BENCH_ENTITIES (default 450000, about 1 GB on disk), BENCH_DIM (128).
 """
@@ -144,6 +146,10 @@ def main() -> None:
         from benchmarks.incremental import main as incremental_bench
 
         rows += incremental_bench(int(os.environ.get("BENCH_INC_ENTITIES", "660000")))
+        # 6. local backup, restore and verify at two sizes (their own databases)
+        from benchmarks.local import main as local_bench
+
+        rows += local_bench([int(n) for n in os.environ.get("BENCH_LOCAL_ENTITIES", "170000,660000").split(",")])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
