@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flows.backup import resolve_settings
 from tasks.runtime import RunProgress, flow, get_logger, publish_report, task
 from rem.db import is_database
 from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, read_local_backup
@@ -14,11 +13,15 @@ from rem.settings import Settings
 from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
 from rem.identity import LEGACY
 from rem.repository import ObjectCorrupt, dependents
-from tasks.storage import all_stores, database_names, identity, object_stores, other_stores
+
+# The stores (boto3, the log archive) and settings resolution are imported where a flow needs them:
+# a restore from a local directory needs neither, and on-call waits for every import it makes.
 
 
 def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | None) -> BackupRecord:
     """This database's backup called name, or with from_db another database's (`legacy`: the old layout's)."""
+    from tasks.storage import all_stores, other_stores
+
     return find_backup(all_stores(cfg, from_db=from_db), name, tenant,
                        None if from_db else lambda: other_stores(cfg, databases=True))
 
@@ -27,6 +30,8 @@ def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | Non
 def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
              progress=None, from_db: str | None = None) -> Path:
     """Fetch a backup into output/{name}/ (resuming a partial download)."""
+    from flows.backup import resolve_settings
+
     cfg = resolve_settings(settings_dict)
     record = find_record(cfg, name, tenant, from_db)
     run_progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
@@ -77,6 +82,8 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
 @flow("verify-backup", description="Checksum and trial restore of a backup into a temporary directory.")
 def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
                   from_db: str | None = None) -> dict[str, Any]:
+    from flows.backup import resolve_settings
+
     cfg = resolve_settings(settings)
     record = find_record(cfg, name, tenant, from_db)
     with tempfile.TemporaryDirectory(prefix="rem-verify-") as tmp:
@@ -96,6 +103,9 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
                  all_dbs: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """This database's backups (or from_db's, or with all_dbs every database's), local and S3
     merged, newest first, with the old layout's; and the stores that could not be read (with why)."""
+    from flows.backup import resolve_settings
+    from tasks.storage import all_stores, database_names, identity, object_stores, other_stores
+
     cfg = resolve_settings(settings)
     if all_dbs:
         stores = [BackupStore(o, name) for o in object_stores(cfg, bounded=True) for name in database_names(o)]
