@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.util
 import os
 import struct
 import time
@@ -20,6 +21,7 @@ from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import fastjsonschema
 import msgspec
@@ -273,10 +275,19 @@ def key_ranges(db: RemDB, cf: str, prefix: bytes, parts: int) -> list[tuple[byte
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+_WORKER_DB: RemDB | None = None
+
+
+def _open_in_worker(path: Path) -> None:
+    """A worker opens the database once for all its jobs, and closes it (removing its view) on exit."""
+    global _WORKER_DB
+    _WORKER_DB = open_db(path, "ro")
+    multiprocessing.util.Finalize(None, _WORKER_DB.close, exitpriority=10)
+
+
 def _run_job(job: tuple):
-    check, path, args = job
-    with open_db(path, "ro") as db:
-        return db.rdict.latest_sequence_number(), check(db, *args)
+    check, args = job
+    return _WORKER_DB.rdict.latest_sequence_number(), check(_WORKER_DB, *args)
 
 
 def _in_workers(db: RemDB, check, jobs: list[tuple], workers: int) -> list:
@@ -285,8 +296,16 @@ def _in_workers(db: RemDB, check, jobs: list[tuple], workers: int) -> list:
     give them different states, so then the jobs run again here, on this one handle. Workers are
     forked, so what this process found so far (_FOUND) is theirs without being sent."""
     if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            results = pool.map(_run_job, [(check, db.path, job) for job in jobs], chunksize=1)
+        pool = multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _open_in_worker, (db.path,))
+        try:
+            results = pool.map(_run_job, [(check, job) for job in jobs], chunksize=1)
+        except BaseException:
+            pool.terminate()
+            raise
+        else:
+            pool.close()  # workers leave their loop and run their finalizers: each closes its handle
+        finally:
+            pool.join()
         if {sequence for sequence, _ in results} == {db.rdict.latest_sequence_number()}:
             return [result for _, result in results]
     return [check(db, *job) for job in jobs]
