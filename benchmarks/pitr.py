@@ -122,7 +122,9 @@ def restore_benchmark(work: Path, env: dict, s3, bucket: str, writes: int) -> di
 
     db = work / "db"
     engine_db(db)
-    base = cli(db, env, "backup", "create", "--upload")
+    # The archive layout: the direct recovery below extracts it with tar (an incremental base's SSTs
+    # are separate objects); point-in-time restore reads either.
+    base = cli(db, env, "backup", "create", "--upload", "--archive")
     follow = follower(db, env)
     writer = subprocess.run([str(ENGINE_PYTHON), "-c", PUTS, str(db), str(RUN.parent), str(writes)], check=True,
                             capture_output=True, text=True)
