@@ -40,15 +40,17 @@ ENV = dict(os.environ)
 
 
 def timed(cmd: list[str], env: dict | None = None, shell: bool = False) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MB) of one command, measured with wait4 on its own process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd if not shell else " ".join(cmd), shell=shell, env=env or ENV, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss // 1024
+    """Wall seconds and peak RSS (MB) of one command. The RSS is GNU time's report of its own child:
+    wait4 on a process forked from this one counts this process's memory too (the kernel takes the
+    pre-exec image into the high-water mark), which made every figure the benchmark's own size."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        wrapped = ["/usr/bin/time", "-f", "%M", "-o", report.name] + (["sh", "-c", " ".join(cmd)] if shell else cmd)
+        started = time.perf_counter()
+        proc = subprocess.run(wrapped, env=env or ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd} failed: {proc.stderr.decode()[-2000:]}")
+        return elapsed, int(report.read().split()[-1]) // 1024
 
 
 def rem(*args: str, env: dict | None = None) -> tuple[float, int]:
@@ -56,8 +58,9 @@ def rem(*args: str, env: dict | None = None) -> tuple[float, int]:
 
 
 def main() -> None:
-    if not shutil.which("zstd"):
-        sys.exit("make bench needs the zstd command for the baseline: apt-get install zstd")
+    if not shutil.which("zstd") or not os.path.exists("/usr/bin/time"):
+        sys.exit("make bench needs the zstd command for the baseline and GNU time for peak memory: "
+                 "apt-get install zstd time")
     entities = int(os.environ.get("BENCH_ENTITIES", "450000"))
     dim = int(os.environ.get("BENCH_DIM", "128"))
     work = Path(tempfile.mkdtemp(prefix="rem-bench-"))
