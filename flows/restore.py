@@ -28,28 +28,22 @@ def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | Non
 
 @task("download", retries=3, retry_delay_seconds=10)
 def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
-             progress=None, from_db: str | None = None) -> Path:
+             from_db: str | None = None) -> Path:
     """Fetch a backup into output/{name}/ (resuming a partial download)."""
     from flows.backup import resolve_settings
 
     cfg = resolve_settings(settings_dict)
     record = find_record(cfg, name, tenant, from_db)
-    run_progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
-
-    def advance(n: int) -> None:
-        run_progress(n)
-        if progress:
-            progress(n)
-
-    path = record.store.fetch(record, output, advance)
-    run_progress.finish()
+    progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
+    path = record.store.fetch(record, output, progress)
+    progress.finish()
     return path
 
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
 def download_backup(name: str, output: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
-                    progress=None, from_db: str | None = None) -> dict[str, Any]:
-    dest = download(name, Path(output), settings, tenant, progress, from_db)
+                    from_db: str | None = None) -> dict[str, Any]:
+    dest = download(name, Path(output), settings, tenant, from_db)
     return {"name": name, "path": str(dest)}
 
 
@@ -100,7 +94,7 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
 
 
 def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = None,
-                 all_dbs: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
+                 all_dbs: bool = False, detail: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """This database's backups (or from_db's, or with all_dbs every database's), local and S3
     merged, newest first, with the old layout's; and the stores that could not be read (with why)."""
     from flows.backup import resolve_settings
@@ -127,4 +121,8 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
              "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq,
              "layout": r.metadata.layout, "logical_bytes": r.metadata.uncompressed_bytes,
              "added_bytes": r.metadata.added_bytes if r.metadata.layout == "incremental" else r.metadata.size_bytes,
-             "repository_bytes": r.metadata.repository_bytes} for r in records], unreachable
+             "repository_bytes": r.metadata.repository_bytes, "uncompressed_bytes": r.metadata.uncompressed_bytes,
+             "duration_seconds": r.metadata.duration_seconds, "host": r.metadata.host,
+             "checksum_sha256": r.metadata.checksum_sha256,
+             **(r.metadata.model_dump(exclude={"files", "column_families"}) | {"column_families": r.metadata.column_families}
+                if detail else {})} for r in records], unreachable
