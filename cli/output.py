@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from rem.errors import ConfigError, RemError, UsageError
+from rem.reports import human_bytes
 
 # The global --page flag (one command per process): its runs' failures page like a deployment's.
 PAGE_ON_FAILURE: dict[str, bool] = {}
@@ -120,7 +121,10 @@ class Bars:
         self.progress.advance(bar, amount)
 
     def finish(self, bar) -> None:
-        self.progress.remove_task(bar)
+        """Shown complete (and drawn at once, however short the step) until the command ends."""
+        done = next(t.completed for t in self.progress.tasks if t.id == bar)
+        self.progress.update(bar, total=done, completed=done)
+        self.progress.refresh()
 
 
 @contextmanager
@@ -155,11 +159,3 @@ def quiet_prefect(verbose: bool) -> None:
     """Prefect's console lines (about eight INFO lines a command) only with -v; the run's logs still
     reach the Prefect API and its UI. Set before Prefect is imported; an explicit setting wins."""
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")
-
-
-def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"

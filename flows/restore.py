@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, 
 from rem.settings import Settings
 from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
 from rem.identity import LEGACY
+from rem.reports import restore_report
 from rem.repository import ObjectCorrupt, dependents
 
 # The stores (boto3, the log archive) and settings resolution are imported where a flow needs them:
@@ -49,6 +51,7 @@ def download_backup(name: str, output: str, settings: dict[str, Any] | None = No
 
 @flow("restore", description="Verify, extract and check a backup, then put it in place of the target.")
 def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]:
+    started = time.monotonic()
     source_dir, target_dir = Path(source), real_target(Path(target))
     metadata = read_local_backup(source_dir)
     lock = check_target(target_dir, overwrite, metadata.tenant_id)  # held until the swap is durable
@@ -65,12 +68,13 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
         if lock is not None:
             lock.release()
     get_logger().info("restored %s into %s", metadata.name, target_dir)
-    publish_report("restore", f"# Restore of {metadata.name}\n\nInto `{target_dir}` ({mode}): {report.entity_count} "
-                              f"entities, checksum `{metadata.checksum_sha256}` verified"
-                              + (", repaired with nothing dropped" if report.repaired else ""))
-    return {"ok": True, "name": metadata.name, "target": str(target_dir), "mode": mode,
-            "tenant_id": metadata.tenant_id, "entity_count": report.entity_count, "repaired": report.repaired,
-            "column_families": written, "checksum_sha256": metadata.checksum_sha256}
+    result = {"ok": True, "name": metadata.name, "target": str(target_dir), "mode": mode,
+              "tenant_id": metadata.tenant_id, "entity_count": report.entity_count, "repaired": report.repaired,
+              "column_families": written, "checksum_sha256": metadata.checksum_sha256,
+              "seconds": round(time.monotonic() - started, 3)}
+    publish_report("restore", restore_report(result, metadata.model_dump()),
+                   description=f"Restore of {metadata.name} into {target_dir}")
+    return result
 
 
 @flow("verify-backup", description="Checksum and trial restore of a backup into a temporary directory.")
