@@ -10,11 +10,11 @@ from rem.reports import backup_report, backup_rows, human_bytes
 from rem.settings import Settings, load_settings
 from rem.tenant import require_tenant
 from tasks.backup import (build_metadata, compress_and_store, describe, facts_if_unchanged, find_previous,
-                          measure_repository, snapshot, store_incrementally, store_metadata, store_schemas, utc_now)
+                          measure_repository, open_store, snapshot, store_incrementally, store_metadata, store_schemas,
+                          utc_now)
 from tasks.runtime import current_db, db_label, emit, flow, get_logger, publish_report, publish_table
 from rem.backups import ALL_TENANTS, backup_name, check_name
 from rem.storage import cleanup_quietly
-from tasks.storage import backup_store
 
 
 def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None,
@@ -53,8 +53,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     try:
         if tenant is not None:
             require_tenant(str(cfg.db_path), tenant)
-        store = backup_store(cfg, upload or bool(cfg.storage_block))
-        store.prepare(segment, name)
+        store = open_store(cfg, upload or bool(cfg.storage_block), segment, name)
         try:
             previous = find_previous(store, segment) if incremental else None
             snap = snapshot(str(cfg.db_path), tenant)
