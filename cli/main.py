@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import typer
 
-from cli.output import PAGE_ON_FAILURE, command, emit, fail, human_bytes, out, progress, table_renderer
+from cli.output import (PAGE_ON_FAILURE, command, emit, fail, human_bytes, out, progress, quiet_prefect,
+                        table_renderer)
 from rem.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -52,19 +53,31 @@ class Globals:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    db_path: Optional[Path] = typer.Option(None, "--db-path", help="REM database directory [env: P8_DB_PATH]"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file [env: P8_CONFIG]"),
-    backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Local backup directory [env: P8_BACKUP_DIR]"),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="S3 bucket [env: P8_S3_BUCKET]"),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint [env: P8_S3_ENDPOINT_URL]"),
-    db_name: Optional[str] = typer.Option(None, "--db-name", help="The database's name in the store; default: its "
-                                          "directory name and RocksDB IDENTITY [env: P8_DB_NAME]"),
+    db_path: Optional[Path] = typer.Option(None, "--db-path", envvar="P8_DB_PATH", help="REM database directory"),
+    config: Optional[Path] = typer.Option(None, "--config", envvar="P8_CONFIG", help="TOML settings file"),
+    backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", envvar="P8_BACKUP_DIR",
+                                              help="Local backup directory"),
+    bucket: Optional[str] = typer.Option(None, "--bucket", envvar="P8_S3_BUCKET", help="S3 bucket"),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", envvar="P8_S3_ENDPOINT_URL",
+                                               help="S3 endpoint"),
+    db_name: Optional[str] = typer.Option(None, "--db-name", envvar="P8_DB_NAME", help="The database's name in the "
+                                          "store; default: its directory name and RocksDB IDENTITY"),
     page: bool = typer.Option(False, "--page", help="Under Prefect, page on this run's failure as on a "
                               "scheduled one's (ad-hoc runs do not page by default)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's own log lines (INFO)"),
 ) -> None:
+    from click.core import ParameterSource
+
     PAGE_ON_FAILURE["page"] = page
-    ctx.obj = Globals(config, {"db_path": db_path, "backup_dir": backup_dir, "s3_bucket": bucket,
-                               "s3_endpoint_url": endpoint_url, "db_name": db_name})
+    quiet_prefect(verbose)
+    # A value typer read from the environment is left to the settings, which read it themselves, so
+    # that a bad one is reported as the variable it came from, not as a flag.
+    flags = {"db_path": db_path, "backup_dir": backup_dir, "s3_bucket": bucket, "s3_endpoint_url": endpoint_url,
+             "db_name": db_name}
+    names = {"s3_bucket": "bucket", "s3_endpoint_url": "endpoint_url"}
+    ctx.obj = Globals(config if ctx.get_parameter_source("config") is not ParameterSource.ENVIRONMENT else None,
+                      {k: v for k, v in flags.items()
+                       if ctx.get_parameter_source(names.get(k, k)) is not ParameterSource.ENVIRONMENT})
 
 
 # ---------------------------------------------------------------------------------------- db
@@ -297,18 +310,31 @@ def backup_create(
 @backup_app.command("list")
 def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
                 all_dbs: bool = typer.Option(False, "--all-dbs", help="Every database's backups in the stores"),
+                detail: bool = typer.Option(False, "--detail", help="Every field of each backup's metadata: "
+                                            "duration, sizes, host, online, sequence numbers, checksum, ..."),
                 as_json: bool = JSON_OPTION) -> None:
     """This database's backups, local and S3 merged, newest first (and the old layout's, as db 'legacy')."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         from flows.restore import list_backups
 
-        rows, unreachable = list_backups(_settings_dict(settings), from_db, all_dbs)
-        emit(rows, as_json, table_renderer(
-            ["DB", "NAME", "TENANT", "SIZE", "ADDED", "CREATED", "LOCATION"],
-            [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["logical_bytes"]),
-              human_bytes(r["added_bytes"]), r["created"], r["location"]]
-             for r in rows], "No backups found."))
+        rows, unreachable = list_backups(_settings_dict(settings), from_db, all_dbs, detail)
+        if detail:
+            render = table_renderer(
+                ["DB", "NAME", "TENANT", "CREATED", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES", "HOST", "ONLINE",
+                 "LAYOUT", "LAST SEQUENCE", "SHA-256", "LOCATION"],
+                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], f"{r['duration_seconds']:.1f} s",
+                  human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]), human_bytes(r["added_bytes"]),
+                  f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}", r["host"],
+                  "yes" if r["online"] else "no", r["layout"], r["last_sequence"], r["checksum_sha256"][:16],
+                  r["location"]] for r in rows], "No backups found.")
+        else:
+            render = table_renderer(
+                ["DB", "NAME", "TENANT", "SIZE", "ADDED", "CREATED", "LOCATION"],
+                [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["logical_bytes"]),
+                  human_bytes(r["added_bytes"]), r["created"], r["location"]]
+                 for r in rows], "No backups found.")
+        emit(rows, as_json, render)
         if unreachable:
             fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"
                            for where, why in unreachable.items()), 1)
@@ -329,9 +355,7 @@ def backup_download(
         tenant = _tenant(tenant)
         from flows.restore import download_backup
 
-        with progress("Downloading", None) as advance:
-            result = download_backup(name, str(output), _settings_dict(settings), tenant, progress=advance,
-                                     from_db=from_db)
+        result = download_backup(name, str(output), _settings_dict(settings), tenant, from_db=from_db)
         emit(result, as_json, lambda c: c.print(f"Downloaded {name} to {result['path']}"))
 
 
@@ -438,6 +462,49 @@ def lifecycle_apply(
                                          *[c.print(f"- {n}") for n in result["notes"]]])
 
 
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    wal_lag_warn_seconds: float = typer.Option(3600, "--wal-lag-warn-seconds", help="Archive lag that fails (PITR on)"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Can this host back up and archive right now? Each store takes a write, a read and a delete; with PITR
+    on, every live log is pinned and the archive is current. Writes nothing to the database; exit 1 on a failure."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from rem.check import as_dicts, check_lag, check_pins, check_store
+        from tasks.storage import identity, object_stores
+
+        db = identity(settings).name
+        checks = [c for objects in object_stores(settings, bounded=True) for c in check_store(objects, db)]
+        checks.append(check_pins(settings.db_path, settings.pitr_enabled))
+        if settings.pitr_enabled:
+            from flows.pitr import pitr_status
+
+            checks.append(check_lag(pitr_status(settings), wal_lag_warn_seconds))
+        ok = all(c.ok is not False for c in checks)
+        emit({"ok": ok, "db_name": db, "checks": as_dicts(checks)}, as_json, table_renderer(
+            ["CHECK", "RESULT", "DETAIL", "SECONDS"],
+            [[c.name, {True: "ok", False: "FAILED", None: "skipped"}[c.ok], c.detail, c.seconds] for c in checks]))
+        if not ok:
+            raise typer.Exit(1)
+
+
+@app.command("tenants")
+def tenants(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """The database's tenants with their entity counts (keys counted; read-only, safe on a live database)."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from rem.db import open_db
+        from rem.tenant import tenant_entity_counts
+
+        with open_db(settings.db_path, "ro") as db:
+            counts = tenant_entity_counts(db)
+        emit([{"tenant": t, "entities": n} for t, n in counts.items()], as_json,
+             table_renderer(["TENANT", "ENTITIES"], [[t, f"{n:,}"] for t, n in counts.items()],
+                            empty="No entities."))
+
+
 @app.command("drill")
 def drill(
     ctx: typer.Context,
@@ -467,7 +534,7 @@ def deploy(
     work_pool: str = typer.Option("rem", "--work-pool", help="Process work pool (created if missing)"),
     work_queue: str = typer.Option("default", "--work-queue", help="This database host's own queue"),
     alert_webhook_url: Optional[str] = typer.Option(None, "--alert-webhook-url", envvar="P8_ALERT_WEBHOOK_URL",
-                                                    help="Webhook the automations notify [env: P8_ALERT_WEBHOOK_URL]"),
+                                                    help="Webhook the automations notify"),
     notification_block: Optional[str] = typer.Option(None, "--notification-block",
                                                      help="An existing notification block (slug/name) instead"),
     as_json: bool = JSON_OPTION,
@@ -801,8 +868,43 @@ def query(
         emit(result, as_json, table_renderer(result["columns"], result["rows"]))
 
 
+def _moved_before_command(argv: list[str], option: str) -> list[str]:
+    """argv with a global option (and its value) moved to the front, where it belongs."""
+    takes_value = option not in ("--page", "--verbose", "-v")
+    for i, arg in enumerate(argv):
+        if arg == option or arg.startswith(option + "="):
+            width = 2 if takes_value and arg == option else 1
+            return argv[i:i + width] + argv[:i] + argv[i + width:]
+    return argv
+
+
 def main() -> None:
-    app()
+    import shlex
+    import sys
+
+    from typer import rich_utils
+
+    try:  # typer 0.20+ carries its own copy of click
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.NoSuchOption as exc:
+        globals_ = {name for param in typer.main.get_command(app).params for name in param.opts}
+        if exc.option_name in globals_:  # `rem db stats --db-path X`: say where it goes
+            fixed = " ".join(shlex.quote(a) for a in ["rem", *_moved_before_command(sys.argv[1:], exc.option_name)])
+            exc.message = f"{exc.option_name} is a global option: give it before the command, as in: {fixed}"
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from rem.errors import ConfigError, RemError, UsageError
+from rem.reports import human_bytes
 
 # The global --page flag (one command per process): its runs' failures page like a deployment's.
 PAGE_ON_FAILURE: dict[str, bool] = {}
@@ -66,7 +67,7 @@ def command(as_json: bool) -> Iterator[None]:
     from tasks.runtime import adhoc_tags
 
     try:
-        with adhoc_tags(PAGE_ON_FAILURE.get("page", False)):
+        with bars(as_json), adhoc_tags(PAGE_ON_FAILURE.get("page", False)):
             yield
     except (ConfigError, UsageError) as exc:
         fail(str(exc), 2, as_json)
@@ -87,23 +88,74 @@ def command(as_json: bool) -> Iterator[None]:
         fail(f"{type(exc).__name__}: {message} (rerun with REM_DEBUG=1 for the traceback)", 1, as_json)
 
 
+class Bars:
+    """Rich progress bars on stderr: total, done, rate (bytes or rows per second) and time left."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, ProgressColumn, TimeRemainingColumn
+        from rich.text import Text
+
+        class Amount(ProgressColumn):
+            def render(self, task) -> Text:
+                unit, total = task.fields["unit"], task.total
+                if unit == "bytes":
+                    done = human_bytes(task.completed)
+                    return Text(f"{done} of {human_bytes(total)}" if total else done)
+                return Text(f"{int(task.completed):,}" + (f" of {int(total):,}" if total else "") + f" {unit}")
+
+        class Rate(ProgressColumn):
+            def render(self, task) -> Text:
+                speed = task.finished_speed or task.speed
+                if not speed:
+                    return Text("")
+                unit = task.fields["unit"]
+                return Text(f"{human_bytes(speed)}/s" if unit == "bytes" else f"{speed:,.0f} {unit}/s")
+
+        self.progress = Progress("{task.description}", BarColumn(), Amount(), Rate(), TimeRemainingColumn(),
+                                 console=err, transient=True)
+
+    def start(self, description: str, total: int | None, unit: str):
+        return self.progress.add_task(description, total=total, unit=unit)
+
+    def advance(self, bar, amount: int) -> None:
+        self.progress.advance(bar, amount)
+
+    def finish(self, bar) -> None:
+        """Shown complete (and drawn at once, however short the step) until the command ends."""
+        done = next(t.completed for t in self.progress.tasks if t.id == bar)
+        self.progress.update(bar, total=done, completed=done)
+        self.progress.refresh()
+
+
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on a terminal; nothing at all when stderr is not one."""
-    if not err.is_terminal:
-        yield lambda n: None
+def bars(as_json: bool) -> Iterator[None]:
+    """Progress bars for the whole command when stderr is a terminal and the output is not --json.
+    Started before Prefect is imported, so that Prefect's console handler writes through rich's
+    redirected stderr, above the bars, instead of over them."""
+    import tasks.runtime as runtime
+
+    if as_json or not err.is_terminal:
+        yield
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    runtime.terminal_bars = Bars()
+    try:
+        with runtime.terminal_bars.progress:
+            yield
+    finally:
+        runtime.terminal_bars = None
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+
+@contextmanager
+def progress(description: str, total: int | None, unit: str = "entities") -> Iterator[Callable[[int], None]]:
+    """A bar for a step of the command line itself (the flows' steps report through RunProgress)."""
+    from tasks.runtime import RunProgress
+
+    step = RunProgress(description, total, unit)
+    yield step
+    step.finish()
 
 
-def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
+def quiet_prefect(verbose: bool) -> None:
+    """Prefect's console lines (about eight INFO lines a command) only with -v; the run's logs still
+    reach the Prefect API and its UI. Set before Prefect is imported; an explicit setting wins."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")

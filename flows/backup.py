@@ -6,14 +6,15 @@ import time
 from typing import Any
 
 from rem.format import check_tenant
+from rem.reports import backup_report, backup_rows, human_bytes
 from rem.settings import Settings, load_settings
 from rem.tenant import require_tenant
 from tasks.backup import (build_metadata, compress_and_store, describe, facts_if_unchanged, find_previous,
-                          measure_repository, snapshot, store_incrementally, store_metadata, store_schemas, utc_now)
+                          measure_repository, open_store, snapshot, store_incrementally, store_metadata, store_schemas,
+                          utc_now)
 from tasks.runtime import current_db, db_label, emit, flow, get_logger, publish_report, publish_table
 from rem.backups import ALL_TENANTS, backup_name, check_name
 from rem.storage import cleanup_quietly
-from tasks.storage import backup_store
 
 
 def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None,
@@ -52,8 +53,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     try:
         if tenant is not None:
             require_tenant(str(cfg.db_path), tenant)
-        store = backup_store(cfg, upload or bool(cfg.storage_block))
-        store.prepare(segment, name)
+        store = open_store(cfg, upload or bool(cfg.storage_block), segment, name)
         try:
             previous = find_previous(store, segment) if incremental else None
             snap = snapshot(str(cfg.db_path), tenant)
@@ -79,12 +79,15 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     emit("rem.backup.succeeded", cfg, {"name": name, "tenant": tenant, "location": location,
                                        "size_bytes": metadata.size_bytes, "added_bytes": metadata.added_bytes,
                                        "repository_bytes": metadata.repository_bytes})
-    publish_report("backup", f"# Backup {name}\n\n{metadata.entity_count} entities, {metadata.size_bytes} bytes "
-                             f"compressed, at {location}\n\nSHA-256 `{metadata.checksum_sha256}`")
-    publish_table("recent-backups", lambda: [
-        {"name": m.name, "tenant": m.tenant_segment, "created": m.timestamp, "size_bytes": m.size_bytes,
-         "added_bytes": m.added_bytes, "entities": m.entity_count}
-        for m in sorted((r.metadata for r in store.list()), key=lambda m: m.timestamp, reverse=True)[:10]],
-                  description=f"Newest backups in {store.describe()}")
+    publish_report("backup", backup_report(metadata.model_dump(), location),
+                   description=f"Backup {name} of {metadata.db_name} on {metadata.host}: "
+                               f"{human_bytes(metadata.uncompressed_bytes)} in {metadata.duration_seconds:.1f} s")
+
+    def recent() -> list[dict]:
+        newest = sorted(store.list(), key=lambda r: r.metadata.timestamp, reverse=True)[:10]
+        return backup_rows([r.metadata.model_dump() for r in newest], [r.location for r in newest])
+
+    publish_table("recent-backups", recent, description=f"The 10 newest backups of {metadata.db_name} in "
+                                                        f"{store.describe()}")
     get_logger().info("backup %s stored at %s (%d bytes)", name, location, metadata.size_bytes)
     return {**metadata.model_dump(), "location": location}

@@ -8,18 +8,10 @@ from typing import Any
 from flows.backup import resolve_settings
 from rem.db import open_db
 from rem.maintenance import compact, vacuum
-from rem.verify import ALL_CHECKS, verify_database
+from rem.reports import table, verify_report
+from rem.verify import ALL_CHECKS, rows_to_check, verify_database
 from tasks.monitoring import health
-from tasks.runtime import flow, publish_report, task, writer_slot
-
-
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "(nothing)"
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
-    return "\n".join(lines)
+from tasks.runtime import RunProgress, flow, publish_report, task, writer_slot
 
 
 @task("compact", retries=0)
@@ -33,7 +25,7 @@ def compact_task(db_path: str, cf: str | None) -> list[dict]:
 def compaction(cf: str | None = None, settings: dict[str, Any] | None = None) -> list[dict]:
     cfg = resolve_settings(settings)
     results = compact_task(str(cfg.db_path), cf)
-    publish_report("compaction", "# Compaction\n\n" + _table(results))
+    publish_report("compaction", "# Compaction\n\n" + table(results))
     return results
 
 
@@ -63,7 +55,7 @@ def vacuum_flow(older_than: str = "30d", tenant: str | None = None, dry_run: boo
     report = vacuum_task(str(cfg.db_path), cutoff, tenant, dry_run, orphans)
     rows = [{"column family": cf, "rows": n, "orphans": report["orphans"].get(cf, 0)} for cf, n in report["rows"].items()]
     publish_report("vacuum", f"# Vacuum {'(dry run)' if dry_run else ''}\n\n{report['entities']} entities, "
-                             f"{report['bytes_reclaimed']} bytes reclaimed\n\n" + _table(rows))
+                             f"{report['bytes_reclaimed']} bytes reclaimed\n\n" + table(rows))
     return report
 
 
@@ -71,7 +63,10 @@ def vacuum_flow(older_than: str = "30d", tenant: str | None = None, dry_run: boo
 def verify_task(db_path: str, checks: tuple[str, ...]) -> dict:
     """Read-only integrity check."""
     with open_db(db_path, "ro") as db:
-        return verify_database(db, checks).to_dict()
+        progress = RunProgress("Verifying", rows_to_check(db, checks), "rows")
+        report = verify_database(db, checks, progress=progress).to_dict()
+        progress.finish()
+        return report
 
 
 @flow("verify", description="Integrity verification through a read-only handle (safe on a live database).")
@@ -79,8 +74,8 @@ def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None
                 database_block: str | None = None) -> dict:
     cfg = resolve_settings(settings, database_block)
     report = verify_task(str(cfg.db_path), tuple(checks or ALL_CHECKS))
-    publish_report("verify", f"# Verify\n\nCritical: {report['critical']}\n\n"
-                             + _table([{"finding": k, "count": v} for k, v in report["by_category"].items()]))
+    publish_report("verify", verify_report(report), description=f"Integrity check of {cfg.db_path}: "
+                   + ("nothing critical" if report["ok"] else f"{report['critical']} critical finding(s)"))
     return report
 
 
@@ -88,31 +83,33 @@ def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None
 def health_flow(settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
     result = health(resolve_settings(settings, database_block))
     publish_report("health", f"# Health: {result['status']}\n\n"
-                             + _table([{"check": k, **{"status": v["status"]}} for k, v in result["checks"].items()]))
+                             + table([{"check": k, **{"status": v["status"]}} for k, v in result["checks"].items()]))
     return result
 
 
 @task("rebuild-index-rows", retries=0)
-def rebuild_rows_task(db_path: str, cf: str, schema: str | None) -> dict:
+def rebuild_rows_task(db_path: str, cf: str, schema_name: str | None) -> dict:
     """Missing key rows written (key_index), or the indexes CF rebuilt (the engine must be stopped)."""
     from rem.indexes import rebuild_field_rows, rebuild_key_rows
 
     rebuild = rebuild_key_rows if cf == "key_index" else rebuild_field_rows
     with writer_slot(db_path), open_db(db_path, "rw") as db:
-        return rebuild(db, schema).__dict__
+        return rebuild(db, schema_name).__dict__
 
 
 @task("build-hnsw", retries=0)
-def build_hnsw_task(db_path: str, schema: str | None) -> list[dict]:
+def build_hnsw_task(db_path: str, schema_name: str | None) -> list[dict]:
     """HNSW index per tenant and schema, stored beside the database (read-only: safe while live)."""
     from rem.indexes import build_hnsw
 
     with open_db(db_path, "ro") as db:
-        return [b.__dict__ for b in build_hnsw(db, schema)]
+        return [b.__dict__ for b in build_hnsw(db, schema_name)]
 
 
 @flow("index-rebuild", description="Rebuild key and field index rows and HNSW vector indexes.")
-def index_rebuild(kind: str = "all", schema: str | None = None, settings: dict[str, Any] | None = None) -> dict:
+def index_rebuild(kind: str = "all", schema_name: str | None = None, settings: dict[str, Any] | None = None) -> dict:
+    # Not `schema`: Prefect builds a pydantic model of a flow's and task's parameters, and a field
+    # named schema shadows BaseModel.schema (a UserWarning on every run).
     from rem.errors import UsageError
 
     if kind not in ("hnsw", "fields", "keys", "all"):
@@ -121,13 +118,13 @@ def index_rebuild(kind: str = "all", schema: str | None = None, settings: dict[s
     cfg = resolve_settings(settings)
     result: dict[str, Any] = {}
     if kind in ("keys", "all"):
-        result["keys"] = rebuild_rows_task(str(cfg.db_path), "key_index", schema)
+        result["keys"] = rebuild_rows_task(str(cfg.db_path), "key_index", schema_name)
     if kind == "fields":
-        result["fields"] = rebuild_rows_task(str(cfg.db_path), "indexes", schema)
+        result["fields"] = rebuild_rows_task(str(cfg.db_path), "indexes", schema_name)
     if kind in ("hnsw", "all"):
-        result["hnsw"] = build_hnsw_task(str(cfg.db_path), schema)
-    publish_report("index-rebuild", "# Index rebuild\n\n" + _table(
-        [r for r in (result.get("keys"), result.get("fields")) if r]) + "\n\n" + _table(
+        result["hnsw"] = build_hnsw_task(str(cfg.db_path), schema_name)
+    publish_report("index-rebuild", "# Index rebuild\n\n" + table(
+        [r for r in (result.get("keys"), result.get("fields")) if r]) + "\n\n" + table(
         [{k: v for k, v in b.items() if k != "path"} for b in result.get("hnsw", [])]))
     return result
 

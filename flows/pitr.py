@@ -18,8 +18,9 @@ from rem.pitr import ArchiverBusy, LogPins, check_log_options, format_micros
 from rem.settings import Settings
 from tasks.pitr import check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover
 from tasks.restore import check_target, put_into_place, real_target, unpacked, verify_archive
-from tasks.runtime import emit, flow, get_logger, task
+from tasks.runtime import emit, flow, get_logger, publish_report, task
 from rem.backups import read_local_backup
+from rem.reports import pitr_report
 from rem.identity import claim_name
 from tasks.storage import all_stores, identity, log_archive
 from rem.log_archive import (PassReport, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
@@ -80,6 +81,8 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             if report.new_gaps:
                 raise WalGap(gap_message(report.new_gaps[0]))
             emit("rem.wal.archived", cfg, _beat(report))
+            publish_report("wal-archive", pitr_report(pitr_status(cfg)),
+                           description=f"Log archive of {archive.db} after one pass")
     finally:
         pins.unlock()
     return {"ok": True, **totals, "last_archived_sequence": report.last_archived_sequence,

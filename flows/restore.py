@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, 
 from rem.settings import Settings
 from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
 from rem.identity import LEGACY
+from rem.reports import restore_report
 from rem.repository import ObjectCorrupt, dependents
 
 # The stores (boto3, the log archive) and settings resolution are imported where a flow needs them:
@@ -28,33 +30,28 @@ def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | Non
 
 @task("download", retries=3, retry_delay_seconds=10)
 def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
-             progress=None, from_db: str | None = None) -> Path:
+             from_db: str | None = None) -> Path:
     """Fetch a backup into output/{name}/ (resuming a partial download)."""
     from flows.backup import resolve_settings
 
     cfg = resolve_settings(settings_dict)
     record = find_record(cfg, name, tenant, from_db)
-    run_progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
-
-    def advance(n: int) -> None:
-        run_progress(n)
-        if progress:
-            progress(n)
-
-    path = record.store.fetch(record, output, advance)
-    run_progress.finish()
+    progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
+    path = record.store.fetch(record, output, progress)
+    progress.finish()
     return path
 
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
 def download_backup(name: str, output: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
-                    progress=None, from_db: str | None = None) -> dict[str, Any]:
-    dest = download(name, Path(output), settings, tenant, progress, from_db)
+                    from_db: str | None = None) -> dict[str, Any]:
+    dest = download(name, Path(output), settings, tenant, from_db)
     return {"name": name, "path": str(dest)}
 
 
 @flow("restore", description="Verify, extract and check a backup, then put it in place of the target.")
 def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]:
+    started = time.monotonic()
     source_dir, target_dir = Path(source), real_target(Path(target))
     metadata = read_local_backup(source_dir)
     lock = check_target(target_dir, overwrite, metadata.tenant_id)  # held until the swap is durable
@@ -71,12 +68,13 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
         if lock is not None:
             lock.release()
     get_logger().info("restored %s into %s", metadata.name, target_dir)
-    publish_report("restore", f"# Restore of {metadata.name}\n\nInto `{target_dir}` ({mode}): {report.entity_count} "
-                              f"entities, checksum `{metadata.checksum_sha256}` verified"
-                              + (", repaired with nothing dropped" if report.repaired else ""))
-    return {"ok": True, "name": metadata.name, "target": str(target_dir), "mode": mode,
-            "tenant_id": metadata.tenant_id, "entity_count": report.entity_count, "repaired": report.repaired,
-            "column_families": written, "checksum_sha256": metadata.checksum_sha256}
+    result = {"ok": True, "name": metadata.name, "target": str(target_dir), "mode": mode,
+              "tenant_id": metadata.tenant_id, "entity_count": report.entity_count, "repaired": report.repaired,
+              "column_families": written, "checksum_sha256": metadata.checksum_sha256,
+              "seconds": round(time.monotonic() - started, 3)}
+    publish_report("restore", restore_report(result, metadata.model_dump()),
+                   description=f"Restore of {metadata.name} into {target_dir}")
+    return result
 
 
 @flow("verify-backup", description="Checksum and trial restore of a backup into a temporary directory.")
@@ -100,7 +98,7 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
 
 
 def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = None,
-                 all_dbs: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
+                 all_dbs: bool = False, detail: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """This database's backups (or from_db's, or with all_dbs every database's), local and S3
     merged, newest first, with the old layout's; and the stores that could not be read (with why)."""
     from flows.backup import resolve_settings
@@ -127,4 +125,8 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
              "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq,
              "layout": r.metadata.layout, "logical_bytes": r.metadata.uncompressed_bytes,
              "added_bytes": r.metadata.added_bytes if r.metadata.layout == "incremental" else r.metadata.size_bytes,
-             "repository_bytes": r.metadata.repository_bytes} for r in records], unreachable
+             "repository_bytes": r.metadata.repository_bytes, "uncompressed_bytes": r.metadata.uncompressed_bytes,
+             "duration_seconds": r.metadata.duration_seconds, "host": r.metadata.host,
+             "checksum_sha256": r.metadata.checksum_sha256,
+             **(r.metadata.model_dump(exclude={"files", "column_families"}) | {"column_families": r.metadata.column_families}
+                if detail else {})} for r in records], unreachable

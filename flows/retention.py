@@ -16,6 +16,7 @@ from rem.verify import verify_database
 from tasks.restore import put_into_place, unpacked
 from rem.repository import collect_garbage
 from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
+from rem.reports import drill_report
 from tasks.runtime import emit, flow, publish_report
 from rem.backups import find_backup
 from rem.identity import claim_name
@@ -108,7 +109,6 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
     result["log"] = str(log)
     emit("rem.drill.passed" if result["passed"] else "rem.drill.failed", cfg,
          {"backup": result["backup"], "reason": result["reason"]})
-    publish_report("recovery-drill", f"# Recovery drill: {'PASSED' if result['passed'] else 'FAILED'}\n\n"
-                                     f"backup `{result['backup']}`, {result['seconds']} s"
-                                     + (f"\n\nReason: {result['reason']}" if result["reason"] else ""))
+    publish_report("recovery-drill", drill_report(result), description=f"Recovery drill of {cfg.db_path}: "
+                   + ("passed" if result["passed"] else f"FAILED: {result['reason']}"))
     return result

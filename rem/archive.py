@@ -209,7 +209,8 @@ def mismatch(path: Path, expected: str, actual: str) -> ChecksumMismatch:
                             "the backup is corrupt: restore from another backup")
 
 
-def extract_archive(archive: Path, dest: Path, max_bytes: int, sha256: str | None = None) -> Path:
+def extract_archive(archive: Path, dest: Path, max_bytes: int, sha256: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> Path:
     """Extract into dest (which must be empty or new) and return the database directory inside it.
 
     Absolute paths, '..', links, devices, names RocksDB never writes and anything past max_bytes
@@ -230,6 +231,8 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, sha256: str | Non
                         tar.extract(member, dest, filter=accept)
                         if member.isfile():
                             synced.append(syncer.submit(fsync_file, dest / member.name))
+                            if progress:
+                                progress(member.size)
             except (tarfile.TarError, zstandard.ZstdError) as exc:
                 raise UnsafeArchive(f"{archive}: not a readable tar.zst archive ({exc})") from None
             except OSError as exc:

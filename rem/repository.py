@@ -208,7 +208,8 @@ def object_source(source: Path, key: str) -> Path:
     return downloaded if downloaded.exists() else source.parents[4] / key
 
 
-def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int = 4) -> None:
+def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int = 4,
+                progress: Callable[[int], None] | None = None) -> None:
     """Decompress every shared file into db_dir, refusing any whose bytes are not the SHA-256 asked for."""
     def place(entry: FileEntry) -> None:
         key = entry.object
@@ -230,6 +231,8 @@ def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int 
             raise ObjectCorrupt(key, f"not readable zstd ({exc})") from None
         if size != entry.size or digest.hexdigest() != entry.sha256:
             raise ObjectCorrupt(key, f"SHA-256 checksum mismatch for {entry.name}: the object is corrupt")
+        if progress:
+            progress(size)
 
     for entry in listing.files:
         if entry.object and not (SHARED.match(entry.name) and "/" not in entry.name):

@@ -10,6 +10,7 @@ backups copy them byte for byte, tenant backups and restores leave them alone.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import orjson
@@ -53,6 +54,15 @@ def tenant_rows(db: RemDB, tenant: str, cf: str, entity_ids: set[str] | None = N
         for key, value in db.items("wal"):
             if needle in value and orjson.loads(value)["op"].popitem()[1]["tenant_id"] == tenant:
                 yield key, value
+
+
+def tenant_entity_counts(db: RemDB) -> dict[str, int]:
+    """Entities per tenant, counting keys only (the stored schemas, tenant `default`, are not entities)."""
+    counts: Counter[str] = Counter()
+    for key in db.keys("entities"):
+        counts[key.split(b":", 2)[1].decode(errors="replace")] += 1
+    counts[SCHEMA_TENANT] -= sum(1 for _ in schema_rows(db))
+    return {tenant: n for tenant, n in sorted(counts.items()) if n > 0}
 
 
 def require_tenant(db_path: str, tenant: str) -> None:

@@ -16,9 +16,12 @@ import multiprocessing
 import multiprocessing.util
 import os
 import struct
+import threading
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ from rem.fast_schema import typed_decoder
 from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, edge_key, edge_reverse_key,
                         entity_key, parse_edge_key, parse_edge_reverse_key, parse_embedding_key, parse_entity_key,
                         parse_index_key, parse_key_index_key, parse_wal_key, schema_info)
+from rem.stats import estimate_keys
 from rem.tenant import schema_rows
 
 ALL_CHECKS = ("schemas", "embeddings", "edges", "indexes", "wal")
@@ -177,6 +181,8 @@ def _scan_entities(db: RemDB, checks: tuple[str, ...], lo: bytes | None, hi: byt
 
     for key, value in db.items("entities", start=lo, end=hi):
         report.checked["entities"] += 1
+        if report.checked["entities"] % _TICK == 0:
+            _tick()
         try:
             head, tenant, uuid = key.decode().split(":")  # parse_entity_key's rule, without its cost
             if head != "entity":
@@ -322,6 +328,46 @@ class _Found:
 
 
 _FOUND: _Found | None = None
+# Rows checked so far, shared with the forked workers: the caller's progress is read from it.
+_CHECKED = multiprocessing.Value("q", 0)
+_TICK = 4096
+
+
+def _tick(rows: int = _TICK) -> None:
+    with _CHECKED.get_lock():
+        _CHECKED.value += rows
+
+
+def rows_to_check(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS) -> int:
+    """About how many rows a verify reads (RocksDB's estimates): the total its progress counts toward."""
+    cfs = ["entities"] + (["key_index"] if "indexes" in checks else []) + (
+        ["edges", "edges_reverse"] if "edges" in checks else [])
+    return sum(estimate_keys(db, cf) for cf in cfs if db.has_cf(cf))
+
+
+@contextmanager
+def _reporting(progress: Callable[[int], None] | None) -> Iterator[None]:
+    """Pass the shared count of checked rows to progress while the checks run (a thread polls it)."""
+    if progress is None:
+        yield
+        return
+    _CHECKED.value = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        passed = 0
+        while not stop.wait(0.2):
+            now = _CHECKED.value
+            progress(now - passed)
+            passed = now
+
+    poller = threading.Thread(target=poll, name="rem-verify-progress", daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join()
 
 
 def _sorted_from(parts: list[_EntityScan], name: str) -> np.ndarray:
@@ -343,9 +389,16 @@ def _member(sorted_hashes: np.ndarray, values) -> np.ndarray:
     return sorted_hashes[where] == values
 
 
-def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS, workers: int | None = None) -> VerifyReport:
+def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS, workers: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Check every value decodes, and the relations the checks name: the entities first, split by
-    key range over worker processes, then key rows and edges against what they found, likewise."""
+    key range over worker processes, then key rows and edges against what they found, likewise.
+    progress is told of rows checked as they go (about rows_to_check in all)."""
+    with _reporting(progress):
+        return _verify(db, checks, workers)
+
+
+def _verify(db: RemDB, checks: tuple[str, ...], workers: int | None) -> VerifyReport:
     global _FOUND
     started = time.perf_counter()
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
@@ -446,7 +499,8 @@ def _chunks(rows, size: int = 4096):
 def _check_edges(db: RemDB, report: VerifyReport) -> None:
     """Each edge row against its twin (looked up, not held: memory stays flat) and both its ends."""
     ids = _FOUND.ids
-    for chunk in _chunks(db.items("edges")):
+    for chunk in _chunks(db.items("edges"), _TICK):
+        _tick(len(chunk))
         parsed = []
         for key, value in chunk:
             report.checked["edges"] += 1
@@ -470,7 +524,8 @@ def _check_edges(db: RemDB, report: VerifyReport) -> None:
                 if not present:
                     report.add("info", "edge", "edges", key, src, f"{role} entity {end} does not exist (the "
                                "engine's hard_delete leaves edge rows behind)", "`rem db vacuum` removes them")
-    for chunk in _chunks(db.keys("edges_reverse")):
+    for chunk in _chunks(db.keys("edges_reverse"), _TICK):
+        _tick(len(chunk))
         parsed = []
         for key in chunk:
             report.checked["edges_reverse"] += 1
@@ -500,7 +555,8 @@ def _check_key_rows(db: RemDB, report: VerifyReport, lo: bytes | None, hi: bytes
     writes leave is info. Returns the owner of every row seen."""
     owners, current_rows, unreadable = _FOUND.owners, _FOUND.current_rows, _FOUND.unreadable
     with_rows = array("q")
-    for chunk in _chunks(db.items("key_index", start=lo, end=hi)):
+    for chunk in _chunks(db.items("key_index", start=lo, end=hi), _TICK):
+        _tick(len(chunk))
         parsed_rows = []
         for key, _ in chunk:
             report.checked["key_index"] += 1

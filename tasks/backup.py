@@ -22,6 +22,7 @@ from rem.archive import ArchiveStats, write_archive
 from rem.repository import (FileList, IncrementalStats, previous_backup, repository_bytes, store_incremental,
                             unchanged_since)
 from tasks.runtime import RunProgress, task
+from tasks.storage import backup_store
 from rem.identity import DatabaseIdentity
 from rem.backups import METADATA, SCHEMAS, BackupMetadata
 from rem.storage import cleanup_quietly
@@ -76,6 +77,14 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
 
 
 # ------------------------------------------------------------------------------- tasks
+
+
+@task("open-store", retries=0)
+def open_store(cfg, upload: bool, segment: str, name: str):
+    """The store the backup goes to, checked and its name claimed: a run that fails here shows it here."""
+    store = backup_store(cfg, upload)
+    store.prepare(segment, name)
+    return store
 
 
 @task("snapshot", retries=2, retry_delay_seconds=5)

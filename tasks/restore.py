@@ -22,7 +22,7 @@ from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 from rem.archive import check_free_space, extract_archive, fsync_tree, verify_checksum
 from rem.repository import SHARED, FileList, materialize
-from tasks.runtime import task
+from tasks.runtime import RunProgress, task
 from rem.backups import ARCHIVE, FILES, SMALL, BackupMetadata
 
 
@@ -152,14 +152,17 @@ def verify_archive(source: Path, metadata: BackupMetadata, while_extracting: boo
 def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
     """Safe, bounded, checksummed extraction into a new directory beside the target; returns the database directory."""
     work = scratch_dir(beside, "restore")
+    progress = RunProgress(f"Restoring backup {metadata.name}", metadata.uncompressed_bytes)
     try:
         if metadata.layout == "incremental":
             listing = FileList.model_validate_json((source / FILES).read_bytes())
             check_free_space(work, metadata.uncompressed_bytes)
-            db_dir = extract_archive(source / SMALL, work, listing.small_uncompressed_bytes)
-            materialize(listing, source, db_dir)
+            db_dir = extract_archive(source / SMALL, work, listing.small_uncompressed_bytes, progress=progress)
+            materialize(listing, source, db_dir, progress=progress)
         else:
-            db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes, metadata.checksum_sha256)
+            db_dir = extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes, metadata.checksum_sha256,
+                                     progress)
+        progress.finish()
         return db_dir
     except BaseException:
         remove_scratch(work)

@@ -246,30 +246,51 @@ def writer_slot(db_path):
         yield
 
 
+class TerminalBars:
+    """What draws progress bars on a terminal (the command line installs one, see cli.output.bars)."""
+
+    def start(self, description: str, total: int | None, unit: str) -> Any: ...
+
+    def advance(self, bar: Any, amount: int) -> None: ...
+
+    def finish(self, bar: Any) -> None: ...
+
+
+# Set by the command line when stderr is a terminal and the output is not --json; None otherwise.
+terminal_bars: TerminalBars | None = None
+
+
 class RunProgress:
-    """A progress artifact kept current on the run (updated at most once per percent);
-    a no-op outside a Prefect run. Call it with the amount just done, from any thread; finish()
-    when the work is done.
+    """Progress of one long step, shown two ways by one mechanism: a bar on the terminal (when the
+    command line installed terminal_bars) and a progress artifact kept current on the Prefect run
+    (updated at most once per percent; nothing outside a run). Call it with the amount just done,
+    from any thread; finish() when the work is done. unit: bytes, or what is counted (entities, rows).
 
     Parallel parts report from several threads: the count, the check and the update happen under
     one lock, so an older percentage can never land after a newer one."""
 
-    def __init__(self, description: str, total: int):
+    def __init__(self, description: str, total: int | None, unit: str = "bytes"):
         import threading
 
-        self.total = max(total, 1)
+        self.total = max(total or 0, 1)
         self.done = 0
         self.shown = -1
         self.lock = threading.Lock()
         self.artifact_id = _artifact("create_progress_artifact", progress=0.0, description=description)
+        self.bar = terminal_bars.start(description, total, unit) if terminal_bars is not None else None
 
     def __call__(self, amount: int) -> None:
         with self.lock:
             self.done += amount
+            if self.bar is not None:
+                terminal_bars.advance(self.bar, amount)
             self._show(min(99, int(self.done * 100 / self.total)))  # 100 only once finished
 
     def finish(self) -> None:
         with self.lock:
+            if self.bar is not None:
+                terminal_bars.finish(self.bar)
+                self.bar = None
             self._show(100)
 
     def _show(self, percent: int) -> None:

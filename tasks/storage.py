@@ -34,7 +34,9 @@ def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None
         prefix = "/".join(p for p in (block.bucket.bucket_folder.strip("/"), block.prefix.strip("/")) if p)
         s3 = S3Settings(bucket=block.bucket.bucket_name, prefix=prefix, endpoint_url=params.endpoint_url,
                         region=creds.region_name or "us-east-1", storage_class=block.storage_class,
-                        chunk_size_mb=block.chunk_size_mb, concurrency=block.concurrency, extra_args=extra, **limits)
+                        chunk_size_mb=block.chunk_size_mb, concurrency=block.concurrency, extra_args=extra,
+                        source=f"the REM Backup Storage block {cfg.storage_block!r} (its bucket, endpoint and "
+                               "AwsCredentials; Prefect UI -> Blocks)", **limits)
         session = creds.get_boto3_session()
         return S3ObjectStore(s3, s3_client(s3, lambda config: session.client(
             "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config)))

@@ -104,3 +104,91 @@ def test_the_runbook_commands_work_as_runs_on_the_server(make_sample, prefect_ap
     ok("query", "SELECT COUNT(*) FROM people")
     flows = {f["name"] for f in _api(prefect_api["url"], "/flows/filter", {})}
     assert {"full-backup", "download-backup", "restore", "verify-backup", "verify", "wal-archive"} <= flows
+
+
+def _latest_artifact(url: str, key: str) -> dict:
+    found = _api(url, "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+    assert found, f"no artifact {key!r} on the server"
+    return found[0]
+
+
+def test_artifacts_say_what_an_operator_acts_on(make_sample, prefect_api, tmp_path):
+    """Backup, recent backups, restore and verify artifacts on a real server, field by field."""
+    import socket
+
+    from tests.helpers import db_name_of
+
+    db = make_sample()
+    name = db_name_of(db)
+    env = {"PREFECT_API_URL": prefect_api["url"], "PREFECT_HOME": prefect_api["home"],
+           "P8_BACKUP_DIR": str(tmp_path / "backups")}
+    proc = rem("--db-path", str(db), "backup", "create", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads(proc.stdout)
+    # Prefect's INFO lines stay off the console unless asked for with -v
+    assert "INFO" not in proc.stderr and "Finished in state" not in proc.stderr
+
+    backup = _latest_artifact(prefect_api["url"], f"backup-{name}")
+    text = backup["data"]
+    for field, value in [("database", name), ("host", socket.gethostname()), ("tenant", "all tenants"),
+                         ("online", "no"), ("layout", "incremental"), ("location", meta["location"]),
+                         ("SHA-256", meta["checksum_sha256"]), ("duration", f"{meta['duration_seconds']:.1f} s")]:
+        assert f"| {field} | " in text and value in text.split(f"| {field} | ", 1)[1].split("\n")[0], (field, text)
+    assert " MB |" in text or " KB |" in text  # human units, not raw byte counts
+    assert f"{meta['uncompressed_bytes'] / meta['size_bytes']:.2f}x" in text
+    assert backup["description"].startswith(f"Backup {meta['name']} of {name}")
+
+    recent = _latest_artifact(prefect_api["url"], f"recent-backups-{name}")
+    rows = json.loads(recent["data"]) if isinstance(recent["data"], str) else recent["data"]
+    assert rows[0]["name"] == meta["name"] and rows[0]["location"] == meta["location"]
+    assert rows[0]["duration"].endswith(" s") and rows[0]["compressed"].endswith("B") and recent["description"]
+
+    proc = rem("backup", "restore", "--source", meta["location"], "--target", str(tmp_path / "restored"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    restore = _latest_artifact(prefect_api["url"], "restore")["data"]
+    assert f"| into | {tmp_path / 'restored'} |" in restore and meta["checksum_sha256"] in restore
+
+    proc = rem("--db-path", str(db), "db", "verify", env=env)
+    assert proc.returncode == 0, proc.stderr
+    verify = _latest_artifact(prefect_api["url"], f"verify-{name}")
+    assert verify["data"].startswith("# Verify: OK: nothing critical")
+    assert "## Rows checked" in verify["data"] and "| entities |" in verify["data"]
+    assert "## Worst findings" in verify["data"] and verify["description"].endswith("nothing critical")
+
+
+def test_a_long_command_shows_its_bar_on_a_terminal_and_nothing_when_piped(make_sample, tmp_path):
+    """Under a pseudo-terminal `rem backup restore` draws a bar with its total, rate and time left;
+    piped, stderr carries none of it."""
+    import os
+    import pty
+    import select
+    import sys
+
+    from tests.helpers import REPO
+
+    db = make_sample(entities=3000)
+    env = {**os.environ, "P8_BACKUP_DIR": str(tmp_path / "backups"), "COLUMNS": "160"}
+    env.pop("PREFECT_API_URL", None)
+    meta = json.loads(rem("--db-path", str(db), "backup", "create", "--json", env=env, check=True).stdout)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: rem on the terminal
+        os.chdir(REPO)
+        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", "backup", "restore", "--source",
+                                    meta["location"], "--target", str(tmp_path / "tty")], env)
+    screen = b""
+    while select.select([fd], [], [], 60)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, screen[-2000:]
+    text = screen.decode(errors="replace")
+    assert f"Restoring backup {meta['name']}" in text
+    assert " of " in text and "MB" in text  # the total, in human units
+    assert "Restored" in text
+    piped = rem("backup", "restore", "--source", meta["location"], "--target", str(tmp_path / "piped"), env=env)
+    assert piped.returncode == 0 and "Restoring backup" not in piped.stderr

@@ -119,6 +119,8 @@ class S3Settings:
     connect_timeout: float = 10
     read_timeout: float = 120
     max_attempts: int = 10
+    # Where bucket, endpoint and credentials were set, for the hint when they do not work.
+    source: str = "P8_S3_BUCKET, P8_S3_ENDPOINT_URL and the AWS credentials (or [backup.s3], or --bucket)"
 
 
 def s3_client(cfg: S3Settings, client_factory: Callable[..., Any] | None = None):
@@ -180,10 +182,10 @@ class S3ObjectStore:
             self.client.head_bucket(Bucket=self.cfg.bucket)
         except ClientError as exc:
             raise RemError(f"s3://{self.cfg.bucket}: bucket not reachable ({exc.response.get('Error', {}).get('Code')}); "
-                           "check P8_S3_BUCKET and credentials") from None
+                           f"check {self.cfg.source}") from None
         except EndpointConnectionError as exc:
             raise RemError(f"s3://{self.cfg.bucket}: cannot connect to {exc.kwargs.get('endpoint_url')}; "
-                           "check P8_S3_ENDPOINT_URL") from None
+                           f"check {self.cfg.source}") from None
 
     def head(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
