@@ -15,7 +15,8 @@ from rem.export import export_tenant, schema_layouts
 from rem.engine import SYSTEM_SCHEMA_PROPERTIES
 from rem.format import check_tenant
 from rem.tenant import require_tenant
-from tasks.runtime import flow, publish_report, task
+from rem.stats import estimate_keys
+from tasks.runtime import RunProgress, flow, publish_report, task
 from rem.identity import claim_name
 from rem.storage import ObjectStore
 from tasks.storage import identity, remote_store
@@ -26,7 +27,12 @@ def export_files(db_path: str, targets: dict[str, Path], tenant: str | None, inc
     """The schemas' entities to Parquet files, in one scan of the database."""
     with open_db(db_path, "ro") as db:
         layouts = schema_layouts(db)
-        stats = export_tenant(db, {n: layouts[n] for n in targets}, tenant, targets, include_deleted)
+        # A tenant's share of the entities is unknown without a scan: the bar counts, with no total.
+        progress = RunProgress(f"Exporting {tenant or 'every tenant'}", None if tenant else
+                               estimate_keys(db, "entities"), "entities")
+        stats = export_tenant(db, {n: layouts[n] for n in targets}, tenant, targets, include_deleted,
+                              progress=progress)
+        progress.finish()
     return [s.__dict__ for s in stats.values()]
 
 

@@ -16,6 +16,8 @@ are never stored: their layouts come from rem.engine.SYSTEM_SCHEMA_PROPERTIES.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -207,9 +209,10 @@ def _batch(layout: SchemaLayout, rows: list[dict], stats: ExportStats) -> pa.Rec
 
 
 def export_tenant(db: RemDB, layouts: dict[str, SchemaLayout], tenant: str | None, targets: dict[str, Path],
-                  include_deleted: bool = False, batch_rows: int = BATCH_ROWS) -> dict[str, ExportStats]:
+                  include_deleted: bool = False, batch_rows: int = BATCH_ROWS,
+                  progress: Callable[[int], None] | None = None) -> dict[str, ExportStats]:
     """Write each schema in targets to its Parquet file in one scan of the entities (of one tenant, or
-    all), each file written beside and renamed into place when complete."""
+    all), each file written beside and renamed into place when complete. progress: entities scanned."""
     stats = {name: ExportStats(name, path=str(path), columns=layouts[name].arrow_schema.names)
              for name, path in targets.items()}
     partials = {name: path.with_name(path.name + ".partial") for name, path in targets.items()}
@@ -219,7 +222,9 @@ def export_tenant(db: RemDB, layouts: dict[str, SchemaLayout], tenant: str | Non
             partial.parent.mkdir(parents=True, exist_ok=True)
             writers[name] = pq.ParquetWriter(partial, layouts[name].arrow_schema, compression="zstd")
         pending: dict[str, list[dict]] = {name: [] for name in targets}
-        for key, value in db.items("entities", entity_prefix(tenant) if tenant else b"entity:"):
+        for scanned, (key, value) in enumerate(db.items("entities", entity_prefix(tenant) if tenant else b"entity:")):
+            if progress and scanned % 4096 == 4095:
+                progress(4096)
             entity = orjson.loads(value)
             name = entity.get("entity_type")
             if name not in pending or (entity.get("deleted_at") is not None and not include_deleted):

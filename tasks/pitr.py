@@ -11,7 +11,7 @@ from rem.errors import RemError
 from rem.pitr import Piece, Placed, place_logs, replay_plan
 from rem.scratch import remove_scratch
 from rem.snapshot import take_tenant_snapshot
-from tasks.runtime import task
+from tasks.runtime import RunProgress, task
 from rem.log_archive import Segment, WalArchive
 
 
@@ -19,9 +19,17 @@ from rem.log_archive import Segment, WalArchive
 def fetch_segments(archive: WalArchive, segments: list[Segment], dest: Path, concurrency: int = 4) -> list[Piece]:
     """Download and check every needed segment (in parallel) before anything is placed."""
     dest.mkdir(parents=True, exist_ok=True)
+    progress = RunProgress(f"Fetching {len(segments)} log segments", sum(s.size_bytes for s in segments))
+
+    def fetch(segment: Segment) -> Piece:
+        piece = archive.fetch_segment(segment, dest / f"{segment.first_seq:020d}.piece")
+        progress(segment.size_bytes)
+        return piece
+
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(archive.fetch_segment, s, dest / f"{s.first_seq:020d}.piece") for s in segments]
-        return [f.result() for f in futures]
+        pieces = list(pool.map(fetch, segments))
+    progress.finish()
+    return pieces
 
 
 @task("place-logs", retries=0)
