@@ -101,6 +101,14 @@ def test_the_runbook_commands_work_as_runs_on_the_server(make_sample, prefect_ap
     ok("backup", "verify", "--name", name)
     ok("db", "verify")
     ok("pitr", "archive")
+    from tests.helpers import db_name_of
+
+    archive = _latest_artifact(prefect_api["url"], f"wal-archive-{db_name_of(db)}")
+    status = json.loads(ok("pitr", "status", "--json"))
+    for field, value in [("database", db_name_of(db)), ("archived through sequence", status["last_archived_sequence"]),
+                         ("gaps", "none")]:
+        assert f"| {field} | {value} |" in archive["data"], (field, archive["data"])
+    assert "| lag | " in archive["data"] and archive["description"].startswith("Log archive of ")
     ok("query", "SELECT COUNT(*) FROM people")
     flows = {f["name"] for f in _api(prefect_api["url"], "/flows/filter", {})}
     assert {"full-backup", "download-backup", "restore", "verify-backup", "verify", "wal-archive"} <= flows
