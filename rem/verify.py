@@ -42,6 +42,7 @@ from rem.stats import estimate_keys
 from rem.tenant import schema_rows
 
 ALL_CHECKS = ("schemas", "embeddings", "edges", "indexes", "wal")
+SMALL_ENTITIES = 50_000  # below this, verify runs in one process
 MAX_ISSUES_PER_CATEGORY = 1000
 
 
@@ -401,7 +402,8 @@ def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS, workers: in
 def _verify(db: RemDB, checks: tuple[str, ...], workers: int | None) -> VerifyReport:
     global _FOUND
     started = time.perf_counter()
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    if workers is None:  # forking and opening per worker costs more than a small database's scan
+        workers = 1 if estimate_keys(db, "entities") < SMALL_ENTITIES else min(os.cpu_count() or 1, 4)
     report = VerifyReport()
     schemas = _load_schemas(db, report)
     parts = _in_workers(db, _scan_entities, [(checks, lo, hi) for lo, hi in key_ranges(db, "entities", b"entity:", workers)],

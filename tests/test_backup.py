@@ -300,19 +300,18 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
     db = make_sample(entities=9000, dim=256)
     import threading
 
-    release = threading.Event()
-    stall_part_2 = lambda method, path, headers: (release.wait(60) and None) if "partNumber=2" in path else None
+    release, stalled = threading.Event(), threading.Event()
+
+    def stall_part_2(method, path, headers):
+        if "partNumber=2" in path:
+            stalled.set()  # the proxy lists a request only once the rule returns: say so from here
+            release.wait(60)
+
     with FaultProxy(s3_endpoint, rule=stall_part_2) as proxy:
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "create",
                                  "--archive", "--upload"], cwd=REPO, env={**os.environ, **s3_env(proxy.url, bucket)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import time
-
-        deadline = time.time() + 60
-        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads") and time.time() < deadline:
-            time.sleep(0.2)
-        while not any("partNumber=2" in r.path for r in proxy.requests) and time.time() < deadline:
-            time.sleep(0.1)
+        assert stalled.wait(60), "the upload never reached its second part"
         proc.kill()
         proc.wait()
         release.set()
