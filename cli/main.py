@@ -131,8 +131,11 @@ def db_stats(
         from rem.db import open_db
         from rem.stats import collect_stats
 
+        from rem.stats import estimate_keys
+
         with open_db(settings.db_path, "ro") as db:
-            stats = collect_stats(db, cf)
+            with progress("Reading entities", estimate_keys(db, "entities") if db.has_cf("entities") else 0) as seen:
+                stats = collect_stats(db, cf, seen)
         emit(stats.to_dict(), as_json, lambda c: _render_stats(c, stats))
 
 
@@ -496,10 +499,11 @@ def tenants(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     settings = ctx.obj.settings(as_json)
     with command(as_json):
         from rem.db import open_db
+        from rem.stats import estimate_keys
         from rem.tenant import tenant_entity_counts
 
-        with open_db(settings.db_path, "ro") as db:
-            counts = tenant_entity_counts(db)
+        with open_db(settings.db_path, "ro") as db, progress("Counting entities", estimate_keys(db, "entities")) as seen:
+            counts = tenant_entity_counts(db, seen)
         emit([{"tenant": t, "entities": n} for t, n in counts.items()], as_json,
              table_renderer(["TENANT", "ENTITIES"], [[t, f"{n:,}"] for t, n in counts.items()],
                             empty="No entities."))

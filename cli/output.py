@@ -147,10 +147,11 @@ def bars(as_json: bool) -> Iterator[None]:
 
 @contextmanager
 def progress(description: str, total: int | None, unit: str = "entities") -> Iterator[Callable[[int], None]]:
-    """A bar for a step of the command line itself (the flows' steps report through RunProgress)."""
+    """A bar for a step of the command line itself, outside any flow run (so no artifact, and no
+    Prefect import); the flows' steps report through RunProgress, artifact included."""
     from tasks.runtime import RunProgress
 
-    step = RunProgress(description, total, unit)
+    step = RunProgress(description, total, unit, artifact=False)
     yield step
     step.finish()
 

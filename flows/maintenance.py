@@ -7,8 +7,9 @@ from typing import Any
 
 from flows.backup import resolve_settings
 from rem.db import open_db
-from rem.maintenance import compact, vacuum
+from rem.maintenance import compact, compaction_bytes, vacuum
 from rem.reports import table, verify_report
+from rem.stats import estimate_keys
 from rem.verify import ALL_CHECKS, rows_to_check, verify_database
 from tasks.monitoring import health
 from tasks.runtime import RunProgress, flow, publish_report, task, writer_slot
@@ -18,7 +19,10 @@ from tasks.runtime import RunProgress, flow, publish_report, task, writer_slot
 def compact_task(db_path: str, cf: str | None) -> list[dict]:
     """Manual compaction of one or every column family (the engine must be stopped)."""
     with writer_slot(db_path), open_db(db_path, "rw") as db:
-        return [r.__dict__ for r in compact(db, cf)]
+        progress = RunProgress("Compacting", compaction_bytes(db, cf))
+        results = [r.__dict__ for r in compact(db, cf, progress)]
+        progress.finish()
+        return results
 
 
 @flow("compaction", description="Full compaction of a REM database, size and SST files before and after.")
@@ -44,7 +48,10 @@ def parse_age(text: str) -> timedelta:
 def vacuum_task(db_path: str, cutoff: datetime, tenant: str | None, dry_run: bool, orphans: bool = False) -> dict:
     """Remove soft-deleted entities older than the cutoff and everything of theirs (and orphans, if asked)."""
     with writer_slot(db_path), open_db(db_path, "ro" if dry_run else "rw") as db:
-        return vacuum(db, cutoff, tenant, dry_run, orphans=orphans).to_dict()
+        progress = RunProgress("Vacuum: finding what goes", estimate_keys(db, "entities"), "entities")
+        report = vacuum(db, cutoff, tenant, dry_run, orphans=orphans, progress=progress).to_dict()
+        progress.finish()
+        return report
 
 
 @flow("vacuum", description="Permanently remove soft-deleted data older than a cutoff, and orphaned rows.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,13 +135,16 @@ def cf_stats(db: RemDB, cf: str, compression: dict[str, str]) -> CFStats:
                    level_sizes=level_sizes(db, cf), compression_ratio=round(raw / stored, 3) if stored else None)
 
 
-def entity_counts(db: RemDB, per_schema: dict[str, SchemaStats] | None = None) -> tuple[int, int, int]:
+def entity_counts(db: RemDB, per_schema: dict[str, SchemaStats] | None = None,
+                  progress: Callable[[int], None] | None = None) -> tuple[int, int, int]:
     """(live entities, soft-deleted entities, live schemas); schema entities are not counted as entities.
     With per_schema, also fills counts, bytes and embedding coverage per entity type."""
     live = deleted = schemas = 0
     schema_prefix = entity_prefix(SCHEMA_TENANT)
     has_embeddings = db.has_cf("embeddings")
-    for key, value in db.items("entities"):
+    for scanned, (key, value) in enumerate(db.items("entities"), 1):
+        if progress and scanned % 4096 == 0:
+            progress(4096)
         entity = orjson.loads(value)
         if key.startswith(schema_prefix) and entity.get("entity_type") == SCHEMA_ENTITY_TYPE:
             schemas += entity.get("deleted_at") is None
@@ -170,8 +174,9 @@ def entity_totals(db: RemDB, entity_keys: int | None = None) -> tuple[int, int]:
     return total - len(states), sum(states)
 
 
-def collect_stats(db: RemDB, only_cf: str | None = None) -> DBStats:
-    """Statistics of an open database; with only_cf, the per-CF table holds that one column family."""
+def collect_stats(db: RemDB, only_cf: str | None = None, progress: Callable[[int], None] | None = None) -> DBStats:
+    """Statistics of an open database; with only_cf, the per-CF table holds that one column family.
+    progress is told of the entities scanned (about estimate_keys of `entities` in all)."""
     compression = cf_compression(db.path)
     known_first = [n for n in CF_NAMES if db.has_cf(n)] + [n for n in db.cf_names if n not in CF_NAMES and n != "default"]
     names = [only_cf] if only_cf else known_first
@@ -179,7 +184,7 @@ def collect_stats(db: RemDB, only_cf: str | None = None) -> DBStats:
         db.cf(only_cf)  # raises with the list of real column families when unknown
     per_cf = {name: cf_stats(db, name, compression) for name in names}
     per_schema: dict[str, SchemaStats] = {}
-    live, deleted, schemas = entity_counts(db, per_schema) if db.has_cf("entities") else (0, 0, 0)
+    live, deleted, schemas = entity_counts(db, per_schema, progress) if db.has_cf("entities") else (0, 0, 0)
 
     def keys_of(cf: str) -> int:
         return per_cf[cf].keys if cf in per_cf else (count_keys(db, cf) if db.has_cf(cf) else 0)

@@ -11,7 +11,7 @@ backups copy them byte for byte, tenant backups and restores leave them alone.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -56,11 +56,13 @@ def tenant_rows(db: RemDB, tenant: str, cf: str, entity_ids: set[str] | None = N
                 yield key, value
 
 
-def tenant_entity_counts(db: RemDB) -> dict[str, int]:
+def tenant_entity_counts(db: RemDB, progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Entities per tenant, counting keys only (the stored schemas, tenant `default`, are not entities)."""
     counts: Counter[str] = Counter()
-    for key in db.keys("entities"):
+    for scanned, key in enumerate(db.keys("entities"), 1):
         counts[key.split(b":", 2)[1].decode(errors="replace")] += 1
+        if progress and scanned % 4096 == 0:
+            progress(4096)
     counts[SCHEMA_TENANT] -= sum(1 for _ in schema_rows(db))
     return {tenant: n for tenant, n in sorted(counts.items()) if n > 0}
 

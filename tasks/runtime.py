@@ -269,14 +269,15 @@ class RunProgress:
     Parallel parts report from several threads: the count, the check and the update happen under
     one lock, so an older percentage can never land after a newer one."""
 
-    def __init__(self, description: str, total: int | None, unit: str = "bytes"):
+    def __init__(self, description: str, total: int | None, unit: str = "bytes", artifact: bool = True):
         import threading
 
         self.total = max(total or 0, 1)
         self.done = 0
         self.shown = -1
         self.lock = threading.Lock()
-        self.artifact_id = _artifact("create_progress_artifact", progress=0.0, description=description)
+        self.artifact_id = _artifact("create_progress_artifact", progress=0.0, description=description) \
+            if artifact else None
         self.bar = terminal_bars.start(description, total, unit) if terminal_bars is not None else None
 
     def __call__(self, amount: int) -> None:
