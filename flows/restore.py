@@ -11,7 +11,8 @@ from tasks.runtime import RunProgress, flow, get_logger, publish_report, task
 from rem.db import is_database
 from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, read_local_backup
 from rem.settings import Settings
-from tasks.restore import build_tenant_replacement, check_target, put_into_place, real_target, unpacked
+from tasks.restore import (build_tenant_replacement, check_target, count_database, put_into_place, real_target,
+                           unpacked)
 from rem.identity import LEGACY
 from rem.reports import restore_report
 from rem.repository import ObjectCorrupt, dependents
@@ -88,13 +89,14 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
         try:
             source = record.store.fetch(record, Path(tmp) / "download")
             with unpacked(source, Path(tmp) / "trial") as base:
-                metadata, report = base.metadata, base.report
+                metadata = base.metadata
+                _, counts, entities = count_database(base.db_dir)  # exact, where the backup keeps estimates
         except ObjectCorrupt as exc:  # one shared object breaks every backup that names it
             users = dependents(record.store, exc.key)
             raise ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
                                          "take a new backup (it uploads the object again)") from None
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
-            "entity_count": report.entity_count, "column_families": report.column_families}
+            "entity_count": entities, "column_families": counts}
 
 
 def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = None,
@@ -125,8 +127,6 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
              "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq,
              "layout": r.metadata.layout, "logical_bytes": r.metadata.uncompressed_bytes,
              "added_bytes": r.metadata.added_bytes if r.metadata.layout == "incremental" else r.metadata.size_bytes,
-             "repository_bytes": r.metadata.repository_bytes, "uncompressed_bytes": r.metadata.uncompressed_bytes,
-             "duration_seconds": r.metadata.duration_seconds, "host": r.metadata.host,
-             "checksum_sha256": r.metadata.checksum_sha256,
-             **(r.metadata.model_dump(exclude={"files", "column_families"}) | {"column_families": r.metadata.column_families}
-                if detail else {})} for r in records], unreachable
+             "repository_bytes": r.metadata.repository_bytes, "duration_seconds": r.metadata.duration_seconds,
+             "host": r.metadata.host, "checksum_sha256": r.metadata.checksum_sha256,
+             **(r.metadata.model_dump(exclude={"files"}) if detail else {})} for r in records], unreachable

@@ -70,10 +70,10 @@ def check_pins(db_path, pitr_enabled: bool) -> Check:
     if not pitr_enabled:
         return Check("log pins", None, "PITR is off ([pitr] enabled = false): nothing to pin")
     pins = LogPins(db_path)
-    pinned = dict(pins.pinned())
+    pinned, released = dict(pins.pinned()), pins.released_through()
     missing = []
     for number, path in sorted(pins.live().items()):
-        if number <= pins.released_through():
+        if number <= released:
             continue
         try:
             same = number in pinned and os.path.samefile(path, pinned[number])

@@ -5,7 +5,6 @@ Built here, without Prefect, so that the command line, the flows and the tests s
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 
@@ -75,12 +74,9 @@ SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
 def verify_report(report: dict, worst: int = 10) -> str:
     """Every check's rows and findings by severity, then the worst findings with their fix."""
-    by = Counter()
-    for key, n in report["by_category"].items():
-        by[key] = n
     checks = [{"rows": cf, "checked": f"{n:,}"} for cf, n in report["checked"].items()]
     findings = [{"severity": k.split(":")[0], "category": k.split(":")[1], "count": f"{n:,}"}
-                for k, n in sorted(by.items(), key=lambda kv: (SEVERITY_ORDER.get(kv[0].split(":")[0], 9), kv[0]))]
+                for k, n in sorted(report["by_category"].items(), key=lambda kv: (SEVERITY_ORDER.get(kv[0].split(":")[0], 9), kv[0]))]
     listed = sorted(report["issues"], key=lambda i: SEVERITY_ORDER.get(i["severity"], 9))[:worst]
     verdict = "OK: nothing critical" if report["ok"] else f"FAILED: {report['critical']} critical finding(s)"
     return (f"# Verify: {verdict}\n\n{report['seconds']:.1f} s, {report.get('entities_per_second') or 0:,} "

@@ -32,9 +32,8 @@ class RestoreCheckFailed(RemError):
 
 @dataclass
 class CheckReport:
-    column_families: dict[str, int]  # keys per column family: counted, or the metadata's (see counted)
+    column_families: dict[str, int]  # keys per column family: counted after a repair, else the metadata's
     entity_count: int
-    counted: bool = False  # counted in the copy (a repair, or a verify); else the backup's own figures
     repaired: bool = False
     dropped: dict[str, int] = field(default_factory=dict)  # keys lost per column family by repair
     missing_column_families: list[str] = field(default_factory=list)
@@ -91,7 +90,7 @@ def missing_data_files(db_dir: Path, recorded: dict[str, int]) -> list[str]:
 
 
 def compare(metadata: BackupMetadata, names: list[str], counts: dict[str, int], entities: int) -> CheckReport:
-    report = CheckReport(counts, entities, counted=True)
+    report = CheckReport(counts, entities)
     report.missing_column_families = [cf for cf in metadata.column_families if cf not in names]
     if metadata.counts == "exact":  # an estimate proves nothing key by key
         report.dropped = {cf: want - counts.get(cf, 0) for cf, want in metadata.column_families.items()
@@ -275,8 +274,9 @@ class Unpacked:
 @contextmanager
 def unpacked(source: Path, beside: Path, check: bool = True) -> Iterator[Unpacked]:
     """A backup directory checked and extracted into scratch beside `beside`: every byte against its
-    SHA-256, every recorded file present, opened by RocksDB (and repaired only when nothing is lost). The one pipeline restore, backup
-    verify, PITR and drills share; the scratch is removed when the block ends, whatever went into place."""
+    SHA-256, every recorded file present, opened by RocksDB (and repaired only when nothing is lost).
+    The one pipeline restore, backup verify, PITR and drills share; the scratch is removed when the
+    block ends, whatever went into place."""
     from rem.backups import read_local_backup
 
     metadata = read_local_backup(source)

@@ -11,7 +11,7 @@ import pytest
 from rem.db import open_db
 from rem.fast_schema import typed_decoder
 from rem.sample import SCHEMAS, json_schema
-from rem.verify import verify_database
+from rem.verify import key_ranges, verify_database
 
 EXTRA = {  # keywords outside the subset: such a schema gets no Struct, fastjsonschema judges alone
     "pattern": {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}}},
@@ -82,6 +82,7 @@ def test_a_schema_outside_the_subset_gets_no_struct(name):
 def test_verify_in_two_processes_finds_what_one_finds(make_sample):
     path = make_sample(entities=3000, replication="primary")
     with open_db(path, "ro") as db:
+        assert len(key_ranges(db, "entities", b"entity:", 2)) == 2  # two processes really share the entities
         one, two = verify_database(db, workers=1), verify_database(db, workers=2)
     assert one.checked == two.checked and one.checked["entities"] > 3000
     assert one.counts == two.counts
