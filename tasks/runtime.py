@@ -20,7 +20,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("rem")
 
@@ -246,7 +246,7 @@ def writer_slot(db_path):
         yield
 
 
-class TerminalBars:
+class TerminalBars(Protocol):
     """What draws progress bars on a terminal (the command line installs one, see cli.output.bars)."""
 
     def start(self, description: str, total: int | None, unit: str) -> Any: ...
@@ -272,7 +272,7 @@ class RunProgress:
     def __init__(self, description: str, total: int | None, unit: str = "bytes", artifact: bool = True):
         import threading
 
-        self.total = max(total or 0, 1)
+        self.total = max(total, 1) if total is not None else None  # None: a count with no known end
         self.done = 0
         self.shown = -1
         self.lock = threading.Lock()
@@ -285,7 +285,8 @@ class RunProgress:
             self.done += amount
             if self.bar is not None:
                 terminal_bars.advance(self.bar, amount)
-            self._show(min(99, int(self.done * 100 / self.total)))  # 100 only once finished
+            if self.total is not None:
+                self._show(min(99, int(self.done * 100 / self.total)))  # 100 only once finished
 
     def finish(self) -> None:
         with self.lock:
