@@ -10,8 +10,10 @@ the database holds.
    never changes one), CURRENT, IDENTITY and OPTIONS copied, and the MANIFEST and every log copied
    up to their last complete record (rem.rocksdb_log: the engine may be appending to both).
 3. RocksDB checks the copy: it opens read-only (replaying the copied logs: every acknowledged
-   write), and every file its version lists must be there. A flush or compaction that finished
-   between the listing and the MANIFEST copy names a file the view lacks: then it starts over.
+   write), every SST its version lists must be there at the size the MANIFEST records, and an SST
+   no version lists (a compaction's or flush's output still being written) is dropped from the
+   copy. A flush or compaction that finished between the listing and the MANIFEST copy names a
+   file the view lacks: then it starts over.
 
 The last sequence number of the opened copy is the backup's. The database directory is never
 written to. A tenant snapshot is logical instead: a new database holding that tenant's rows.
@@ -91,17 +93,26 @@ class SnapshotRace(Exception):
 
 
 def _checked(target: Path) -> int:
-    """Open the copy read-only: its last sequence number; every file its version lists must be in it."""
+    """Open the copy read-only: its last sequence number. Every SST its version lists must be in it at
+    the size the MANIFEST records, and every other SST goes: a compaction or flush still writing its
+    output has a file in the directory that no version names yet, and that file keeps growing."""
     try:
         copy = open_db(target, "ro")
     except Exception as exc:  # RocksDB's own error: the copy's MANIFEST names a file it lacks
         raise SnapshotRace(str(exc)) from exc
     with copy:
-        missing = sorted(f["name"].lstrip("/") for f in copy.rdict.live_files()
-                         if not (target / f["name"].lstrip("/")).exists())
-        if missing:
-            raise SnapshotRace(f"the copy names {', '.join(missing[:3])}, created after the listing")
-        return copy.rdict.latest_sequence_number()
+        live = {f["name"].lstrip("/"): f["size"] for f in copy.rdict.live_files()}
+        last_sequence = copy.rdict.latest_sequence_number()
+    missing = sorted(name for name in live if not (target / name).exists())
+    if missing:
+        raise SnapshotRace(f"the copy names {', '.join(missing[:3])}, created after the listing")
+    for path in target.glob("*.sst"):
+        if path.name not in live:
+            path.unlink()  # our hard link only: the database's own file is untouched
+        elif path.stat().st_size != live[path.name]:
+            raise SnapshotRace(f"{path.name} holds {path.stat().st_size} bytes, its version records "
+                               f"{live[path.name]}")
+    return last_sequence
 
 
 def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
