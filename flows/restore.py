@@ -94,7 +94,10 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
         except ObjectCorrupt as exc:  # one shared object breaks every backup that names it
             users = dependents(record.store, exc.key)
             raise ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
-                                         "take a new backup (it uploads the object again)") from None
+                                         "take a new backup: it uploads again every object the store no longer "
+                                         "holds as a backup recorded it (size and ETag), if the database still has "
+                                         "that SST; where the bytes changed in place with neither, remove "
+                                         f"{record.store.objects.url(exc.key)} first") from None
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
             "entity_count": entities, "column_families": counts}
 

@@ -6,7 +6,8 @@
     {db}/backups/full/_all/{name}/schemas.json | metadata.json (last)
 
 RocksDB never changes an SST once written, so a backup uploads only the SSTs the repository does
-not hold yet, plus the small files; each backup is still logically full (any one restores alone).
+not hold yet (or holds other than a backup recorded them: size and the store's ETag), plus the
+small files; each backup is still logically full (any one restores alone).
 An object's name is its content's SHA-256, so two files with the same bytes are one object, a
 file number reused after a restore can never alias another file, and a restore checks every byte
 against the name it asked for. A backup's files.json is what metadata.json's checksum covers.
@@ -35,7 +36,7 @@ from pydantic import BaseModel, Field
 from rem.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
 from rem.backups import FILES, METADATA, SMALL, BackupRecord, BackupStore
 from rem.errors import RemError
-from rem.storage import ObjectMissing
+from rem.storage import ObjectInfo, ObjectMissing
 
 SHARED = re.compile(r"^\d+\.(sst|blob)$")
 OBJECT_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/backups/sst/[0-9a-f]{64}\.zst$")
@@ -48,6 +49,8 @@ class FileEntry(BaseModel):
     sha256: str
     object: str | None = Field(description="the shared object holding it; None: inside small.tar.zst")
     stored_bytes: int = 0
+    etag: str | None = Field(None, description="the store's fingerprint of the object when this backup proved it: a "
+                             "later backup reuses the object only while the store still shows it")
     ino: int = Field(0, description="inode and mtime when backed up: an unchanged SST is not hashed again")
     mtime_ns: int = 0
 
@@ -159,15 +162,20 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
 
     if all(key.split("/")[-2] == name for key in store.live_claims()):  # only this run: what dead runs left
         store.objects.abort_uploads(sst_root(db), lambda key: True)
+    recorded = {f.object: f for f in earlier.files if f.object} if earlier else {}
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-sst") as pool:
         entries = list(pool.map(identify, shared))
-        have = {i.key: i.size for i in store.objects.list(sst_root(db))}
-        added = _upload_missing(store, entries, have, snap_dir, level, spool, pool, progress)
-        # Objects a prune removed while this ran go up again: nothing this list names may be missing.
-        have = {i.key: i.size for i in store.objects.list(sst_root(db))}
-        added.update(_upload_missing(store, entries, have, snap_dir, level, spool, pool, None))
+        have = {i.key: i for i in store.objects.list(sst_root(db))}
+        added = _upload_unproven(store, entries, have, recorded, snap_dir, level, spool, pool, progress)
+        # Objects a prune removed (or anything replaced) while this ran go up again: nothing this list
+        # names may be missing or other than what was uploaded or proven.
+        proven = {**recorded, **{key: None for key in added}}
+        have = {i.key: i for i in store.objects.list(sst_root(db))}
+        again = _upload_unproven(store, entries, have, proven, snap_dir, level, spool, pool, None)
+        added.update(again)
     for entry in entries:
-        entry.stored_bytes = have.get(entry.object, added.get(entry.object, 0))
+        info = store.objects.head(entry.object) if entry.object in again else have.get(entry.object)
+        entry.stored_bytes, entry.etag = (info.size, info.etag) if info else (added.get(entry.object, 0), None)
 
     with store.objects.writer(store.key(segment, name, SMALL), spool) as sink:
         small = write_archive(snap_dir, sink, level, include=lambda p: not SHARED.match(p.name), progress=progress)
@@ -184,11 +192,26 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
                             objects=len(unique))
 
 
-def _upload_missing(store: BackupStore, entries: list[FileEntry], have: dict[str, int], snap_dir: Path, level: int,
-                    spool: Path, pool: ThreadPoolExecutor, progress) -> dict[str, int]:
-    todo = {e.object: e for e in entries if e.object not in have}
+def reusable(info: ObjectInfo | None, recorded: FileEntry | None) -> bool:
+    """An object in the store is reused only when it is the one a backup proved: the store's
+    fingerprint (ETag) as recorded then, or, in lists written before ETags were, the recorded size.
+    A corrupted, truncated or replaced object, or one no list vouches for, is uploaded again."""
+    if info is None or recorded is None:
+        return False
+    return info.etag == recorded.etag if recorded.etag else info.size == recorded.stored_bytes
+
+
+def _upload_unproven(store: BackupStore, entries: list[FileEntry], have: dict[str, ObjectInfo],
+                     recorded: dict[str, FileEntry | None], snap_dir: Path, level: int, spool: Path,
+                     pool: ThreadPoolExecutor, progress) -> dict[str, int]:
+    """Upload every entry's object that is absent or not proven (recorded None: uploaded by this run)."""
+    def proven(e: FileEntry) -> bool:
+        return e.object in have and (e.object in recorded and recorded[e.object] is None
+                                     or reusable(have[e.object], recorded.get(e.object)))
+
+    todo = {e.object: e for e in entries if not proven(e)}
     if progress:
-        progress(sum(e.size for e in entries if e.object in have))
+        progress(sum(e.size for e in entries if e.object not in todo))
 
     def upload(entry: FileEntry) -> tuple[str, int]:
         stored = _compress(store.objects, entry.object, snap_dir / entry.name, level, spool)

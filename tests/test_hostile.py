@@ -82,3 +82,44 @@ def test_an_sst_a_compaction_is_still_writing_never_enters_a_backup(db, tmp_path
     archived = backup(db, env, "--name", "archive-during-compaction", "--archive")
     assert half.name not in json.loads((home.parent / archived["name"] / "metadata.json").read_text())["files"]
     half.unlink()
+
+
+# -------------------------------------------------------------------- 1: a damaged store object
+
+
+def _biggest_object(files_json: dict) -> dict:
+    return max((f for f in files_json["files"] if f["object"]), key=lambda f: f["stored_bytes"])
+
+
+def test_a_corrupted_local_object_is_uploaded_again_by_the_next_backup_and_both_backups_verify(db, tmp_path):
+    env = local_env(tmp_path)
+    backup(db, env, "--name", "one")
+    home = tmp_path / "backups" / db_name_of(db) / "backups"
+    victim = _biggest_object(json.loads((home / "full" / "_all" / "one" / "files.json").read_text()))
+    path = home / "sst" / (victim["sha256"] + ".zst")
+    body = bytearray(path.read_bytes())
+    body[len(body) // 2] ^= 0xFF  # same size: only the store's fingerprint tells
+    path.write_bytes(bytes(body))
+    proc = rem("--db-path", str(db), "backup", "verify", "--name", "one", env=env)
+    assert proc.returncode == 1 and "take a new backup" in proc.stderr, proc.stderr
+    backup(db, env, "--name", "two")
+    for name in ("two", "one"):  # the object is whole again, so the older backup is too
+        rem("--db-path", str(db), "backup", "verify", "--name", name, env=env, check=True)
+    restore_and_compare(db, home / "full" / "_all" / "two", tmp_path / "restored")
+
+
+def test_a_truncated_s3_object_is_uploaded_again_by_the_next_backup(db, tmp_path, s3_endpoint, bucket, s3):
+    env = s3_env(s3_endpoint, bucket)
+    first = backup(db, env, "--upload", "--name", "one")
+    prefix = f"{db_name_of(db)}/backups/"
+    listing = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}full/_all/one/files.json")["Body"].read())
+    victim = _biggest_object(listing)
+    key = f"{prefix}sst/{victim['sha256']}.zst"
+    whole = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=whole[: len(whole) // 2])
+    second = backup(db, env, "--upload", "--name", "two")
+    assert second["added_bytes"] >= len(whole)  # the truncated object went up again
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == whole
+    for name in ("two", "one"):
+        rem("--db-path", str(db), "backup", "verify", "--name", name, env=env, check=True)
+    assert first["name"] == "one"
