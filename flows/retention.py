@@ -18,7 +18,7 @@ from rem.repository import collect_garbage
 from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
 from rem.reports import drill_report
 from tasks.runtime import emit, flow, publish_report
-from rem.backups import find_backup
+from rem.backups import UnreadableRecord, find_backup
 from rem.identity import claim_name
 from tasks.storage import all_stores, identity, log_archive, remote_store
 
@@ -37,7 +37,13 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
     me = identity(cfg)
     for store in stores:  # a database configured with another's name must not prune that one's backups
         claim_name(store.objects, me, write=False)
-    records = [r for store in stores for r in store.list()]
+    records, unreadable = [], []
+    for store in stores:  # an unreadable record is an unknown backup: nothing is deleted while one exists
+        found, bad = store.scan()
+        records += found
+        unreadable += bad
+    if unreadable:
+        raise UnreadableRecord(unreadable)
     archive, manifest = _archive_and_manifest(cfg)
     plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant,
                       archive.all_segments(manifest) if manifest else None)

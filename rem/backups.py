@@ -39,6 +39,7 @@ SCHEMAS = "schemas.json"
 FILES = "files.json"  # an incremental backup's file list (rem.repository)
 SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
+PRUNE_LEASE = ".prune"  # {db}/backups/.prune: a garbage collection is deleting objects
 FORMAT_VERSION = 1
 NAME_MAX = 128
 # An S3 claim older than this whose backup never got its metadata.json was left by a run that died.
@@ -151,9 +152,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def claim_is_stale(owner: dict) -> bool:
-    """A claim whose run is gone: its process is dead on this host, or it is older than any backup runs."""
-    if time.time() - float(owner.get("started", 0)) > CLAIM_STALE_SECONDS:
+def claim_is_stale(owner: dict, max_age: float = CLAIM_STALE_SECONDS) -> bool:
+    """A claim whose run is gone: its process is dead on this host, or it is older than any such run lasts."""
+    if time.time() - float(owner.get("started", 0)) > max_age:
         return True
     if owner.get("host") == socket.gethostname():
         try:
@@ -165,14 +166,35 @@ def claim_is_stale(owner: dict) -> bool:
     return False
 
 
-def _parse_found(body: bytes, where: str, segment: str, folder: str, db: str | None) -> BackupMetadata | None:
-    """The metadata found at where, or None (with a warning) when it is unreadable or names another
-    place than the one it was found in: such a record is never listed, restored or deleted."""
+@dataclass(frozen=True)
+class Unreadable:
+    """A metadata.json that could not be read: whose backup it is, and so what its objects are, is
+    unknown. Never listed, restored or deleted, and prune stops rather than guess."""
+
+    location: str
+    why: str
+
+
+class UnreadableRecord(RemError):
+    def __init__(self, found: list[Unreadable]):
+        first = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        super().__init__(f"{first.location}: {first.why}{more}; prune deleted nothing, since the objects of a "
+                         "backup whose record cannot be read may be needed: repair or restore that file, or remove "
+                         "its folder by hand if the backup is unwanted")
+        self.found = found
+
+
+def _parse_found(body: bytes, where: str, segment: str, folder: str, db: str | None) -> BackupMetadata | Unreadable | None:
+    """The metadata found at where; Unreadable (with a warning) when it does not parse; None (with a
+    warning) when it names another place than the one it was found in: such a record is never
+    listed, restored or deleted."""
     try:
         metadata = BackupMetadata.model_validate_json(body)
     except ValueError as exc:
-        log.warning("skipping %s: not valid backup metadata (%s)", where, str(exc).splitlines()[0])
-        return None
+        why = f"not valid backup metadata ({str(exc).splitlines()[0]})"
+        log.warning("skipping %s: %s", where, why)
+        return Unreadable(where, why)
     if (metadata.tenant_segment, metadata.name) != (segment, folder):
         log.warning("skipping %s: it says backup %r of %r but lies in %s/%s; rem did not write it there, "
                              "so it is neither listed nor acted on", where, metadata.name, metadata.tenant_segment,
@@ -227,7 +249,7 @@ class BackupStore:
         if self.exists(tenant_segment, name):
             raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
         claim_key = self.key(tenant_segment, name, CLAIM)
-        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+        body = self.run_record()
         try:
             self.objects.put(claim_key, body, if_none_match=True)
         except PreconditionFailed:
@@ -237,7 +259,11 @@ class BackupStore:
             raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
         self.clean_abandoned(tenant_segment)
 
-    def _claim(self, claim_key: str) -> tuple[dict, str] | None:
+    def run_record(self) -> bytes:
+        """What a claim or a lease says of the run holding it."""
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+
+    def read_claim(self, claim_key: str) -> tuple[dict, str] | None:
         """A claim's owner and ETag; None when there is none (or it is unreadable)."""
         try:
             body, etag = self.objects.get_with_etag(claim_key)
@@ -249,7 +275,7 @@ class BackupStore:
         """Replace a claim its run left behind; refuse a live one."""
         busy = UsageError(f"a backup named {name!r} is being written right now by another run in {self.describe()}; "
                           "choose another --name")
-        claim = self._claim(claim_key)
+        claim = self.read_claim(claim_key)
         if claim is None or not claim_is_stale(claim[0]):
             raise busy
         try:  # only the run that read this exact stale claim may replace it
@@ -260,7 +286,7 @@ class BackupStore:
     def live_claims(self) -> list[str]:
         """The claims of backups of this database being written right now."""
         return [info.key for info in self.objects.list(self.root) if info.key.endswith("/" + CLAIM)
-                and (claim := self._claim(info.key)) is not None and not claim_is_stale(claim[0])]
+                and (claim := self.read_claim(info.key)) is not None and not claim_is_stale(claim[0])]
 
     def clean_abandoned(self, tenant_segment: str) -> None:
         """Remove what runs that died left in this tenant's backups: unfinished uploads with no claim
@@ -272,7 +298,7 @@ class BackupStore:
         def is_abandoned(key: str) -> bool:
             folder = key[len(base):].split("/")[0]
             if folder not in abandoned:
-                claim = self._claim(self.key(tenant_segment, folder, CLAIM))
+                claim = self.read_claim(self.key(tenant_segment, folder, CLAIM))
                 abandoned[folder] = claim is None or claim_is_stale(claim[0])
             return abandoned[folder]
 
@@ -309,28 +335,39 @@ class BackupStore:
         self.objects.delete([self.key(tenant_segment, name, CLAIM)])
 
     def list(self) -> list[BackupRecord]:
-        return [r for r in map(self._read, self._metadata_objects()) if r is not None]
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[BackupRecord], list[Unreadable]]:
+        """Every backup found, and every metadata.json that could not be read."""
+        found = [self._read(info) for info in self._metadata_objects()]
+        return [r for r in found if isinstance(r, BackupRecord)], [r for r in found if isinstance(r, Unreadable)]
 
     def newest_first(self, segment: str) -> Iterator[BackupRecord]:
         """One tenant segment's backups, the most recently written first, each read only when asked for."""
         found = [i for i in self._metadata_objects() if i.key[len(self.root):].split("/")[0] == segment]
         for info in sorted(found, key=lambda i: i.modified, reverse=True):
-            if (record := self._read(info)) is not None:
+            if isinstance(record := self._read(info), BackupRecord):
                 yield record
 
     def _metadata_objects(self) -> list[ObjectInfo]:
         return [i for i in self.objects.list(self.root) if (parts := i.key[len(self.root):].split("/"))
                 and len(parts) == 3 and parts[2] == METADATA]
 
-    def _read(self, info: ObjectInfo) -> BackupRecord | None:
+    def _read(self, info: ObjectInfo) -> BackupRecord | Unreadable | None:
         segment, folder, _ = info.key[len(self.root):].split("/")
         try:
             body = self.objects.get(info.key)
         except ObjectMissing:
             return None  # pruned while listed
         metadata = _parse_found(body, self.objects.url(info.key), segment, folder, self.db)
-        return None if metadata is None else BackupRecord(metadata, self.location(segment, folder), self, segment,
-                                                          folder)
+        if not isinstance(metadata, BackupMetadata):
+            return metadata
+        return BackupRecord(metadata, self.location(segment, folder), self, segment, folder)
+
+    @property
+    def prune_lease_key(self) -> str:
+        """Held by a prune while it collects garbage (rem.repository.collection_lease)."""
+        return self.root.removesuffix("full/") + PRUNE_LEASE
 
     def delete(self, record: BackupRecord) -> None:
         """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""

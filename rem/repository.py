@@ -13,19 +13,23 @@ file number reused after a restore can never alias another file, and a restore c
 against the name it asked for. A backup's files.json is what metadata.json's checksum covers.
 
 Garbage: prune removes backups (metadata.json first), then the objects no remaining files.json
-references, only when no backup is being written (a live claim) and only objects older than the
-grace period; a backup re-lists the objects it references before its metadata.json is written and
-uploads again any that went meanwhile.
+references, only objects older than the grace period, and only under its lease: it writes
+{db}/backups/.prune, then looks for claims (a backup being written) and defers if it finds one; a
+backup writes its claim, then waits while a lease exists, before it lists the objects it may reuse
+(collection_lease). A backup also re-lists the objects it references before its metadata.json is
+written and uploads again any that went meanwhile.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +38,13 @@ import zstandard
 from pydantic import BaseModel, Field
 
 from rem.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
-from rem.backups import FILES, METADATA, SMALL, BackupRecord, BackupStore
+from rem.backups import FILES, METADATA, SMALL, BackupRecord, BackupStore, Unreadable, UnreadableRecord, claim_is_stale
 from rem.errors import RemError
-from rem.storage import ObjectInfo, ObjectMissing
+from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
 
 SHARED = re.compile(r"^\d+\.(sst|blob)$")
 OBJECT_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/backups/sst/[0-9a-f]{64}\.zst$")
+log = logging.getLogger("rem")
 GRACE_SECONDS = 6 * 3600  # an unreferenced object younger than this may belong to a backup being written
 
 
@@ -162,6 +167,7 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
 
     if all(key.split("/")[-2] == name for key in store.live_claims()):  # only this run: what dead runs left
         store.objects.abort_uploads(sst_root(db), lambda key: True)
+    wait_for_collection(store)  # this run's claim is written: from here no prune starts deleting
     recorded = {f.object: f for f in earlier.files if f.object} if earlier else {}
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-sst") as pool:
         entries = list(pool.map(identify, shared))
@@ -287,40 +293,98 @@ class GarbageReport:
     leftovers: int
 
 
+# A prune's collection takes seconds to minutes; a lease older than this was left by one that died.
+LEASE_STALE_SECONDS = 3600
+LEASE_POLL_SECONDS = 0.5
+
+
+@contextmanager
+def collection_lease(store: BackupStore) -> Iterator[str | None]:
+    """Hold the store's prune lease while garbage is found and deleted: yields None when held, or
+    why not. With a backup's claim this is the two-flag protocol: a prune writes its lease, then
+    looks for claims; a backup writes its claim, then waits out any lease (wait_for_collection)
+    before it lists the objects it may reuse. On a strongly consistent store (S3, a directory) one
+    of the two always sees the other, so no backup reuses an object a prune is deleting, however
+    slowly the deletes go."""
+    key, body = store.prune_lease_key, store.run_record()
+    try:
+        store.objects.put(key, body, if_none_match=True)
+    except PreconditionFailed:
+        held = store.read_claim(key)
+        if held is not None and not claim_is_stale(held[0], LEASE_STALE_SECONDS):
+            yield f"another prune is collecting garbage ({held[0].get('host')}, pid {held[0].get('pid')})"
+            return
+        try:  # only the run that read this exact stale lease may replace it
+            store.objects.put(key, body, **({"if_match": held[1]} if held else {"if_none_match": True}))
+        except PreconditionFailed:
+            yield "another prune is collecting garbage"
+            return
+    try:
+        yield None
+    finally:
+        cleanup_quietly(lambda: store.objects.delete([key]), f"removing the prune lease {store.objects.url(key)}")
+
+
+def wait_for_collection(store: BackupStore, poll: float = LEASE_POLL_SECONDS) -> None:
+    """Called by a backup after its claim is written, before it lists the objects: wait while a
+    prune holds the lease (it saw no claim, so it may be deleting objects this backup would reuse)."""
+    said = False
+    while (held := store.read_claim(store.prune_lease_key)) is not None and \
+            not claim_is_stale(held[0], LEASE_STALE_SECONDS):
+        if not said:
+            log.info("waiting for the prune on %s (pid %s) to finish deleting objects in %s", held[0].get("host"),
+                     held[0].get("pid"), store.describe())
+            said = True
+        time.sleep(poll)
+
+
 def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, now: float | None = None,
                     dry_run: bool = False) -> GarbageReport:
     """Delete the objects no backup's file list names, and what interrupted runs left of backups
     without metadata.json; nothing while a backup is being written (its claim is live), nothing
-    younger than the grace period. An interrupted collection is finished by the next."""
+    younger than the grace period, and nothing any files.json beside a metadata.json names, read or
+    not. An interrupted collection is finished by the next. A dry run takes no lease."""
     now = time.time() if now is None else now
     if busy := store.live_claims():
         return GarbageReport(f"a backup is being written ({busy[0]}); collected by the next prune", 0, 0, 0, 0)
-    listed = list(store.objects.list(store.root))
-    referenced: set[str] = set()
-    for record in store.list():
-        if record.metadata.layout == "incremental":
-            referenced |= read_files(store, record.segment, record.folder).objects
-    folders: dict[str, list] = {}
-    for info in listed:
-        folder, _, filename = info.key[len(store.root):].rpartition("/")
-        folders.setdefault(folder, []).append(info)
-    leftovers = [i.key for infos in folders.values() if not any(i.key.endswith("/" + METADATA) for i in infos)
-                 and all(now - i.modified > grace_seconds for i in infos) for i in infos]
-    garbage, young = [], 0
-    for info in store.objects.list(sst_root(store.db)):
-        if info.key in referenced:
-            continue
-        if now - info.modified <= grace_seconds:
-            young += 1
-        else:
-            garbage.append(info)
-    if busy := store.live_claims():  # a backup that started while this looked may be reusing some of them
-        return GarbageReport(f"a backup started while garbage was being found ({busy[0]}); collected by the "
-                             "next prune", 0, 0, young, 0)
-    if not dry_run:
-        store.objects.delete(leftovers)
-        store.objects.delete(i.key for i in garbage)
+    with nullcontext() if dry_run else collection_lease(store) as refused:
+        if refused:
+            return GarbageReport(f"{refused}; collected by the next prune", 0, 0, 0, 0)
+        if busy := store.live_claims():  # a backup claimed a name before it could see the lease
+            return GarbageReport(f"a backup started while garbage was being found ({busy[0]}); collected by the "
+                                 "next prune", 0, 0, 0, 0)
+        folders: dict[str, list] = {}
+        for info in store.objects.list(store.root):
+            folder, _, filename = info.key[len(store.root):].rpartition("/")
+            folders.setdefault(folder, []).append(info)
+        referenced: set[str] = set()
+        for folder, infos in folders.items():
+            names = {i.key.rpartition("/")[2] for i in infos}
+            if METADATA in names and FILES in names and folder.count("/") == 1:
+                referenced |= _listed_objects(store, *folder.split("/"))
+        leftovers = [i.key for infos in folders.values() if not any(i.key.endswith("/" + METADATA) for i in infos)
+                     and all(now - i.modified > grace_seconds for i in infos) for i in infos]
+        garbage, young = [], 0
+        for info in store.objects.list(sst_root(store.db)):
+            if info.key in referenced:
+                continue
+            if now - info.modified <= grace_seconds:
+                young += 1
+            else:
+                garbage.append(info)
+        if not dry_run:
+            store.objects.delete(leftovers)
+            store.objects.delete(i.key for i in garbage)
     return GarbageReport(None, len(garbage), sum(i.size for i in garbage), young, len(leftovers))
+
+
+def _listed_objects(store: BackupStore, segment: str, folder: str) -> set[str]:
+    """The objects a backup folder's files.json names; an unreadable list stops the collection."""
+    try:
+        return read_files(store, segment, folder).objects
+    except (ObjectMissing, ValueError) as exc:
+        raise UnreadableRecord([Unreadable(store.objects.url(store.key(segment, folder, FILES)),
+                                           f"not a readable file list ({str(exc).splitlines()[0]})")]) from None
 
 
 def repository_bytes(store: BackupStore) -> int:

@@ -26,10 +26,12 @@ class Request(NamedTuple):
 
 class FaultProxy:
     def __init__(self, upstream: str, fault_rate: float = 0.0, seed: int = 1,
-                 rule: Callable[[str, str, dict], str | None] | None = None):
+                 rule: Callable[[str, str, dict], str | None] | None = None,
+                 body_rule: Callable[[str, str, bytes], str | None] | None = None):
         self.upstream = urlsplit(upstream)
         self.fault_rate = fault_rate
         self.rule = rule  # (method, path, headers) -> "503" | "reset" | "403" | None
+        self.body_rule = body_rule  # (method, path, request body) -> the same; it may also hold the request
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[Request] = []
@@ -46,7 +48,7 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 if self.headers.get("Transfer-Encoding") == "chunked":
                     body = self._read_chunked()
-                outcome = proxy.decide(self.command, self.path, dict(self.headers))
+                outcome = proxy.decide(self.command, self.path, dict(self.headers), body)
                 with proxy.lock:
                     proxy.requests.append(Request(self.command, self.path, outcome or "ok",
                                                   self.headers.get("Range", "")))
@@ -100,7 +102,11 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def decide(self, method: str, path: str, headers: dict) -> str | None:
+    def decide(self, method: str, path: str, headers: dict, body: bytes = b"") -> str | None:
+        if self.body_rule is not None:
+            outcome = self.body_rule(method, path, body)
+            if outcome:
+                return outcome
         if self.rule is not None:
             outcome = self.rule(method, path, headers)
             if outcome:

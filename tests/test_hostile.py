@@ -123,3 +123,72 @@ def test_a_truncated_s3_object_is_uploaded_again_by_the_next_backup(db, tmp_path
     for name in ("two", "one"):
         rem("--db-path", str(db), "backup", "verify", "--name", name, env=env, check=True)
     assert first["name"] == "one"
+
+
+# -------------------------------------------------------------------- 4: a damaged metadata.json
+
+
+def test_a_damaged_metadata_file_stops_prune_and_every_object_stays(db, tmp_path):
+    env = local_env(tmp_path)
+    backup(db, env, "--name", "one")
+    engine_write(db, [["insert", "acme", "articles", {"name": f"later-{i}", "content": "y" * 300}]
+                      for i in range(300)])
+    rem("--db-path", str(db), "db", "compact", check=True)  # new SSTs: "one" holds objects of its own
+    backup(db, env, "--name", "two")
+    store = tmp_path / "backups"
+    meta = store / db_name_of(db) / "backups" / "full" / "_all" / "one" / "metadata.json"
+    body = meta.read_bytes()
+    meta.write_bytes(body[:40] + body[41:])  # one byte gone
+    before = snapshot_dir(store)
+    for keep in (["--keep-daily", "7"], ["--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0"]):
+        proc = rem("--db-path", str(db), "backup", "prune", *keep, env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert str(meta) in proc.stderr and "deleted nothing" in proc.stderr
+        assert snapshot_dir(store) == before
+    meta.write_bytes(body)  # repaired: "one" restores whole
+    restore_and_compare_path = tmp_path / "restored"
+    rem("backup", "restore", "--source", str(meta.parent), "--target", str(restore_and_compare_path), check=True)
+
+
+# -------------------------------------------------------------------- 3: prune racing a new backup
+
+
+def test_a_backup_that_starts_while_prune_deletes_slowly_never_reuses_what_prune_deletes(
+        db, tmp_path, s3_endpoint, bucket, s3):
+    env = s3_env(s3_endpoint, bucket)
+    backup(db, env, "--upload", "--name", "a")  # its objects are the live SSTs
+    backup(db, env, "--upload", "--name", "b", "--archive")  # the newest: prune keeps only it
+    held, release, backup_waits = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_object_deletes(method, path, body):
+        query = path.partition("?")[2]
+        if method == "POST" and "delete" in query and b"/backups/sst/" in body:
+            held.set()
+            release.wait(90)
+        if method == "GET" and "/backups/.prune" in path and held.is_set():
+            backup_waits.set()
+        return None
+
+    with FaultProxy(s3_endpoint, body_rule=hold_object_deletes) as proxy:
+        run_env = {**os.environ, **s3_env(proxy.url, bucket)}
+        pruning = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "prune",
+                                    "--keep-daily", "1", "--keep-weekly", "0", "--keep-monthly", "0", "--json"],
+                                   cwd=REPO, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert held.wait(60), "prune never reached its object deletes"
+        backing_up = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "create",
+                                       "--upload", "--name", "c", "--json"], cwd=REPO, env=run_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while not backup_waits.is_set() and backing_up.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        release.set()  # the deletes go through once the backup has waited, or has finished without waiting
+        out, err = pruning.communicate(timeout=120)
+        assert pruning.returncode == 0, err
+        assert json.loads(out)["garbage"] and [r["name"] for r in json.loads(out)["delete"]] == ["a"]
+        out, err = backing_up.communicate(timeout=120)
+        assert backing_up.returncode == 0, err
+    rem("--db-path", str(db), "backup", "verify", "--name", "c", env=env, check=True)
+    got = json.loads(rem("--db-path", str(db), "backup", "download", "--name", "c", "--output",
+                         str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
+    restore_and_compare(db, Path(got["path"]), tmp_path / "restored")
+    assert not s3.list_objects_v2(Bucket=bucket, Prefix=f"{db_name_of(db)}/backups/.prune").get("Contents")

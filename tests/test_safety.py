@@ -198,11 +198,16 @@ def test_prune_never_acts_on_a_path_a_metadata_file_names(make_sample, tmp_path)
     listed = rem("--db-path", str(db), "backup", "list", "--json", env=env)
     assert listed.returncode == 0 and [r["name"] for r in json.loads(listed.stdout)] == ["real"]
     assert "skipping" in listed.stderr and "evil" in listed.stderr and "liar" in listed.stderr
-    proc = rem("--db-path", str(db), "backup", "prune", "--keep-daily", "0", "--keep-weekly", "0",
-               "--keep-monthly", "0", "--json", env=env)
+    prune = ("--db-path", str(db), "backup", "prune", "--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly",
+             "0", "--json")
+    proc = rem(*prune, env=env)  # an unreadable record is an unknown backup: prune stops, deleting nothing
+    assert proc.returncode == 1 and "evil" in proc.stderr and "deleted nothing" in proc.stderr, proc.stderr
+    assert (victim / "precious.txt").read_text() == "keep me" and (crafted / "metadata.json").exists()
+    shutil.rmtree(crafted)
+    proc = rem(*prune, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (victim / "precious.txt").read_text() == "keep me"
-    assert (crafted / "metadata.json").exists() and (liar / "metadata.json").exists()  # skipped, never acted on
+    assert (liar / "metadata.json").exists()  # skipped, never acted on
     assert Path(meta["location"], "metadata.json").exists()  # the newest is kept
 
 
