@@ -54,15 +54,18 @@ def remove_scratch(path: Path) -> None:
 
 
 def _is_stale(path: Path) -> bool:
+    """Its run is gone. A directory another run is removing right now is not ours to judge (False),
+    and neither is one whose owner file has no pid yet: its run is between creating and locking it."""
     if path in _owned:
         return False
     try:
+        young = time.time() - path.stat().st_mtime <= UNOWNED_STALE_SECONDS
         fd = os.open(path / OWNER, os.O_RDONLY)
     except FileNotFoundError:
-        return time.time() - path.stat().st_mtime > UNOWNED_STALE_SECONDS
+        return path.exists() and not young
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        return bool(os.pread(fd, 32, 0).strip()) or not young
     except BlockingIOError:
         return False  # its run is alive
     finally:
@@ -70,7 +73,13 @@ def _is_stale(path: Path) -> bool:
 
 
 def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            total += p.stat().st_size if p.is_file() and not p.is_symlink() else 0
+        except FileNotFoundError:  # another run is removing it too
+            continue
+    return total
 
 
 def clean_stale(near: Path) -> list[str]:
@@ -80,7 +89,7 @@ def clean_stale(near: Path) -> list[str]:
         return removed
     pattern = _pattern(near.name)
     for path in sorted(near.parent.iterdir()):
-        if pattern.match(path.name) and path.is_dir() and not path.is_symlink() and _is_stale(path):
+        if pattern.match(path.name) and not path.is_symlink() and path.is_dir() and _is_stale(path):
             size = _size(path)
             shutil.rmtree(path, ignore_errors=True)
             log.warning("removed %s (%d bytes), left by an interrupted run", path, size)

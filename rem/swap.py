@@ -36,6 +36,7 @@ class DatabaseLock:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.placeholder = False
         lock = self.path / "LOCK"
         created = not lock.exists()
         self.fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -51,6 +52,11 @@ class DatabaseLock:
                 raise DatabaseLocked(str(self.path)) from None
             raise
 
+    def moved_to(self, path: Path) -> None:
+        """The locked directory was renamed (a claimed placeholder put in place): on release, one that
+        still holds nothing but our LOCK goes entirely, so a failed restore leaves no target behind."""
+        self.path, self.placeholder = Path(path), True
+
     def release(self) -> None:
         if self.fd is None:
             return
@@ -59,6 +65,8 @@ class DatabaseLock:
             if (self.created_inode is not None and os.listdir(self.path) == ["LOCK"]
                     and lock.stat().st_ino == self.created_inode):
                 lock.unlink()
+                if self.placeholder:
+                    self.path.rmdir()
         except OSError:
             pass
         finally:

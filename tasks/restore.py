@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,12 +14,12 @@ from pathlib import Path
 from rocksdict import Options, Rdict
 
 from rem.db import add_missing_column_families, is_database, open_db
-from rem.errors import RemError, UsageError
+from rem.errors import DatabaseLocked, RemError, UsageError
 from rem.format import SCHEMA_TENANT, parse_entity_key
 from rem.scratch import quarantine_path, remove_scratch, scratch_dir
 from rem.snapshot import copy_rows, physical_copy
 from rem.stats import count_keys, entity_totals
-from rem.swap import DatabaseLock, exchange, fsync_dir, move_new
+from rem.swap import DatabaseLock, SwapFailed, exchange, fsync_dir, move_new
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 from rem.archive import check_free_space, extract_archive, fsync_tree, verify_checksum
 from rem.repository import SHARED, FileList, materialize
@@ -51,17 +52,47 @@ def real_target(target: Path) -> Path:
     return Path(os.path.realpath(target))
 
 
-def check_target(target: Path, overwrite: bool, tenant: str | None) -> DatabaseLock | None:
-    """Refuse before any work: a non-empty target without --overwrite, or one a writer holds. An
-    existing target is returned locked with RocksDB's own lock: hold it until the swap is durable."""
-    occupied = target.exists() and (not target.is_dir() or any(target.iterdir()))
+def check_target(target: Path, overwrite: bool, tenant: str | None) -> DatabaseLock:
+    """Refuse before any work: a non-empty target without --overwrite, or one a writer holds. The
+    target is returned locked with RocksDB's own lock (an absent one claimed first): hold it until
+    the swap is durable."""
+    while not os.path.lexists(target):
+        claimed = claim_absent_target(target)
+        if claimed is not None:
+            return claimed
+    occupied = not target.is_dir() or any(p.name != "LOCK" for p in target.iterdir())  # a lone LOCK: a claim left
     if occupied and not overwrite:
         what = f"replace tenant {tenant!r} in it" if tenant and is_database(target) else "replace it"
         raise UsageError(f"{target}: not empty; pass --overwrite to {what} (the old data is kept in quarantine "
                          "until the restored copy verifies) or choose another --target")
     if occupied and not is_database(target):
         raise UsageError(f"{target}: not empty and not a REM database; refusing to overwrite it")
-    return DatabaseLock(target) if target.is_dir() else None
+    try:
+        return DatabaseLock(target)
+    except DatabaseLocked:
+        if occupied:
+            raise
+        raise UsageError(f"{target}: another restore is putting a database here right now (it holds the path's "
+                         "lock); wait for it to finish, or choose another --target") from None
+
+
+def claim_absent_target(target: Path) -> DatabaseLock | None:
+    """An absent target taken before any work: an empty directory holding only RocksDB's LOCK, locked
+    by us, renamed into place without replacing anything (RENAME_NOREPLACE). An engine that starts
+    there meanwhile is refused by RocksDB's own lock (instead of creating a database the swap would
+    throw away), and a second restore finds the path taken. None when the path appeared meanwhile."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    placeholder = target.parent / f".rem-claim-{target.name}-{uuid.uuid4().hex[:8]}"
+    placeholder.mkdir()
+    lock = DatabaseLock(placeholder)
+    try:
+        move_new(placeholder, target)
+    except SwapFailed:  # the target appeared: judge it as an existing one
+        lock.release()
+        placeholder.rmdir()
+        return None
+    lock.moved_to(target)
+    return lock
 
 
 def count_database(db_dir: Path) -> tuple[list[str], dict[str, int], int]:

@@ -192,3 +192,152 @@ def test_a_backup_that_starts_while_prune_deletes_slowly_never_reuses_what_prune
                          str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
     restore_and_compare(db, Path(got["path"]), tmp_path / "restored")
     assert not s3.list_objects_v2(Bucket=bucket, Prefix=f"{db_name_of(db)}/backups/.prune").get("Contents")
+
+
+# -------------------------------------------------------------------- 6: an absent restore target
+
+
+def _stopped_at(proc: subprocess.Popen, beside: Path, stage: str, timeout: float = 60) -> None:
+    """SIGSTOP the restore once it reaches a stage seen from outside: its scratch directory exists
+    ("scratch"), or the database's CURRENT file has been extracted into it ("extracted")."""
+    import signal
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        scratch = [p for p in beside.iterdir() if p.name.startswith(".rem-restore-")]
+        if scratch and (stage == "scratch" or list(scratch[0].glob("*/CURRENT"))):
+            proc.send_signal(signal.SIGSTOP)
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.001)
+    raise AssertionError(f"the restore never reached {stage}")
+
+
+@pytest.fixture(scope="module")
+def big_backup(tmp_path_factory) -> tuple[Path, dict]:
+    """An archive backup big enough that its extraction is a stage one can stop the restore in."""
+    base = tmp_path_factory.mktemp("big")
+    db = base / "db"
+    engine_sample(db, 6000, 2, 28, 128)
+    made = backup(db, {"P8_BACKUP_DIR": str(base / "backups")}, "--archive")
+    return Path(made["location"]), dump_all(db)
+
+
+@pytest.mark.parametrize("stage", ["scratch", "extracted"])
+def test_an_engine_that_starts_in_an_absent_target_during_a_restore_loses_no_write(big_backup, tmp_path, stage):
+    import signal
+
+    from tests.test_safety import engine
+
+    source, backed_up = big_backup
+    target = tmp_path / "new" / "db"
+    restore = subprocess.Popen([sys.executable, "-m", "cli.main", "backup", "restore", "--source", str(source),
+                                "--target", str(target)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    (tmp_path / "new").mkdir()
+    _stopped_at(restore, tmp_path / "new", stage)
+    writer = engine(target, "engine", 50)  # retries its open until RocksDB lets it in
+    time.sleep(1.0)  # long enough for an engine that can get in to write everything
+    restore.send_signal(signal.SIGCONT)
+    out, errs = restore.communicate(timeout=120)
+    lines, _ = writer.communicate(timeout=60)
+    acked = [line.split()[1].encode() for line in lines.splitlines() if line.startswith("ack")]
+    assert writer.returncode == 0 and len(acked) == 50
+    final = dump_all(target)
+    assert all(key in final["entities"] for key in acked), "a write the engine acknowledged is gone"
+    assert restore.returncode == 0, errs
+    assert any(line.startswith("refused") for line in lines.splitlines())  # it waited for the restore
+    for cf, prefix in (("entities", b"entity:engine:"), ("key_index", b"key:engine:")):
+        final[cf] = {k: v for k, v in final[cf].items() if not k.startswith(prefix)}
+    assert final == backed_up
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".rem-")]
+
+
+def test_two_restores_into_one_absent_target_cannot_both_succeed(big_backup, tmp_path):
+    import signal
+
+    source, backed_up = big_backup
+    target = tmp_path / "new" / "db"
+    (tmp_path / "new").mkdir()
+    first = subprocess.Popen([sys.executable, "-m", "cli.main", "backup", "restore", "--source", str(source),
+                              "--target", str(target)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    _stopped_at(first, tmp_path / "new", "scratch")
+    second = rem("backup", "restore", "--source", str(source), "--target", str(target))
+    first.send_signal(signal.SIGCONT)
+    out, errs = first.communicate(timeout=120)
+    assert first.returncode == 0, errs
+    assert second.returncode == 2 and "another restore" in second.stderr, second.stderr
+    assert dump_all(target) == backed_up
+
+
+def test_a_failed_restore_into_an_absent_target_leaves_no_target(big_backup, tmp_path):
+    source, _ = big_backup
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    archive = broken / "rocksdb.tar.zst"
+    body = bytearray(archive.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    archive.write_bytes(bytes(body))
+    target = tmp_path / "new" / "db"
+    proc = rem("backup", "restore", "--source", str(broken), "--target", str(target))
+    assert proc.returncode == 1 and not os.path.lexists(target), proc.stderr
+    assert not [p for p in (tmp_path / "new").iterdir()]
+
+
+# -------------------------------------------------------------------- 10: concurrent scrapes
+
+
+def test_concurrent_scrapes_all_answer(db):
+    from concurrent.futures import ThreadPoolExecutor
+    import urllib.error
+    import urllib.request
+
+    from tests.helpers import free_port, wait_http
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "--db-path", str(db), "metrics", "serve", "--port",
+                               str(port)], cwd=REPO, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape(_) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as reply:
+                return reply.status if b"rem_db_size_bytes" in reply.read() else -1
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        wait_http(url, 30, server)
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(scrape, range(80)))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert codes == [200] * 80, sorted(set(codes))
+    assert not [p for p in db.parent.iterdir() if p.name.startswith(".rem-")]
+
+
+def test_a_scratch_directory_being_made_or_removed_by_another_scrape_is_left_alone(tmp_path, monkeypatch):
+    """The two windows behind the 500s, forced: a run between creating its owner file and locking
+    it (the file has no pid yet), and a directory another run removes while this one looks at it."""
+    import rem.scratch as scratch
+
+    near = tmp_path / "db"
+    near.mkdir()
+    being_made = tmp_path / ".rem-view-db-0000aaaa"
+    being_made.mkdir()
+    (being_made / ".owner").touch()
+    vanishing = tmp_path / ".rem-view-db-0000bbbb"
+    vanishing.mkdir()
+    (vanishing / ".owner").write_text("1\n")
+    real_open = os.open
+
+    def removed_meanwhile(path, *args, **kwargs):
+        if str(path).startswith(str(vanishing)):
+            shutil.rmtree(vanishing, ignore_errors=True)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(scratch.os, "open", removed_meanwhile)
+    assert scratch.clean_stale(near) == []
+    assert being_made.is_dir() and not vanishing.exists()
