@@ -407,6 +407,23 @@ def backup_verify(
             f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
 
 
+@backup_app.command("takeover")
+def backup_takeover(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Make this database the owner of its name: for a copy restored to replace the original for good
+    (its disk is gone). The original's next backup or prune is then refused."""
+    settings = ctx.obj.settings(as_json)
+    with command(as_json):
+        from tasks.storage import identity, take_over
+
+        me = identity(settings)
+        replaced = take_over(settings)
+        emit({"ok": True, "db_name": me.name, "host": me.host, "path": me.path, "stores": replaced}, as_json,
+             lambda c: c.print("\n".join(
+                 f"{r['store']}: now {me.host}:{me.path}" + (f" (was {r['previous'].get('host')}:"
+                                                            f"{r['previous'].get('path')})" if r["previous"] else "")
+                 for r in replaced)))
+
+
 @backup_app.command("prune")
 def backup_prune(
     ctx: typer.Context,

@@ -7,9 +7,13 @@ name plus the start of RocksDB's IDENTITY, a UUID RocksDB writes when it creates
 hosts that both keep their database at /var/lib/rem/db therefore get different names, and a
 database restored from its own backup (which carries its IDENTITY) keeps its name.
 
-The first write under a name records the database's identity in `{name}/database.json`; a database
-with another identity is refused there, so two databases configured with one name by mistake never
-mix their backups, and prune never takes one's backups for the other's.
+The first write under a name records the database's identity, host and path in
+`{name}/database.json`; a database with another identity is refused there, so two databases
+configured with one name by mistake never mix their backups, and prune never takes one's backups
+for the other's. So is one with the same identity at another host or path: a copy (a staging
+database restored from production's backup carries production's IDENTITY, and so its default
+name) must never prune or overwrite the original's backups. A copy that replaces the original for
+good (its disk is gone) takes the name over explicitly: `rem backup takeover`.
 """
 
 from __future__ import annotations
@@ -92,8 +96,16 @@ def database_identity(db_path: str | Path, db_name: str | None, named_by: str = 
     return DatabaseIdentity(name, identity, socket.gethostname(), str(Path(db_path).resolve()), named_by)
 
 
+def _record(me: DatabaseIdentity) -> bytes:
+    record = {**asdict(me), "claimed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record.pop("named_by")
+    return json.dumps(record, indent=2).encode()
+
+
 def claim_name(objects: ObjectStore, me: DatabaseIdentity, write: bool) -> None:
-    """Refuse a name whose database.json records another database; record ours on the first write."""
+    """Refuse a name whose database.json records another database, or this database's identity at
+    another host or path (a copy: a restore of its backup elsewhere carries its IDENTITY); record
+    ours on the first write."""
     if me.identity is None:
         return
     key = f"{me.name}/{OWNER}"
@@ -103,22 +115,49 @@ def claim_name(objects: ObjectStore, me: DatabaseIdentity, write: bool) -> None:
         except ObjectMissing:
             if not write:
                 return
-            record = {**asdict(me), "claimed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            record.pop("named_by")
             try:
-                objects.put(key, json.dumps(record, indent=2).encode(), if_none_match=True)
+                objects.put(key, _record(me), if_none_match=True)
                 return
             except PreconditionFailed:
                 continue  # another run recorded it first: read what it wrote
         except ValueError:
             raise UsageError(f"{objects.url(key)}: not readable as a database record; whatever wrote it was not "
                              "rem: move it aside or choose another P8_DB_NAME") from None
+        where = f"{owner.get('host')}:{owner.get('path')}"
         if owner.get("identity") != me.identity:
             raise UsageError(
-                f"{objects.url(me.name + '/')} holds database {me.name!r} of {owner.get('host')}:{owner.get('path')} "
-                f"(RocksDB identity {owner.get('identity')}), not this one at {me.host}:{me.path} (identity "
-                f"{me.identity}); give this database its own name with --db-name / P8_DB_NAME")
+                f"{objects.url(me.name + '/')} holds database {me.name!r} of {where} (RocksDB identity "
+                f"{owner.get('identity')}), not this one at {me.host}:{me.path} (identity {me.identity}); give this "
+                "database its own name with --db-name / P8_DB_NAME")
+        if (owner.get("host"), owner.get("path")) != (me.host, me.path):
+            raise UsageError(
+                f"{objects.url(me.name + '/')} holds database {me.name!r} of {where}; this one at {me.host}:{me.path} "
+                "has its RocksDB identity, so it is a copy (restored from its backup, or moved): give the copy its "
+                "own name with --db-name / P8_DB_NAME, or, if it replaces the original for good, run "
+                f"`rem --db-name {me.name} backup takeover` here")
         return
+
+
+def take_over_name(objects: ObjectStore, me: DatabaseIdentity) -> dict:
+    """Record this database (identity, host, path) as the owner of its name: for a copy that replaces
+    the original. Returns the record it replaced ({} when there was none)."""
+    if me.identity is None:
+        raise UsageError(f"{me.path}: no database here to record; restore it first")
+    key = f"{me.name}/{OWNER}"
+    try:
+        body, etag = objects.get_with_etag(key)
+    except ObjectMissing:
+        objects.put(key, _record(me), if_none_match=True)
+        return {}
+    try:
+        previous = json.loads(body)
+    except ValueError:
+        previous = {"unreadable": objects.url(key)}
+    try:
+        objects.put(key, _record(me), if_match=etag)
+    except PreconditionFailed:
+        raise UsageError(f"{objects.url(key)} changed while it was being replaced; run the takeover again") from None
+    return previous
 
 
 def unknown_variables(known: set[str], environ: dict[str, str] | None = None) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from rem.backups import BackupStore
 from rem.errors import UsageError
 from rem.log_archive import WalArchive
-from rem.identity import LEGACY, OWNER, DatabaseIdentity, check_db_name, database_identity
+from rem.identity import LEGACY, OWNER, DatabaseIdentity, check_db_name, database_identity, take_over_name
 from rem.settings import Settings
 from rem.storage import ObjectStore
 from rem.storage.local import LocalObjectStore
@@ -114,3 +114,13 @@ def log_archive(cfg: Settings, bounded: bool = False, from_db: str | None = None
     if from_db == LEGACY:
         return WalArchive(objects, None)
     return WalArchive(objects, check_db_name(from_db, "--from-db") if from_db else identity(cfg).name)
+
+
+def take_over(cfg: Settings) -> list[dict]:
+    """Record this database as the owner of its name in every configured store (and the log
+    archive's bucket): what each store recorded before."""
+    me = identity(cfg)
+    stores = object_stores(cfg)
+    if cfg.pitr_bucket:
+        stores.append(remote_store(cfg, bucket=cfg.pitr_bucket))
+    return [{"store": o.url(me.name + "/"), "previous": take_over_name(o, me)} for o in stores]

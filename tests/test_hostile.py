@@ -341,3 +341,30 @@ def test_a_scratch_directory_being_made_or_removed_by_another_scrape_is_left_alo
     monkeypatch.setattr(scratch.os, "open", removed_meanwhile)
     assert scratch.clean_stale(near) == []
     assert being_made.is_dir() and not vanishing.exists()
+
+
+# -------------------------------------------------------------------- 5: a clone under the original's name
+
+
+def test_a_clone_restored_under_productions_name_cannot_back_up_or_prune_production(small_db, tmp_path):
+    prod = tmp_path / "prod" / "db"
+    shutil.copytree(small_db, prod)
+    env = local_env(tmp_path)
+    first = backup(prod, env, "--name", "prod-1")
+    staging = tmp_path / "staging" / "db"  # same directory name, and the backup carries the IDENTITY
+    rem("backup", "restore", "--source", first["location"], "--target", str(staging), check=True)
+    assert db_name_of(staging) == db_name_of(prod)
+    store = tmp_path / "backups"
+    before = snapshot_dir(store)
+    for args in (["backup", "create", "--name", "staging-1"],
+                 ["backup", "prune", "--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0"]):
+        proc = rem("--db-path", str(staging), *args, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert "copy" in proc.stderr and str(prod.resolve()) in proc.stderr and len(proc.stderr.splitlines()) == 1
+        assert snapshot_dir(store) == before  # production's backups and the record untouched
+    backup(prod, env, "--name", "prod-2")  # the original goes on as before
+    # The copy that replaces the original for good takes the name over; the original is then refused.
+    rem("--db-path", str(staging), "backup", "takeover", env=env, check=True)
+    backup(staging, env, "--name", "staging-2")
+    proc = rem("--db-path", str(prod), "backup", "create", "--name", "prod-3", env=env)
+    assert proc.returncode == 2 and "copy" in proc.stderr
