@@ -80,6 +80,16 @@ def main_options(
                        if ctx.get_parameter_source(names.get(k, k)) is not ParameterSource.ENVIRONMENT})
 
 
+def _finite(value: float) -> float:
+    """A threshold is a finite number at least 0: nan would compare false with everything (a 1,509-hour-old
+    backup read as healthy) and a negative one inverts the check."""
+    import math
+
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value!r}: give a finite number of at least 0")
+    return value
+
+
 # ---------------------------------------------------------------------------------------- db
 
 
@@ -101,8 +111,10 @@ def db_init(
         import time
 
         from rem.db import init_db
-        from rem.sample import create_sample
+        from rem.sample import REPLICATION_MODES, create_sample
 
+        if replication not in REPLICATION_MODES:  # bad input even when nothing would be written with it
+            fail(f"--replication {replication!r}: use {' or '.join(REPLICATION_MODES)}", 2, as_json)
         started = time.perf_counter()
         if sample:
             with progress("Creating sample", sample) as advance:
@@ -223,9 +235,11 @@ def db_vacuum(
 @db_app.command("health")
 def db_health(
     ctx: typer.Context,
-    backup_max_age_hours: float = typer.Option(48, "--backup-max-age-hours", help="Older backup: critical"),
-    wal_lag_warn_seconds: float = typer.Option(3600, "--wal-lag-warn-seconds", help="More lag: warning"),
-    disk_warn_percent: float = typer.Option(80, "--disk-warn-percent", help="Fuller disk: warning"),
+    backup_max_age_hours: float = typer.Option(48, "--backup-max-age-hours", callback=_finite,
+                                               help="Older backup: critical"),
+    wal_lag_warn_seconds: float = typer.Option(3600, "--wal-lag-warn-seconds", callback=_finite,
+                                               help="More lag: warning"),
+    disk_warn_percent: float = typer.Option(80, "--disk-warn-percent", callback=_finite, help="Fuller disk: warning"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The runbook's health JSON; exit 0 healthy, 1 degraded or unhealthy."""
@@ -485,7 +499,8 @@ def lifecycle_apply(
 @app.command("check")
 def check(
     ctx: typer.Context,
-    wal_lag_warn_seconds: float = typer.Option(3600, "--wal-lag-warn-seconds", help="Archive lag that fails (PITR on)"),
+    wal_lag_warn_seconds: float = typer.Option(3600, "--wal-lag-warn-seconds", callback=_finite,
+                                               help="Archive lag that fails (PITR on)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Can this host back up and archive right now? Each store takes a write, a read and a delete; with PITR
@@ -664,7 +679,7 @@ def metrics_print(
 @metrics_app.command("serve")
 def metrics_serve(
     ctx: typer.Context,
-    port: int = typer.Option(9464, "--port", help="Port for /metrics"),
+    port: int = typer.Option(9464, "--port", min=1, max=65535, help="Port for /metrics"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on"),
 ) -> None:
     """Serve /metrics; each scrape collects fresh figures."""

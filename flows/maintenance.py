@@ -34,14 +34,23 @@ def compaction(cf: str | None = None, settings: dict[str, Any] | None = None) ->
 
 
 def parse_age(text: str) -> timedelta:
-    """'30d', '12h', '45m', '90s' -> a timedelta."""
+    """'30d', '12h', '45m', '90s' -> a timedelta: finite, not negative (a cutoff in the future would
+    remove entities soft-deleted a moment ago), and one a date can go back by."""
+    import math
+
     units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
     try:
-        return timedelta(**{units[text[-1]]: float(text[:-1])})
-    except (KeyError, ValueError, IndexError):
+        number = float(text[:-1])
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(text)
+        age = timedelta(**{units[text[-1]]: number})
+        datetime.now(timezone.utc) - age  # noqa: B018 - raises OverflowError past year 1
+        return age
+    except (KeyError, ValueError, IndexError, OverflowError):
         from rem.errors import UsageError
 
-        raise UsageError(f"--older-than {text!r}: use a number and d, h, m or s (30d, 12h)") from None
+        raise UsageError(f"--older-than {text!r}: use a number of at least 0 and d, h, m or s (30d, 12h), "
+                         "no more than about 700,000 days") from None
 
 
 @task("vacuum", retries=0)

@@ -297,6 +297,9 @@ class SampleSummary:
     wal_last_seq: int
 
 
+REPLICATION_MODES = ("standalone", "primary")  # the engine's ReplicationMode without a follower
+
+
 def create_sample(path: str | Path, entities: int = 1000, tenants: int = 3, seed: int = 42,
                   embedding_dim: int = 128, batch_size: int = 2000, workers: int | None = None,
                   progress: Callable[[int], None] | None = None, replication: str = "standalone") -> SampleSummary:
@@ -307,10 +310,10 @@ def create_sample(path: str | Path, entities: int = 1000, tenants: int = 3, seed
     Batches are made in worker processes and written in order by this one; the result does not
     depend on the number of workers.
     """
-    if replication not in ("standalone", "primary"):
+    if replication not in REPLICATION_MODES:
         from rem.errors import UsageError
 
-        raise UsageError(f"--replication {replication!r}: use standalone or primary")
+        raise UsageError(f"--replication {replication!r}: use {' or '.join(REPLICATION_MODES)}")
     names = tuple(tenant_names(tenants))
     jobs = [_BatchJob(seed, b, start, min(batch_size, entities - start), batch_size, names, embedding_dim,
                       replication == "primary")

@@ -368,3 +368,34 @@ def test_a_clone_restored_under_productions_name_cannot_back_up_or_prune_product
     backup(staging, env, "--name", "staging-2")
     proc = rem("--db-path", str(prod), "backup", "create", "--name", "prod-3", env=env)
     assert proc.returncode == 2 and "copy" in proc.stderr
+
+
+# -------------------------------------------------------------------- 7: ages, thresholds, ports, modes
+
+
+@pytest.mark.parametrize("args", [
+    ["db", "vacuum", "--older-than", "-5d"],
+    ["db", "vacuum", "--older-than", "infd"],
+    ["db", "vacuum", "--older-than", "nand"],
+    ["db", "vacuum", "--older-than", "99999999d"],
+    ["db", "health", "--backup-max-age-hours", "nan"],
+    ["db", "health", "--backup-max-age-hours", "-1"],
+    ["db", "health", "--disk-warn-percent", "inf"],
+    ["check", "--wal-lag-warn-seconds", "nan"],
+    ["metrics", "serve", "--port", "70000"],
+])
+def test_a_negative_infinite_or_overflowing_figure_is_bad_input_and_changes_nothing(db, tmp_path, args):
+    engine_write(db, [["insert", "acme", "articles", {"name": "soon-gone", "content": "x"}], ["delete", "acme", "$0"]])
+    before = snapshot_dir(db)
+    rows = dump_all(db)
+    proc = rem("--db-path", str(db), *args, env=local_env(tmp_path), timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "OverflowError" not in proc.stderr
+    assert snapshot_dir(db) == before and dump_all(db) == rows
+
+
+def test_an_unknown_replication_mode_is_bad_input_even_without_a_sample(tmp_path):
+    target = tmp_path / "new-db"
+    proc = rem("--db-path", str(target), "db", "init", "--replication", "bogus")
+    assert proc.returncode == 2 and "--replication 'bogus'" in proc.stderr, proc.stderr
+    assert not target.exists()
