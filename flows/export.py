@@ -13,7 +13,7 @@ from rem.db import open_db
 from rem.errors import UsageError
 from rem.export import export_tenant, schema_layouts
 from rem.engine import SYSTEM_SCHEMA_PROPERTIES
-from rem.format import check_tenant
+from rem.format import check_tenant, file_stem
 from rem.tenant import require_tenant
 from rem.stats import estimate_keys
 from tasks.runtime import RunProgress, flow, publish_report, task
@@ -71,7 +71,7 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
     with tempfile.TemporaryDirectory(prefix="rem-export-") as tmp:
         base = Path(output) if output else Path(tmp)
         single = bool(output) and len(names) == 1 and bool(schemas)
-        targets = {name: base if single else base / f"{name}.parquet" for name in names}
+        targets = {name: base if single else base / f"{file_stem(name)}.parquet" for name in names}
         files = export_files(str(cfg.db_path), targets, tenant, include_deleted)
         if not schemas:  # all schemas: the built-in ones only where the tenant has entities of theirs
             for result in [r for r in files if r["schema"] in SYSTEM_SCHEMA_PROPERTIES and not r["rows"]]:
@@ -79,7 +79,7 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
                 files.remove(result)
         for result in files:
             if objects is not None:
-                key = f"{me.name}/exports/{tenant}/{stamp}/{result['schema']}.parquet"
+                key = f"{me.name}/exports/{tenant}/{stamp}/{file_stem(result['schema'])}.parquet"
                 result["uploaded"] = upload_export(objects, targets[result["schema"]], key)
             if not output:
                 result["path"] = None
@@ -107,14 +107,15 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
         raise UsageError("rem query answers one read-only SELECT (or WITH ... SELECT) statement")
     with open_db(db_path, "ro") as db:
         layouts = schema_layouts(db)
-        named = [s for s in layouts if re.search(rf"\b{re.escape(s)}\b", sql, re.IGNORECASE)]
+        named = [s for s in layouts if re.search(rf"(?<!\w){re.escape(s)}(?!\w)", sql, re.IGNORECASE)]
         if not named:
             raise UsageError(f"the query names no schema; tables: {', '.join(sorted(layouts))}")
         with tempfile.TemporaryDirectory(prefix="rem-query-") as tmp:
-            targets = {name: Path(tmp) / f"{name}.parquet" for name in named}
+            targets = {name: Path(tmp) / f"{file_stem(name)}.parquet" for name in named}
             export_tenant(db, {n: layouts[n] for n in named}, tenant, targets, include_deleted)
-            for name, path in targets.items():
-                con.execute(f"CREATE TABLE \"{name}\" AS SELECT * FROM read_parquet('{path}')")
+            for name, path in targets.items():  # names from the data: quoted as identifiers, paths as parameters
+                table = name.replace('"', '""')
+                con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM read_parquet(?)', [str(path)])
     # From here the query sees only those tables: no file, URL or database outside them, and no
     # setting can be changed back.
     con.execute("SET enable_external_access = false")

@@ -96,6 +96,29 @@ class FieldIndexKey(NamedTuple):
     uuid: str
 
 
+_PLAIN_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$")
+
+
+def file_stem(name: str) -> str:
+    """A name taken from the data (a schema, an entity type, a tenant) as one file or folder name
+    that stays where it is put: kept as it is when it is plain, else percent-encoded ('/' and a
+    leading '.' included), and past 120 characters cut with a hash of the whole name. The engine
+    accepts any string as a schema or entity type; a file name must never climb out of its folder."""
+    if _PLAIN_STEM.match(name):
+        return name
+    from urllib.parse import quote
+
+    encoded = quote(name, safe="_.-")
+    if encoded.startswith("."):  # "..", ".", a hidden file
+        encoded = encoded.replace(".", "%2E")
+    encoded = encoded or "%"  # the empty name: quote never makes a lone '%'
+    if len(encoded) > 120:
+        import hashlib
+
+        encoded = f"{encoded[:100]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return encoded
+
+
 def entity_key(tenant: str, uuid: str) -> bytes:
     return f"entity:{tenant}:{uuid}".encode()
 

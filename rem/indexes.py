@@ -18,7 +18,8 @@ import orjson
 
 from rem.db import RemDB
 from rem.engine import current_key_row
-from rem.format import SCHEMA_ENTITY_TYPE, embedding_key, parse_entity_key, parse_index_key, parse_key_index_key
+from rem.format import (SCHEMA_ENTITY_TYPE, embedding_key, file_stem, parse_entity_key, parse_index_key,
+                        parse_key_index_key)
 from rem.writer import index_rows, key_row_value, load_schemas
 
 HNSW_CONNECTIVITY = 32
@@ -153,12 +154,12 @@ def build_hnsw(db: RemDB, schema: str | None = None, out_dir: Path | None = None
         index = Index(ndim=matrix.shape[1], metric="cos", connectivity=HNSW_CONNECTIVITY,
                       expansion_add=HNSW_EXPANSION_ADD, expansion_search=HNSW_EXPANSION_SEARCH)
         index.add(np.arange(len(ids)), matrix, threads=1)
-        folder = out_dir / tenant
+        folder = out_dir / file_stem(tenant)  # names from the data: they never climb out of out_dir
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{kind}.usearch"
+        target = folder / f"{file_stem(kind)}.usearch"
         index.save(str(target) + ".tmp")
         os.replace(str(target) + ".tmp", target)
-        (folder / f"{kind}.ids.json").write_text(json.dumps(ids))
+        (folder / f"{file_stem(kind)}.ids.json").write_text(json.dumps(ids))
         built.append(HnswBuild(tenant, kind, len(ids), matrix.shape[1], recall_at_10(index, matrix),
                                time.perf_counter() - started, str(target)))
     return built

@@ -399,3 +399,38 @@ def test_an_unknown_replication_mode_is_bad_input_even_without_a_sample(tmp_path
     proc = rem("--db-path", str(target), "db", "init", "--replication", "bogus")
     assert proc.returncode == 2 and "--replication 'bogus'" in proc.stderr, proc.stderr
     assert not target.exists()
+
+
+# -------------------------------------------------------------------- 8: names from the data as file names
+
+
+def _hostile_schema(name: str) -> dict:
+    return {"title": "Hostile", "version": "1.0.0", "description": "a name that is a path", "type": "object",
+            "properties": {"name": {"type": "string"}, "embedding": {"type": "array", "items": {"type": "number"}}},
+            "required": ["name"], "json_schema_extra": {"name": name, "key_field": "name", "embedding_fields": [],
+                                                         "category": "user"}}
+
+
+def test_schema_and_entity_type_names_never_become_paths_outside_the_output(db, tmp_path):
+    ops = [["register_schema", "../escaped-export", _hostile_schema("../escaped-export")],
+           ["register_schema", "../../escaped-hnsw", _hostile_schema("../../escaped-hnsw")]]
+    ops += [["insert", "acme", "../escaped-export", {"name": f"e{i}"}] for i in range(3)]
+    ops += [["insert", "acme", "../../escaped-hnsw", {"name": f"h{i}", "embedding": [float(i), 1.0, 0.5, 0.25]}]
+            for i in range(12)]
+    engine_write(db, ops)
+    outside = {p.name for p in tmp_path.iterdir()}
+
+    out = tmp_path / "export"
+    rem("--db-path", str(db), "export", "--tenant", "acme", "--format", "parquet", "--output", str(out), check=True)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any("escaped-export" in p.name for p in written) and all(p.parent == out for p in written)
+    rem("--db-path", str(db), "index", "rebuild", "--type", "hnsw", check=True)
+    hnsw = tmp_path / "db.hnsw"
+    built = [p for p in hnsw.rglob("*") if p.is_file()]
+    assert any("escaped-hnsw" in p.name for p in built)
+    assert all(p.parent.parent == hnsw for p in built)  # {db}.hnsw/{tenant}/{schema}.*
+    assert {p.name for p in tmp_path.iterdir()} == outside | {"export", "db.hnsw"}
+    assert not list(tmp_path.parent.glob("escaped-*")) and not list(tmp_path.glob("escaped-*"))
+
+    proc = rem("--db-path", str(db), "query", 'SELECT count(*) AS n FROM "../escaped-export"', "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["rows"] == [[3]], proc.stderr
