@@ -892,6 +892,8 @@ def query(
     sql: str = typer.Argument(..., help='Read-only SQL; tables are schema names: "SELECT COUNT(*) FROM articles"'),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's entities"),
     include_deleted: bool = typer.Option(False, "--include-deleted", help="Include soft-deleted entities"),
+    memory_limit_mb: int = typer.Option(1024, "--memory-limit-mb", min=64, help="DuckDB's memory for the query"),
+    timeout: float = typer.Option(60, "--timeout", min=0.1, max=86400, help="Seconds before the query is stopped"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Read-only SQL (DuckDB) over the database's schemas; works on a live or a restored database."""
@@ -900,7 +902,8 @@ def query(
         tenant = _tenant(tenant)
         from flows.export import run_query
 
-        result = run_query(sql, str(settings.db_path), tenant, include_deleted)
+        result = run_query(sql, str(settings.db_path), tenant, include_deleted, memory_mb=memory_limit_mb,
+                           timeout=timeout)
         emit(result, as_json, table_renderer(result["columns"], result["rows"]))
 
 

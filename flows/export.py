@@ -91,9 +91,17 @@ def tenant_export(tenant: str, output: str | None = None, schemas: list[str] | N
 READ_ONLY_STATEMENTS = ("SELECT",)
 
 
+QUERY_MEMORY_MB = 1024
+QUERY_TIMEOUT_SECONDS = 60.0
+
+
 def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted: bool = False,
-              limit: int = 10_000) -> dict:
-    """Export the schemas the SQL names to temporary Parquet, and answer it with DuckDB."""
+              limit: int = 10_000, memory_mb: int = QUERY_MEMORY_MB, timeout: float = QUERY_TIMEOUT_SECONDS) -> dict:
+    """Export the schemas the SQL names to temporary Parquet, and answer it with DuckDB, within
+    memory_mb of memory (DuckDB's own limit, locked with the rest of its configuration, nothing
+    spilled to disk) and timeout seconds (the query is interrupted then)."""
+    import threading
+
     import duckdb
 
     if tenant is not None:
@@ -101,7 +109,8 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
         require_tenant(db_path, tenant)
     # No extension is ever fetched or loaded: a SELECT must not reach the internet or ~/.duckdb.
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                             "autoload_known_extensions": False})
+                                             "autoload_known_extensions": False,
+                                             "memory_limit": f"{memory_mb}MB", "temp_directory": ""})
     statements = con.extract_statements(sql)
     if len(statements) != 1 or statements[0].type.name not in READ_ONLY_STATEMENTS:
         raise UsageError("rem query answers one read-only SELECT (or WITH ... SELECT) statement")
@@ -120,10 +129,19 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
     # setting can be changed back.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+    timer = threading.Timer(timeout, con.interrupt)
+    timer.start()
     try:
         cursor = con.execute(sql)
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchmany(limit)
+    except duckdb.InterruptException:
+        raise UsageError(f"query stopped after its {timeout:g} s limit; raise it with --timeout") from None
+    except duckdb.OutOfMemoryException:
+        raise UsageError(f"query needs more than its {memory_mb:,} MB memory limit; raise it with --memory-limit-mb "
+                         "or make it select less") from None
     except duckdb.Error as exc:
         raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
-    columns = [d[0] for d in cursor.description]
-    rows = cursor.fetchmany(limit)
+    finally:
+        timer.cancel()
     return {"columns": columns, "rows": [list(r) for r in rows], "row_count": len(rows), "tables": named}

@@ -434,3 +434,19 @@ def test_schema_and_entity_type_names_never_become_paths_outside_the_output(db, 
 
     proc = rem("--db-path", str(db), "query", 'SELECT count(*) AS n FROM "../escaped-export"', "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["rows"] == [[3]], proc.stderr
+
+
+# -------------------------------------------------------------------- 12: rem query's limits
+
+
+def test_a_query_is_stopped_at_its_time_and_memory_limits_and_the_limits_can_be_raised(db):
+    started = time.monotonic()
+    slow = rem("--db-path", str(db), "query", "--timeout", "1",
+               "SELECT count(*) FROM articles, range(100000000000) AS t(x)")
+    assert slow.returncode == 2 and "1 s limit" in slow.stderr and "--timeout" in slow.stderr, slow.stderr
+    assert time.monotonic() - started < 30
+    hungry = rem("--db-path", str(db), "query", "--memory-limit-mb", "64",
+                 "SELECT list(x) FROM articles, range(20000000) AS t(x)")
+    assert hungry.returncode == 2 and "64 MB memory limit" in hungry.stderr, hungry.stderr
+    fits = rem("--db-path", str(db), "query", "--memory-limit-mb", "64", "--json", "SELECT count(*) FROM articles")
+    assert fits.returncode == 0 and json.loads(fits.stdout)["rows"][0][0] > 0, fits.stderr
