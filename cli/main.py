@@ -339,17 +339,17 @@ def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
         if detail:
             render = table_renderer(
                 ["DB", "NAME", "TENANT", "CREATED", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES", "HOST", "ONLINE",
-                 "LAYOUT", "LAST SEQUENCE", "SHA-256", "LOCATION"],
+                 "LAYOUT", "LAST SEQUENCE", "SHA-256", "STATUS", "LOCATION"],
                 [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], f"{r['duration_seconds']:.1f} s",
                   human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]), human_bytes(r["added_bytes"]),
                   f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}", r["host"],
                   "yes" if r["online"] else "no", r["layout"], r["last_sequence"], r["checksum_sha256"][:16],
-                  r["location"]] for r in rows], "No backups found.")
+                  r["status"], r["location"]] for r in rows], "No backups found.")
         else:
             render = table_renderer(
-                ["DB", "NAME", "TENANT", "SIZE", "ADDED", "CREATED", "LOCATION"],
+                ["DB", "NAME", "TENANT", "SIZE", "ADDED", "CREATED", "STATUS", "LOCATION"],
                 [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["logical_bytes"]),
-                  human_bytes(r["added_bytes"]), r["created"], r["location"]]
+                  human_bytes(r["added_bytes"]), r["created"], r["status"], r["location"]]
                  for r in rows], "No backups found.")
         emit(rows, as_json, render)
         if unreachable:

@@ -38,9 +38,22 @@ def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tena
     cfg = resolve_settings(settings_dict)
     record = find_record(cfg, name, tenant, from_db)
     progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
-    path = record.store.fetch(record, output, progress)
+    try:
+        path = record.store.fetch(record, output, progress)
+    except ObjectCorrupt as exc:
+        raise needed_by(record, exc) from None
     progress.finish()
     return path
+
+
+def needed_by(record: BackupRecord, exc: ObjectCorrupt) -> ObjectCorrupt:
+    """A shared object's fault named with every backup that needs it, and what mends it."""
+    users = dependents(record.store, exc.key)
+    return ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
+                                  "take a new backup: it uploads again every object the store no longer holds as a "
+                                  "backup recorded it (size and ETag), if the database still has that SST; where "
+                                  "the bytes changed in place with neither, remove "
+                                  f"{record.store.objects.url(exc.key)} first")
 
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
@@ -92,12 +105,7 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
                 metadata = base.metadata
                 _, counts, entities = count_database(base.db_dir)  # exact, where the backup keeps estimates
         except ObjectCorrupt as exc:  # one shared object breaks every backup that names it
-            users = dependents(record.store, exc.key)
-            raise ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
-                                         "take a new backup: it uploads again every object the store no longer "
-                                         "holds as a backup recorded it (size and ETag), if the database still has "
-                                         "that SST; where the bytes changed in place with neither, remove "
-                                         f"{record.store.objects.url(exc.key)} first") from None
+            raise needed_by(record, exc) from None
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
             "entity_count": entities, "column_families": counts}
 
@@ -131,5 +139,5 @@ def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = N
              "layout": r.metadata.layout, "logical_bytes": r.metadata.uncompressed_bytes,
              "added_bytes": r.metadata.added_bytes if r.metadata.layout == "incremental" else r.metadata.size_bytes,
              "repository_bytes": r.metadata.repository_bytes, "duration_seconds": r.metadata.duration_seconds,
-             "host": r.metadata.host, "checksum_sha256": r.metadata.checksum_sha256,
+             "host": r.metadata.host, "checksum_sha256": r.metadata.checksum_sha256, "status": r.status,
              **(r.metadata.model_dump(exclude={"files"}) if detail else {})} for r in records], unreachable

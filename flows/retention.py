@@ -15,7 +15,7 @@ from rem.stats import collect_stats
 from rem.verify import verify_database
 from tasks.restore import put_into_place, unpacked
 from rem.repository import collect_garbage
-from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune
+from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune, replaced_rule_ids
 from rem.reports import drill_report
 from tasks.runtime import emit, flow, publish_report
 from rem.backups import UnreadableRecord, find_backup
@@ -66,7 +66,7 @@ def apply_lifecycle(cfg, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly
     keeping every other database's and every rule rem did not write)."""
     objects = remote_store(cfg)
     ours = lifecycle_rules(objects.prefix, identity(cfg).name)
-    mine = {r["ID"] for r in ours}
+    mine = {r["ID"] for r in ours} | replaced_rule_ids(identity(cfg).name)
     objects.set_lifecycle_rules([r for r in objects.lifecycle_rules() if r.get("ID") not in mine] + ours)
     return {"bucket": objects.cfg.bucket, "rules": ours,
             "notes": lifecycle_notes(keep_daily, keep_weekly, keep_monthly)}

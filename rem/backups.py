@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from rem.errors import RemError, UsageError
 from rem.format import check_tenant
 from rem.identity import DatabaseIdentity, claim_name
-from rem.storage import ObjectInfo, ObjectMissing, ObjectStore, PreconditionFailed
+from rem.storage import ARCHIVED_CLASSES, ObjectArchived, ObjectInfo, ObjectMissing, ObjectStore, PreconditionFailed
 from rem.storage.local import private_file, space_checked
 
 log = logging.getLogger("rem")
@@ -39,6 +39,7 @@ SCHEMAS = "schemas.json"
 FILES = "files.json"  # an incremental backup's file list (rem.repository)
 SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
+DATA_TAG = ("rem-class", "data")  # the objects lifecycle rules may archive: never a record listing reads
 PRUNE_LEASE = ".prune"  # {db}/backups/.prune: a garbage collection is deleting objects
 FORMAT_VERSION = 1
 NAME_MAX = 128
@@ -128,13 +129,22 @@ class BackupRecord:
     store: "BackupStore"
     segment: str
     folder: str
+    archived: list[str] = field(default_factory=list)  # its objects a lifecycle rule moved to Glacier
 
     @property
     def name(self) -> str:
         return self.metadata.name
 
+    @property
+    def status(self) -> str:
+        return "archived" if self.archived else "ok"
+
 
 class BackupNotFound(UsageError):
+    pass
+
+
+class BackupArchived(RemError):
     pass
 
 
@@ -317,9 +327,13 @@ class BackupStore:
         self.objects.put(self.key(tenant_segment, name, filename), data)
 
     def finish(self, tenant_segment: str, name: str, tags: dict[str, str], layout: str = "archive") -> None:
-        own = (FILES, SMALL) if layout == "incremental" else (ARCHIVE,)
-        for filename in (*own, SCHEMAS, METADATA):
-            self.objects.tag(self.key(tenant_segment, name, filename), tags)
+        """Tag the backup's objects; only its data (the archive, or the small files' archive) is tagged
+        `rem-class=data`, the one class lifecycle rules move to Glacier: records stay readable."""
+        data = SMALL if layout == "incremental" else ARCHIVE
+        records = (FILES, SCHEMAS, METADATA) if layout == "incremental" else (SCHEMAS, METADATA)
+        for filename in (data, *records):
+            self.objects.tag(self.key(tenant_segment, name, filename),
+                             {**tags, DATA_TAG[0]: DATA_TAG[1] if filename == data else "record"})
 
     def discard(self, tenant_segment: str, name: str) -> None:
         """Remove a failed attempt's objects (the claim stays for a retry)."""
@@ -338,8 +352,18 @@ class BackupStore:
         return self.scan()[0]
 
     def scan(self) -> tuple[list[BackupRecord], list[Unreadable]]:
-        """Every backup found, and every metadata.json that could not be read."""
-        found = [self._read(info) for info in self._metadata_objects()]
+        """Every backup found (with the objects of it that are archived), and every metadata.json
+        that could not be read."""
+        listing = list(self.objects.list(self.root))
+        archived: dict[tuple[str, str], list[str]] = {}
+        for info in listing:
+            if info.storage_class in ARCHIVED_CLASSES and (parts := info.key[len(self.root):].split("/")) and \
+                    len(parts) == 3:
+                archived.setdefault((parts[0], parts[1]), []).append(info.key)
+        found = [self._read(info) for info in self._metadata_objects(listing)]
+        for record in found:
+            if isinstance(record, BackupRecord):
+                record.archived = sorted(archived.get((record.segment, record.folder), []))
         return [r for r in found if isinstance(r, BackupRecord)], [r for r in found if isinstance(r, Unreadable)]
 
     def newest_first(self, segment: str) -> Iterator[BackupRecord]:
@@ -349,9 +373,9 @@ class BackupStore:
             if isinstance(record := self._read(info), BackupRecord):
                 yield record
 
-    def _metadata_objects(self) -> list[ObjectInfo]:
-        return [i for i in self.objects.list(self.root) if (parts := i.key[len(self.root):].split("/"))
-                and len(parts) == 3 and parts[2] == METADATA]
+    def _metadata_objects(self, listing: list[ObjectInfo] | None = None) -> list[ObjectInfo]:
+        return [i for i in (self.objects.list(self.root) if listing is None else listing)
+                if (parts := i.key[len(self.root):].split("/")) and len(parts) == 3 and parts[2] == METADATA]
 
     def _read(self, info: ObjectInfo) -> BackupRecord | Unreadable | None:
         segment, folder, _ = info.key[len(self.root):].split("/")
@@ -359,6 +383,12 @@ class BackupStore:
             body = self.objects.get(info.key)
         except ObjectMissing:
             return None  # pruned while listed
+        except ObjectArchived as exc:  # moved by a lifecycle rule that did not keep records readable
+            why = (f"in {exc.storage_class} (a lifecycle rule moved it): restore it with "
+                   f"`{self.objects.restore_hint(info.key)}`, and run `rem backup lifecycle apply` so records stay "
+                   "readable")
+            log.warning("skipping %s: %s", self.objects.url(info.key), why)
+            return Unreadable(self.objects.url(info.key), why)
         metadata = _parse_found(body, self.objects.url(info.key), segment, folder, self.db)
         if not isinstance(metadata, BackupMetadata):
             return metadata
@@ -381,8 +411,26 @@ class BackupStore:
         here = self.objects.local_path(self.key(record.segment, record.folder, METADATA))
         if here is not None:
             return here.parent
+        if record.archived:
+            more = f" (and the same for {len(record.archived) - 1} more)" if len(record.archived) > 1 else ""
+            raise BackupArchived(f"backup {record.name} is archived: {self.objects.url(record.archived[0])} is in "
+                                 f"Glacier (a lifecycle rule moved it); restore it with "
+                                 f"`{self.objects.restore_hint(record.archived[0])}`{more}, then run this again once "
+                                 "S3 has restored it (hours); `rem backup list` shows which backups are archived")
         dest = out_dir / check_name(record.folder)
         dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._download(record, dest, progress)
+        except ObjectMissing as exc:
+            raise RemError(f"{self.objects.url(str(exc))}: missing from the store, so backup {record.name} cannot "
+                           "be downloaded; try another backup (`rem backup list`)") from None
+        except ObjectArchived as exc:
+            raise BackupArchived(f"backup {record.name} is archived: {self.objects.url(exc.key)} is in "
+                                 f"{exc.storage_class}; restore it with `{self.objects.restore_hint(exc.key)}`, then "
+                                 "run this again once S3 has restored it (hours)") from None
+        return dest
+
+    def _download(self, record: BackupRecord, dest: Path, progress: Callable[[int], None] | None) -> None:
         with space_checked(dest, "--output"):
             with private_file(dest / SCHEMAS) as f:
                 f.write(self.objects.get(self.key(record.segment, record.folder, SCHEMAS)))
@@ -395,7 +443,6 @@ class BackupStore:
             # metadata.json last, as on upload: a directory without it is an unfinished download.
             with private_file(dest / METADATA) as f:
                 f.write(record.metadata.model_dump_json(indent=2).encode())
-        return dest
 
 
 # ------------------------------------------------------------------------------ lookups

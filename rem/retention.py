@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rem.backups import BackupRecord
+from rem.backups import DATA_TAG, BackupRecord
 from rem.log_archive import is_base, parse_time
 
 
@@ -103,22 +103,34 @@ LIFECYCLE_EXPIRE_DAYS = 90
 
 
 def lifecycle_rules(prefix: str, db: str) -> list[dict]:
-    """The runbook's rules for one database's full backups: to Glacier after 30 days, gone after 90;
-    stale multipart uploads aborted after a day. Its log archive is left to prune: a segment still
-    needed by a kept base must never expire on its own."""
+    """The runbook's rules for one database's full backups: their data (objects tagged rem-class=data:
+    archives and small-file archives, never metadata.json, files.json or schemas.json, which every
+    listing reads) to Glacier after 30 days; everything gone after 90; stale multipart uploads
+    aborted after a day. Its log archive and shared SSTs are left to prune: a segment or SST still
+    needed by a kept backup must never expire on its own."""
     where = f"{prefix}{db}/backups/full/"
     return [
-        {"ID": f"rem-{db}-backups-glacier-then-expire", "Status": "Enabled", "Filter": {"Prefix": where},
-         "Transitions": [{"Days": LIFECYCLE_GLACIER_DAYS, "StorageClass": "GLACIER"}],
+        {"ID": f"rem-{db}-backup-data-to-glacier", "Status": "Enabled",
+         "Filter": {"And": {"Prefix": where, "Tags": [{"Key": DATA_TAG[0], "Value": DATA_TAG[1]}]}},
+         "Transitions": [{"Days": LIFECYCLE_GLACIER_DAYS, "StorageClass": "GLACIER"}]},
+        {"ID": f"rem-{db}-backups-expire", "Status": "Enabled", "Filter": {"Prefix": where},
          "Expiration": {"Days": LIFECYCLE_EXPIRE_DAYS}},
         {"ID": f"rem-{db}-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}{db}/"},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
     ]
 
 
+def replaced_rule_ids(db: str) -> set[str]:
+    """Rules earlier versions installed for the database, replaced by lifecycle_rules: the first moved
+    metadata.json to Glacier too, which made every listing fail once it had."""
+    return {f"rem-{db}-backups-glacier-then-expire"}
+
+
 def lifecycle_notes(keep_daily: int, keep_weekly: int, keep_monthly: int) -> list[str]:
-    notes = [f"Objects move to Glacier after {LIFECYCLE_GLACIER_DAYS} days: restoring an older backup needs an S3 "
-             "restore request first (hours), so daily and weekly restores stay fast.",
+    notes = [f"Backup data moves to Glacier after {LIFECYCLE_GLACIER_DAYS} days: restoring an older backup needs an "
+             "S3 restore request first (hours; `rem backup list` marks it archived and download names the command), "
+             "so daily and weekly restores stay fast. metadata.json, files.json, schemas.json and shared SSTs stay "
+             "in their class, so listing, prune and health never need a restore.",
              f"S3 deletes every backup object after {LIFECYCLE_EXPIRE_DAYS} days, whatever prune keeps; prune removes "
              "backups earlier, and never the newest or the PITR base (which lifecycle would still expire)."]
     if keep_monthly * 31 > LIFECYCLE_EXPIRE_DAYS:

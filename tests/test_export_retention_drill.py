@@ -162,16 +162,22 @@ def test_gfs_keeps_the_newest_of_each_bucket():
 def test_lifecycle_rules_are_installed_idempotently_per_database(make_sample, s3_endpoint, bucket, s3):
     first, second = make_sample(), make_sample()
     env = {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": s3_endpoint}
+    a, b = db_name_of(first), db_name_of(second)
+    # The rule earlier versions installed (it moved metadata.json to Glacier too) is replaced.
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": f"rem-{a}-backups-glacier-then-expire", "Status": "Enabled", "Filter": {"Prefix": f"{a}/backups/full/"},
+         "Transitions": [{"Days": 30, "StorageClass": "GLACIER"}]}]})
     for db in (first, first, second):
         result = json.loads(rem("--db-path", str(db), "backup", "lifecycle", "apply", "--keep-monthly", "6", "--json",
                                 env=env, check=True).stdout)
     rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    a, b = db_name_of(first), db_name_of(second)
     assert sorted(r["ID"] for r in rules) == sorted(f"rem-{n}-{rule}" for n in (a, b) for rule in (
-        "abort-incomplete-uploads", "backups-glacier-then-expire"))  # the second database kept the first's
-    glacier = next(r for r in rules if r["ID"] == f"rem-{a}-backups-glacier-then-expire")
-    assert glacier["Filter"]["Prefix"] == f"{a}/backups/full/"
-    assert glacier["Transitions"][0] == {"Days": 30, "StorageClass": "GLACIER"} and glacier["Expiration"]["Days"] == 90
+        "abort-incomplete-uploads", "backup-data-to-glacier", "backups-expire"))  # the second database kept the first's
+    glacier = next(r for r in rules if r["ID"] == f"rem-{a}-backup-data-to-glacier")
+    assert glacier["Filter"]["And"] == {"Prefix": f"{a}/backups/full/", "Tags": [{"Key": "rem-class", "Value": "data"}]}
+    assert glacier["Transitions"][0] == {"Days": 30, "StorageClass": "GLACIER"} and "Expiration" not in glacier
+    expire = next(r for r in rules if r["ID"] == f"rem-{a}-backups-expire")
+    assert expire["Filter"]["Prefix"] == f"{a}/backups/full/" and expire["Expiration"]["Days"] == 90
     assert any("beyond" in note for note in result["notes"])
 
 

@@ -450,3 +450,69 @@ def test_a_query_is_stopped_at_its_time_and_memory_limits_and_the_limits_can_be_
     assert hungry.returncode == 2 and "64 MB memory limit" in hungry.stderr, hungry.stderr
     fits = rem("--db-path", str(db), "query", "--memory-limit-mb", "64", "--json", "SELECT count(*) FROM articles")
     assert fits.returncode == 0 and json.loads(fits.stdout)["rows"][0][0] > 0, fits.stderr
+
+
+# -------------------------------------------------------------------- 9: backups a lifecycle rule archived
+
+
+def _rule_matches(rule: dict, key: str, tags: dict) -> bool:
+    """S3's lifecycle filter (prefix, tag, or both under And), read from the rule as installed."""
+    f = rule.get("Filter", {})
+    both = f.get("And", {})
+    prefix = f.get("Prefix", both.get("Prefix", ""))
+    wanted = both.get("Tags", []) + ([f["Tag"]] if "Tag" in f else [])
+    return key.startswith(prefix) and all(tags.get(t["Key"]) == t["Value"] for t in wanted)
+
+
+def _age_into_glacier(s3, bucket, prefix) -> list[str]:
+    """What S3 does 30 days on under the bucket's rules: each object a transition rule matches moves
+    to that rule's class."""
+    rules = [r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"] if r.get("Transitions")]
+    moved = []
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=obj["Key"])["TagSet"]}
+        for rule in rules:
+            if _rule_matches(rule, obj["Key"], tags):
+                s3.copy_object(Bucket=bucket, Key=obj["Key"], CopySource={"Bucket": bucket, "Key": obj["Key"]},
+                               StorageClass=rule["Transitions"][0]["StorageClass"], MetadataDirective="COPY")
+                moved.append(obj["Key"])
+    return moved
+
+
+def test_backups_whose_data_went_to_glacier_leave_every_command_working(db, tmp_path, s3_endpoint, bucket, s3):
+    env = s3_env(s3_endpoint, bucket)
+    backup(db, env, "--upload", "--name", "old-archive", "--archive")
+    backup(db, env, "--upload", "--name", "old-incremental")
+    rem("--db-path", str(db), "backup", "lifecycle", "apply", env=env, check=True)
+    moved = _age_into_glacier(s3, bucket, f"{db_name_of(db)}/")
+    assert moved and not [k for k in moved if k.endswith((".json", "/.claim"))]  # records stay readable
+    backup(db, env, "--upload", "--name", "new")
+
+    listed = rem("--db-path", str(db), "backup", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    status = {r["name"]: r["status"] for r in json.loads(listed.stdout)}
+    assert status == {"old-archive": "archived", "old-incremental": "archived", "new": "ok"}
+    health = rem("--db-path", str(db), "db", "health", env=env)
+    assert "InvalidObjectState" not in health.stdout + health.stderr
+    assert json.loads(health.stdout)["last_backup"] == json.loads(listed.stdout)[0]["created"]
+    got = json.loads(rem("--db-path", str(db), "backup", "download", "--name", "new", "--output",
+                         str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
+    restore_and_compare(db, Path(got["path"]), tmp_path / "restored")
+    refused = rem("--db-path", str(db), "backup", "download", "--name", "old-archive", "--output",
+                  str(tmp_path / "dl2"), env=env)
+    assert refused.returncode == 1 and "archived" in refused.stderr and "restore-object" in refused.stderr
+    assert "rocksdb.tar.zst" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    proc = rem("--db-path", str(db), "backup", "prune", "--dry-run", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+
+    # A record an earlier rule did move: listed as unreadable with how to restore it; prune stops.
+    meta = f"{db_name_of(db)}/backups/full/_all/old-incremental/metadata.json"
+    s3.copy_object(Bucket=bucket, Key=meta, CopySource={"Bucket": bucket, "Key": meta}, StorageClass="GLACIER")
+    listed = rem("--db-path", str(db), "backup", "list", "--json", env=env)
+    assert listed.returncode == 0 and "restore-object" in listed.stderr, listed.stderr
+    proc = rem("--db-path", str(db), "backup", "prune", "--json", env=env)
+    assert proc.returncode == 1 and meta in proc.stderr and "deleted nothing" in proc.stderr
+    s3.restore_object(Bucket=bucket, Key=meta, RestoreRequest={"Days": 1})  # as the hint says
+    pruned = rem("--db-path", str(db), "backup", "prune", "--json", env=env)  # archived backups go like any other
+    assert pruned.returncode == 0, pruned.stderr
+    assert {r["name"] for r in json.loads(pruned.stdout)["delete"]} == {"old-archive", "old-incremental"}

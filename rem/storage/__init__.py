@@ -23,6 +23,10 @@ class ObjectInfo:
     size: int
     etag: str
     modified: float = 0.0  # Unix time it was last written
+    storage_class: str = ""  # S3's; GLACIER and DEEP_ARCHIVE cannot be read until restored
+
+
+ARCHIVED_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 
 class PreconditionFailed(Exception):
@@ -31,6 +35,14 @@ class PreconditionFailed(Exception):
 
 class ObjectMissing(Exception):
     """No object under that key."""
+
+
+class ObjectArchived(Exception):
+    """The object is in an archive storage class (a lifecycle rule moved it): it must be restored first."""
+
+    def __init__(self, key: str, storage_class: str):
+        super().__init__(f"{key} is in {storage_class}")
+        self.key, self.storage_class = key, storage_class
 
 
 def cleanup_quietly(action: Callable[[], object], what: str) -> None:
@@ -75,6 +87,9 @@ class ObjectStore(Protocol):
 
     def local_path(self, key: str) -> Path | None:
         """The object as a local file when the store is a directory (nothing to download), else None."""
+
+    def restore_hint(self, key: str) -> str:
+        """The command that brings an archived object back (stores without archive classes: '')."""
 
     def tag(self, key: str, tags: dict[str, str]) -> None: ...
 

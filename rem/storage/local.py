@@ -185,6 +185,9 @@ class LocalObjectStore:
     def tag(self, key: str, tags: dict[str, str]) -> None:
         """Local files carry no tags."""
 
+    def restore_hint(self, key: str) -> str:
+        return ""  # a directory has no archive class
+
     def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
         aborted = 0
         folder = prefix.rpartition("/")[0]

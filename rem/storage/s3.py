@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from rem.errors import RemError
-from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
+from rem.storage import ObjectArchived, ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
 from rem.storage.local import private_file
 
 
@@ -151,6 +151,17 @@ def _lost_race(exc) -> bool:
         "PreconditionFailed", "ConditionalRequestConflict")
 
 
+def _answer(exc, key: str) -> Exception:
+    """S3's refusal of a GET as the store's own exception where there is one, else itself."""
+    if _missing(exc):
+        return ObjectMissing(key)
+    if _lost_race(exc):
+        return PreconditionFailed(key)
+    if exc.response.get("Error", {}).get("Code") == "InvalidObjectState":
+        return ObjectArchived(key, exc.response["Error"].get("StorageClass", "GLACIER"))
+    return exc
+
+
 def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
     """boto3 upload ExtraArgs for server-side encryption (none, AES256 or aws:kms)."""
     if mode == "none":
@@ -196,7 +207,8 @@ class S3ObjectStore:
             if _missing(exc):
                 return None
             raise
-        return ObjectInfo(key, reply["ContentLength"], reply["ETag"], reply["LastModified"].timestamp())
+        return ObjectInfo(key, reply["ContentLength"], reply["ETag"], reply["LastModified"].timestamp(),
+                          reply.get("StorageClass", "STANDARD"))
 
     def _get(self, key: str, **args) -> dict:
         from botocore.exceptions import ClientError
@@ -204,11 +216,7 @@ class S3ObjectStore:
         try:
             return self.client.get_object(Bucket=self.cfg.bucket, Key=self.full_key(key), **args)
         except ClientError as exc:
-            if _missing(exc):
-                raise ObjectMissing(key) from None
-            if _lost_race(exc):
-                raise PreconditionFailed(key) from None
-            raise
+            raise _answer(exc, key) from None
 
     def get(self, key: str, start: int | None = None, end: int | None = None, if_match: str | None = None) -> bytes:
         args: dict[str, Any] = {}
@@ -277,7 +285,8 @@ class S3ObjectStore:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=self.full_key(prefix)):
             for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"], obj["LastModified"].timestamp())
+                yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"], obj["LastModified"].timestamp(),
+                                 obj.get("StorageClass", ""))
 
     def delete(self, keys: Iterable[str]) -> None:
         batch: list[str] = []
@@ -299,6 +308,11 @@ class S3ObjectStore:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def restore_hint(self, key: str) -> str:
+        """How an operator brings an archived object back (S3 restores it for the days asked, in hours)."""
+        return (f"aws s3api restore-object --bucket {self.cfg.bucket} --key {self.full_key(key)} "
+                "--restore-request Days=7")
 
     def tag(self, key: str, tags: dict[str, str]) -> None:
         self.client.put_object_tagging(Bucket=self.cfg.bucket, Key=self.full_key(key), Tagging={
@@ -328,8 +342,10 @@ class S3ObjectStore:
 
     def download(self, key: str, target: Path, progress: Callable[[int], None] | None = None) -> None:
         """Parallel ranged GETs into target.partial; an interrupted download resumes from its state file."""
-        head = self.client.head_object(Bucket=self.cfg.bucket, Key=self.full_key(key))
-        size, etag = head["ContentLength"], head["ETag"]
+        head = self.head(key)
+        if head is None:
+            raise ObjectMissing(key)
+        size, etag = head.size, head.etag
         part = self.cfg.chunk_size_mb * 1024 * 1024
         parts = max(1, -(-size // part))
         partial = target.with_name(target.name + ".partial")
@@ -364,8 +380,8 @@ class S3ObjectStore:
                         raise IOError(f"part {index} of {key}: got {len(body)} bytes, asked for "
                                       f"{end - start + 1} (bytes={start}-{end} of {size})")
                     break
-                except ClientError:  # an S3 answer is final
-                    raise
+                except ClientError as exc:  # an S3 answer is final
+                    raise _answer(exc, key) from None
                 except Exception:
                     if attempt == 4:
                         raise
