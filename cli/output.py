@@ -52,6 +52,9 @@ def table_renderer(headers: list[str], rows: list[list[Any]], empty: str = "") -
 
 def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
     """One clear line on stderr (and a JSON error document with --json), then exit."""
+    from rem.errors import redact
+
+    message = redact(message)
     if as_json:
         sys.stdout.write(orjson.dumps({"ok": False, "error": message}).decode() + "\n")
     from rich.text import Text

@@ -439,10 +439,25 @@ class BackupStore:
 
                 download_objects(self, record, dest, progress)
             else:
-                self.objects.download(self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE, progress)
+                download_checked(self.objects, self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE,
+                                 record.metadata.checksum_sha256, progress)
             # metadata.json last, as on upload: a directory without it is an unfinished download.
             with private_file(dest / METADATA) as f:
                 f.write(record.metadata.model_dump_json(indent=2).encode())
+
+
+def download_checked(objects: ObjectStore, key: str, target: Path, sha256: str,
+                     progress: Callable[[int], None] | None = None) -> None:
+    """Download an object, but first drop a copy an earlier run left whose SHA-256 is not the one
+    recorded: a download that resumes must never keep corrupt bytes of the right size."""
+    from rem.archive import sha256_file
+
+    if target.exists() and not target.with_name(target.name + ".download.json").exists() \
+            and sha256_file(target) != sha256:
+        log.warning("%s: an earlier download left corrupt bytes (SHA-256 is not the recorded %s): fetched again",
+                    target, sha256[:16])
+        target.unlink()
+    objects.download(key, target, progress)
 
 
 # ------------------------------------------------------------------------------ lookups

@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
+from rem.errors import redact
 from rem.pitr import LogPins
 from rem.storage import ObjectStore
 
@@ -38,7 +39,7 @@ def check_store(objects: ObjectStore, db: str) -> list[Check]:
             detail = action()
             ok = True
         except Exception as exc:  # any failure is the finding: what it says is the operator's lead
-            detail, ok = f"{type(exc).__name__}: {exc}", False
+            detail, ok = redact(f"{type(exc).__name__}: {exc}"), False
         results.append(Check(f"{name} {where}", ok, detail, round(time.perf_counter() - started, 3)))
         return ok
 

@@ -1,5 +1,15 @@
 """Typed errors. Each message is one line that says what is wrong and what to do."""
 
+import re
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def redact(text: str) -> str:
+    """A message as it may be shown or logged: the user and password inside any URL (an endpoint
+    given as http://key:secret@host) replaced by ***."""
+    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+
 
 class RemError(Exception):
     """Base class for every error this toolkit raises on purpose."""

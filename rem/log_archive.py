@@ -145,7 +145,12 @@ class WalArchive:
         return Page(key=key, first_seq=first, last_seq=last, segments=len(segments))
 
     def read_page(self, page: Page) -> list[Segment]:
-        segments = [Segment.model_validate(s) for s in orjson.loads(self.objects.get(page.key))]
+        try:
+            segments = [Segment.model_validate(s) for s in orjson.loads(self.objects.get(page.key))]
+        except (ValueError, TypeError) as exc:  # orjson's and pydantic's errors name no object
+            raise SegmentCorrupt(f"{self.objects.url(page.key)}: not a readable page of the log archive "
+                                 f"({str(exc).splitlines()[0]}); the segments it lists cannot be found until it is "
+                                 "restored (an earlier version, with bucket versioning)") from None
         if len(segments) != page.segments or (segments and (segments[0].first_seq, segments[-1].last_seq) !=
                                               (page.first_seq, page.last_seq)):
             raise SegmentCorrupt(f"{page.key} does not hold the {page.segments} segments the manifest says")
@@ -160,7 +165,12 @@ class WalArchive:
             body, etag = self.objects.get_with_etag(self.root + MANIFEST)
         except ObjectMissing:
             return Manifest(db_name=self.db), None
-        manifest = Manifest.model_validate_json(body)
+        try:
+            manifest = Manifest.model_validate_json(body)
+        except ValueError as exc:
+            raise SegmentCorrupt(f"{self.objects.url(self.root + MANIFEST)}: not a readable log-archive manifest "
+                                 f"({str(exc).splitlines()[0]}); restore its earlier version (bucket versioning), or "
+                                 "move the archive aside and take a full backup to start a new one") from None
         if manifest.format_version != MANIFEST_VERSION:
             where = self.objects.url(self.root)
             raise UsageError(f"{where}{MANIFEST} is a format {manifest.format_version} archive (the engine's logical "

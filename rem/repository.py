@@ -237,6 +237,26 @@ def object_source(source: Path, key: str) -> Path:
     return downloaded if downloaded.exists() else source.parents[4] / key
 
 
+def decompress_checked(path: Path, entry: FileEntry, out=None) -> None:
+    """Decompress an object (into out, when given), refusing it unless it holds exactly the entry's
+    bytes: its size and SHA-256."""
+    digest, size, key = hashlib.sha256(), 0, entry.object
+    try:
+        with open(path, "rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_BUFFER)
+            while chunk := reader.read(COPY_BUFFER):
+                size += len(chunk)
+                if size > entry.size:
+                    raise ObjectCorrupt(key, f"holds more than the {entry.size} bytes of {entry.name}")
+                digest.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+    except zstandard.ZstdError as exc:
+        raise ObjectCorrupt(key, f"not readable zstd ({exc})") from None
+    if size != entry.size or digest.hexdigest() != entry.sha256:
+        raise ObjectCorrupt(key, f"SHA-256 checksum mismatch for {entry.name}: the object is corrupt")
+
+
 def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int = 4,
                 progress: Callable[[int], None] | None = None) -> None:
     """Decompress every shared file into db_dir, refusing any whose bytes are not the SHA-256 asked for."""
@@ -245,23 +265,17 @@ def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int 
         path = object_source(source, key)
         if not path.exists():
             raise ObjectCorrupt(key, "missing from the repository")
-        digest, size = hashlib.sha256(), 0
         try:
-            with open(path, "rb") as raw, open(db_dir / entry.name, "xb") as out:
-                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_BUFFER)
-                while chunk := reader.read(COPY_BUFFER):
-                    size += len(chunk)
-                    if size > entry.size:
-                        raise ObjectCorrupt(key, f"holds more than the {entry.size} bytes of {entry.name}")
-                    digest.update(chunk)
-                    out.write(chunk)
+            with open(db_dir / entry.name, "xb") as out:
+                decompress_checked(path, entry, out)
                 os.fsync(out.fileno())  # here, in parallel with the other objects, not in a pass after them
-        except zstandard.ZstdError as exc:
-            raise ObjectCorrupt(key, f"not readable zstd ({exc})") from None
-        if size != entry.size or digest.hexdigest() != entry.sha256:
-            raise ObjectCorrupt(key, f"SHA-256 checksum mismatch for {entry.name}: the object is corrupt")
+        except ObjectCorrupt as exc:
+            if path.is_relative_to(source):  # a downloaded copy: the store's may be whole
+                raise ObjectCorrupt(key, f"{str(exc).split(': ', 1)[1]}; the downloaded copy {path} is the one at "
+                                         "fault: delete it and run `rem backup download` again") from None
+            raise
         if progress:
-            progress(size)
+            progress(entry.size)
 
     for entry in listing.files:
         if entry.object and not (SHARED.match(entry.name) and "/" not in entry.name):
@@ -398,19 +412,35 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
     an object already there with its stored size is not fetched again (an interrupted run resumes)."""
     from rem.storage.local import private_file
 
+    from rem.backups import download_checked
+
     body = store.objects.get(store.key(record.segment, record.folder, FILES))
     listing = FileList.model_validate_json(body)
     with private_file(dest / FILES) as f:
         f.write(body)
-    store.objects.download(store.key(record.segment, record.folder, SMALL), dest / SMALL, progress)
+    download_checked(store.objects, store.key(record.segment, record.folder, SMALL), dest / SMALL,
+                     listing.small_sha256, progress)
     (dest / "objects").mkdir(exist_ok=True, mode=0o700)
-    wanted = {e.object: e.stored_bytes for e in listing.files if e.object}
+    entries = {e.object: e for e in listing.files if e.object}
+    wanted = {key: e.stored_bytes for key, e in entries.items()}
+
+    def whole(target: Path, key: str) -> bool:
+        """A copy an earlier run left is kept only when it holds exactly the file's bytes."""
+        if not (target.exists() and target.stat().st_size == wanted[key]):
+            return False
+        try:
+            decompress_checked(target, entries[key])
+            return True
+        except ObjectCorrupt:
+            log.warning("%s: an earlier download left corrupt bytes: fetched again", target)
+            return False
 
     def fetch(key: str) -> None:
         if not OBJECT_KEY.match(key):
             raise ObjectCorrupt(key, "not an object name rem writes; the file list is not trustworthy")
         target = dest / "objects" / key.rpartition("/")[2]
-        if not (target.exists() and target.stat().st_size == wanted[key]):
+        if not whole(target, key):
+            target.unlink(missing_ok=True)
             try:
                 store.objects.download(key, target)
             except ObjectMissing:

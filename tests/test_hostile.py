@@ -516,3 +516,61 @@ def test_backups_whose_data_went_to_glacier_leave_every_command_working(db, tmp_
     pruned = rem("--db-path", str(db), "backup", "prune", "--json", env=env)  # archived backups go like any other
     assert pruned.returncode == 0, pruned.stderr
     assert {r["name"] for r in json.loads(pruned.stdout)["delete"]} == {"old-archive", "old-incremental"}
+
+
+# -------------------------------------------------------------------- 11: messages that point the right way
+
+
+def test_a_corrupt_downloaded_object_is_fetched_again_and_named_as_the_local_copy(db, tmp_path, s3_endpoint, bucket):
+    env = s3_env(s3_endpoint, bucket)
+    backup(db, env, "--upload", "--name", "one")
+    download = ("--db-path", str(db), "backup", "download", "--name", "one", "--output", str(tmp_path / "dl"),
+                "--json")
+    got = Path(json.loads(rem(*download, env=env, check=True).stdout)["path"])
+    victim = max((got / "objects").iterdir(), key=lambda p: p.stat().st_size)
+    body = bytearray(victim.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    victim.write_bytes(bytes(body))  # the right size, the wrong bytes
+    proc = rem("backup", "restore", "--source", str(got), "--target", str(tmp_path / "refused"))
+    assert proc.returncode == 1 and str(victim) in proc.stderr and "download" in proc.stderr, proc.stderr
+    rem(*download, env=env, check=True)  # the rerun fetches it again instead of keeping it
+    restore_and_compare(db, got, tmp_path / "restored")
+
+
+def test_a_missing_s3_object_is_named_with_the_backups_that_need_it(db, tmp_path, s3_endpoint, bucket, s3):
+    env = s3_env(s3_endpoint, bucket)
+    backup(db, env, "--upload", "--name", "inc")
+    backup(db, env, "--upload", "--name", "arc", "--archive")
+    prefix = f"{db_name_of(db)}/backups/"
+    listing = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}full/_all/inc/files.json")["Body"].read())
+    gone = f"{prefix}sst/{_biggest_object(listing)['sha256']}.zst"
+    s3.delete_object(Bucket=bucket, Key=gone)
+    s3.delete_object(Bucket=bucket, Key=f"{prefix}full/_all/arc/rocksdb.tar.zst")
+    for name, key in (("inc", gone), ("arc", f"{prefix}full/_all/arc/rocksdb.tar.zst")):
+        proc = rem("--db-path", str(db), "backup", "download", "--name", name, "--output", str(tmp_path / name),
+                   env=env)
+        assert proc.returncode == 1 and key in proc.stderr and name in proc.stderr.split(key, 1)[1], proc.stderr
+        assert "ClientError" not in proc.stderr and "HeadObject" not in proc.stderr
+
+
+def test_a_damaged_log_archive_manifest_is_named(db, tmp_path):
+    env = local_env(tmp_path)
+    rem("--db-path", str(db), "pitr", "archive", env=env, check=True)
+    manifest = tmp_path / "backups" / db_name_of(db) / "backups" / "wal" / "_all" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:40])
+    for args in (["pitr", "status"], ["pitr", "list-recovery-points"]):
+        proc = rem("--db-path", str(db), *args, env=env)
+        assert proc.returncode == 1 and str(manifest) in proc.stderr, proc.stderr
+        assert "ValidationError" not in proc.stderr and "JSONDecodeError" not in proc.stderr
+
+
+def test_a_password_in_the_endpoint_url_is_never_printed(db, tmp_path, s3_endpoint):
+    port = s3_endpoint.rsplit(":", 1)[1]
+    secret = "s3cr3t-pw"
+    for endpoint, args in ((f"http://key:{secret}@127.0.0.1:1", ["backup", "list", "--json"]),
+                           (f"http://key:{secret}@127.0.0.1:1", ["check", "--json"]),
+                           (f"http://key:{secret}@127.0.0.1:{port}", ["backup", "create", "--upload"])):
+        env = {**local_env(tmp_path), "P8_S3_BUCKET": "no-such-bucket", "P8_S3_ENDPOINT_URL": endpoint}
+        proc = rem("--db-path", str(db), *args, env=env, timeout=120)
+        assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+        assert secret not in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
