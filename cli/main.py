@@ -167,8 +167,12 @@ def db_verify(
                                          ("edges", check_edges), ("indexes", check_indexes)) if on)
     with command(as_json):
         from flows.maintenance import verify_flow
+        from rem.errors import CheckFailed
 
-        data = verify_flow(list(chosen) or None, _settings_dict(settings))
+        try:
+            data = verify_flow(list(chosen) or None, _settings_dict(settings))
+        except CheckFailed as failed:  # the run failed; the findings are still the answer
+            data = failed.result
 
         def render(console) -> None:
             from rich.table import Table
@@ -554,8 +558,12 @@ def drill(
         if backup is None and not settings.s3_bucket:
             fail("a drill uploads a fresh backup: set P8_S3_BUCKET (or give --backup NAME)", 2, as_json)
         from flows.retention import recovery_drill
+        from rem.errors import CheckFailed
 
-        result = recovery_drill(_settings_dict(settings), backup)
+        try:
+            result = recovery_drill(_settings_dict(settings), backup)
+        except CheckFailed as failed:  # the run failed; the drill's report is still the answer
+            result = failed.result
         emit(result, as_json, lambda c: c.print(
             f"Drill {'PASSED' if result['passed'] else 'FAILED'} on backup {result['backup']} "
             f"in {result['seconds']} s" + (f": {result['reason']}" if result["reason"] else "")

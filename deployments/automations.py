@@ -12,7 +12,7 @@ from uuid import UUID
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
-BACKUP_FLOWS = ["full-backup", "recovery-drill"]
+BACKUP_FLOWS = ["full-backup", "recovery-drill", "verify"]  # a check that fails is as urgent as a backup
 BACKUP_FAILED = "rem: backup or drill run failed"
 PAGED_RUN_FAILED = "rem: ad-hoc run failed (--page)"
 BACKUP_STALE = "rem: no successful backup"
@@ -54,11 +54,11 @@ def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_win
     notify = lambda subject, body: [SendNotification(block_document_id=notification_block_id,  # noqa: E731
                                                      subject=subject, body=body)]
     specs = [
-        run_failed(prefix + BACKUP_FAILED, "A backup or recovery-drill run of a deployment failed or crashed.",
+        run_failed(prefix + BACKUP_FAILED, "A backup, verify or recovery-drill run of a deployment failed or crashed.",
                    # Deployment runs only: an ad-hoc run from the command line has its operator watching.
                    [{"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
                     {"prefect.resource.role": "deployment"}],
-                   notify("REM backup failed: {{ flow.name }}/{{ deployment.name }} ({{ flow_run.name }})",
+                   notify("REM {{ flow.name }} failed: {{ flow.name }}/{{ deployment.name }} ({{ flow_run.name }})",
                           "Database {{ deployment.name }} (" + RUN_DETAILS)),
         run_failed(prefix + PAGED_RUN_FAILED, "A run started from the command line with --page failed or crashed.",
                    {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.rem-page"},

@@ -12,7 +12,8 @@ from rem.reports import table, verify_report
 from rem.stats import estimate_keys
 from rem.verify import ALL_CHECKS, rows_to_check, verify_database
 from tasks.monitoring import health
-from tasks.runtime import RunProgress, flow, publish_report, task, writer_slot
+from rem.errors import CheckFailed
+from tasks.runtime import RunProgress, emit, flow, publish_report, task, writer_slot
 
 
 @task("compact", retries=0)
@@ -92,6 +93,14 @@ def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None
     report = verify_task(str(cfg.db_path), tuple(checks or ALL_CHECKS))
     publish_report("verify", verify_report(report), description=f"Integrity check of {cfg.db_path}: "
                    + ("nothing critical" if report["ok"] else f"{report['critical']} critical finding(s)"))
+    if not report["ok"]:  # a check that finds damage fails its run: the state is red and the failure pages
+        worst = next((i for i in report["issues"] if i["severity"] == "critical"), None)
+        message = f"verify found {report['critical']} critical finding(s) in {cfg.db_path}" + (
+            f"; first: {worst['category']}: {worst['message']} ({worst['cf']} {worst['key']}); fix: {worst['fix']}"
+            if worst else "")
+        emit("rem.verify.failed", cfg, {"critical": report["critical"], "first": message})
+        raise CheckFailed(message, report)
+    emit("rem.verify.passed", cfg, {"checked": report["checked"]})
     return report
 
 

@@ -19,6 +19,7 @@ from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, p
 from rem.reports import drill_report
 from tasks.runtime import emit, flow, publish_report
 from rem.backups import UnreadableRecord, find_backup
+from rem.errors import CheckFailed
 from rem.identity import claim_name
 from tasks.storage import all_stores, identity, log_archive, remote_store
 
@@ -117,4 +118,6 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
          {"backup": result["backup"], "reason": result["reason"]})
     publish_report("recovery-drill", drill_report(result), description=f"Recovery drill of {cfg.db_path}: "
                    + ("passed" if result["passed"] else f"FAILED: {result['reason']}"))
+    if not result["passed"]:  # a drill that fails fails its run: the state is red and the failure pages
+        raise CheckFailed(f"recovery drill of backup {result['backup']} failed: {result['reason']}", result)
     return result

@@ -19,6 +19,15 @@ class UsageError(RemError):
     """Bad input from the user (a path, a name, a flag combination)."""
 
 
+class CheckFailed(RemError):
+    """A check ran and found a problem (a critical verify finding, a failed drill): the run fails, and
+    its full result still goes with it, for the command line to print."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
 class DatabaseLocked(RemError):
     def __init__(self, path: str):
         super().__init__(

@@ -249,6 +249,38 @@ def test_a_failed_backup_pages_naming_its_host_database_and_run(deployed, receiv
     assert len(pages) == 2, pages  # the deployment run's and the --page run's, nothing for the unasked one
 
 
+def _run_deployment(name: str, parameters=None):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        return client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {}).id
+
+
+def test_a_verify_that_finds_damage_ends_failed_and_pages(deployed, receiver):
+    from tests.helpers import dump_all
+    from tests.test_verify import plant
+
+    b = deployed["b"]
+    key, value = next((k, v) for k, v in sorted(dump_all(b["db"])["entities"].items())
+                      if k.startswith(b"entity:") and not k.startswith(b"entity:default:"))
+    plant(b["db"], [("entities", key, b"{broken")])  # damage the engine's write paths cannot produce
+    try:
+        run_id = _run_deployment(f"verify/{b['name']}")
+        _work("host-b", b["env"])
+        state = _final_state(run_id)
+        assert state.type.value == "FAILED", state
+        assert "critical" in state.message and key.decode() in state.message, state.message
+        note = receiver.wait_for(lambda n: "verify failed" in n.get("subject", "")
+                                 and str(run_id) in n.get("body", ""), 30)
+        assert note is not None, receiver.received
+        assert b["name"] in note["subject"] and "critical" in note["body"]
+    finally:
+        plant(b["db"], [("entities", key, value)])
+    by_hand = rem("--db-path", str(b["db"]), "db", "verify", "--json", env=b["env"])
+    assert by_hand.returncode == 0 and json.loads(by_hand.stdout)["ok"], by_hand.stderr
+
+
 def test_a_proactive_automation_fires_without_success_events_and_stays_quiet_with_them(deployed, receiver):
     from prefect.client.orchestration import get_client
     from prefect.events import emit_event
