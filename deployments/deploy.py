@@ -105,9 +105,14 @@ def database_blocks(cfg, db: str) -> dict[str, str]:
             BackupStorage.load(storage)
             outcome[storage] = "exists"
         except (ValueError, ObjectNotFound):
+            # Each nested block saved under a name of its own: the UI shows and edits a named block
+            # (bucket, keys, endpoint), never one saved anonymously inside another ("S3Bucket None").
             creds = AwsCredentials(region_name=cfg.s3_region, aws_client_parameters=AwsClientParameters(
                 endpoint_url=cfg.s3_endpoint_url))
-            BackupStorage(bucket=S3Bucket(bucket_name=cfg.s3_bucket, credentials=creds), prefix=cfg.s3_prefix,
+            creds.save(f"rem-aws-{db}", overwrite=True)
+            bucket = S3Bucket(bucket_name=cfg.s3_bucket, credentials=creds)
+            bucket.save(f"rem-bucket-{db}", overwrite=True)
+            BackupStorage(bucket=bucket, prefix=cfg.s3_prefix,
                           storage_class=cfg.s3_storage_class, chunk_size_mb=cfg.backup_chunk_size_mb,
                           concurrency=cfg.backup_upload_concurrency,
                           compression_level=cfg.backup_compression).save(storage)

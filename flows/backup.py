@@ -32,7 +32,10 @@ def resolve_settings(settings: dict[str, Any] | None, database_block: str | None
         block = RemDatabase.load(database_block)
         update = {"db_path": Path(block.path), "backup_dir": Path(block.backup_dir) if block.backup_dir else None,
                   "db_name": block.db_name, "storage_block": block.storage_block}
-    update.update({"storage_block": storage_block, "encryption_block": encryption_block})
+    # A block a run names overrides the database block's; a parameter left empty (None) overrides
+    # nothing, so a deployment's blocks always win over the worker's environment.
+    update.update({k: v for k, v in (("storage_block", storage_block), ("encryption_block", encryption_block))
+                   if v is not None})
     cfg = cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
     current_db.set(db_label(cfg))
     return cfg

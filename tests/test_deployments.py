@@ -281,6 +281,35 @@ def test_a_verify_that_finds_damage_ends_failed_and_pages(deployed, receiver):
     assert by_hand.returncode == 0 and json.loads(by_hand.stdout)["ok"], by_hand.stderr
 
 
+def test_a_scheduled_backup_writes_where_its_blocks_say_not_where_the_workers_environment_does(deployed, s3):
+    from prefect.client.orchestration import get_client
+    from prefect_aws import S3Bucket
+
+    b = deployed["b"]
+    with get_client(sync_client=True) as client:  # the bucket is a block of its own: the UI shows and edits it
+        storage = client.read_block_document_by_name(f"rem-backups-{b['name']}", "rem-backup-storage")
+        nested = storage.block_document_references["bucket"]
+        bucket_doc = client.read_block_document(nested["block_document"]["id"])
+    assert bucket_doc.name == f"rem-bucket-{b['name']}" and not bucket_doc.is_anonymous
+    bucket_block = S3Bucket.load(bucket_doc.name)
+    theirs, mine = deployed["bucket"], f"rem-edited-{os.getpid()}"  # the worker's P8_S3_BUCKET, the block's
+    s3.create_bucket(Bucket=mine)
+    records = lambda name: {o["Key"] for o in s3.list_objects_v2(Bucket=name).get("Contents", [])  # noqa: E731
+                            if o["Key"].endswith("/metadata.json")}
+    before = records(theirs)
+    bucket_block.bucket_name = mine  # edited as in the UI
+    bucket_block.save(bucket_doc.name, overwrite=True)
+    try:
+        run_id = _schedule(b["name"])
+        _work("host-b", b["env"])
+        assert _final_state(run_id).type.value == "COMPLETED"
+    finally:
+        bucket_block.bucket_name = theirs
+        bucket_block.save(bucket_doc.name, overwrite=True)
+    assert [k for k in records(mine) if k.startswith(f"{b['name']}/backups/full/_all/")]
+    assert records(theirs) == before
+
+
 def test_a_proactive_automation_fires_without_success_events_and_stays_quiet_with_them(deployed, receiver):
     from prefect.client.orchestration import get_client
     from prefect.events import emit_event
