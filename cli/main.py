@@ -608,10 +608,11 @@ def fleet_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> Non
 
         result = fleet_status()
         emit(result, as_json, table_renderer(
-            ["DB", "HOST", "LAST BACKUP", "AGE H", "PITR LAG S", "VERIFY", "HEALTH", "NEXT RUN", "BREACHES"],
-            [[r["db"], r["host"] or "?", r["last_backup"] or "never", str(r["backup_age_hours"]),
-              str(r["pitr_lag_seconds"]), r["last_verify"] or "-", r["health"], r["next_run"] or "-",
-              "; ".join(r["breaches"]) or "ok"] for r in result["databases"]],
+            ["DB", "STATUS", "WHY", "HOST", "LAST BACKUP", "AGE H", "PITR LAG S", "VERIFY", "DRILL", "HEALTH",
+             "NEXT RUN"],
+            [[r["db"], r["status"], r["why"] or "-", r["host"] or "?", r["last_backup"] or "never",
+              str(r["backup_age_hours"]), str(r["pitr_lag_seconds"]), r["last_verify"] or "-", r["last_drill"] or "-",
+              r["health"], r["next_run"] or "-"] for r in result["databases"]],
             "No database is deployed on this server: `rem deploy` on each database host."))
         if not result["ok"]:
             raise typer.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.request
 from datetime import datetime, timezone
 from typing import Any
@@ -17,27 +18,35 @@ def _tag(tags: list[str], kind: str) -> str | None:
     return next((t.split(":", 1)[1] for t in tags if t.startswith(kind + ":")), None)
 
 
-def _latest_run(client, deployment_id, states: list[str] | None = None):
+FINAL = ["COMPLETED", "FAILED", "CRASHED"]  # a run's result; a cancelled one says nothing of the database
+CHECKED_FLOWS = ("full-backup", "verify", "recovery-drill")  # their last result is each database's verdict
+# A scheduled run this late has no worker polling its queue (Prefect marks runs Late after 15 s).
+OVERDUE_MINUTES = 15
+
+
+def _latest_run(client, deployment_id, states: list[str]):
+    """The deployment's newest run in one of states, by when it ended (a scheduled run has not)."""
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.sorting import FlowRunSort
 
-    run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))) if states else None
     runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                                 flow_run_filter=run_filter, sort=FlowRunSort.START_TIME_DESC, limit=1)
+                                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                                     type=FlowRunFilterStateType(any_=states))),
+                                 sort=FlowRunSort.END_TIME_DESC, limit=1)
     return runs[0] if runs else None
 
 
-def _next_run(client, deployment_ids: list):
+def _scheduled(client, deployment_ids: list) -> list:
+    """The runs still waiting, soonest (or most overdue) first."""
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.sorting import FlowRunSort
 
-    runs = client.read_flow_runs(
+    return client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
-    return runs[0] if runs else None
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=20)
 
 
 def _latest_event(name: str, resource_id: str) -> dict | None:
@@ -84,34 +93,47 @@ def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
         backup = named.get("full-backup")
         last_backup = _latest_run(client, backup.id, ["COMPLETED"]) if backup else None
         backup_at = last_backup.end_time if last_backup else None
-        verify = named.get("verify")
-        last_verify = _latest_run(client, verify.id) if verify else None
+        results = {name: _latest_run(client, named[name].id, FINAL) for name in CHECKED_FLOWS if name in named}
         succeeded = _latest_event("rem.backup.succeeded", f"rem.db.{db}")
         archived = _latest_event("rem.wal.archived", f"rem.db.{db}")
         confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
         lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
             if confirmed else None
-        upcoming = _next_run(client, [d.id for d in deployments])
-        row = {"db": db, "host": _tag(deployments[0].tags or [], "host"),
+        waiting = _scheduled(client, [d.id for d in deployments])
+        overdue = [r for r in waiting if r.expected_start_time and
+                   (now - r.expected_start_time).total_seconds() > OVERDUE_MINUTES * 60]
+        upcoming = next((r for r in waiting if r not in overdue), None)
+        last = {name: (run.state.name if run and run.state else None) for name, run in results.items()}
+        row = {"db": db, "status": "ok", "why": "", "host": _tag(deployments[0].tags or [], "host"),
                "work_queue": deployments[0].work_queue_name,
                "last_backup": backup_at.isoformat() if backup_at else None,
                "backup_age_hours": _age_hours(backup_at, now),
                "pitr_lag_seconds": lag,
                "repository_bytes": (succeeded or {}).get("payload", {}).get("repository_bytes"),
-               "last_verify": last_verify.state.name if last_verify and last_verify.state else None,
+               "last_backup_run": last.get("full-backup"), "last_verify": last.get("verify"),
+               "last_drill": last.get("recovery-drill"),
                "health": _health(client, db),
+               "overdue": [f"{flows.get(r.flow_id)} due {r.expected_start_time.isoformat()}" for r in overdue],
                "next_run": (f"{flows.get(upcoming.flow_id)} at {upcoming.expected_start_time.isoformat()}"
                             if upcoming else None)}
         breaches = []
         if row["backup_age_hours"] is None or row["backup_age_hours"] > BACKUP_MAX_AGE_HOURS:
             breaches.append(f"no successful backup within {BACKUP_MAX_AGE_HOURS} h")
+        for name, run in results.items():
+            if run is not None and run.state and run.state.type.value in ("FAILED", "CRASHED"):
+                why = re.sub(r"^Flow run encountered an exception: \w+: ", "",
+                             (run.state.message or "").strip().split("\n", 1)[0])[:300]
+                breaches.append(f"last {name} {run.state.name.lower()} ({run.name})" + (f": {why}" if why else ""))
         if lag is not None and lag > WAL_LAG_WARN_SECONDS:
             breaches.append(f"PITR lag over {WAL_LAG_WARN_SECONDS} s")
-        if row["last_verify"] in ("Failed", "Crashed"):
-            breaches.append("last verify failed")
         if row["health"] == "unhealthy":
             breaches.append("unhealthy")
+        for run in overdue:
+            late = int((now - run.expected_start_time).total_seconds() // 60)
+            breaches.append(f"{flows.get(run.flow_id)} overdue by {late} min: no worker polls queue "
+                            f"{run.work_queue_name or row['work_queue']}")
         row["breaches"] = breaches
+        row["status"], row["why"] = ("BREACH", "; ".join(breaches)) if breaches else ("ok", "")
         rows.append(row)
     return rows
 
@@ -126,6 +148,7 @@ def fleet_status() -> dict[str, Any]:
         raise UsageError("rem fleet status reads the Prefect server: set PREFECT_API_URL")
     with get_client(sync_client=True) as client:
         rows = database_rows(client)
-    publish_table("fleet-status", [{**r, "breaches": "; ".join(r["breaches"])} for r in rows],
-                  description="Every database on this Prefect server, against the runbook's thresholds")
+    publish_table("fleet-status", [{k: v for k, v in r.items() if k not in ("breaches", "overdue")} for r in rows],
+                  description="Every database on this Prefect server, against the runbook's thresholds: "
+                              "database, status and why first")
     return {"ok": not any(r["breaches"] for r in rows), "databases": rows}

@@ -280,6 +280,30 @@ def test_a_verify_that_finds_damage_ends_failed_and_pages(deployed, receiver):
     by_hand = rem("--db-path", str(b["db"]), "db", "verify", "--json", env=b["env"])
     assert by_hand.returncode == 0 and json.loads(by_hand.stdout)["ok"], by_hand.stderr
 
+    # The fleet view shows that failure, and a run no worker picked up, as breaches with why.
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    a = deployed["a"]
+    with get_client(sync_client=True) as client:
+        health = client.read_deployment_by_name(f"health-and-metrics/{a['name']}")
+        late = client.create_flow_run_from_deployment(health.id, state=Scheduled(
+            scheduled_time=datetime.now(timezone.utc) - timedelta(hours=2))).id
+    try:
+        fleet = rem("fleet", "status", "--json", env=deployed["env"])
+        assert fleet.returncode == 1, fleet.stderr
+        rows = {r["db"]: r for r in json.loads(fleet.stdout)["databases"]}
+        assert rows[b["name"]]["status"] == "BREACH" and rows[b["name"]]["last_verify"] == "Failed"
+        assert "last verify failed" in rows[b["name"]]["why"] and key.decode() in rows[b["name"]]["why"]
+        overdue = [x for x in rows[a["name"]]["breaches"] if "overdue" in x]
+        assert overdue and "health-and-metrics overdue by 1" in overdue[0] and "host-a" in overdue[0], rows[a["name"]]
+        assert list(rows[a["name"]])[:3] == ["db", "status", "why"]
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(late)
+
 
 def test_a_scheduled_backup_writes_where_its_blocks_say_not_where_the_workers_environment_does(deployed, s3):
     from prefect.client.orchestration import get_client
