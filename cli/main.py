@@ -826,14 +826,16 @@ def pitr_enable(
     interval: int = typer.Option(300, "--interval", min=10, help="Seconds between archival passes"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Write the pitr settings table to the config file (--config, P8_CONFIG or ./rem.toml)."""
-    import os
+    """Write the pitr settings table to the config file every command reads (--config, P8_CONFIG, or the
+    database's own beside it: {db_path}.rem.toml)."""
     import tomllib
 
     with command(as_json):
         import tomli_w
 
-        path = ctx.obj.config or Path(os.environ.get("P8_CONFIG") or "rem.toml")
+        from rem.settings import config_file
+
+        path = config_file(ctx.obj.config, ctx.obj.flags.get("db_path"))
         data = tomllib.loads(path.read_text()) if path.exists() else {}
         data.setdefault("pitr", {}).update(enabled=True, bucket=bucket, interval_seconds=interval)
         from rem.settings import load_settings
@@ -851,13 +853,15 @@ def pitr_enable(
         if prefect_api_url():
             from prefect.client.orchestration import get_client
 
-            from deployments.deploy import set_wal_archive_schedule
+            from deployments.deploy import enable_pitr_automations, set_wal_archive_schedule
 
             with get_client(sync_client=True) as client:
                 from tasks.storage import identity
 
                 deployment = "wal-archive deployment: " + set_wal_archive_schedule(client, identity(settings).name,
                                                                                    interval, True)
+                deployment += "; automations: " + ", ".join(f"{k} ({v})" for k, v in
+                                                             enable_pitr_automations(client).items())
         else:
             deployment = "no Prefect API configured: `rem deploy` will schedule wal-archive at this interval"
         result = {"ok": True, "config": str(path), "pitr": data["pitr"], "deployment": deployment}

@@ -69,6 +69,17 @@ def ensure_notification_block(webhook_url: str | None, existing: str | None):
     return CustomWebhookNotificationBlock.load(NOTIFICATION_BLOCK)
 
 
+def enable_pitr_automations(client) -> dict[str, str]:
+    """The archive's automations (WAL lag, follower stopped) beside the ones `rem deploy` made, sent
+    to the same notification block: the one the backup-failure automation already notifies."""
+    from deployments.automations import BACKUP_FAILED, automation_specs, sync_automations
+
+    existing = client.read_automations_by_name(BACKUP_FAILED)
+    if not existing:
+        raise UsageError("no rem automations on this Prefect server yet: run `rem deploy` first")
+    return sync_automations(client, automation_specs(existing[0].actions[0].block_document_id, True))
+
+
 def set_wal_archive_schedule(client, db: str, interval_seconds: int, active: bool) -> str:
     """Point the database's wal-archive deployment's schedule at the [pitr] interval, paused unless
     PITR is on; its follower's deployment is switched with it."""

@@ -1,6 +1,8 @@
 """Settings: command-line flags beat P8_* environment variables, which beat the TOML file.
 
-The TOML file (`--config` or P8_CONFIG) uses the runbook's tables:
+The TOML file is `--config` or P8_CONFIG when given, else the database's own, beside its directory
+(`{db_path}.rem.toml`: /var/lib/rem/db.rem.toml), which every command, worker and service running
+for that database reads without being told, and `rem pitr enable` writes. It uses the runbook's tables:
 
     db_path = "/var/lib/rem/db"
     db_name = "orders-eu-1"   (optional; default derived from the database, see rem.identity)
@@ -164,10 +166,28 @@ def _describe_source(field: str, flags: dict[str, Any], config_path: Path | None
     return field
 
 
+def database_config(db_path: str | os.PathLike) -> Path:
+    """The database's own config file: beside its directory, never inside it (not ours to write)."""
+    db_path = Path(db_path)
+    return db_path.parent / f"{db_path.name}.rem.toml"
+
+
+def config_file(config: str | os.PathLike | None = None, db_path: str | os.PathLike | None = None) -> Path:
+    """The config file a command reads, and `rem pitr enable` writes: --config, P8_CONFIG, else the
+    database's own (whose path comes from the flag, P8_DB_PATH or the default)."""
+    if config:
+        return Path(config)
+    if os.environ.get("P8_CONFIG"):
+        return Path(os.environ["P8_CONFIG"])
+    return database_config(db_path or os.environ.get("P8_DB_PATH") or Settings.model_fields["db_path"].default)
+
+
 def load_settings(config: str | os.PathLike | None = None, **flags: Any) -> Settings:
     """Build settings from flags (None means not given), the environment and the TOML file."""
     flags = {k: v for k, v in flags.items() if v is not None}
-    config_path = Path(config) if config else (Path(os.environ["P8_CONFIG"]) if os.environ.get("P8_CONFIG") else None)
+    config_path = config_file(config, flags.get("db_path"))
+    if not (config or os.environ.get("P8_CONFIG")) and not config_path.is_file():
+        config_path = None  # the database's own file is optional; a named one must exist
     _toml_values.value = read_toml(config_path) if config_path else {}
     try:
         settings = Settings(**flags)

@@ -384,6 +384,11 @@ def test_pitr_enable_writes_the_config_and_activates_the_archival_schedule(deplo
         from deployments.deploy import set_wal_archive_schedule
 
         set_wal_archive_schedule(client, name, 300, False)  # leave the shared server without runs nobody picks up
+        archive_automations = [a for a in client.read_automations()
+                               if a.name in ("rem: no WAL archived", "rem: log follower stopped")]
+        assert len(archive_automations) == 2  # pitr enable made them, as `rem deploy` does with PITR on
+        for automation in archive_automations:
+            client.delete_automation(automation.id)
 
 
 def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deployed, s3_endpoint, bucket, s3, tmp_path):

@@ -1,10 +1,13 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from rem.errors import ConfigError
 from rem.settings import load_settings
-from tests.helpers import holding_lock, rem, snapshot_dir
+from tests.helpers import REPO, holding_lock, rem, snapshot_dir
 
 
 def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
@@ -70,3 +73,25 @@ def test_read_write_open_while_another_process_writes_names_the_path_and_the_loc
             open_db(path, "rw")
         assert str(path) in str(info.value) and "writer holds its lock" in str(info.value)
         assert snapshot_dir(path) == before
+
+
+def test_pitr_enable_writes_the_config_every_later_command_reads_without_being_told(tmp_path, s3_endpoint, bucket):
+    """#26.4: one config file per database, beside it, read by every command that names the database."""
+    from tests.engine.sample import engine_sample
+
+    db = tmp_path / "db"
+    engine_sample(db, 200, 1, 4, 8)
+    env = {"P8_DB_PATH": str(db), "P8_S3_ENDPOINT_URL": s3_endpoint, "P8_BACKUP_DIR": str(tmp_path / "b")}
+    env_without_config = {k: v for k, v in os.environ.items() if k != "P8_CONFIG"}
+    enabled = json.loads(rem("pitr", "enable", "--bucket", bucket, "--json", env={**env_without_config, **env},
+                             check=True).stdout)
+    assert enabled["config"] == str(tmp_path / "db.rem.toml") and not (db / "db.rem.toml").exists()
+    for args in (["pitr", "status", "--json"], ["--db-path", str(db), "pitr", "status", "--json"]):
+        status = json.loads(rem(*args, env={**env_without_config, **env}, check=True).stdout)
+        assert status["enabled"] is True, args
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status = subprocess.run([sys.executable, "-m", "cli.main", "--db-path", str(db), "pitr", "status", "--json"],
+                            cwd=elsewhere, env={**env_without_config, **env, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and json.loads(status.stdout)["enabled"] is True, status.stderr
