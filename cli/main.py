@@ -383,7 +383,12 @@ def backup_download(
 @backup_app.command("restore")
 def backup_restore(
     ctx: typer.Context,
-    source: Path = typer.Option(..., "--source", help="Backup directory (as written by create or download)"),
+    source: Optional[Path] = typer.Option(None, "--source", help="Backup directory (as written by create or "
+                                          "download)"),
+    name: Optional[str] = typer.Option(None, "--name", help="Or a backup's name in the stores (`latest`: the newest); "
+                                       "an S3 one is downloaded beside the target first"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="With --name: the tenant's backup"),
+    from_db: Optional[str] = FROM_DB_OPTION,
     target: Optional[Path] = typer.Option(None, "--target", help="Database directory (default: --db-path)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty target (kept in quarantine "
                                    "until the restored copy verifies)"),
@@ -393,9 +398,16 @@ def backup_restore(
     """Verify the checksum, extract safely, check every column family, then put into place."""
     settings = ctx.obj.settings(as_json)
     with command(as_json):
-        from flows.restore import restore
+        if (source is None) == (name is None):
+            fail("give the backup with --source DIR (a backup directory) or --name NAME (one in the stores, "
+                 "`latest` for the newest; see `rem backup list`)", 2, as_json)
+        from flows.restore import restore, restore_named
 
-        result = restore(str(source), str(target or settings.db_path), overwrite)
+        if name is not None:
+            result = restore_named(name, str(target or settings.db_path), overwrite, _settings_dict(settings),
+                                   _tenant(tenant), from_db)
+        else:
+            result = restore(str(source), str(target or settings.db_path), overwrite)
         if rebuild_indexes:
             from flows.maintenance import index_rebuild
 
@@ -936,10 +948,12 @@ def main() -> None:
 
     from typer import rich_utils
 
-    try:  # typer 0.20+ carries its own copy of click
+    try:  # typer 0.20+ carries its own copy of click, and keeps Abort in typer.exceptions
         from typer._click import exceptions as click
+        from typer.exceptions import Abort
     except ImportError:
         from click import exceptions as click
+        from click.exceptions import Abort
 
     try:
         code = app(standalone_mode=False)
@@ -953,7 +967,7 @@ def main() -> None:
     except click.ClickException as exc:
         rich_utils.rich_format_error(exc)
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except Abort:
         print("Aborted!", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -67,8 +67,10 @@ def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
 def command(as_json: bool) -> Iterator[None]:
     """Turn errors into one line and the right exit code (REM_DEBUG=1 keeps the traceback of the
     unexpected ones); under Prefect, tag the runs as ad hoc."""
-    from tasks.runtime import adhoc_tags
+    from tasks.runtime import ORCHESTRATED, adhoc_tags
 
+    if ORCHESTRATED:
+        _one_line_for_expected_errors()
     try:
         with bars(as_json), adhoc_tags(PAGE_ON_FAILURE.get("page", False)):
             yield
@@ -87,6 +89,10 @@ def command(as_json: bool) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("REM_DEBUG"):
             raise
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):  # botocore's, not imported here
+            fail("no AWS credentials were found for the bucket: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                 "(or AWS_PROFILE, or the host's instance role), or give the REM Backup Storage block's "
+                 "AwsCredentials its keys", 2, as_json)
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         fail(f"{type(exc).__name__}: {message} (rerun with REM_DEBUG=1 for the traceback)", 1, as_json)
 
@@ -157,6 +163,27 @@ def progress(description: str, total: int | None, unit: str = "entities") -> Ite
     step = RunProgress(description, total, unit, artifact=False)
     yield step
     step.finish()
+
+
+def _one_line_for_expected_errors() -> None:
+    """Prefect prints the traceback of any exception a flow run ends with; for rem's own errors (bad
+    input, a corrupt backup) the command prints its one line below, so the console shows only that.
+    The run's logs in the API keep the traceback."""
+    import logging
+
+    import prefect.main  # noqa: F401 - its logging is configured when it loads
+
+    from rem.errors import RemError
+
+    class ExpectedError(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.exc_info and isinstance(record.exc_info[1], RemError))
+
+    for logger in (logging.getLogger(), *(logging.getLogger(n) for n in ("prefect", "prefect.flow_runs",
+                                                                          "prefect.task_runs"))):
+        for handler in logger.handlers:
+            if "Console" in type(handler).__name__ and not any(isinstance(f, ExpectedError) for f in handler.filters):
+                handler.addFilter(ExpectedError())
 
 
 def quiet_prefect(verbose: bool) -> None:

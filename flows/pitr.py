@@ -164,7 +164,7 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
     out = real_target(Path(output))
     target = parse_time(timestamp)
     archive, window, segments = plan(cfg, timestamp, from_db)
-    lock = check_target(out, overwrite=False, tenant=None)
+    lock = check_target(out, overwrite=False, tenant=None, option="--output", can_overwrite=False)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
         if lock is not None:
             held.callback(lock.release)

@@ -43,6 +43,7 @@ DATA_TAG = ("rem-class", "data")  # the objects lifecycle rules may archive: nev
 PRUNE_LEASE = ".prune"  # {db}/backups/.prune: a garbage collection is deleting objects
 FORMAT_VERSION = 1
 NAME_MAX = 128
+LATEST = "latest"  # as a name to find: the newest backup (unless one is really called that)
 # An S3 claim older than this whose backup never got its metadata.json was left by a run that died.
 CLAIM_STALE_SECONDS = 6 * 3600
 
@@ -472,8 +473,14 @@ def find_backup(stores: list[BackupStore], name: str, tenant: str | None = None,
     check_name(name)
     if tenant is not None and tenant != ALL_TENANTS:
         check_tenant(tenant)
-    matches = [r for store in stores for r in store.list()
-               if r.name == name and (tenant is None or r.metadata.tenant_segment == tenant)]
+    every = [r for store in stores for r in store.list() if tenant is None or r.metadata.tenant_segment == tenant]
+    matches = [r for r in every if r.name == name]
+    if not matches and name == LATEST:  # WAL-G's LATEST: the newest whole-database backup, or --tenant's
+        wanted = tenant or ALL_TENANTS
+        newest = max((r for r in every if r.metadata.tenant_segment == wanted),
+                     key=lambda r: (r.metadata.timestamp, r.name), default=None)
+        matches = [r for r in every if newest is not None and (r.name, r.metadata.tenant_segment) ==
+                   (newest.name, newest.metadata.tenant_segment)]
     if not matches:
         where = ", ".join(s.describe() for s in stores)
         holder = _holder(elsewhere, name) if elsewhere else None

@@ -52,19 +52,22 @@ def real_target(target: Path) -> Path:
     return Path(os.path.realpath(target))
 
 
-def check_target(target: Path, overwrite: bool, tenant: str | None) -> DatabaseLock:
+def check_target(target: Path, overwrite: bool, tenant: str | None, option: str = "--target",
+                 can_overwrite: bool = True) -> DatabaseLock:
     """Refuse before any work: a non-empty target without --overwrite, or one a writer holds. The
     target is returned locked with RocksDB's own lock (an absent one claimed first): hold it until
-    the swap is durable."""
+    the swap is durable. option names the flag that chose the target, for the hint."""
     while not os.path.lexists(target):
         claimed = claim_absent_target(target)
         if claimed is not None:
             return claimed
     occupied = not target.is_dir() or any(p.name != "LOCK" for p in target.iterdir())  # a lone LOCK: a claim left
     if occupied and not overwrite:
+        if not can_overwrite:
+            raise UsageError(f"{target}: not empty; give {option} a new or empty directory")
         what = f"replace tenant {tenant!r} in it" if tenant and is_database(target) else "replace it"
         raise UsageError(f"{target}: not empty; pass --overwrite to {what} (the old data is kept in quarantine "
-                         "until the restored copy verifies) or choose another --target")
+                         f"until the restored copy verifies) or choose another {option}")
     if occupied and not is_database(target):
         raise UsageError(f"{target}: not empty and not a REM database; refusing to overwrite it")
     try:

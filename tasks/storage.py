@@ -38,8 +38,8 @@ def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None
                         source=f"the REM Backup Storage block {cfg.storage_block!r} (its bucket, endpoint and "
                                "AwsCredentials; Prefect UI -> Blocks)", **limits)
         session = creds.get_boto3_session()
-        return S3ObjectStore(s3, s3_client(s3, lambda config: session.client(
-            "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config)))
+        return S3ObjectStore(s3, client_factory=lambda config: session.client(
+            "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config))
     if not (bucket or cfg.s3_bucket):
         raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
     return S3ObjectStore(S3Settings(

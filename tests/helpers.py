@@ -161,3 +161,27 @@ def db_name_of(path) -> str:
     RocksDB IDENTITY the engine's RocksDB wrote when it created it."""
     identity = (Path(path) / "IDENTITY").read_text().strip().replace("-", "")[:8]
     return f"{Path(path).name}-{identity}"
+
+
+def in_terminal(*args: str, env: dict | None = None, columns: int = 80, timeout: float = 120) -> tuple[int, str]:
+    """Run `rem` under a pseudo-terminal of the given width, as a person at a terminal would, and
+    return its exit code and everything the screen showed (stdout and stderr together)."""
+    import pty
+    import select
+
+    full_env = {**os.environ, **(env or {}), "COLUMNS": str(columns), "LINES": "50"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: rem on the terminal
+        os.chdir(REPO)
+        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", *args], full_env)
+    screen = b""
+    while select.select([fd], [], [], timeout)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")

@@ -67,6 +67,10 @@ def test_command_line_runs_appear_on_the_prefect_server_when_one_is_configured(m
     # The restore of that backup is a run too, and it fails cleanly on a bad source.
     proc = rem("backup", "restore", "--source", str(tmp_path / "nope"), "--target", str(tmp_path / "t"), env=env)
     assert proc.returncode == 2 and "metadata.json" in proc.stderr
+    # A typo under Prefect is the same one line as without it: the traceback stays in the run's logs.
+    proc = rem("--db-path", str(db), "backup", "verify", "--name", "no-such-backup", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no backup named 'no-such-backup'")
     assert name
 
 
@@ -168,33 +172,16 @@ def test_a_long_command_shows_its_bar_on_a_terminal_and_nothing_when_piped(make_
     """Under a pseudo-terminal `rem backup restore` draws a bar with its total, rate and time left;
     piped, stderr carries none of it."""
     import os
-    import pty
-    import select
-    import sys
 
-    from tests.helpers import REPO
+    from tests.helpers import in_terminal
 
     db = make_sample(entities=3000)
     env = {**os.environ, "P8_BACKUP_DIR": str(tmp_path / "backups"), "COLUMNS": "160"}
     env.pop("PREFECT_API_URL", None)
     meta = json.loads(rem("--db-path", str(db), "backup", "create", "--json", env=env, check=True).stdout)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: rem on the terminal
-        os.chdir(REPO)
-        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", "backup", "restore", "--source",
-                                    meta["location"], "--target", str(tmp_path / "tty")], env)
-    screen = b""
-    while select.select([fd], [], [], 60)[0]:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, screen[-2000:]
-    text = screen.decode(errors="replace")
+    code, text = in_terminal("backup", "restore", "--source", meta["location"], "--target", str(tmp_path / "tty"),
+                             env=env, columns=160, timeout=60)
+    assert code == 0, text[-2000:]
     assert f"Restoring backup {meta['name']}" in text
     assert " of " in text and "MB" in text  # the total, in human units
     assert "Restored" in text

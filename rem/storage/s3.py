@@ -171,10 +171,16 @@ def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
     return {"ServerSideEncryption": "AES256"}
 
 
+# The reachability check answers in seconds: an endpoint that does not answer is named at once,
+# not after the ten retries with backoff (about a minute) a transfer is allowed.
+CHECK_LIMITS = {"connect_timeout": 5, "read_timeout": 10, "max_attempts": 2}
+
+
 class S3ObjectStore:
-    def __init__(self, cfg: S3Settings, client=None):
+    def __init__(self, cfg: S3Settings, client=None, client_factory: Callable[..., Any] | None = None):
         self.cfg = cfg
-        self.client = client or s3_client(cfg)
+        self.client_factory = client_factory  # a prefect-aws credentials block's, when it made the client
+        self.client = client or s3_client(cfg, client_factory)
         self.prefix = cfg.prefix.strip("/") + "/" if cfg.prefix.strip("/") else ""
 
     def full_key(self, key: str) -> str:
@@ -189,8 +195,10 @@ class S3ObjectStore:
     def check(self) -> None:
         from botocore.exceptions import ClientError, EndpointConnectionError
 
+        from dataclasses import replace
+
         try:
-            self.client.head_bucket(Bucket=self.cfg.bucket)
+            s3_client(replace(self.cfg, **CHECK_LIMITS), self.client_factory).head_bucket(Bucket=self.cfg.bucket)
         except ClientError as exc:
             raise RemError(f"s3://{self.cfg.bucket}: bucket not reachable ({exc.response.get('Error', {}).get('Code')}); "
                            f"check {self.cfg.source}") from None

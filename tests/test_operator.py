@@ -1,0 +1,89 @@
+"""The command line as a new on-call meets it (#26): hints that point at options that exist, one
+line instead of a traceback, figures that say what they are. Run under a pseudo-terminal where a
+person would see the output. Databases come from the engine-faithful writer (RocksDB 8.10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine.sample import engine_sample
+from tests.helpers import REPO, dump_all, in_terminal, rem
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("operator") / "db"
+    engine_sample(path, 600, 2, 26, 16)
+    return path
+
+
+@pytest.fixture
+def db(sample, tmp_path) -> Path:
+    copy = tmp_path / "db"
+    shutil.copytree(sample, copy)
+    return copy
+
+
+def local(tmp_path) -> dict:
+    return {"P8_BACKUP_DIR": str(tmp_path / "backups")}
+
+
+def test_stats_piped_into_head_ends_quietly(db):
+    proc = subprocess.run(f"{os.sys.executable} -m cli.main --db-path {db} db stats | head -3", shell=True,
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert len(proc.stdout.splitlines()) == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert "AttributeError" not in proc.stderr
+
+
+def test_restore_takes_a_backup_by_name_or_latest(db, tmp_path):
+    env = local(tmp_path)
+    rem("--db-path", str(db), "backup", "create", "--name", "first", env=env, check=True)
+    from tests.engine import engine_write
+
+    engine_write(db, [["insert", "acme", "articles", {"name": "after-first", "content": "x"}]])
+    rem("--db-path", str(db), "backup", "create", "--name", "second", env=env, check=True)
+    code, screen = in_terminal("--db-path", str(db), "backup", "restore", "--name", "latest", "--target",
+                               str(tmp_path / "latest"), env=env)
+    assert code == 0 and "Restored second" in screen, screen
+    assert dump_all(tmp_path / "latest") == dump_all(db)
+    code, screen = in_terminal("--db-path", str(db), "backup", "restore", "--name", "first", "--target",
+                               str(tmp_path / "first"), env=env)
+    assert code == 0 and "Restored first" in screen, screen
+    code, screen = in_terminal("--db-path", str(db), "backup", "restore", "--target", str(tmp_path / "x"), env=env)
+    assert code == 2 and "--source" in screen and "--name" in screen and "Traceback" not in screen
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-")]
+
+
+def test_a_pitr_restore_into_a_non_empty_output_names_the_option_it_has(db, tmp_path):
+    env = local(tmp_path)
+    rem("--db-path", str(db), "backup", "create", "--archive", env=env, check=True)
+    archived = json.loads(rem("--db-path", str(db), "pitr", "archive", "--json", env=env, check=True).stdout)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    stamp = archived["confirmed_timestamp"]  # inside the recovery window
+    code, screen = in_terminal("--db-path", str(db), "pitr", "restore", "--timestamp", stamp, "--output", str(busy),
+                               env=env)
+    assert code == 2 and "--output" in screen and "--overwrite" not in screen and "--target" not in screen, screen
+    assert (busy / "keep.txt").read_text() == "mine" and [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+
+def test_missing_credentials_and_an_unreachable_endpoint_are_one_line_each(db, tmp_path):
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {**local(tmp_path), "P8_S3_BUCKET": "some-bucket", "P8_S3_ENDPOINT_URL": "http://127.0.0.1:1",
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    proc = subprocess.run([os.sys.executable, "-m", "cli.main", "--db-path", str(db), "pitr", "status"], cwd=REPO,
+                          env={**bare, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no AWS credentials" in proc.stderr and "NoCredentialsError" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    started = time.monotonic()
+    code, screen = in_terminal("--db-path", str(db), "backup", "create", "--upload", env=env)
+    assert code == 1 and "cannot connect to http://127.0.0.1:1" in screen, screen
+    assert time.monotonic() - started < 20  # named in seconds, not after a minute of silent retries
