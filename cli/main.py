@@ -264,11 +264,14 @@ def _render_stats(console, stats) -> None:
     console.print(f"Entities:    {stats.entities_total:,} ({stats.entities_live:,} live, "
                   f"{stats.entities_soft_deleted:,} soft-deleted)")
     console.print(f"Schemas:     {stats.schemas:,}")
-    console.print(f"Embeddings:  {stats.embeddings:,}")
+    inline = sum(d.with_embedding for d in stats.schemas_detail.values())
+    console.print(f"Embeddings:  {inline:,} live entities with a vector (inline, as the engine keeps them); "
+                  f"{stats.embeddings:,} rows in the embeddings column family (the engine never writes it)")
     console.print(f"Edges:       {stats.edges:,}")
     console.print(f"Disk usage:  {human_bytes(stats.disk_usage_bytes)}")
-    console.print(f"WAL:         {stats.wal_entries:,} entries, {human_bytes(stats.wal_size_bytes)}, "
-                  f"latest sequence {stats.wal_latest_seq:,}")
+    console.print(f"Logical WAL: {stats.wal_entries:,} entries, {human_bytes(stats.wal_size_bytes)}, latest sequence "
+                  f"{stats.wal_latest_seq:,} (the wal column family, written only by a replication primary; "
+                  "RocksDB's own sequence numbers, which backups record, are another count)")
     table = Table("Column family", "Keys", "Size", "SST files", "Levels", "Compression", "Ratio",
                   title="Column families")
     for name, cf in stats.column_families.items():
@@ -323,7 +326,8 @@ def backup_create(
         result = full_backup(_settings_dict(settings), tenant=tenant, name=name, upload=upload, archive=archive)
         emit(result, as_json, lambda c: c.print(
             f"Backup {result['name']} of {result['tenant_id'] or 'the whole database'}: "
-            f"{result['entity_count']:,} entities, {human_bytes(result['size_bytes'])} "
+            f"{'~' if result['counts'] == 'estimated' else ''}{result['entity_count']:,} entities, "
+            f"{human_bytes(result['size_bytes'])} "
             f"(from {human_bytes(result['uncompressed_bytes'])}) in {result['duration_seconds']:.1f} s\n"
             f"Location: {result['location']}\nSHA-256: {result['checksum_sha256']}"))
 
@@ -414,7 +418,10 @@ def backup_restore(
             restored = settings.model_copy(update={"db_path": Path(result["target"])})
             result["index_rebuild"] = index_rebuild("all", None, _settings_dict(restored))
         emit(result, as_json, lambda c: c.print(
-            f"Restored {result['name']} into {result['target']}: {result['entity_count']:,} entities, "
+            f"Restored {result['name']} into {result['target']}: "
+            + (f"~{result['entity_count']:,} entities (RocksDB's estimate; `rem db stats` counts them), "
+               if result["counts"] == "estimated" else f"{result['entity_count']:,} entities, ")
+            + 
             f"checksum verified" + (" (repaired, nothing dropped)" if result["repaired"] else "")))
 
 

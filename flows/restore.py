@@ -83,7 +83,8 @@ def restore(source: str, target: str, overwrite: bool = False) -> dict[str, Any]
             lock.release()
     get_logger().info("restored %s into %s", metadata.name, target_dir)
     result = {"ok": True, "name": metadata.name, "target": str(target_dir), "mode": mode,
-              "tenant_id": metadata.tenant_id, "entity_count": report.entity_count, "repaired": report.repaired,
+              "tenant_id": metadata.tenant_id, "entity_count": report.entity_count,
+              "counts": "exact" if report.repaired else metadata.counts, "repaired": report.repaired,
               "column_families": written, "checksum_sha256": metadata.checksum_sha256,
               "seconds": round(time.monotonic() - started, 3)}
     publish_report("restore", restore_report(result, metadata.model_dump()),

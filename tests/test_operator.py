@@ -87,3 +87,14 @@ def test_missing_credentials_and_an_unreachable_endpoint_are_one_line_each(db, t
     code, screen = in_terminal("--db-path", str(db), "backup", "create", "--upload", env=env)
     assert code == 1 and "cannot connect to http://127.0.0.1:1" in screen, screen
     assert time.monotonic() - started < 20  # named in seconds, not after a minute of silent retries
+
+
+def test_estimates_are_marked_and_the_stats_say_which_count_is_which(db, tmp_path):
+    env = local(tmp_path)
+    made = json.loads(rem("--db-path", str(db), "backup", "create", "--json", env=env, check=True).stdout)
+    code, screen = in_terminal("backup", "restore", "--source", made["location"], "--target", str(tmp_path / "r"),
+                               env=env, columns=200)
+    assert code == 0 and f"~{made['entity_count']:,} entities (RocksDB's estimate" in screen, screen
+    code, screen = in_terminal("--db-path", str(db), "db", "stats", env=env, columns=200)
+    assert code == 0 and "live entities with a vector" in screen and "rows in the embeddings column family" in screen
+    assert "Logical WAL" in screen and "replication primary" in screen
