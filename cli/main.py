@@ -177,17 +177,33 @@ def db_verify(
         def render(console) -> None:
             from rich.table import Table
 
+            infos = {k.split(":", 1)[1]: n for k, n in data["by_category"].items() if k.startswith("info:") and n}
+            if data["critical"]:
+                console.print(f"Verify: FAILED: {data['critical']:,} critical finding(s)", style="bold red")
+            else:
+                console.print("Verify: OK: nothing critical" + (f" ({sum(infos.values()):,} info findings: states "
+                              "the engine's own write paths leave)" if infos else ""), style="bold green")
             console.print(f"Checked {', '.join(f'{n:,} {cf}' for cf, n in data['checked'].items())} "
                           f"in {data['seconds']:.1f} s")
-            if not data["issues"]:
-                console.print("No issues found.", style="green")
-                return
-            table = Table("SEVERITY", "CATEGORY", "ENTITY", "WHERE", "PROBLEM", "FIX")
-            for issue in data["issues"][:200]:
-                table.add_row(issue["severity"], issue["category"], issue["entity_id"] or "",
-                              f"{issue['cf']} {issue['key']}", issue["message"], issue["fix"])
-            console.print(table)
-            console.print(", ".join(f"{k} {v}" for k, v in data["by_category"].items()))
+            serious = [i for i in data["issues"] if i["severity"] != "info"]
+            if serious:
+                table = Table("SEVERITY", "CATEGORY", "ENTITY", "WHERE", "PROBLEM", "FIX")
+                for issue in serious[:200]:
+                    table.add_row(issue["severity"], issue["category"], issue["entity_id"] or "",
+                                  f"{issue['cf']} {issue['key']}", issue["message"], issue["fix"])
+                console.print(table)
+            if infos:  # hundreds of rows of one cause say less than one row with its count
+                first = {}
+                for issue in data["issues"]:
+                    if issue["severity"] == "info":
+                        first.setdefault(issue["category"], issue)
+                table = Table("INFO", "COUNT", "FOR EXAMPLE", "WHY / FIX", title="Info findings by cause")
+                for category, count in infos.items():
+                    example = first.get(category)
+                    table.add_row(category, f"{count:,}", example["message"] if example else "",
+                                  example["fix"] if example else "")
+                console.print(table)
+            console.print("`--json` lists every finding.")
 
         emit(data, as_json, render)
         if data["critical"]:
@@ -758,6 +774,13 @@ def pitr_archive(
     with command(as_json):
         from flows.pitr import wal_archive
 
+        if follow and not as_json:  # a follower says what each pass shipped, as Litestream's does
+            import logging
+
+            from tasks.runtime import get_logger
+
+            get_logger()  # the rem logger's handler, made on first use
+            logging.getLogger("rem").setLevel(logging.INFO)
         result = wal_archive(_settings_dict(settings), follow=follow, interval_seconds=interval)
         emit(result, as_json, lambda c: c.print(f"Skipped: {result['skipped']}") if "skipped" in result else c.print(
             f"Archived {result['archived_batches']:,} batches in {len(result['segments'])} segment(s) "

@@ -33,8 +33,15 @@ def heartbeat(name: str, event: str, window: timedelta, actions: list) -> Automa
 
 # The rest of a failure page: the run's tags (db: and host:), name, id, flow, state and UI address.
 RUN_DETAILS = ("{{ flow_run.tags | join(', ') }}): flow run {{ flow_run.name }} ({{ flow_run.id }}) of "
-               "{{ flow.name }} entered {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
-               "{{ flow_run | ui_url }}")
+               "{{ flow.name }} entered {{ flow_run.state.name }}: {{ flow_run.state.message }}\n")
+
+
+def run_link(ui_base: str | None) -> str:
+    """The run's UI address: the server's (PREFECT_UI_URL), else the one derived from the API address
+    the deploy used (a server without PREFECT_UI_URL renders ui_url as None)."""
+    fallback = (f"'{ui_base.rstrip('/')}/runs/flow-run/' ~ flow_run.id" if ui_base else
+                "'(no UI address: set PREFECT_UI_URL on the Prefect server)'")
+    return "{{ (flow_run | ui_url) or (" + fallback + ") }}"
 HOST = "{{ event.resource.get('rem.host') or 'an unknown host' }}"
 
 
@@ -50,7 +57,8 @@ def run_failed(name: str, description: str, related, actions: list) -> Automatio
 
 def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_window: timedelta = timedelta(hours=48),
                      wal_window: timedelta = timedelta(hours=1), prefix: str = "",
-                     follower_window: timedelta = timedelta(minutes=5)) -> list[AutomationCore]:
+                     follower_window: timedelta = timedelta(minutes=5),
+                     ui_base: str | None = None) -> list[AutomationCore]:
     notify = lambda subject, body: [SendNotification(block_document_id=notification_block_id,  # noqa: E731
                                                      subject=subject, body=body)]
     specs = [
@@ -59,11 +67,11 @@ def automation_specs(notification_block_id: UUID, pitr_enabled: bool, backup_win
                    [{"prefect.resource.role": "flow", "prefect.resource.name": BACKUP_FLOWS},
                     {"prefect.resource.role": "deployment"}],
                    notify("REM {{ flow.name }} failed: {{ flow.name }}/{{ deployment.name }} ({{ flow_run.name }})",
-                          "Database {{ deployment.name }} (" + RUN_DETAILS)),
+                          "Database {{ deployment.name }} (" + RUN_DETAILS + run_link(ui_base))),
         run_failed(prefix + PAGED_RUN_FAILED, "A run started from the command line with --page failed or crashed.",
                    {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.rem-page"},
                    notify("REM ad-hoc run failed: {{ flow.name }} ({{ flow_run.name }})",
-                          "Started by hand with --page (" + RUN_DETAILS)),
+                          "Started by hand with --page (" + RUN_DETAILS + run_link(ui_base))),
         heartbeat(prefix + BACKUP_STALE, "rem.backup.succeeded", backup_window, notify(
             "REM backup overdue: {{ event.resource.id }} on " + HOST,
             f"No successful backup of {{{{ event.resource.id }}}} within {backup_window}.")),

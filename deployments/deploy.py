@@ -77,7 +77,19 @@ def enable_pitr_automations(client) -> dict[str, str]:
     existing = client.read_automations_by_name(BACKUP_FAILED)
     if not existing:
         raise UsageError("no rem automations on this Prefect server yet: run `rem deploy` first")
-    return sync_automations(client, automation_specs(existing[0].actions[0].block_document_id, True))
+    return sync_automations(client, automation_specs(existing[0].actions[0].block_document_id, True,
+                                                     ui_base=ui_address()))
+
+
+def ui_address() -> str | None:
+    """The Prefect UI's address: PREFECT_UI_URL, else the API's address without /api (the server
+    serves its UI there)."""
+    from tasks.runtime import prefect_api_url
+
+    if os.environ.get("PREFECT_UI_URL"):
+        return os.environ["PREFECT_UI_URL"]
+    api = prefect_api_url()
+    return api.rstrip("/").removesuffix("/api") if api else None
 
 
 def set_wal_archive_schedule(client, db: str, interval_seconds: int, active: bool) -> str:
@@ -186,6 +198,7 @@ def deploy_everything(work_pool: str, work_queue: str, cfg, webhook_url: str | N
                                        if d.name in (db, f"{db}-follow"))
         result["wal_archive_schedule"] = set_wal_archive_schedule(client, db, int(cfg.pitr_interval_seconds),
                                                                   cfg.pitr_enabled)
-        result["automations"] = sync_automations(client, automation_specs(block._block_document_id, cfg.pitr_enabled))
+        result["automations"] = sync_automations(client, automation_specs(block._block_document_id, cfg.pitr_enabled,
+                                                                          ui_base=ui_address()))
     result["notification_block"] = notification_block or NOTIFICATION_BLOCK
     return result

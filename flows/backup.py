@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from rem.format import check_tenant
-from rem.reports import backup_report, backup_rows, human_bytes
+from rem.errors import redact
+from rem.reports import backup_failure_report, backup_report, backup_rows, human_bytes
 from rem.settings import Settings, load_settings
 from rem.tenant import require_tenant
 from tasks.backup import (build_metadata, compress_and_store, describe, facts_if_unchanged, find_previous,
@@ -78,7 +79,10 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
         finally:
             cleanup_quietly(lambda: store.release(segment, name), f"releasing backup name {name!r}")
     except Exception as exc:
-        emit("rem.backup.failed", cfg, {"name": name, "tenant": tenant, "reason": str(exc)})
+        reason = redact(f"{type(exc).__name__}: {exc}")
+        emit("rem.backup.failed", cfg, {"name": name, "tenant": tenant, "reason": reason})
+        publish_report("backup", backup_failure_report(name, db_label(cfg), tenant, reason),
+                       description=f"Backup {name} FAILED: {reason[:200]}")
         raise
     location = store.location(segment, name)
     emit("rem.backup.succeeded", cfg, {"name": name, "tenant": tenant, "location": location,

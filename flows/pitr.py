@@ -48,9 +48,10 @@ class Pinner(threading.Thread):
 
 
 def _stop_on_sigterm(stop: threading.Event) -> None:
-    """systemd's stop (SIGTERM) ends the follower after the pass under way."""
+    """systemd's stop (SIGTERM), or Ctrl-C at a terminal, ends the follower after one last pass."""
     with contextlib.suppress(ValueError):  # not the main thread: the caller stops it
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
 
 
 @flow("wal-archive", description="Ship RocksDB's log to S3: one pass, or a follower that pins every new log.")
@@ -114,7 +115,13 @@ def _follow(cfg: Settings, archive: WalArchive, pins: LogPins, interval: float, 
                     last_failure = time.monotonic()
             else:
                 _account(cfg, report, totals)
-                if time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval):
+                beat = time.monotonic() - last_beat >= min(HEARTBEAT_SECONDS, interval)
+                if report.archived_batches or beat or final:  # each pass that ships, else once a minute
+                    get_logger().info("%s %d batches in %d segment(s); archived through sequence %s, %d batches "
+                                      "behind", "shipped" if report.archived_batches else "following: shipped",
+                                      report.archived_batches, len(report.segments), report.last_archived_sequence,
+                                      report.lag_batches)
+                if beat:
                     emit("rem.wal.archived", cfg, _beat(report))
                     emit("rem.wal.follower.alive", cfg, _beat(report))
                     last_beat = time.monotonic()
@@ -124,6 +131,8 @@ def _follow(cfg: Settings, archive: WalArchive, pins: LogPins, interval: float, 
     finally:
         pinner.stopped.set()
         pinner.join()
+    get_logger().info("the log follower stopped after %d passes (%d failed)", totals["passes"],
+                      totals["failed_passes"])
     if report is None:
         raise RemError(f"none of {totals['failed_passes']} archival passes succeeded; the pins in {pins.dir} "
                        "keep the logs until one does")

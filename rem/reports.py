@@ -86,6 +86,12 @@ def verify_report(report: dict, worst: int = 10) -> str:
                                                 "problem": i["message"], "fix": i["fix"]} for i in listed]))
 
 
+def backup_failure_report(name: str, db: str, tenant: str | None, reason: str) -> str:
+    """What a failed backup run shows in the UI: which backup, and why, as the page says it."""
+    return "# Backup: FAILED\n\n" + fields([("backup", name), ("database", db), ("tenant", tenant or "(all)"),
+                                              ("reason", reason)])
+
+
 def drill_report(result: dict) -> str:
     counts = result.get("counts") or {}
     rows = [{"schema": s, "restored": counts["restored"].get(s), "live": counts["live"].get(s)}

@@ -236,6 +236,16 @@ def test_a_failed_backup_pages_naming_its_host_database_and_run(deployed, receiv
     assert note["received_at"] - state.timestamp.timestamp() < 30  # from the run failing to the page arriving
     assert b["name"] in note["subject"] and f"host:{socket.gethostname()}" in note["body"]
     assert "rem-no-such-bucket" in note["body"] and deployed["a"]["name"] not in note["body"]
+    link = note["body"].strip().splitlines()[-1]  # this server runs without PREFECT_UI_URL
+    assert link != "None" and link.endswith(f"/runs/flow-run/{run_id}"), note["body"]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:  # the failed run says why in the UI too
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    assert any(isinstance(x.data, str) and "Backup: FAILED" in x.data and "rem-no-such-bucket" in x.data
+               for x in artifacts), [x.data for x in artifacts]
 
     # By hand from the command line the same failure pages only when asked to.
     broken = {**b["env"], "P8_S3_BUCKET": "rem-no-such-bucket"}

@@ -98,3 +98,53 @@ def test_estimates_are_marked_and_the_stats_say_which_count_is_which(db, tmp_pat
     code, screen = in_terminal("--db-path", str(db), "db", "stats", env=env, columns=200)
     assert code == 0 and "live entities with a vector" in screen and "rows in the embeddings column family" in screen
     assert "Logical WAL" in screen and "replication primary" in screen
+
+
+def test_the_log_follower_says_what_each_pass_shipped_and_that_it_stopped(db, tmp_path):
+    import pty
+    import select
+    import signal
+    import sys
+
+    from tests.engine import engine_write
+
+    env = {**os.environ, **local(tmp_path), "COLUMNS": "160"}
+    env.pop("PREFECT_API_URL", None)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execvpe(sys.executable, [sys.executable, "-m", "cli.main", "--db-path", str(db), "pitr", "archive",
+                                    "--follow", "--interval", "0.5"], env)
+    screen, deadline, wrote = b"", time.time() + 60, False
+    while time.time() < deadline and b"stopped" not in screen:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                screen += os.read(fd, 65536)
+            except OSError:
+                break
+        if not wrote and b"shipped" in screen:
+            engine_write(db, [["insert", "acme", "articles", {"name": "while-following", "content": "x"}]])
+            wrote, shipped_at = True, screen.count(b"shipped")
+        if wrote and screen.count(b"shipped") > shipped_at and b"interrupt" not in screen:
+            os.kill(pid, signal.SIGINT)  # Ctrl-C
+            screen += b"interrupt"
+    _, status = os.waitpid(pid, 0)
+    text = screen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    import re
+
+    assert re.search(r"INFO shipped [1-9]\d* batches", text) and "stopped after" in text, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+
+
+def test_a_healthy_verify_leads_with_its_verdict_and_groups_the_info_findings(db):
+    from tests.engine import engine_write
+
+    ids = engine_write(db, [["insert", "acme", "projects", {"name": f"renamed-{i}", "status": "active"}]
+                            for i in range(40)])
+    engine_write(db, [["update", "acme", i, {"name": f"now-{n}"}] for n, i in enumerate(ids)])  # old key rows stay
+    code, screen = in_terminal("--db-path", str(db), "db", "verify", columns=160)
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert code == 0 and "Verify: OK: nothing critical (40 info findings" in screen, screen
+    assert screen.index("Verify: OK") < screen.index("Checked") < screen.index("Info findings by cause")
+    assert len(lines) < 40, screen  # one row for the 40 old key rows, not 40 rows
