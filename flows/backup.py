@@ -13,7 +13,7 @@ from rem.tenant import require_tenant
 from tasks.backup import (build_metadata, compress_and_store, describe, facts_if_unchanged, find_previous,
                           measure_repository, open_store, snapshot, store_incrementally, store_metadata, store_schemas,
                           utc_now)
-from tasks.runtime import current_db, db_label, emit, flow, get_logger, publish_report, publish_table
+from tasks.runtime import current_db, db_label, emit, flow, get_logger, label_run, publish_report, publish_table
 from rem.backups import ALL_TENANTS, backup_name, check_name
 from rem.storage import cleanup_quietly
 
@@ -41,6 +41,7 @@ def resolve_settings(settings: dict[str, Any] | None, database_block: str | None
                    if v is not None})
     cfg = cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
     current_db.set(db_label(cfg))
+    label_run(current_db.get())
     return cfg
 
 
@@ -49,7 +50,18 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                 upload: bool = False, storage_block: str | None = None, encryption_block: str | None = None,
                 database_block: str | None = None, archive: bool = False) -> dict[str, Any]:
     """A whole-database backup is incremental (only the SSTs the repository lacks go up) unless
-    archive asks for one self-contained rocksdb.tar.zst; a tenant's is always an archive."""
+    archive asks for one self-contained rocksdb.tar.zst; a tenant's is always an archive.
+
+    Args:
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        tenant: Back up only this tenant (plus the schemas); empty: the whole database.
+        name: The backup's name; empty: the snapshot's UTC time.
+        upload: Store it in the bucket, not the local backup directory.
+        storage_block: A REM Backup Storage block to use instead of the one the database block names.
+        encryption_block: A REM Backup Encryption block for the uploads (SSE-S3 or SSE-KMS).
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+        archive: One self-contained rocksdb.tar.zst instead of an incremental backup.
+    """
     cfg = resolve_settings(settings, database_block, storage_block, encryption_block)
     incremental = tenant is None and not archive
     started = time.monotonic()

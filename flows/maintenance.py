@@ -89,6 +89,13 @@ def verify_task(db_path: str, checks: tuple[str, ...]) -> dict:
 @flow("verify", description="Integrity verification through a read-only handle (safe on a live database).")
 def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None = None,
                 database_block: str | None = None) -> dict:
+    """Integrity check; a critical finding fails the run (and pages).
+
+    Args:
+        checks: Which checks: embeddings, schemas, edges, indexes; empty: all of them.
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+    """
     cfg = resolve_settings(settings, database_block)
     report = verify_task(str(cfg.db_path), tuple(checks or ALL_CHECKS))
     publish_report("verify", verify_report(report), description=f"Integrity check of {cfg.db_path}: "
@@ -157,6 +164,13 @@ def index_rebuild(kind: str = "all", schema_name: str | None = None, settings: d
 @flow("weekly-maintenance", description="Vacuum, then compaction: the weekly job (the engine must be stopped).")
 def weekly_maintenance(older_than: str = "30d", settings: dict[str, Any] | None = None,
                        database_block: str | None = None) -> dict:
+    """Vacuum, then compaction.
+
+    Args:
+        older_than: Soft-deleted entities older than this go for good: a number and d, h, m or s (30d).
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+    """
     cfg = resolve_settings(settings, database_block).model_dump(mode="json")
     return {"vacuum": vacuum_flow(older_than, None, False, cfg), "compaction": compaction(None, cfg)}
 
@@ -164,6 +178,13 @@ def weekly_maintenance(older_than: str = "30d", settings: dict[str, Any] | None 
 @flow("health-and-metrics", description="Health check, and the Prometheus textfile for node_exporter.")
 def health_and_metrics(textfile: str | None = None, settings: dict[str, Any] | None = None,
                        database_block: str | None = None) -> dict:
+    """Health check and Prometheus figures.
+
+    Args:
+        textfile: Write the Prometheus text here for node_exporter's textfile collector; empty: none.
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+    """
     cfg = resolve_settings(settings, database_block)
     result = health_flow(cfg.model_dump(mode="json"))
     if textfile:

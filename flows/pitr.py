@@ -57,6 +57,15 @@ def _stop_on_sigterm(stop: threading.Event) -> None:
 @flow("wal-archive", description="Ship RocksDB's log to S3: one pass, or a follower that pins every new log.")
 def wal_archive(settings: dict[str, Any] | None = None, database_block: str | None = None, follow: bool = False,
                 interval_seconds: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """One archival pass over RocksDB's log, or the follower.
+
+    Args:
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+        follow: Keep running: pin each new log at once and ship every interval, until cancelled.
+        interval_seconds: Seconds between the follower's shipments; empty: [pitr] follow_interval_seconds.
+        stop: Set to end the follower (in-process callers only).
+    """
     cfg = resolve_settings(settings, database_block)
     interval = interval_seconds or cfg.pitr_follow_interval_seconds
     if not is_database(cfg.db_path):

@@ -33,6 +33,17 @@ def _archive_and_manifest(cfg):
 @flow("prune", description="Keep a grandfather-father-son set of backups; delete the rest, local and S3.")
 def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tenant: str | None = None,
           dry_run: bool = False, settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
+    """Grandfather-father-son retention, then the garbage no kept backup needs.
+
+    Args:
+        keep_daily: Keep the newest backup of each of the last N days that have one.
+        keep_weekly: Of each of the last N ISO weeks.
+        keep_monthly: Of each of the last N months.
+        tenant: Only this tenant's backups (_all: whole-database ones); empty: every tenant, each on its own.
+        dry_run: Report the plan only; delete nothing.
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+    """
     cfg = resolve_settings(settings, database_block)
     stores = all_stores(cfg)
     me = identity(cfg)
@@ -81,6 +92,14 @@ def _per_schema_live(db_path) -> dict[str, int]:
 @flow("recovery-drill", description="Backup -> download -> restore -> verify -> compare counts -> clean up.")
 def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = None,
                    database_block: str | None = None, storage_block: str | None = None) -> dict:
+    """Backup, download, restore, verify and compare; a failed drill fails the run (and pages).
+
+    Args:
+        settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
+        backup: Drill this existing backup; empty: take a fresh one first.
+        database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
+        storage_block: A REM Backup Storage block to use instead of the one the database block names.
+    """
     cfg = resolve_settings(settings, database_block)
     started = time.monotonic()
     result: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

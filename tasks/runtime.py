@@ -166,6 +166,30 @@ def db_label(cfg) -> str:
     return cfg.db_name or derived_name(cfg.db_path) or f"{socket.gethostname()}-{Path(cfg.db_path).name}"
 
 
+def label_run(db: str) -> None:
+    """Give the current flow run a name an operator can tell apart (`full-backup/orders-a
+    2026-12-02T02:00Z`, not `huge-yak`) and the database's `db:` tag, which subflows and command-line
+    runs otherwise lack; quietly nothing outside a flow run."""
+    if not ORCHESTRATED:
+        return
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    run = context.flow_run
+    name = f"{context.flow.name}/{db} {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}"
+    tags = sorted(set(run.tags or []) | {f"db:{db}"})
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run.id, name=name, tags=tags)
+    except Exception as exc:  # a label is worth a warning, never a failed backup
+        log.warning("could not name flow run %s (%s)", run.id, exc)
+
+
 def artifact_key(key: str) -> str:
     """Artifact keys carry the database, so each database's latest backup, verify, ... stays its own."""
     import re

@@ -195,6 +195,13 @@ def test_each_backup_runs_on_its_own_hosts_worker_under_its_own_prefix(deployed,
         assert client.read_flow_run(run_a).state.type.value == "SCHEDULED"
     _work("host-a", a["env"])
     assert _final_state(run_a).type.value == "COMPLETED"
+    with get_client(sync_client=True) as client:  # runs an operator can tell apart, with forms that guide
+        run = client.read_flow_run(run_a)
+        assert run.name.startswith(f"full-backup/{a['name']} 20") and f"db:{a['name']}" in run.tags, run.name
+        for deployment in client.read_deployments():
+            if deployment.name in (a["name"], a["name"] + "-follow"):
+                properties = deployment.parameter_openapi_schema["properties"]
+                assert all(p.get("description") for p in properties.values()), (deployment.name, properties)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=deployed["bucket"])["Contents"]]
     for db in (a, b):
         assert any(k.startswith(f"{db['name']}/backups/full/_all/") and k.endswith("/metadata.json") for k in keys)
