@@ -348,6 +348,15 @@ def backup_create(
             f"Location: {result['location']}\nSHA-256: {result['checksum_sha256']}"))
 
 
+def _age(created: str) -> str:
+    """How long ago, as pgBackRest's info says it: 40 min, 5 h, 3 d."""
+    from datetime import datetime, timezone
+
+    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.0f} h" if seconds < 172800 \
+        else f"{seconds / 86400:.0f} d"
+
+
 @backup_app.command("list")
 def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
                 all_dbs: bool = typer.Option(False, "--all-dbs", help="Every database's backups in the stores"),
@@ -360,21 +369,22 @@ def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
         from flows.restore import list_backups
 
         rows, unreachable = list_backups(_settings_dict(settings), from_db, all_dbs, detail)
+        locations = [f"{r['name']}: {r['location']}" for r in rows]
         if detail:
             render = table_renderer(
-                ["DB", "NAME", "TENANT", "CREATED", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES", "HOST", "ONLINE",
-                 "LAYOUT", "LAST SEQUENCE", "SHA-256", "STATUS", "LOCATION"],
-                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], f"{r['duration_seconds']:.1f} s",
-                  human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]), human_bytes(r["added_bytes"]),
-                  f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}", r["host"],
-                  "yes" if r["online"] else "no", r["layout"], r["last_sequence"], r["checksum_sha256"][:16],
-                  r["status"], r["location"]] for r in rows], "No backups found.")
+                ["DB", "NAME", "TENANT", "CREATED", "AGE", "STATUS", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES",
+                 "HOST", "ONLINE", "LAYOUT", "LAST SEQUENCE", "SHA-256"],
+                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], _age(r["created"]), r["status"],
+                  f"{r['duration_seconds']:.1f} s", human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]),
+                  human_bytes(r["added_bytes"]), f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}",
+                  r["host"], "yes" if r["online"] else "no", r["layout"], r["last_sequence"],
+                  r["checksum_sha256"][:16]] for r in rows], "No backups found.", whole=("NAME",), after=locations)
         else:
             render = table_renderer(
-                ["DB", "NAME", "TENANT", "SIZE", "ADDED", "CREATED", "STATUS", "LOCATION"],
-                [[r["db"], r["name"], r["tenant_id"] or "(all)", human_bytes(r["logical_bytes"]),
-                  human_bytes(r["added_bytes"]), r["created"], r["status"], r["location"]]
-                 for r in rows], "No backups found.")
+                ["DB", "NAME", "TENANT", "CREATED", "AGE", "SIZE", "ADDED", "STATUS"],
+                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], _age(r["created"]),
+                  human_bytes(r["logical_bytes"]), human_bytes(r["added_bytes"]), r["status"]]
+                 for r in rows], "No backups found.", whole=("NAME",), after=locations)
         emit(rows, as_json, render)
         if unreachable:
             fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"

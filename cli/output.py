@@ -34,18 +34,36 @@ def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = No
         render(out)
 
 
-def table_renderer(headers: list[str], rows: list[list[Any]], empty: str = "") -> Callable[[Console], None]:
-    """The human rendering of tabular results: a rich table, or `empty` when there are no rows."""
+def table_renderer(headers: list[str], rows: list[list[Any]], empty: str = "", whole: tuple[str, ...] = (),
+                   after: list[str] = ()) -> Callable[[Console], None]:
+    """The human rendering of tabular results: a rich table, or `empty` when there are no rows. The
+    columns named in whole are never cut or wrapped (the others wrap to make room), and the lines
+    in after follow the table unwrapped by rich: a value someone copies (a location) stays whole."""
     def render(console: Console) -> None:
         if not rows and empty:
             console.print(empty)
             return
         from rich.table import Table
 
-        table = Table(*headers)
-        for row in rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
-        console.print(table)
+        cells = [["" if v is None else str(v) for v in row] for row in rows]
+        widest = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
+        if whole and sum(widest) + 3 * len(headers) + 1 > console.width:
+            # Too narrow for the table: one block per row, as pgBackRest's info prints, the whole
+            # columns first on a line of their own, nothing cut.
+            for row in cells:
+                first = "  ".join(v for h, v in zip(headers, row) if h in whole)
+                rest = ", ".join(f"{h.lower()} {v}" for h, v in zip(headers, row) if h not in whole and v)
+                console.print(first, style="bold", soft_wrap=True, highlight=False)
+                console.print(f"  {rest}", soft_wrap=True, highlight=False)
+        else:
+            table = Table()
+            for i, header in enumerate(headers):
+                table.add_column(header, **({"no_wrap": True, "min_width": widest[i]} if header in whole else {}))
+            for row in cells:
+                table.add_row(*row)
+            console.print(table)
+        for line in after:
+            console.print(line, soft_wrap=True, highlight=False)
 
     return render
 

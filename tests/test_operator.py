@@ -148,3 +148,15 @@ def test_a_healthy_verify_leads_with_its_verdict_and_groups_the_info_findings(db
     assert code == 0 and "Verify: OK: nothing critical (40 info findings" in screen, screen
     assert screen.index("Verify: OK") < screen.index("Checked") < screen.index("Info findings by cause")
     assert len(lines) < 40, screen  # one row for the 40 old key rows, not 40 rows
+
+
+@pytest.mark.parametrize("detail", [[], ["--detail"]])
+def test_backup_list_never_cuts_a_name_or_a_location_at_80_columns(db, tmp_path, detail):
+    env = local(tmp_path)
+    name = "nightly-before-the-schema-migration-2026-12-03T020000Z"
+    rem("--db-path", str(db), "backup", "create", "--name", name, env=env, check=True)
+    location = json.loads(rem("--db-path", str(db), "backup", "list", "--json", env=env, check=True).stdout)[0]["location"]
+    code, screen = in_terminal("--db-path", str(db), "backup", "list", *detail, env=env, columns=80)
+    flat = screen.replace("\r", "").replace("\n", "")  # the terminal may wrap a long line; rich must not cut it
+    assert code == 0 and name in screen and location in flat, screen
+    assert "…" not in screen and "status ok" in screen and "age 0 min" in screen, screen
