@@ -24,7 +24,21 @@ from pathlib import Path
 
 def run(*args: str, env: dict | None = None) -> None:
     print(f"\n$ rem {shlex.join(args)}", flush=True)
-    subprocess.run([sys.executable, "-m", "cli.main", *args], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "cli.main", *args], check=True,
+                   env=env or {**os.environ, "P8_DB_NAME": DEMO_NAME})
+
+
+DEMO_NAME = "demo"  # one name for the demo's database, on the command line and in Prefect
+DEMO_PORT = 4200  # Prefect's own default, which the README's restart command uses
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def free_port() -> int:
@@ -51,13 +65,13 @@ def scheduled_backup(db: Path, data: Path) -> None:
     home = data / "prefect"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    port = free_port()
+    port = DEMO_PORT if port_is_free(DEMO_PORT) else free_port()  # the port the restart command below serves
     api = f"http://127.0.0.1:{port}/api"
     base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     base.update(PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                 PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home.resolve()}/prefect.db")
     # The automations' pages go to a loopback address nothing listens on: the demo pages no one.
-    env = {**base, "PREFECT_API_URL": api, "P8_DB_PATH": str(db.resolve()), "P8_DB_NAME": "demo",
+    env = {**base, "PREFECT_API_URL": api, "P8_DB_PATH": str(db.resolve()), "P8_DB_NAME": DEMO_NAME,
            "P8_BACKUP_DIR": str((data / "backups").resolve()), "P8_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/demo-pages"}
     print(f"\n$ prefect server start --host 127.0.0.1 --port {port}", flush=True)
     with open(home / "server.log", "w") as log:
@@ -94,8 +108,8 @@ def scheduled_backup(db: Path, data: Path) -> None:
                             "demo", "--run-once"], env=env, check=True, capture_output=True, timeout=300)
             state = client.read_flow_run(run_id).state
             print(f"\nFlow run {run_id}: {state.type.value}")
-            print(f"In the Prefect UI (while a server runs on port {port}): "
-                  f"http://127.0.0.1:{port}/runs/flow-run/{run_id}")
+            print(f"In the Prefect UI: http://127.0.0.1:{port}/runs/flow-run/{run_id} (the demo stops its server at "
+                  f"the end; `PREFECT_HOME={home} .venv/bin/prefect server start --port {port}` brings it back)")
             artifacts = [a for a in client.read_artifacts() if a.key == "backup-demo" and a.flow_run_id == run_id]
             if artifacts:
                 print(f"\nIts artifact backup-demo ({artifacts[0].description}):\n\n{artifacts[0].data}")
@@ -113,7 +127,7 @@ def scheduled_backup(db: Path, data: Path) -> None:
 def run_json(*args: str) -> dict:
     print(f"\n$ rem {shlex.join(args)}", flush=True)
     out = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], check=True, capture_output=True,
-                         text=True).stdout
+                         text=True, env={**os.environ, "P8_DB_NAME": DEMO_NAME}).stdout
     return json.loads(out)
 
 
