@@ -43,18 +43,9 @@ def restore_and_compare(db_or_rows, source: Path, target: Path) -> None:
     assert dump_all(target) == want
 
 
-@pytest.fixture(scope="module")
-def small_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("hostile") / "db"
-    engine_sample(path, 800, 2, 27, 16)
-    return path
-
-
 @pytest.fixture
-def db(small_db, tmp_path) -> Path:
-    copy = tmp_path / "db"
-    shutil.copytree(small_db, copy)
-    return copy
+def db(make_sample) -> Path:
+    return make_sample(entities=800, tenants=2, seed=27, dim=16)
 
 
 # -------------------------------------------------------------------- 2: half-written compaction output
@@ -346,9 +337,10 @@ def test_a_scratch_directory_being_made_or_removed_by_another_scrape_is_left_alo
 # -------------------------------------------------------------------- 5: a clone under the original's name
 
 
-def test_a_clone_restored_under_productions_name_cannot_back_up_or_prune_production(small_db, tmp_path):
+def test_a_clone_restored_under_productions_name_cannot_back_up_or_prune_production(db, tmp_path):
     prod = tmp_path / "prod" / "db"
-    shutil.copytree(small_db, prod)
+    prod.parent.mkdir()
+    db.rename(prod)
     env = local_env(tmp_path)
     first = backup(prod, env, "--name", "prod-1")
     staging = tmp_path / "staging" / "db"  # same directory name, and the backup carries the IDENTITY
@@ -425,11 +417,11 @@ def test_schema_and_entity_type_names_never_become_paths_outside_the_output(db, 
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any("escaped-export" in p.name for p in written) and all(p.parent == out for p in written)
     rem("--db-path", str(db), "index", "rebuild", "--type", "hnsw", check=True)
-    hnsw = tmp_path / "db.hnsw"
+    hnsw = db.parent / f"{db.name}.hnsw"
     built = [p for p in hnsw.rglob("*") if p.is_file()]
     assert any("escaped-hnsw" in p.name for p in built)
     assert all(p.parent.parent == hnsw for p in built)  # {db}.hnsw/{tenant}/{schema}.*
-    assert {p.name for p in tmp_path.iterdir()} == outside | {"export", "db.hnsw"}
+    assert {p.name for p in tmp_path.iterdir()} == outside | {"export", hnsw.name}
     assert not list(tmp_path.parent.glob("escaped-*")) and not list(tmp_path.glob("escaped-*"))
 
     proc = rem("--db-path", str(db), "query", 'SELECT count(*) AS n FROM "../escaped-export"', "--json")

@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.engine.sample import engine_sample
 from tests.helpers import REPO, dump_all, in_terminal, rem
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("operator") / "db"
-    engine_sample(path, 600, 2, 26, 16)
-    return path
-
-
 @pytest.fixture
-def db(sample, tmp_path) -> Path:
-    copy = tmp_path / "db"
-    shutil.copytree(sample, copy)
-    return copy
+def db(make_sample) -> Path:
+    return make_sample(entities=600, tenants=2, seed=26, dim=16)
 
 
 def local(tmp_path) -> dict:
