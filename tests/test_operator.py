@@ -149,3 +149,14 @@ def test_backup_list_never_cuts_a_name_or_a_location_at_80_columns(db, tmp_path,
     flat = screen.replace("\r", "").replace("\n", "")  # the terminal may wrap a long line; rich must not cut it
     assert code == 0 and name in screen and location in flat, screen
     assert "…" not in screen and "status ok" in screen and "age 0 min" in screen, screen
+
+
+def test_the_demo_names_its_database_demo_on_the_command_line_too(tmp_path):
+    """#26.11: the name the demo's command line shows is the one its Prefect deployments use."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cli.demo", "--no-prefect", "--entities", "2000", "--data-dir",
+                           str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "│ demo │ demo │" in proc.stdout and "rem-db-" not in proc.stdout, proc.stdout
+    assert (tmp_path / "data" / "backups" / "demo" / "backups" / "full" / "_all" / "demo" / "metadata.json").exists()
