@@ -166,6 +166,9 @@ def db_label(cfg) -> str:
     return cfg.db_name or derived_name(cfg.db_path) or f"{socket.gethostname()}-{Path(cfg.db_path).name}"
 
 
+_labeled: set = set()  # flow runs label_run has named in this process
+
+
 def label_run(db: str) -> None:
     """Give the current flow run a name an operator can tell apart (`full-backup/orders-a
     2026-12-02T02:00Z`, not `huge-yak`) and the database's `db:` tag, which subflows and command-line
@@ -178,9 +181,10 @@ def label_run(db: str) -> None:
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return
+    if context is None or context.flow_run is None or context.flow_run.id in _labeled:
+        return  # a task resolving its settings again inside the same run names nothing twice
     run = context.flow_run
+    _labeled.add(run.id)
     name = f"{context.flow.name}/{db} {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}"
     tags = sorted(set(run.tags or []) | {f"db:{db}"})
     try:
