@@ -187,12 +187,12 @@ class Unreadable:
 
 
 class UnreadableRecord(RemError):
-    def __init__(self, found: list[Unreadable]):
+    def __init__(self, found: list[Unreadable], done: str = "prune deleted nothing"):
         first = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        super().__init__(f"{first.location}: {first.why}{more}; prune deleted nothing, since the objects of a "
-                         "backup whose record cannot be read may be needed: repair or restore that file, or remove "
-                         "its folder by hand if the backup is unwanted")
+        super().__init__(f"{first.location}: {first.why}{more}; {done}, since the objects of a backup whose "
+                         "record cannot be read may be needed: repair or restore that file, or remove its folder by "
+                         "hand if the backup is unwanted")
         self.found = found
 
 

@@ -398,7 +398,8 @@ def _listed_objects(store: BackupStore, segment: str, folder: str) -> set[str]:
         return read_files(store, segment, folder).objects
     except (ObjectMissing, ValueError) as exc:
         raise UnreadableRecord([Unreadable(store.objects.url(store.key(segment, folder, FILES)),
-                                           f"not a readable file list ({str(exc).splitlines()[0]})")]) from None
+                                           f"not a readable file list ({str(exc).splitlines()[0]})")],
+                               "prune deleted no shared object") from None
 
 
 def repository_bytes(store: BackupStore) -> int:
