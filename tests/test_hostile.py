@@ -566,3 +566,20 @@ def test_a_password_in_the_endpoint_url_is_never_printed(db, tmp_path, s3_endpoi
         proc = rem("--db-path", str(db), *args, env=env, timeout=120)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
         assert secret not in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
+
+
+def test_a_damaged_file_list_stops_garbage_collection_and_every_object_stays(db, tmp_path):
+    env = local_env(tmp_path)
+    backup(db, env, "--name", "one")
+    engine_write(db, [["insert", "acme", "articles", {"name": f"later-{i}", "content": "y" * 300}]
+                      for i in range(300)])
+    rem("--db-path", str(db), "db", "compact", check=True)
+    backup(db, env, "--name", "two")
+    home = tmp_path / "backups" / db_name_of(db) / "backups"
+    listing = home / "full" / "_all" / "one" / "files.json"
+    listing.write_bytes(listing.read_bytes()[:-20])  # its metadata.json still reads, its list does not
+    objects = snapshot_dir(home / "sst")
+    proc = rem("--db-path", str(db), "backup", "prune", env=env)
+    assert proc.returncode == 1 and str(listing) in proc.stderr and "no shared object" in proc.stderr, proc.stderr
+    assert snapshot_dir(home / "sst") == objects
+    restore_and_compare(db, home / "full" / "_all" / "two", tmp_path / "restored")
