@@ -96,20 +96,10 @@ def restore_named(name: str, target: str, overwrite: bool, settings: dict[str, A
                   tenant: str | None = None, from_db: str | None = None) -> dict[str, Any]:
     """Restore a backup found by name: a local store's in place, an S3 one downloaded beside the
     target first (same filesystem, removed afterwards)."""
-    from flows.backup import resolve_settings
-
-    cfg = resolve_settings(settings)
-    record = find_record(cfg, name, tenant, from_db)
     beside = real_target(Path(target)).parent
     beside.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".rem-download-", dir=beside) as tmp:
-        progress = RunProgress(f"Downloading backup {record.name}", record.metadata.size_bytes)
-        try:
-            source = record.store.fetch(record, Path(tmp), progress)
-        except ObjectCorrupt as exc:
-            raise needed_by(record, exc) from None
-        progress.finish()
-        return restore(str(source), target, overwrite)
+        return restore(str(download(name, Path(tmp), settings, tenant, from_db)), target, overwrite)
 
 
 @flow("verify-backup", description="Checksum and trial restore of a backup into a temporary directory.")

@@ -412,12 +412,8 @@ class BackupStore:
         here = self.objects.local_path(self.key(record.segment, record.folder, METADATA))
         if here is not None:
             return here.parent
-        if record.archived:
-            more = f" (and the same for {len(record.archived) - 1} more)" if len(record.archived) > 1 else ""
-            raise BackupArchived(f"backup {record.name} is archived: {self.objects.url(record.archived[0])} is in "
-                                 f"Glacier (a lifecycle rule moved it); restore it with "
-                                 f"`{self.objects.restore_hint(record.archived[0])}`{more}, then run this again once "
-                                 "S3 has restored it (hours); `rem backup list` shows which backups are archived")
+        if record.archived:  # refused before anything is written to out_dir
+            raise self._archived(record, record.archived[0], "Glacier", len(record.archived) - 1)
         dest = out_dir / check_name(record.folder)
         dest.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -425,11 +421,16 @@ class BackupStore:
         except ObjectMissing as exc:
             raise RemError(f"{self.objects.url(str(exc))}: missing from the store, so backup {record.name} cannot "
                            "be downloaded; try another backup (`rem backup list`)") from None
-        except ObjectArchived as exc:
-            raise BackupArchived(f"backup {record.name} is archived: {self.objects.url(exc.key)} is in "
-                                 f"{exc.storage_class}; restore it with `{self.objects.restore_hint(exc.key)}`, then "
-                                 "run this again once S3 has restored it (hours)") from None
+        except ObjectArchived as exc:  # archived after it was listed
+            raise self._archived(record, exc.key, exc.storage_class) from None
         return dest
+
+    def _archived(self, record: BackupRecord, key: str, storage_class: str, more: int = 0) -> BackupArchived:
+        also = f" (and the same for {more} more)" if more else ""
+        return BackupArchived(f"backup {record.name} is archived: {self.objects.url(key)} is in {storage_class} (a "
+                              f"lifecycle rule moved it); restore it with `{self.objects.restore_hint(key)}`{also}, "
+                              "then run this again once S3 has restored it (hours); `rem backup list` shows which "
+                              "backups are archived")
 
     def _download(self, record: BackupRecord, dest: Path, progress: Callable[[int], None] | None) -> None:
         with space_checked(dest, "--output"):

@@ -172,12 +172,11 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-sst") as pool:
         entries = list(pool.map(identify, shared))
         have = {i.key: i for i in store.objects.list(sst_root(db))}
-        added = _upload_unproven(store, entries, have, recorded, snap_dir, level, spool, pool, progress)
+        added = _upload_unproven(store, entries, have, recorded, set(), snap_dir, level, spool, pool, progress)
         # Objects a prune removed (or anything replaced) while this ran go up again: nothing this list
         # names may be missing or other than what was uploaded or proven.
-        proven = {**recorded, **{key: None for key in added}}
         have = {i.key: i for i in store.objects.list(sst_root(db))}
-        again = _upload_unproven(store, entries, have, proven, snap_dir, level, spool, pool, None)
+        again = _upload_unproven(store, entries, have, recorded, set(added), snap_dir, level, spool, pool, None)
         added.update(again)
     for entry in entries:
         info = store.objects.head(entry.object) if entry.object in again else have.get(entry.object)
@@ -208,12 +207,12 @@ def reusable(info: ObjectInfo | None, recorded: FileEntry | None) -> bool:
 
 
 def _upload_unproven(store: BackupStore, entries: list[FileEntry], have: dict[str, ObjectInfo],
-                     recorded: dict[str, FileEntry | None], snap_dir: Path, level: int, spool: Path,
+                     recorded: dict[str, FileEntry], uploaded: set[str], snap_dir: Path, level: int, spool: Path,
                      pool: ThreadPoolExecutor, progress) -> dict[str, int]:
-    """Upload every entry's object that is absent or not proven (recorded None: uploaded by this run)."""
+    """Upload every entry's object the store lacks, or holds other than recorded (what this run
+    uploaded itself is proven by being there)."""
     def proven(e: FileEntry) -> bool:
-        return e.object in have and (e.object in recorded and recorded[e.object] is None
-                                     or reusable(have[e.object], recorded.get(e.object)))
+        return e.object in have and (e.object in uploaded or reusable(have[e.object], recorded.get(e.object)))
 
     todo = {e.object: e for e in entries if not proven(e)}
     if progress:
