@@ -9,7 +9,7 @@ from prefect_aws import S3Bucket
 from pydantic import Field, model_validator
 
 from rem.settings import STORAGE_CLASSES
-from rem.storage.s3 import encryption_args
+from rem.storage.s3 import BOUNDED, S3ObjectStore, S3Settings, encryption_args
 
 
 class RemDatabase(Block):
@@ -74,3 +74,20 @@ class BackupStorage(Block):
     chunk_size_mb: int = Field(default=100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5).")
     concurrency: int = Field(default=4, ge=1, le=64, description="Parts uploaded or downloaded in parallel.")
     compression_level: int = Field(default=2, ge=1, le=22, description="zstd compression level.")
+
+    def object_store(self, bounded: bool = False, extra_args: dict[str, str] | None = None,
+                     named: str = "this REM Backup Storage block") -> S3ObjectStore:
+        """The bucket as an ObjectStore, its client built from the block's own AwsCredentials (session,
+        region, endpoint), as prefect-aws's S3Bucket builds its client; bounded: calls that give up
+        within seconds."""
+        creds = self.bucket.credentials
+        params = creds.aws_client_parameters
+        prefix = "/".join(p for p in (self.bucket.bucket_folder.strip("/"), self.prefix.strip("/")) if p)
+        s3 = S3Settings(bucket=self.bucket.bucket_name, prefix=prefix, endpoint_url=params.endpoint_url,
+                        region=creds.region_name or "us-east-1", storage_class=self.storage_class,
+                        chunk_size_mb=self.chunk_size_mb, concurrency=self.concurrency, extra_args=extra_args or {},
+                        source=f"{named} (its bucket, endpoint and AwsCredentials; Prefect UI -> Blocks)",
+                        **(BOUNDED if bounded else {}))
+        session = creds.get_boto3_session()
+        return S3ObjectStore(s3, client_factory=lambda config: session.client(
+            "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config))

@@ -26,7 +26,7 @@ out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() e
 err = Console(stderr=True, highlight=False, markup=False)
 
 
-def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
+def show(data: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
     """Print the command's result: exactly one JSON document, or the human rendering."""
     if as_json:
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
@@ -82,10 +82,20 @@ def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
 
 
 @contextmanager
+def cli_run(ctx: typer.Context, as_json: bool, settings: bool = True) -> Iterator[Any]:
+    """Every command's preamble: its settings (a bad one is one line, exit 2, before any work), then
+    the command's errors as one line and the right exit code. Yields the Settings (None with
+    settings=False: a command that reads none)."""
+    cfg = ctx.obj.settings(as_json) if settings else None
+    with command(as_json):
+        yield cfg
+
+
+@contextmanager
 def command(as_json: bool) -> Iterator[None]:
     """Turn errors into one line and the right exit code (REM_DEBUG=1 keeps the traceback of the
     unexpected ones); under Prefect, tag the runs as ad hoc."""
-    from tasks.runtime import ORCHESTRATED, adhoc_tags
+    from runtime.orchestration import ORCHESTRATED, adhoc_tags
 
     if ORCHESTRATED:
         _one_line_for_expected_errors()
@@ -159,24 +169,21 @@ def bars(as_json: bool) -> Iterator[None]:
     """Progress bars for the whole command when stderr is a terminal and the output is not --json.
     Started before Prefect is imported, so that Prefect's console handler writes through rich's
     redirected stderr, above the bars, instead of over them."""
-    import tasks.runtime as runtime
+    from runtime.progress import bars_shown
 
     if as_json or not err.is_terminal:
         yield
         return
-    runtime.terminal_bars = Bars()
-    try:
-        with runtime.terminal_bars.progress:
-            yield
-    finally:
-        runtime.terminal_bars = None
+    shown = Bars()
+    with shown.progress, bars_shown(shown):
+        yield
 
 
 @contextmanager
 def progress(description: str, total: int | None, unit: str = "entities") -> Iterator[Callable[[int], None]]:
     """A bar for a step of the command line itself, outside any flow run (so no artifact, and no
     Prefect import); the flows' steps report through RunProgress, artifact included."""
-    from tasks.runtime import RunProgress
+    from runtime.progress import RunProgress
 
     step = RunProgress(description, total, unit, artifact=False)
     yield step

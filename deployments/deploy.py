@@ -84,7 +84,7 @@ def enable_pitr_automations(client) -> dict[str, str]:
 def ui_address() -> str | None:
     """The Prefect UI's address: PREFECT_UI_URL, else the API's address without /api (the server
     serves its UI there)."""
-    from tasks.runtime import prefect_api_url
+    from runtime.orchestration import prefect_api_url
 
     if os.environ.get("PREFECT_UI_URL"):
         return os.environ["PREFECT_UI_URL"]
@@ -173,8 +173,8 @@ def deploy_everything(work_pool: str, work_queue: str, cfg, webhook_url: str | N
     from prefect.client.orchestration import get_client
 
     from deployments.automations import automation_specs, sync_automations
-    from tasks.runtime import prefect_api_url, writer_limit_name
-    from tasks.storage import identity
+    from runtime.orchestration import prefect_api_url, writer_limit_name
+    from runtime.wiring import identity
 
     if not prefect_api_url():
         raise UsageError("rem deploy needs a Prefect server: set PREFECT_API_URL (or a Prefect profile with one)")
@@ -202,3 +202,17 @@ def deploy_everything(work_pool: str, work_queue: str, cfg, webhook_url: str | N
                                                                           ui_base=ui_address()))
     result["notification_block"] = notification_block or NOTIFICATION_BLOCK
     return result
+
+
+def schedule_pitr(db: str, interval: int) -> str:
+    """With a Prefect server configured: the database's wal-archive deployment scheduled at interval
+    and active, and the PITR automations on; what was done, as one line."""
+    from runtime.orchestration import prefect_api_url
+
+    if not prefect_api_url():
+        return "no Prefect API configured: `rem deploy` will schedule wal-archive at this interval"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return ("wal-archive deployment: " + set_wal_archive_schedule(client, db, interval, True)
+                + "; automations: " + ", ".join(f"{k} ({v})" for k, v in enable_pitr_automations(client).items()))

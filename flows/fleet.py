@@ -10,8 +10,9 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
-from tasks.monitoring import BACKUP_MAX_AGE_HOURS, WAL_LAG_WARN_SECONDS
-from tasks.runtime import flow, prefect_api_url, publish_table
+from rem.health import BACKUP_MAX_AGE_HOURS, WAL_LAG_WARN_SECONDS
+from runtime.observe import publish_table
+from runtime.orchestration import flow, prefect_api_url
 
 
 def _tag(tags: list[str], kind: str) -> str | None:

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
-from flows.backup import resolve_settings
-from rem.db import open_db
-from rem.maintenance import compact, compaction_bytes, vacuum
-from rem.reports import table, verify_report
-from rem.stats import estimate_keys
-from rem.verify import ALL_CHECKS, rows_to_check, verify_database
-from tasks.monitoring import health
 from rem.errors import CheckFailed
-from tasks.runtime import RunProgress, emit, flow, publish_report, task, writer_slot
-
-
-@task("compact", retries=0)
-def compact_task(db_path: str, cf: str | None) -> list[dict]:
-    """Manual compaction of one or every column family (the engine must be stopped)."""
-    with writer_slot(db_path), open_db(db_path, "rw") as db:
-        progress = RunProgress("Compacting", compaction_bytes(db, cf))
-        results = [r.__dict__ for r in compact(db, cf, progress)]
-        progress.finish()
-        return results
+from rem.health import health
+from rem.maintenance import parse_age
+from rem.reports import table, verify_report
+from rem.verify import ALL_CHECKS
+from runtime.observe import publish_report, send_event
+from runtime.orchestration import flow
+from runtime.wiring import resolve_settings, watched
+from tasks.maintenance import build_hnsw_task, compact_task, rebuild_rows_task, vacuum_task, verify_task
 
 
 @flow("compaction", description="Full compaction of a REM database, size and SST files before and after.")
@@ -32,36 +22,6 @@ def compaction(cf: str | None = None, settings: dict[str, Any] | None = None) ->
     results = compact_task(str(cfg.db_path), cf)
     publish_report("compaction", "# Compaction\n\n" + table(results))
     return results
-
-
-def parse_age(text: str) -> timedelta:
-    """'30d', '12h', '45m', '90s' -> a timedelta: finite, not negative (a cutoff in the future would
-    remove entities soft-deleted a moment ago), and one a date can go back by."""
-    import math
-
-    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-    try:
-        number = float(text[:-1])
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(text)
-        age = timedelta(**{units[text[-1]]: number})
-        datetime.now(timezone.utc) - age  # noqa: B018 - raises OverflowError past year 1
-        return age
-    except (KeyError, ValueError, IndexError, OverflowError):
-        from rem.errors import UsageError
-
-        raise UsageError(f"--older-than {text!r}: use a number of at least 0 and d, h, m or s (30d, 12h), "
-                         "no more than about 700,000 days") from None
-
-
-@task("vacuum", retries=0)
-def vacuum_task(db_path: str, cutoff: datetime, tenant: str | None, dry_run: bool, orphans: bool = False) -> dict:
-    """Remove soft-deleted entities older than the cutoff and everything of theirs (and orphans, if asked)."""
-    with writer_slot(db_path), open_db(db_path, "ro" if dry_run else "rw") as db:
-        progress = RunProgress("Vacuum: finding what goes", estimate_keys(db, "entities"), "entities")
-        report = vacuum(db, cutoff, tenant, dry_run, orphans=orphans, progress=progress).to_dict()
-        progress.finish()
-        return report
 
 
 @flow("vacuum", description="Permanently remove soft-deleted data older than a cutoff, and orphaned rows.")
@@ -74,16 +34,6 @@ def vacuum_flow(older_than: str = "30d", tenant: str | None = None, dry_run: boo
     publish_report("vacuum", f"# Vacuum {'(dry run)' if dry_run else ''}\n\n{report['entities']} entities, "
                              f"{report['bytes_reclaimed']} bytes reclaimed\n\n" + table(rows))
     return report
-
-
-@task("verify", retries=0)
-def verify_task(db_path: str, checks: tuple[str, ...]) -> dict:
-    """Read-only integrity check."""
-    with open_db(db_path, "ro") as db:
-        progress = RunProgress("Verifying", rows_to_check(db, checks), "rows")
-        report = verify_database(db, checks, progress=progress).to_dict()
-        progress.finish()
-        return report
 
 
 @flow("verify", description="Integrity verification through a read-only handle (safe on a live database).")
@@ -105,37 +55,18 @@ def verify_flow(checks: list[str] | None = None, settings: dict[str, Any] | None
         message = f"verify found {report['critical']} critical finding(s) in {cfg.db_path}" + (
             f"; first: {worst['category']}: {worst['message']} ({worst['cf']} {worst['key']}); fix: {worst['fix']}"
             if worst else "")
-        emit("rem.verify.failed", cfg, {"critical": report["critical"], "first": message})
+        send_event("rem.verify.failed", cfg, {"critical": report["critical"], "first": message})
         raise CheckFailed(message, report)
-    emit("rem.verify.passed", cfg, {"checked": report["checked"]})
+    send_event("rem.verify.passed", cfg, {"checked": report["checked"]})
     return report
 
 
 @flow("health", description="Health of a REM database: rocksdb, wal archive, backups, embeddings, disk.")
 def health_flow(settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
-    result = health(resolve_settings(settings, database_block))
+    result = health(watched(resolve_settings(settings, database_block)))
     publish_report("health", f"# Health: {result['status']}\n\n"
                              + table([{"check": k, **{"status": v["status"]}} for k, v in result["checks"].items()]))
     return result
-
-
-@task("rebuild-index-rows", retries=0)
-def rebuild_rows_task(db_path: str, cf: str, schema_name: str | None) -> dict:
-    """Missing key rows written (key_index), or the indexes CF rebuilt (the engine must be stopped)."""
-    from rem.indexes import rebuild_field_rows, rebuild_key_rows
-
-    rebuild = rebuild_key_rows if cf == "key_index" else rebuild_field_rows
-    with writer_slot(db_path), open_db(db_path, "rw") as db:
-        return rebuild(db, schema_name).__dict__
-
-
-@task("build-hnsw", retries=0)
-def build_hnsw_task(db_path: str, schema_name: str | None) -> list[dict]:
-    """HNSW index per tenant and schema, stored beside the database (read-only: safe while live)."""
-    from rem.indexes import build_hnsw
-
-    with open_db(db_path, "ro") as db:
-        return [b.__dict__ for b in build_hnsw(db, schema_name)]
 
 
 @flow("index-rebuild", description="Rebuild key and field index rows and HNSW vector indexes.")
@@ -190,7 +121,7 @@ def health_and_metrics(textfile: str | None = None, settings: dict[str, Any] | N
     if textfile:
         from prometheus_client import write_to_textfile
 
-        from tasks.monitoring import metrics_registry
+        from rem.health import metrics_registry
 
-        write_to_textfile(textfile, metrics_registry(cfg))
+        write_to_textfile(textfile, metrics_registry(watched(cfg)))
     return result

@@ -11,40 +11,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.backup import resolve_settings
+from rem.backup.catalog import read_local_backup
+from rem.backup.layout import fetch
+from rem.backup.restore import check_target, real_target
 from rem.db import is_database
 from rem.errors import DatabaseNotFound, RemError, UsageError
-from rem.pitr import ArchiverBusy, LogPins, check_log_options, format_micros
-from rem.settings import Settings
-from tasks.pitr import check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover
-from tasks.restore import check_target, put_into_place, real_target, unpacked, verify_archive
-from tasks.runtime import emit, flow, get_logger, publish_report, task
-from rem.backups import read_local_backup
-from rem.reports import pitr_report
 from rem.identity import claim_name
-from tasks.storage import all_stores, identity, log_archive
-from rem.log_archive import (PassReport, RecoveryWindow, WalArchive, WalGap, archive_pass, archive_status,
-                               choose_window, gap_message, micros, parse_time, recovery_windows, segments_to_fetch)
+from rem.pitr import ArchiverBusy, LogPins, Pinner, check_log_options, format_micros
+from rem.reports import pitr_report
+from rem.settings import Settings
+from rem.wal_archive import PassReport, WalArchive, WalGap, archive_report, gap_message, micros, parse_time, restore_plan
+from runtime.observe import get_logger, publish_report, send_event
+from runtime.orchestration import flow
+from runtime.wiring import all_stores, identity, log_archive, resolve_settings
+from tasks.pitr import (archive_once, check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover)
+from tasks.restore import put_into_place, unpacked, verify_archive
 
 HEARTBEAT_SECONDS = 60  # a follower passing every second still emits one event a minute
-
-
-@task("archive-log", retries=2, retry_delay_seconds=10)
-def archive_once(cfg: Settings, archive: WalArchive, pins: LogPins) -> PassReport:
-    """Ship the log batches written since the last pass."""
-    return archive_pass(cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins,
-                        page_segments=cfg.pitr_page_segments)
-
-
-class Pinner(threading.Thread):
-    """Pins each new log the moment it appears, between and during passes (the follower's)."""
-
-    def __init__(self, pins: LogPins):
-        super().__init__(name="rem-log-pinner", daemon=True)
-        self.pins, self.stopped = pins, threading.Event()
-
-    def run(self) -> None:
-        self.pins.watch(self.stopped)
 
 
 def _stop_on_sigterm(stop: threading.Event) -> None:
@@ -90,8 +73,8 @@ def wal_archive(settings: dict[str, Any] | None = None, database_block: str | No
             _account(cfg, report, totals)
             if report.new_gaps:
                 raise WalGap(gap_message(report.new_gaps[0]))
-            emit("rem.wal.archived", cfg, _beat(report))
-            publish_report("wal-archive", pitr_report(pitr_status(cfg)),
+            send_event("rem.wal.archived", cfg, _beat(report))
+            publish_report("wal-archive", pitr_report(archive_report(archive, cfg.db_path, cfg.pitr_enabled)),
                            description=f"Log archive of {archive.db} after one pass")
     finally:
         pins.unlock()
@@ -120,7 +103,7 @@ def _follow(cfg: Settings, archive: WalArchive, pins: LogPins, interval: float, 
                 totals["failed_passes"] += 1
                 get_logger().error("log archival pass failed, next try in %g s: %s", interval, exc)
                 if time.monotonic() - last_failure >= HEARTBEAT_SECONDS:
-                    emit("rem.wal.archive.failed", cfg, {"reason": f"{type(exc).__name__}: {exc}"})
+                    send_event("rem.wal.archive.failed", cfg, {"reason": f"{type(exc).__name__}: {exc}"})
                     last_failure = time.monotonic()
             else:
                 _account(cfg, report, totals)
@@ -131,8 +114,8 @@ def _follow(cfg: Settings, archive: WalArchive, pins: LogPins, interval: float, 
                                       report.archived_batches, len(report.segments), report.last_archived_sequence,
                                       report.lag_batches)
                 if beat:
-                    emit("rem.wal.archived", cfg, _beat(report))
-                    emit("rem.wal.follower.alive", cfg, _beat(report))
+                    send_event("rem.wal.archived", cfg, _beat(report))
+                    send_event("rem.wal.follower.alive", cfg, _beat(report))
                     last_beat = time.monotonic()
             if final:
                 break
@@ -159,20 +142,8 @@ def _account(cfg: Settings, report: PassReport, totals: dict) -> None:
     totals["archived_batches"] += report.archived_batches
     totals["gaps"] += report.new_gaps
     for gap in report.new_gaps:
-        emit("rem.wal.archive.failed", cfg, {"reason": gap_message(gap)})
+        send_event("rem.wal.archive.failed", cfg, {"reason": gap_message(gap)})
         get_logger().error(gap_message(gap))
-
-
-def plan(cfg: Settings, target_text: str, from_db: str | None = None) -> tuple[WalArchive, RecoveryWindow, list]:
-    """The archive, the recovery window that holds the target, and the segments to fetch (this
-    database's, or with from_db another's)."""
-    target = parse_time(target_text)
-    stores = all_stores(cfg, from_db=from_db)
-    archive = log_archive(cfg, from_db=from_db)
-    manifest, _ = archive.read_manifest()
-    records = [r for s in stores for r in s.list()]
-    window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), target)
-    return archive, window, segments_to_fetch(window, target)
 
 
 @flow("pitr-restore", description="A base backup plus the archived log up to a time, replayed by RocksDB itself.")
@@ -181,13 +152,14 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
     cfg = resolve_settings(settings)
     out = real_target(Path(output))
     target = parse_time(timestamp)
-    archive, window, segments = plan(cfg, timestamp, from_db)
+    archive, window, segments = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db),
+                                             target)
     lock = check_target(out, overwrite=False, tenant=None, option="--output", can_overwrite=False)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
         if lock is not None:
             held.callback(lock.release)
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        source = window.record.store.fetch(window.record, Path(tmp) / "base")
+        source = fetch(window.record, Path(tmp) / "base")
         with unpacked(source, out, check=False) as base:
             metadata, db_dir = base.metadata, base.db_dir
             placed = place_archived_logs(db_dir, pieces, metadata.last_sequence, micros(target))
@@ -209,36 +181,14 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
                 from_db: str | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
     target = parse_time(timestamp)
-    archive, window, segments = plan(cfg, timestamp, from_db)
+    archive, window, segments = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db),
+                                             target)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-verify-") as tmp:
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        source = window.record.store.fetch(window.record, Path(tmp) / "base")
+        source = fetch(window.record, Path(tmp) / "base")
         verify_archive(source, read_local_backup(source))
         batches, last = check_pieces(pieces, window.base.last_sequence, micros(target))
     return {"ok": True, "target": timestamp, "base_backup": window.base.name, "base_location": window.record.location,
             "base_last_sequence": window.base.last_sequence, "segments": len(segments), "batches": batches,
             "would_replay_through_sequence": last, "tenant": tenant,
             "window": {"start": window.start, "end": window.end}}
-
-
-def recovery_points(cfg: Settings, from_db: str | None = None) -> list[dict[str, Any]]:
-    stores = all_stores(cfg, from_db=from_db)
-    archive = log_archive(cfg, from_db=from_db)
-    manifest, _ = archive.read_manifest()
-    records = [r for s in stores for r in s.list()]
-    rows = []
-    for w in recovery_windows(records, manifest, archive.all_segments(manifest)):
-        rows.append({"base_backup": w.base.name, "base_location": w.record.location,
-                     "base_last_sequence": w.base.last_sequence, "window_start": w.start, "window_end": w.end,
-                     "window_last_sequence": w.last_seq, "archived_through": manifest.last_archived_sequence,
-                     "broken": None if w.broken_after is None else
-                     f"sequence numbers {w.broken_after.first_missing_seq}-{w.broken_after.last_missing_seq} "
-                     f"missing after {w.broken_after.after_timestamp or 'the start'}"})
-    return rows
-
-
-def pitr_status(cfg: Settings) -> dict[str, Any]:
-    archive = log_archive(cfg)
-    manifest, _ = archive.read_manifest()
-    return {"enabled": cfg.pitr_enabled, "db_name": archive.db, "archive": archive.describe(),
-            "manifest": archive.objects.url(archive.root + "manifest.json"), **archive_status(cfg.db_path, manifest)}

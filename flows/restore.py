@@ -7,53 +7,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.runtime import RunProgress, flow, get_logger, publish_report, task
+from rem.backup.catalog import read_local_backup
+from rem.backup.incremental import ObjectCorrupt, needed_by
+from rem.backup.layout import fetch
+from rem.backup.restore import check_target, count_database, real_target
 from rem.db import is_database
-from rem.backups import BackupRecord, BackupStore, find_backup, list_reachable, read_local_backup
-from rem.settings import Settings
-from tasks.restore import (build_tenant_replacement, check_target, count_database, put_into_place, real_target,
-                           unpacked)
-from rem.identity import LEGACY
 from rem.reports import restore_report
-from rem.repository import ObjectCorrupt, dependents
+from runtime.observe import get_logger, publish_report
+from runtime.orchestration import flow
+from tasks.restore import build_tenant_replacement, download, put_into_place, unpacked
 
 # The stores (boto3, the log archive) and settings resolution are imported where a flow needs them:
 # a restore from a local directory needs neither, and on-call waits for every import it makes.
-
-
-def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | None) -> BackupRecord:
-    """This database's backup called name, or with from_db another database's (`legacy`: the old layout's)."""
-    from tasks.storage import all_stores, other_stores
-
-    return find_backup(all_stores(cfg, from_db=from_db), name, tenant,
-                       None if from_db else lambda: other_stores(cfg, databases=True))
-
-
-@task("download", retries=3, retry_delay_seconds=10)
-def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
-             from_db: str | None = None) -> Path:
-    """Fetch a backup into output/{name}/ (resuming a partial download)."""
-    from flows.backup import resolve_settings
-
-    cfg = resolve_settings(settings_dict)
-    record = find_record(cfg, name, tenant, from_db)
-    progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
-    try:
-        path = record.store.fetch(record, output, progress)
-    except ObjectCorrupt as exc:
-        raise needed_by(record, exc) from None
-    progress.finish()
-    return path
-
-
-def needed_by(record: BackupRecord, exc: ObjectCorrupt) -> ObjectCorrupt:
-    """A shared object's fault named with every backup that needs it, and what mends it."""
-    users = dependents(record.store, exc.key)
-    return ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
-                                  "take a new backup: it uploads again every object the store no longer holds as a "
-                                  "backup recorded it (size and ETag), if the database still has that SST; where "
-                                  "the bytes changed in place with neither, remove "
-                                  f"{record.store.objects.url(exc.key)} first")
 
 
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
@@ -105,13 +70,12 @@ def restore_named(name: str, target: str, overwrite: bool, settings: dict[str, A
 @flow("verify-backup", description="Checksum and trial restore of a backup into a temporary directory.")
 def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
                   from_db: str | None = None) -> dict[str, Any]:
-    from flows.backup import resolve_settings
+    from runtime.wiring import find_record, resolve_settings
 
-    cfg = resolve_settings(settings)
-    record = find_record(cfg, name, tenant, from_db)
+    record = find_record(resolve_settings(settings), name, tenant, from_db)
     with tempfile.TemporaryDirectory(prefix="rem-verify-") as tmp:
         try:
-            source = record.store.fetch(record, Path(tmp) / "download")
+            source = fetch(record, Path(tmp) / "download")
             with unpacked(source, Path(tmp) / "trial") as base:
                 metadata = base.metadata
                 _, counts, entities = count_database(base.db_dir)  # exact, where the backup keeps estimates
@@ -119,36 +83,3 @@ def verify_backup(name: str, settings: dict[str, Any] | None = None, tenant: str
             raise needed_by(record, exc) from None
     return {"ok": True, "name": name, "location": record.location, "checksum_sha256": metadata.checksum_sha256,
             "entity_count": entities, "column_families": counts}
-
-
-def list_backups(settings: dict[str, Any] | None = None, from_db: str | None = None,
-                 all_dbs: bool = False, detail: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """This database's backups (or from_db's, or with all_dbs every database's), local and S3
-    merged, newest first, with the old layout's; and the stores that could not be read (with why)."""
-    from flows.backup import resolve_settings
-    from tasks.storage import all_stores, database_names, identity, object_stores, other_stores
-
-    cfg = resolve_settings(settings)
-    if all_dbs:
-        stores = [BackupStore(o, name) for o in object_stores(cfg, bounded=True) for name in database_names(o)]
-    else:
-        stores = all_stores(cfg, bounded=True, from_db=from_db)
-    if not from_db:
-        stores += other_stores(cfg)
-    records, unreachable = list_reachable(stores)
-    records.sort(key=lambda r: (r.metadata.timestamp, r.name), reverse=True)
-    legacy = {r.store.describe(): r.store.objects for r in records if r.store.legacy}
-    mine = None if all_dbs else identity(cfg).name
-    for where, objects in sorted(legacy.items()):
-        get_logger().warning("%s holds backups in the old layout (no database level): they are listed as db "
-                             "'legacy' and restored with --from-db legacy; to give them to a database, move "
-                             "them under %s", where, BackupStore(objects, mine).describe() if mine
-                             else objects.url("{db}/backups/full/"))
-    return [{"db": r.store.db or LEGACY, "name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
-             "size_bytes": r.metadata.size_bytes, "created": r.metadata.timestamp, "location": r.location,
-             "entity_count": r.metadata.entity_count, "wal_last_seq": r.metadata.wal_last_seq,
-             "layout": r.metadata.layout, "logical_bytes": r.metadata.uncompressed_bytes,
-             "added_bytes": r.metadata.added_bytes if r.metadata.layout == "incremental" else r.metadata.size_bytes,
-             "repository_bytes": r.metadata.repository_bytes, "duration_seconds": r.metadata.duration_seconds,
-             "host": r.metadata.host, "checksum_sha256": r.metadata.checksum_sha256, "status": r.status,
-             **(r.metadata.model_dump(exclude={"files"}) if detail else {})} for r in records], unreachable

@@ -1,4 +1,4 @@
-"""Retention (grandfather-father-son prune, S3 lifecycle rules) and scheduled recovery drills."""
+"""Retention (grandfather-father-son prune) and scheduled recovery drills."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from flows.backup import full_backup, resolve_settings
+from flows.backup import full_backup
+from runtime.wiring import resolve_settings
 from rem.db import open_db
 from rem.stats import collect_stats
 from rem.verify import verify_database
 from tasks.restore import put_into_place, unpacked
-from rem.repository import collect_garbage
-from rem.retention import drop_wal_segments, lifecycle_notes, lifecycle_rules, plan_prune, replaced_rule_ids
+from rem.backup.incremental import collect_garbage
+from rem.retention import drop_wal_segments, plan_prune
+from rem.backup.layout import fetch
 from rem.reports import drill_report
-from tasks.runtime import emit, flow, publish_report
-from rem.backups import UnreadableRecord, find_backup
+from runtime.observe import publish_report, send_event
+from runtime.orchestration import flow
+from rem.backup.catalog import UnreadableRecord, find_backup
 from rem.errors import CheckFailed
 from rem.identity import claim_name
-from tasks.storage import all_stores, identity, log_archive, remote_store
+from runtime.wiring import all_stores, identity, log_archive
 
 
 def _archive_and_manifest(cfg):
@@ -73,17 +76,6 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
     return result
 
 
-def apply_lifecycle(cfg, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3) -> dict:
-    """Install the runbook's lifecycle rules for this database's backups (replacing its own rules,
-    keeping every other database's and every rule rem did not write)."""
-    objects = remote_store(cfg)
-    ours = lifecycle_rules(objects.prefix, identity(cfg).name)
-    mine = {r["ID"] for r in ours} | replaced_rule_ids(identity(cfg).name)
-    objects.set_lifecycle_rules([r for r in objects.lifecycle_rules() if r.get("ID") not in mine] + ours)
-    return {"bucket": objects.cfg.bucket, "rules": ours,
-            "notes": lifecycle_notes(keep_daily, keep_weekly, keep_monthly)}
-
-
 def _per_schema_live(db_path) -> dict[str, int]:
     with open_db(db_path, "ro") as db:
         return {name: d.live for name, d in collect_stats(db).schemas_detail.items()}
@@ -110,7 +102,7 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
             result["backup"] = backup
         record = find_backup(all_stores(cfg), backup)
         with tempfile.TemporaryDirectory(prefix="rem-drill-") as tmp:
-            source = record.store.fetch(record, Path(tmp) / "download")
+            source = fetch(record, Path(tmp) / "download")
             target = Path(tmp) / "restored"
             with unpacked(source, target) as base:
                 put_into_place(base.db_dir, target)
@@ -133,7 +125,7 @@ def recovery_drill(settings: dict[str, Any] | None = None, backup: str | None = 
     with open(log, "a") as f:
         f.write(json.dumps(result) + "\n")
     result["log"] = str(log)
-    emit("rem.drill.passed" if result["passed"] else "rem.drill.failed", cfg,
+    send_event("rem.drill.passed" if result["passed"] else "rem.drill.failed", cfg,
          {"backup": result["backup"], "reason": result["reason"]})
     publish_report("recovery-drill", drill_report(result), description=f"Recovery drill of {cfg.db_path}: "
                    + ("passed" if result["passed"] else f"FAILED: {result['reason']}"))

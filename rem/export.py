@@ -28,8 +28,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rem.db import RemDB
+from rem.db import RemDB, open_db
 from rem.engine import SYSTEM_SCHEMA_PROPERTIES
+from rem.errors import UsageError
 from rem.format import embedding_key, entity_prefix, parse_entity_key
 from rem.tenant import schema_rows
 
@@ -253,3 +254,14 @@ def export_schema(db: RemDB, layout: SchemaLayout, tenant: str | None, target: P
                   include_deleted: bool = False) -> ExportStats:
     """One schema's entities to one Parquet file."""
     return export_tenant(db, {layout.name: layout}, tenant, {layout.name: target}, include_deleted)[layout.name]
+
+
+def chosen_schemas(db_path: str, wanted: list[str] | None) -> list[str]:
+    with open_db(db_path, "ro") as db:
+        known = sorted(schema_layouts(db))
+    if not wanted:
+        return known
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise UsageError(f"unknown schema(s) {', '.join(unknown)}; this database has: {', '.join(known)}")
+    return wanted

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import orjson
 from rocksdict import BottommostLevelCompaction, CompactOptions
@@ -149,3 +149,22 @@ def vacuum(db: RemDB, cutoff: datetime, tenant: str | None = None, dry_run: bool
     report.bytes_after = sum(sst_size_and_files(db, cf)[0] for cf in affected)
     return report
 
+
+def parse_age(text: str) -> timedelta:
+    """'30d', '12h', '45m', '90s' -> a timedelta: finite, not negative (a cutoff in the future would
+    remove entities soft-deleted a moment ago), and one a date can go back by."""
+    import math
+
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    try:
+        number = float(text[:-1])
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(text)
+        age = timedelta(**{units[text[-1]]: number})
+        datetime.now(timezone.utc) - age  # noqa: B018 - raises OverflowError past year 1
+        return age
+    except (KeyError, ValueError, IndexError, OverflowError):
+        from rem.errors import UsageError
+
+        raise UsageError(f"--older-than {text!r}: use a number of at least 0 and d, h, m or s (30d, 12h), "
+                         "no more than about 700,000 days") from None

@@ -558,3 +558,14 @@ def live_last_sequence(db_path: str | os.PathLike) -> int:
             return last
     with open_db(db_path, "ro") as db:
         return db.rdict.latest_sequence_number()
+
+
+class Pinner(threading.Thread):
+    """Pins each new log the moment it appears, between and during passes (the follower's)."""
+
+    def __init__(self, pins: LogPins):
+        super().__init__(name="rem-log-pinner", daemon=True)
+        self.pins, self.stopped = pins, threading.Event()
+
+    def run(self) -> None:
+        self.pins.watch(self.stopped)

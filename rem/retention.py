@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rem.backups import DATA_TAG, BackupRecord
-from rem.log_archive import is_base, parse_time
+from rem.backup.catalog import DATA_TAG, BackupRecord
+from rem.wal_archive import is_base, parse_time
 
 
 def gfs_keep(times: list[datetime], keep_daily: int, keep_weekly: int, keep_monthly: int) -> dict[int, list[str]]:
@@ -73,7 +73,7 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
 def drop_wal_segments(archive, keys: list[str]) -> int:
     """Remove segments from the manifest (conditional write, retried on a race), then the objects;
     a sealed page goes whole, with its object, or stays whole."""
-    from rem.log_archive import ManifestConflict
+    from rem.wal_archive import ManifestConflict
 
     for _ in range(20):
         manifest, etag = archive.read_manifest()
@@ -137,3 +137,13 @@ def lifecycle_notes(keep_daily: int, keep_weekly: int, keep_monthly: int) -> lis
         notes.append(f"--keep-monthly {keep_monthly} asks for about {keep_monthly * 31} days, beyond the "
                      f"{LIFECYCLE_EXPIRE_DAYS}-day expiry: the oldest monthlies will be expired by S3.")
     return notes
+
+
+def apply_lifecycle(objects, db: str, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3) -> dict:
+    """Install the runbook's lifecycle rules for one database's backups in the bucket (replacing its
+    own rules, keeping every other database's and every rule rem did not write)."""
+    ours = lifecycle_rules(objects.prefix, db)
+    mine = {r["ID"] for r in ours} | replaced_rule_ids(db)
+    objects.set_lifecycle_rules([r for r in objects.lifecycle_rules() if r.get("ID") not in mine] + ours)
+    return {"bucket": objects.cfg.bucket, "rules": ours,
+            "notes": lifecycle_notes(keep_daily, keep_weekly, keep_monthly)}

@@ -206,3 +206,21 @@ def load_settings(config: str | os.PathLike | None = None, **flags: Any) -> Sett
                           f"(got {err.get('input')!r}){accepted}") from None
     finally:
         _toml_values.value = None
+
+
+def enable_pitr(path: Path, bucket: str, interval: int, **flags) -> tuple[dict, "Settings"]:
+    """Turn PITR on in the config file at path (its [pitr] table: enabled, bucket, interval), kept
+    as it was unless the result is a file the next command can read; the table and those settings."""
+    import tomli_w
+
+    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    data.setdefault("pitr", {}).update(enabled=True, bucket=bucket, interval_seconds=interval)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(tomli_w.dumps(data))
+    try:
+        settings = load_settings(tmp, **flags)  # refuse to write a file the next command could not read
+    except Exception:
+        tmp.unlink()
+        raise
+    tmp.replace(path)
+    return data["pitr"], settings

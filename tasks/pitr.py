@@ -8,11 +8,13 @@ from pathlib import Path
 
 from rem.db import open_db
 from rem.errors import RemError
-from rem.pitr import Piece, Placed, place_logs, replay_plan
+from rem.pitr import LogPins, Piece, Placed, place_logs, replay_plan
+from rem.settings import Settings
 from rem.scratch import remove_scratch
 from rem.snapshot import take_tenant_snapshot
-from tasks.runtime import RunProgress, task
-from rem.log_archive import Segment, WalArchive
+from runtime.orchestration import task
+from runtime.progress import RunProgress
+from rem.wal_archive import PassReport, Segment, WalArchive, archive_pass
 
 
 @task("fetch-log-segments", retries=2, retry_delay_seconds=5)
@@ -70,3 +72,10 @@ def check_pieces(pieces: list[Piece], base_last: int, target_us: int) -> tuple[i
         piece.check_bytes(f"log {piece.log_number} bytes {piece.start}-{piece.end}")
     _, batches, last = replay_plan(pieces, base_last, target_us)
     return batches, last
+
+
+@task("archive-log", retries=2, retry_delay_seconds=10)
+def archive_once(cfg: Settings, archive: WalArchive, pins: LogPins) -> PassReport:
+    """Ship the log batches written since the last pass."""
+    return archive_pass(cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins,
+                        page_segments=cfg.pitr_page_segments)

@@ -362,7 +362,7 @@ def _rebuilt_backup(tmp_path, meta: dict, damage) -> Path:
     matching checksum (as if the files had been bad when the backup was taken)."""
     import hashlib
 
-    from rem.archive import extract_archive, write_archive
+    from rem.backup.archive import extract_archive, write_archive
 
     work = tmp_path / "rebuild"
     db_dir = extract_archive(Path(meta["location"], "rocksdb.tar.zst"), work / "x", meta["uncompressed_bytes"])
@@ -431,7 +431,7 @@ def test_a_repair_that_drops_data_is_refused_naming_what_it_dropped(make_sample,
 def test_an_archive_holds_only_what_a_restore_accepts(make_sample, tmp_path):
     """rocksdict leaves rocksdict-config.json in directories it opens (seen under load in a tenant
     snapshot): a backup must never carry a file its own restore would refuse."""
-    from rem.archive import extract_archive, write_archive
+    from rem.backup.archive import extract_archive, write_archive
 
     db = make_sample()
     (db / "rocksdict-config.json").write_text("{}")

@@ -428,10 +428,10 @@ def test_while_the_follower_runs_a_scheduled_pass_steps_aside_and_a_second_follo
 
 def test_an_archiver_that_loses_the_manifest_race_retries_and_leaves_no_orphan(live, s3):
     """Archiver A is interrupted just before its manifest write by a whole pass of archiver B."""
-    from tasks.storage import log_archive
+    from runtime.wiring import log_archive
     from rem.pitr import LogPins
     from rem.settings import load_settings
-    from rem.log_archive import archive_pass
+    from rem.wal_archive import archive_pass
 
     db, engine, env = live
     cfg = load_settings(db_path=db, s3_bucket=env["P8_S3_BUCKET"], s3_endpoint_url=env["P8_S3_ENDPOINT_URL"])

@@ -486,7 +486,7 @@ def test_a_cleanup_failure_does_not_hide_the_error_that_caused_it(make_sample, s
 def test_progress_from_many_threads_only_rises_and_ends_at_100(monkeypatch):
     import prefect.artifacts
 
-    from tasks import runtime
+    from runtime import progress as runtime
 
     shown: list[float] = []
     monkeypatch.setattr(runtime, "_artifact", lambda *a, **k: "artifact-id")

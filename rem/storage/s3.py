@@ -173,6 +173,8 @@ def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
 
 # The reachability check answers in seconds: an endpoint that does not answer is named at once,
 # not after the ten retries with backoff (about a minute) a transfer is allowed.
+# Calls that give up within seconds: health, metrics and listings must answer while S3 is down.
+BOUNDED = {"connect_timeout": 3, "read_timeout": 10, "max_attempts": 2}
 CHECK_LIMITS = {"connect_timeout": 5, "read_timeout": 10, "max_attempts": 2}
 
 

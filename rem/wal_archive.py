@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import zstandard
@@ -30,7 +31,7 @@ from rem.engine import now_rfc3339, rfc3339_micros
 from rem.errors import RemError, UsageError
 from rem.pitr import (LogCorruption, LogPins, Piece, check_log_options, format_micros, live_last_sequence, log_name,
                       read_new, split)
-from rem.backups import ALL_TENANTS, BackupMetadata, BackupRecord
+from rem.backup.catalog import ALL_TENANTS, BackupMetadata, BackupRecord
 from rem.storage import ObjectMissing, ObjectStore, PreconditionFailed
 
 MANIFEST = "manifest.json"
@@ -524,3 +525,34 @@ def archive_status(db_path, manifest: Manifest) -> dict:
             "segments": sum(p.segments for p in manifest.pages) + len(manifest.wal_segments),
             "failures": len(manifest.broken_ranges),
             "broken_ranges": [b.model_dump() for b in manifest.broken_ranges]}
+
+
+def restore_plan(stores: list, archive: WalArchive, target: datetime) -> tuple[WalArchive, RecoveryWindow, list[Segment]]:
+    """The archive, the recovery window of the stores' backups that holds the target, and the
+    segments a restore to it fetches."""
+    manifest, _ = archive.read_manifest()
+    records = [r for s in stores for r in s.list()]
+    window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), target)
+    return archive, window, segments_to_fetch(window, target)
+
+
+def recovery_points(stores: list, archive: WalArchive) -> list[dict[str, Any]]:
+    """BASE BACKUP, RECOVERY WINDOW and what breaks it, for every full backup in the stores."""
+    manifest, _ = archive.read_manifest()
+    records = [r for s in stores for r in s.list()]
+    rows = []
+    for w in recovery_windows(records, manifest, archive.all_segments(manifest)):
+        rows.append({"base_backup": w.base.name, "base_location": w.record.location,
+                     "base_last_sequence": w.base.last_sequence, "window_start": w.start, "window_end": w.end,
+                     "window_last_sequence": w.last_seq, "archived_through": manifest.last_archived_sequence,
+                     "broken": None if w.broken_after is None else
+                     f"sequence numbers {w.broken_after.first_missing_seq}-{w.broken_after.last_missing_seq} "
+                     f"missing after {w.broken_after.after_timestamp or 'the start'}"})
+    return rows
+
+
+def archive_report(archive: WalArchive, db_path: Path, enabled: bool) -> dict[str, Any]:
+    """`rem pitr status`: the live database's last sequence number, the archive's, the lag, gaps."""
+    manifest, _ = archive.read_manifest()
+    return {"enabled": enabled, "db_name": archive.db, "archive": archive.describe(),
+            "manifest": archive.objects.url(archive.root + "manifest.json"), **archive_status(db_path, manifest)}

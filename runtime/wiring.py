@@ -1,20 +1,52 @@
-"""The one place stores are built: S3 from the BackupStorage block the settings name, else from the
-P8_S3_* settings; the local backup directory otherwise. Every flow, task and command gets its
-ObjectStore and its database's BackupStore from here."""
+"""The one place configuration becomes objects: settings (and the blocks a deployment names) ->
+Settings, and Settings -> stores, the log archive, the database's identity. S3 comes from the
+BackupStorage block the settings name (the block builds its own client), else from the P8_S3_*
+settings; the local backup directory otherwise. Every flow, task and command gets its ObjectStore
+and its database's BackupStore from here; the library below takes those objects, never settings."""
 
 from __future__ import annotations
 
-from rem.backups import BackupStore
+from typing import TYPE_CHECKING, Any
+
+from rem.backup.catalog import BackupRecord, BackupStore, find_backup
 from rem.errors import UsageError
-from rem.log_archive import WalArchive
 from rem.identity import LEGACY, OWNER, DatabaseIdentity, check_db_name, database_identity, take_over_name
-from rem.settings import Settings
+from rem.settings import Settings, load_settings
 from rem.storage import ObjectStore
 from rem.storage.local import LocalObjectStore
-from rem.storage.s3 import S3ObjectStore, S3Settings, encryption_args, s3_client
+from rem.storage.s3 import BOUNDED, S3ObjectStore, S3Settings, encryption_args
+from rem.wal_archive import WalArchive
+from runtime.observe import current_db, db_label, label_run
 
-# Calls that give up within seconds: health, metrics and listings must answer while S3 is down.
-BOUNDED = {"connect_timeout": 3, "read_timeout": 10, "max_attempts": 2}
+if TYPE_CHECKING:
+    from rem.health import Watched
+
+
+def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None,
+                     storage_block: str | None = None, encryption_block: str | None = None) -> Settings:
+    """Settings given by the command line, else from the environment and config file; a RemDatabase
+    block named by a deployment supplies the database's path, name, backup directory and storage
+    block, so every flow of a deployment writes and reads where its backups are."""
+    cfg = Settings.model_validate(settings) if settings else load_settings()
+    update: dict[str, Any] = {}
+    if database_block:
+        from pathlib import Path
+
+        from blocks.backup import RemDatabase
+
+        block = RemDatabase.load(database_block)
+        if not settings:  # the database's own config file, beside the path the block names
+            cfg = load_settings(db_path=Path(block.path))
+        update = {"db_path": Path(block.path), "backup_dir": Path(block.backup_dir) if block.backup_dir else None,
+                  "db_name": block.db_name, "storage_block": block.storage_block}
+    # A block a run names overrides the database block's; a parameter left empty (None) overrides
+    # nothing, so a deployment's blocks always win over the worker's environment.
+    update.update({k: v for k, v in (("storage_block", storage_block), ("encryption_block", encryption_block))
+                   if v is not None})
+    cfg = cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
+    current_db.set(db_label(cfg))
+    label_run(current_db.get())
+    return cfg
 
 
 def has_remote(cfg: Settings) -> bool:
@@ -23,30 +55,19 @@ def has_remote(cfg: Settings) -> bool:
 
 def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None) -> S3ObjectStore:
     """The bucket: a BackupStorage block's (with its AwsCredentials) or the settings'."""
-    limits = BOUNDED if bounded else {}
     if cfg.storage_block and bucket is None:
         from blocks.backup import BackupEncryption, BackupStorage
 
-        block = BackupStorage.load(cfg.storage_block)
-        creds = block.bucket.credentials
-        params = creds.aws_client_parameters
         extra = BackupEncryption.load(cfg.encryption_block).extra_args() if cfg.encryption_block else {}
-        prefix = "/".join(p for p in (block.bucket.bucket_folder.strip("/"), block.prefix.strip("/")) if p)
-        s3 = S3Settings(bucket=block.bucket.bucket_name, prefix=prefix, endpoint_url=params.endpoint_url,
-                        region=creds.region_name or "us-east-1", storage_class=block.storage_class,
-                        chunk_size_mb=block.chunk_size_mb, concurrency=block.concurrency, extra_args=extra,
-                        source=f"the REM Backup Storage block {cfg.storage_block!r} (its bucket, endpoint and "
-                               "AwsCredentials; Prefect UI -> Blocks)", **limits)
-        session = creds.get_boto3_session()
-        return S3ObjectStore(s3, client_factory=lambda config: session.client(
-            "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config))
+        return BackupStorage.load(cfg.storage_block).object_store(
+            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}")
     if not (bucket or cfg.s3_bucket):
         raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
     return S3ObjectStore(S3Settings(
         bucket=bucket or cfg.s3_bucket, prefix=cfg.s3_prefix, endpoint_url=cfg.s3_endpoint_url, region=cfg.s3_region,
         storage_class=cfg.s3_storage_class, chunk_size_mb=cfg.backup_chunk_size_mb,
         concurrency=cfg.backup_upload_concurrency, extra_args=encryption_args(cfg.backup_encryption, cfg.kms_key_id),
-        **limits))
+        **(BOUNDED if bounded else {})))
 
 
 def local_store(cfg: Settings) -> LocalObjectStore:
@@ -124,3 +145,38 @@ def take_over(cfg: Settings) -> list[dict]:
     if cfg.pitr_bucket:
         stores.append(remote_store(cfg, bucket=cfg.pitr_bucket))
     return [{"store": o.url(me.name + "/"), "previous": take_over_name(o, me)} for o in stores]
+
+
+def listed_stores(cfg: Settings, from_db: str | None = None, all_dbs: bool = False) -> tuple[list[BackupStore], str | None]:
+    """The stores `rem backup list` reads (this database's, or from_db's, or with all_dbs every
+    database's, and the old layout's unless from_db), and the name of the database listing them."""
+    if all_dbs:
+        stores = [BackupStore(o, name) for o in object_stores(cfg, bounded=True) for name in database_names(o)]
+    else:
+        stores = all_stores(cfg, bounded=True, from_db=from_db)
+    if not from_db:
+        stores += other_stores(cfg)
+    return stores, None if all_dbs else identity(cfg).name
+
+
+def find_record(cfg: Settings, name: str, tenant: str | None, from_db: str | None) -> BackupRecord:
+    """This database's backup called name, or with from_db another database's (`legacy`: the old layout's)."""
+    return find_backup(all_stores(cfg, from_db=from_db), name, tenant,
+                       None if from_db else lambda: other_stores(cfg, databases=True))
+
+
+def watched(cfg: Settings) -> "Watched":
+    """What health and metrics look at, with whatever could not be built said, never raised."""
+    from rem.health import Watched, error_line  # prometheus_client: only for the commands that report
+
+    found = Watched(cfg.db_path, pitr_enabled=cfg.pitr_enabled)
+    try:
+        found.stores = all_stores(cfg, bounded=True)
+    except UsageError as exc:  # no database here and no name given
+        found.stores_error = str(exc)
+    if cfg.pitr_enabled:
+        try:
+            found.archive = log_archive(cfg, bounded=True)
+        except Exception as exc:  # reported as a failed check, never as a failed health command
+            found.archive_error = error_line(exc)
+    return found

@@ -24,11 +24,11 @@ from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from rem.backup.archive import sha256_file
 from rem.errors import RemError, UsageError
 from rem.format import check_tenant
 from rem.identity import DatabaseIdentity, claim_name
 from rem.storage import ARCHIVED_CLASSES, ObjectArchived, ObjectInfo, ObjectMissing, ObjectStore, PreconditionFailed
-from rem.storage.local import private_file, space_checked
 
 log = logging.getLogger("rem")
 
@@ -36,7 +36,7 @@ ALL_TENANTS = "_all"
 METADATA = "metadata.json"
 ARCHIVE = "rocksdb.tar.zst"
 SCHEMAS = "schemas.json"
-FILES = "files.json"  # an incremental backup's file list (rem.repository)
+FILES = "files.json"  # an incremental backup's file list (rem.backup.incremental)
 SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
 DATA_TAG = ("rem-class", "data")  # the objects lifecycle rules may archive: never a record listing reads
@@ -87,7 +87,7 @@ class BackupMetadata(BaseModel):
     online: bool = Field(description="a writer held the database while it was backed up")
     layout: Literal["archive", "incremental"] = Field(
         default="archive", description="archive: one rocksdb.tar.zst; incremental: files.json naming shared "
-                                       "SST objects (rem.repository); checksum_sha256 is then files.json's")
+                                       "SST objects (rem.backup.incremental); checksum_sha256 is then files.json's")
     added_bytes: int | None = Field(default=None, description="bytes this backup uploaded (incremental)")
     objects: int | None = Field(default=None, description="shared objects it references (incremental)")
     repository_bytes: int | None = Field(default=None, description="the database's backups in the store, "
@@ -327,11 +327,10 @@ class BackupStore:
     def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
         self.objects.put(self.key(tenant_segment, name, filename), data)
 
-    def finish(self, tenant_segment: str, name: str, tags: dict[str, str], layout: str = "archive") -> None:
-        """Tag the backup's objects; only its data (the archive, or the small files' archive) is tagged
-        `rem-class=data`, the one class lifecycle rules move to Glacier: records stay readable."""
-        data = SMALL if layout == "incremental" else ARCHIVE
-        records = (FILES, SCHEMAS, METADATA) if layout == "incremental" else (SCHEMAS, METADATA)
+    def finish(self, tenant_segment: str, name: str, tags: dict[str, str], data: str, records: tuple[str, ...]) -> None:
+        """Tag the backup's objects; only its data (the layout's: the archive, or the small files'
+        archive) is tagged `rem-class=data`, the one class lifecycle rules move to Glacier: records
+        stay readable."""
         for filename in (data, *records):
             self.objects.tag(self.key(tenant_segment, name, filename),
                              {**tags, DATA_TAG[0]: DATA_TAG[1] if filename == data else "record"})
@@ -397,7 +396,7 @@ class BackupStore:
 
     @property
     def prune_lease_key(self) -> str:
-        """Held by a prune while it collects garbage (rem.repository.collection_lease)."""
+        """Held by a prune while it collects garbage (rem.backup.incremental.collection_lease)."""
         return self.root.removesuffix("full/") + PRUNE_LEASE
 
     def delete(self, record: BackupRecord) -> None:
@@ -406,54 +405,11 @@ class BackupStore:
         self.objects.delete([self.key(record.segment, record.folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
                                                                                   CLAIM)])
 
-    def fetch(self, record: BackupRecord, out_dir: Path, progress: Callable[[int], None] | None = None) -> Path:
-        """The backup as a local directory: a local store's own folder (restored in place), else a
-        download to out_dir/{name}/ with parallel ranged GETs (an interrupted run resumes)."""
-        here = self.objects.local_path(self.key(record.segment, record.folder, METADATA))
-        if here is not None:
-            return here.parent
-        if record.archived:  # refused before anything is written to out_dir
-            raise self._archived(record, record.archived[0], "Glacier", len(record.archived) - 1)
-        dest = out_dir / check_name(record.folder)
-        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            self._download(record, dest, progress)
-        except ObjectMissing as exc:
-            raise RemError(f"{self.objects.url(str(exc))}: missing from the store, so backup {record.name} cannot "
-                           "be downloaded; try another backup (`rem backup list`)") from None
-        except ObjectArchived as exc:  # archived after it was listed
-            raise self._archived(record, exc.key, exc.storage_class) from None
-        return dest
-
-    def _archived(self, record: BackupRecord, key: str, storage_class: str, more: int = 0) -> BackupArchived:
-        also = f" (and the same for {more} more)" if more else ""
-        return BackupArchived(f"backup {record.name} is archived: {self.objects.url(key)} is in {storage_class} (a "
-                              f"lifecycle rule moved it); restore it with `{self.objects.restore_hint(key)}`{also}, "
-                              "then run this again once S3 has restored it (hours); `rem backup list` shows which "
-                              "backups are archived")
-
-    def _download(self, record: BackupRecord, dest: Path, progress: Callable[[int], None] | None) -> None:
-        with space_checked(dest, "--output"):
-            with private_file(dest / SCHEMAS) as f:
-                f.write(self.objects.get(self.key(record.segment, record.folder, SCHEMAS)))
-            if record.metadata.layout == "incremental":
-                from rem.repository import download_objects
-
-                download_objects(self, record, dest, progress)
-            else:
-                download_checked(self.objects, self.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE,
-                                 record.metadata.checksum_sha256, progress)
-            # metadata.json last, as on upload: a directory without it is an unfinished download.
-            with private_file(dest / METADATA) as f:
-                f.write(record.metadata.model_dump_json(indent=2).encode())
-
 
 def download_checked(objects: ObjectStore, key: str, target: Path, sha256: str,
                      progress: Callable[[int], None] | None = None) -> None:
     """Download an object, but first drop a copy an earlier run left whose SHA-256 is not the one
     recorded: a download that resumes must never keep corrupt bytes of the right size."""
-    from rem.archive import sha256_file
-
     if target.exists() and not target.with_name(target.name + ".download.json").exists() \
             and sha256_file(target) != sha256:
         log.warning("%s: an earlier download left corrupt bytes (SHA-256 is not the recorded %s): fetched again",

@@ -37,10 +37,12 @@ from pathlib import Path
 import zstandard
 from pydantic import BaseModel, Field
 
-from rem.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
-from rem.backups import FILES, METADATA, SMALL, BackupRecord, BackupStore, Unreadable, UnreadableRecord, claim_is_stale
+from rem.backup.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
+from rem.backup.catalog import (FILES, METADATA, SMALL, BackupRecord, BackupStore, Unreadable, UnreadableRecord,
+                                claim_is_stale, download_checked)
 from rem.errors import RemError
 from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
+from rem.storage.local import private_file
 
 SHARED = re.compile(r"^\d+\.(sst|blob)$")
 OBJECT_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}/backups/sst/[0-9a-f]{64}\.zst$")
@@ -111,7 +113,15 @@ def read_files(store: BackupStore, segment: str, name: str) -> FileList:
     return FileList.model_validate_json(store.objects.get(store.key(segment, name, FILES)))
 
 
-def previous_backup(store: BackupStore, segment: str) -> tuple[BackupRecord, FileList] | None:
+@dataclass
+class PreviousBackup:
+    """The newest incremental backup and its file list: what a new one may reuse."""
+
+    record: BackupRecord
+    files: FileList
+
+
+def previous_backup(store: BackupStore, segment: str) -> PreviousBackup | None:
     """The newest incremental backup and its file list: its hashes spare hashing unchanged SSTs again.
     Read newest first, so a repository of a year of backups costs one listing and a GET or two, not a
     GET per backup."""
@@ -119,7 +129,7 @@ def previous_backup(store: BackupStore, segment: str) -> tuple[BackupRecord, Fil
         if record.metadata.layout != "incremental":
             continue
         try:
-            return record, read_files(store, record.segment, record.folder)
+            return PreviousBackup(record, read_files(store, record.segment, record.folder))
         except (ObjectMissing, ValueError):
             continue
     return None
@@ -297,6 +307,16 @@ def dependents(store: BackupStore, key: str) -> list[str]:
     return sorted(names)
 
 
+def needed_by(record: BackupRecord, exc: ObjectCorrupt) -> ObjectCorrupt:
+    """A shared object's fault named with every backup that needs it, and what mends it."""
+    users = dependents(record.store, exc.key)
+    return ObjectCorrupt(exc.key, f"{str(exc).split(': ', 1)[1]}; backups that need it: {', '.join(users)}; "
+                                  "take a new backup: it uploads again every object the store no longer holds as a "
+                                  "backup recorded it (size and ETag), if the database still has that SST; where "
+                                  "the bytes changed in place with neither, remove "
+                                  f"{record.store.objects.url(exc.key)} first")
+
+
 @dataclass
 class GarbageReport:
     deferred: str | None
@@ -410,10 +430,6 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
                      concurrency: int = 4) -> None:
     """files.json, small.tar.zst and every object the list names into dest (objects/), in parallel;
     an object already there with its stored size is not fetched again (an interrupted run resumes)."""
-    from rem.storage.local import private_file
-
-    from rem.backups import download_checked
-
     body = store.objects.get(store.key(record.segment, record.folder, FILES))
     listing = FileList.model_validate_json(body)
     with private_file(dest / FILES) as f:

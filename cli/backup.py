@@ -1,0 +1,228 @@
+"""`rem backup ...`: create, list, fetch, restore, verify and prune backups; lifecycle rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.options import FROM_DB_OPTION, JSON_OPTION, age, params, tenant_value
+from cli.output import cli_run, fail, human_bytes, out, show, table_renderer
+
+backup_app = typer.Typer(no_args_is_help=True, help="Backups: create, list, download, restore, verify, prune, lifecycle.")
+lifecycle_app = typer.Typer(no_args_is_help=True, help="S3 lifecycle rules for the backup bucket.")
+backup_app.add_typer(lifecycle_app, name="lifecycle")
+
+
+@backup_app.command("create")
+def backup_create(
+    ctx: typer.Context,
+    name: Optional[str] = typer.Option(None, "--name", help="Backup name (default: the UTC time)"),
+    upload: bool = typer.Option(False, "--upload", help="Store in S3 (P8_S3_BUCKET) instead of the local directory"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Back up only this tenant (plus the schemas)"),
+    archive: bool = typer.Option(False, "--archive", help="One self-contained rocksdb.tar.zst (the runbook's "
+                                 "format, to move a database elsewhere) instead of an incremental backup"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Whole-database backups are incremental: snapshot -> the SSTs the repository lacks, uploaded once
+    each -> small files -> file list -> metadata last. --archive and --tenant write one tar.zst."""
+    with cli_run(ctx, as_json) as settings:
+        tenant = tenant_value(tenant)
+        if upload and not (settings.s3_bucket or settings.storage_block):
+            fail("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket in the config, or --bucket)", 2,
+                 as_json)
+        from flows.backup import full_backup
+
+        result = full_backup(params(settings), tenant=tenant, name=name, upload=upload, archive=archive)
+        show(result, as_json, lambda c: c.print(
+            f"Backup {result['name']} of {result['tenant_id'] or 'the whole database'}: "
+            f"{'~' if result['counts'] == 'estimated' else ''}{result['entity_count']:,} entities, "
+            f"{human_bytes(result['size_bytes'])} "
+            f"(from {human_bytes(result['uncompressed_bytes'])}) in {result['duration_seconds']:.1f} s\n"
+            f"Location: {result['location']}\nSHA-256: {result['checksum_sha256']}"))
+
+
+@backup_app.command("list")
+def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
+                all_dbs: bool = typer.Option(False, "--all-dbs", help="Every database's backups in the stores"),
+                detail: bool = typer.Option(False, "--detail", help="Every field of each backup's metadata: "
+                                            "duration, sizes, host, online, sequence numbers, checksum, ..."),
+                as_json: bool = JSON_OPTION) -> None:
+    """This database's backups, local and S3 merged, newest first (and the old layout's, as db 'legacy')."""
+    with cli_run(ctx, as_json) as settings:
+        from rem.backup.listing import list_backups
+        from runtime.observe import get_logger
+        from runtime.wiring import listed_stores
+
+        rows, unreachable, notes = list_backups(*listed_stores(settings, from_db, all_dbs), detail)
+        for note in notes:
+            get_logger().warning(note)
+        locations = [f"{r['name']}: {r['location']}" for r in rows]
+        if detail:
+            render = table_renderer(
+                ["DB", "NAME", "TENANT", "CREATED", "AGE", "STATUS", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES",
+                 "HOST", "ONLINE", "LAYOUT", "LAST SEQUENCE", "SHA-256"],
+                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], age(r["created"]), r["status"],
+                  f"{r['duration_seconds']:.1f} s", human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]),
+                  human_bytes(r["added_bytes"]), f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}",
+                  r["host"], "yes" if r["online"] else "no", r["layout"], r["last_sequence"],
+                  r["checksum_sha256"][:16]] for r in rows], "No backups found.", whole=("NAME",), after=locations)
+        else:
+            render = table_renderer(
+                ["DB", "NAME", "TENANT", "CREATED", "AGE", "SIZE", "ADDED", "STATUS"],
+                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], age(r["created"]),
+                  human_bytes(r["logical_bytes"]), human_bytes(r["added_bytes"]), r["status"]]
+                 for r in rows], "No backups found.", whole=("NAME",), after=locations)
+        show(rows, as_json, render)
+        if unreachable:
+            fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"
+                           for where, why in unreachable.items()), 1)
+
+
+@backup_app.command("download")
+def backup_download(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
+    output: Path = typer.Option(..., "--output", help="Directory; the backup goes to OUTPUT/NAME/"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    from_db: Optional[str] = FROM_DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Download a backup (parallel ranged GETs; an interrupted download resumes)."""
+    with cli_run(ctx, as_json) as settings:
+        tenant = tenant_value(tenant)
+        from flows.restore import download_backup
+
+        result = download_backup(name, str(output), params(settings), tenant, from_db=from_db)
+        show(result, as_json, lambda c: c.print(f"Downloaded {name} to {result['path']}"))
+
+
+@backup_app.command("restore")
+def backup_restore(
+    ctx: typer.Context,
+    source: Optional[Path] = typer.Option(None, "--source", help="Backup directory (as written by create or "
+                                          "download)"),
+    name: Optional[str] = typer.Option(None, "--name", help="Or a backup's name in the stores (`latest`: the newest); "
+                                       "an S3 one is downloaded beside the target first"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="With --name: the tenant's backup"),
+    from_db: Optional[str] = FROM_DB_OPTION,
+    target: Optional[Path] = typer.Option(None, "--target", help="Database directory (default: --db-path)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty target (kept in quarantine "
+                                   "until the restored copy verifies)"),
+    rebuild_indexes: bool = typer.Option(False, "--rebuild-indexes", help="Then rebuild key, field and HNSW indexes"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Verify the checksum, extract safely, check every column family, then put into place."""
+    with cli_run(ctx, as_json) as settings:
+        if (source is None) == (name is None):
+            fail("give the backup with --source DIR (a backup directory) or --name NAME (one in the stores, "
+                 "`latest` for the newest; see `rem backup list`)", 2, as_json)
+        from flows.restore import restore, restore_named
+
+        if name is not None:
+            result = restore_named(name, str(target or settings.db_path), overwrite, params(settings),
+                                   tenant_value(tenant), from_db)
+        else:
+            result = restore(str(source), str(target or settings.db_path), overwrite)
+        if rebuild_indexes:
+            from flows.maintenance import index_rebuild
+
+            restored = settings.model_copy(update={"db_path": Path(result["target"])})
+            result["index_rebuild"] = index_rebuild("all", None, params(restored))
+        show(result, as_json, lambda c: c.print(
+            f"Restored {result['name']} into {result['target']}: "
+            + (f"~{result['entity_count']:,} entities (RocksDB's estimate; `rem db stats` counts them), "
+               if result["counts"] == "estimated" else f"{result['entity_count']:,} entities, ")
+            + "checksum verified" + (" (repaired, nothing dropped)" if result["repaired"] else "")))
+
+
+@backup_app.command("verify")
+def backup_verify(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    from_db: Optional[str] = FROM_DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Checksum plus a trial restore into a temporary directory; the live database is not touched."""
+    with cli_run(ctx, as_json) as settings:
+        tenant = tenant_value(tenant)
+        from flows.restore import verify_backup
+
+        result = verify_backup(name, params(settings), tenant, from_db)
+        show(result, as_json, lambda c: c.print(
+            f"Backup {name} verified: checksum matches, trial restore holds {result['entity_count']:,} entities"))
+
+
+@backup_app.command("takeover")
+def backup_takeover(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Make this database the owner of its name: for a copy restored to replace the original for good
+    (its disk is gone). The original's next backup or prune is then refused."""
+    with cli_run(ctx, as_json) as settings:
+        from runtime.wiring import identity, take_over
+
+        me = identity(settings)
+        replaced = take_over(settings)
+        show({"ok": True, "db_name": me.name, "host": me.host, "path": me.path, "stores": replaced}, as_json,
+             lambda c: c.print("\n".join(
+                 f"{r['store']}: now {me.host}:{me.path}" + (f" (was {r['previous'].get('host')}:"
+                                                            f"{r['previous'].get('path')})" if r["previous"] else "")
+                 for r in replaced)))
+
+
+@backup_app.command("prune")
+def backup_prune(
+    ctx: typer.Context,
+    keep_daily: int = typer.Option(7, "--keep-daily", min=0),
+    keep_weekly: int = typer.Option(4, "--keep-weekly", min=0),
+    keep_monthly: int = typer.Option(3, "--keep-monthly", min=0),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's backups (`_all`: whole-database)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Keep a grandfather-father-son set (never the newest, never the PITR base); delete the rest, local and S3."""
+    with cli_run(ctx, as_json) as settings:
+        tenant = tenant_value(tenant, allow_all=True)
+        from flows.retention import prune
+
+        def render_plan(console, plan) -> None:
+            from rich.table import Table
+            from rich.text import Text
+
+            table = Table("ACTION", "NAME", "TENANT", "CREATED", "WHY")
+            for row in plan["keep"]:
+                table.add_row("keep", row["name"], row["tenant"], row["created"], ", ".join(row["why"]))
+            for row in plan["delete"]:
+                table.add_row(Text("delete", style="red"), row["name"], row["tenant"], row["created"], "")
+            console.print(table)
+            console.print(f"WAL segments to delete (older than the oldest kept base): {plan['wal_segments_to_delete']}")
+
+        args = (keep_daily, keep_weekly, keep_monthly, tenant)
+        plan = prune(*args, dry_run=True, settings=params(settings))
+        if not as_json:
+            render_plan(out, plan)  # the plan is shown before anything is deleted
+        if dry_run:
+            show(plan, as_json)
+            return
+        result = prune(*args, dry_run=False, settings=params(settings))
+        show(result, as_json, lambda c: c.print(f"Deleted {len(result['delete'])} backup(s), kept {len(result['keep'])}."))
+
+
+@lifecycle_app.command("apply")
+def lifecycle_apply(
+    ctx: typer.Context,
+    keep_monthly: int = typer.Option(3, "--keep-monthly", min=0, help="To explain how prune and expiry combine"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Install the runbook's rules: Glacier after 30 days, expiry after 90, stale uploads aborted after 1."""
+    with cli_run(ctx, as_json) as settings:
+        if not settings.s3_bucket:
+            fail("lifecycle rules need a bucket: set P8_S3_BUCKET (or --bucket)", 2, as_json)
+        from rem.retention import apply_lifecycle
+        from runtime.wiring import identity, remote_store
+
+        result = apply_lifecycle(remote_store(settings), identity(settings).name, keep_monthly=keep_monthly)
+        show(result, as_json, lambda c: [c.print(f"Lifecycle rules installed on s3://{result['bucket']}:"),
+                                         *[c.print(f"  {r['ID']}") for r in result["rules"]],
+                                         *[c.print(f"- {n}") for n in result["notes"]]])

@@ -1,0 +1,165 @@
+"""Prefect when a Prefect API is configured; the same functions and retry policy in-process otherwise.
+
+Prefect's ephemeral server takes 11-17 s to start here, and importing Prefect about 1 s, while
+on-call types `rem backup create` by hand. So the decision is made once, at import: with a
+Prefect API configured (PREFECT_API_URL in the environment or in the active Prefect profile, or
+inside a flow run a worker started) `task` and `flow` are Prefect's own decorators and every run
+appears in the UI; without one they are thin wrappers that run the function in-process and retry
+it with exactly the policy the Prefect task would use. The writer slot and the ad-hoc tags are
+the other two things that exist only under Prefect.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rem")
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process reports to, or None, found without importing Prefect."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (FileNotFoundError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    return (profiles.get("profiles", {}).get(active, {}) or {}).get("PREFECT_API_URL") or None
+
+
+ORCHESTRATED = bool(prefect_api_url() or os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+class LocalTask:
+    """A function plus its retry policy, run in-process (the stand-in for a Prefect task).
+
+    `submit` runs it on a thread and returns a future, as Prefect's task runner does."""
+
+    _pool = None
+
+    def __init__(self, fn: Callable, name: str, retries: int, retry_delay_seconds: float):
+        self.fn = fn
+        self.name = name
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self.fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == self.retries or not is_retryable(exc):
+                    raise
+                log.warning("%s failed (%s); retry %d of %d in %ss", self.name, exc, attempt + 1, self.retries,
+                            self.retry_delay_seconds)
+                time.sleep(self.retry_delay_seconds)
+
+    def with_options(self, name: str) -> "LocalTask":
+        """The same task under another run name, as Prefect's Task.with_options(name=...)."""
+        return LocalTask(self.fn, name, self.retries, self.retry_delay_seconds)
+
+    def submit(self, *args: Any, **kwargs: Any):
+        if LocalTask._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            LocalTask._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rem-task")
+        return LocalTask._pool.submit(self, *args, **kwargs)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Errors a retry cannot fix fail at once: bad input, a held lock, a corrupt backup, and S3's
+    permanent 4xx answers (AccessDenied, NoSuchBucket); throttling and timeouts are retried."""
+    import errno
+
+    from rem.errors import RemError
+
+    if isinstance(exc, RemError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return False
+    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
+        if isinstance(getattr(exc, "response", None), dict) else None
+    return not (status and 400 <= status < 500 and status not in (408, 429))
+
+
+def task(name: str, retries: int = 0, retry_delay_seconds: float = 0) -> Callable[[Callable], Any]:
+    def decorate(fn: Callable) -> Any:
+        if ORCHESTRATED:
+            from prefect import task as prefect_task
+            from prefect.cache_policies import NO_CACHE
+
+            # NO_CACHE: inputs include open stores and snapshots, which must never be cached or hashed.
+            return prefect_task(name=name, retries=retries, retry_delay_seconds=retry_delay_seconds,
+                                retry_condition_fn=_prefect_retry_condition, cache_policy=NO_CACHE)(fn)
+        return LocalTask(fn, name, retries, retry_delay_seconds)
+
+    return decorate
+
+
+def _prefect_retry_condition(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:
+        return is_retryable(exc)
+    return True
+
+
+def flow(name: str, description: str | None = None) -> Callable[[Callable], Any]:
+    def decorate(fn: Callable) -> Any:
+        if ORCHESTRATED:
+            from prefect import flow as prefect_flow
+
+            return prefect_flow(name=name, description=description, log_prints=True)(fn)
+        fn.fn = fn  # the same attribute Prefect flows have
+        return fn
+
+    return decorate
+
+
+ADHOC_TAG = "adhoc"
+PAGE_TAG = "rem-page"  # an ad-hoc run whose failure pages as a deployment run's does
+
+
+@contextmanager
+def adhoc_tags(page: bool):
+    """Runs started by hand from the command line carry the tag `adhoc`; the failure pages match
+    deployment runs only, unless the operator asked with --page."""
+    if not ORCHESTRATED or os.environ.get("PREFECT__FLOW_RUN_ID"):
+        yield
+        return
+    from prefect import tags
+
+    with tags(ADHOC_TAG, *([PAGE_TAG] if page else [])):
+        yield
+
+
+def writer_limit_name(db_path, host: str | None = None) -> str:
+    """The database's own writer slot: host and path, so the many hosts keeping theirs at
+    /var/lib/rem/db never wait on one another."""
+    import re
+    import socket
+
+    where = re.sub(r"[^A-Za-z0-9.-]+", "-", str(Path(db_path).resolve()).strip("/"))
+    return f"rem-writer-{host or socket.gethostname()}-{where}"
+
+
+@contextmanager
+def writer_slot(db_path):
+    """Under Prefect, hold the database's global concurrency slot (limit 1, made by `rem deploy`) so
+    two scheduled writers never touch one database; in-process, RocksDB's own lock is the guard."""
+    if not ORCHESTRATED:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(writer_limit_name(db_path), occupy=1, strict=False):
+        yield
