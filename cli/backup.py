@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.options import FROM_DB_OPTION, JSON_OPTION, age, params, tenant_value
+from cli.options import BACKUP_NAME_OPTION, FROM_DB_OPTION, JSON_OPTION, WHICH_TENANT_OPTION, age, params, tenant_value
 from cli.output import cli_run, fail, human_bytes, out, show, table_renderer
 
 backup_app = typer.Typer(no_args_is_help=True, help="Backups: create, list, download, restore, verify, prune, lifecycle.")
@@ -83,9 +83,9 @@ def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
 @backup_app.command("download")
 def backup_download(
     ctx: typer.Context,
-    name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
+    name: str = BACKUP_NAME_OPTION,
     output: Path = typer.Option(..., "--output", help="Directory; the backup goes to OUTPUT/NAME/"),
-    tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    tenant: Optional[str] = WHICH_TENANT_OPTION,
     from_db: Optional[str] = FROM_DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -140,8 +140,8 @@ def backup_restore(
 @backup_app.command("verify")
 def backup_verify(
     ctx: typer.Context,
-    name: str = typer.Option(..., "--name", help="Backup name (see `rem backup list`)"),
-    tenant: Optional[str] = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants"),
+    name: str = BACKUP_NAME_OPTION,
+    tenant: Optional[str] = WHICH_TENANT_OPTION,
     from_db: Optional[str] = FROM_DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

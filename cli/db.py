@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli.options import JSON_OPTION, finite, params, tenant_value
+from cli.options import CF_OPTION, JSON_OPTION, finite, params, tenant_value
 from cli.output import cli_run, fail, human_bytes, progress, show, table_renderer
 
 db_app = typer.Typer(no_args_is_help=True, help="Database: init, stats, verify, compact, vacuum, health.")
@@ -52,7 +52,7 @@ def db_init(
 @db_app.command("stats")
 def db_stats(
     ctx: typer.Context,
-    cf: Optional[str] = typer.Option(None, "--cf", help="Only this column family"),
+    cf: Optional[str] = CF_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Entities, schemas, embeddings, edges, disk and WAL usage, and per column family figures."""
@@ -129,7 +129,7 @@ def db_verify(
 @db_app.command("compact")
 def db_compact(
     ctx: typer.Context,
-    cf: Optional[str] = typer.Option(None, "--cf", help="Only this column family"),
+    cf: Optional[str] = CF_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Full compaction (the engine must be stopped): size and SST files per column family, before and after."""

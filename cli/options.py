@@ -7,6 +7,9 @@ from typing import Optional
 import typer
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+BACKUP_NAME_OPTION = typer.Option(..., "--name", help="Backup name (see `rem backup list`)")
+WHICH_TENANT_OPTION = typer.Option(None, "--tenant", help="Disambiguate a name used by several tenants")
+CF_OPTION = typer.Option(None, "--cf", help="Only this column family")
 FROM_DB_OPTION = typer.Option(None, "--from-db", help="Another database's backups, by its name (see `rem backup "
                               "list --all-dbs`); legacy: the layout before databases had names")
 

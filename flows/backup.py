@@ -12,8 +12,8 @@ from rem.tenant import require_tenant
 from rem.backup.create import build_metadata, facts_if_unchanged, utc_now
 from rem.backup.layout import new_layout
 from runtime.wiring import resolve_settings
-from tasks.backup import (describe, find_previous, measure_repository, open_store, snapshot, store_data, store_metadata,
-                          store_schemas)
+from tasks.backup import (find_previous, measure_repository, open_store, snapshot, store_data, store_metadata,
+                          snapshot_facts, store_schemas)
 from runtime.observe import db_label, get_logger, publish_report, publish_table, send_event
 from runtime.orchestration import flow
 from rem.backup.catalog import ALL_TENANTS, backup_name, check_name
@@ -42,35 +42,36 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     started = time.monotonic()
     taken_at = utc_now()
     name = check_name(name) if name is not None else backup_name(taken_at)
-    segment = check_tenant(tenant) if tenant is not None else ALL_TENANTS
+    tenant_folder = check_tenant(tenant) if tenant is not None else ALL_TENANTS
     try:
         if tenant is not None:
             require_tenant(str(cfg.db_path), tenant)
-        store = open_store(cfg, upload or bool(cfg.storage_block), segment, name)
+        store = open_store(cfg, upload or bool(cfg.storage_block), tenant_folder, name)
         try:
-            previous = find_previous(layout, store, segment)
+            previous = find_previous(layout, store, tenant_folder)
             snap = snapshot(str(cfg.db_path), tenant)
             try:
                 known = facts_if_unchanged(store, previous, snap)
-                facts = None if known else describe.submit(snap)  # counting keys runs while the upload goes on
+                facts = None if known else snapshot_facts.submit(snap)  # counting keys runs while the upload goes on
                 stored = store_data.with_options(name=layout.store_step)(
-                    layout, snap, store, segment, name, cfg.backup_compression, cfg.backup_upload_concurrency, previous)
+                    layout, snap, store, tenant_folder, name, cfg.backup_compression, cfg.backup_upload_concurrency,
+                    previous)
                 facts = known or facts.result()
-                store_schemas(store, segment, name, facts)
+                store_schemas(store, tenant_folder, name, facts)
                 metadata = build_metadata(name, tenant, taken_at, facts, layout, stored, started, cfg.backup_compression,
                                           snap, store.owner, measure_repository(store))
                 store_metadata(store, metadata)
             finally:
                 snap.remove()
         finally:
-            cleanup_quietly(lambda: store.release(segment, name), f"releasing backup name {name!r}")
+            cleanup_quietly(lambda: store.release(tenant_folder, name), f"releasing backup name {name!r}")
     except Exception as exc:
         reason = redact(f"{type(exc).__name__}: {exc}")
         send_event("rem.backup.failed", cfg, {"name": name, "tenant": tenant, "reason": reason})
         publish_report("backup", backup_failure_report(name, db_label(cfg), tenant, reason),
                        description=f"Backup {name} FAILED: {reason[:200]}")
         raise
-    location = store.location(segment, name)
+    location = store.location(tenant_folder, name)
     send_event("rem.backup.succeeded", cfg, {"name": name, "tenant": tenant, "location": location,
                                        "size_bytes": metadata.size_bytes, "added_bytes": metadata.added_bytes,
                                        "repository_bytes": metadata.repository_bytes})
@@ -83,6 +84,6 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
         return backup_rows([r.metadata.model_dump() for r in newest], [r.location for r in newest])
 
     publish_table("recent-backups", recent, description=f"The 10 newest backups of {metadata.db_name} in "
-                                                        f"{store.describe()}")
+                                                        f"{store.url()}")
     get_logger().info("backup %s stored at %s (%d bytes)", name, location, metadata.size_bytes)
     return {**metadata.model_dump(), "location": location}

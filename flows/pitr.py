@@ -20,7 +20,8 @@ from rem.identity import claim_name
 from rem.pitr import ArchiverBusy, LogPins, Pinner, check_log_options, format_micros
 from rem.reports import pitr_report
 from rem.settings import Settings
-from rem.wal_archive import PassReport, WalArchive, WalGap, archive_report, gap_message, micros, parse_time, restore_plan
+from rem.wal_archive import (PassReport, WalArchive, WalGap, archive_report, gap_message, micros, parse_time,
+                             restore_plan)
 from runtime.observe import get_logger, publish_report, send_event
 from runtime.orchestration import flow
 from runtime.wiring import all_stores, identity, log_archive, resolve_settings
@@ -152,8 +153,8 @@ def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
     cfg = resolve_settings(settings)
     out = real_target(Path(output))
     target = parse_time(timestamp)
-    archive, window, segments = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db),
-                                             target)
+    plan = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), target)
+    archive, window, segments = plan.archive, plan.window, plan.segments
     lock = check_target(out, overwrite=False, tenant=None, option="--output", can_overwrite=False)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
         if lock is not None:
@@ -181,8 +182,8 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
                 from_db: str | None = None) -> dict[str, Any]:
     cfg = resolve_settings(settings)
     target = parse_time(timestamp)
-    archive, window, segments = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db),
-                                             target)
+    plan = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), target)
+    archive, window, segments = plan.archive, plan.window, plan.segments
     with tempfile.TemporaryDirectory(prefix="rem-pitr-verify-") as tmp:
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
         source = fetch(window.record, Path(tmp) / "base")

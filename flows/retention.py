@@ -69,7 +69,7 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
         if plan.wal_segments_to_delete and archive is not None:
             drop_wal_segments(archive, plan.wal_segments_to_delete)
     # The shared SSTs no remaining backup names (and what interrupted runs left) go after the backups.
-    result["garbage"] = {store.describe(): collect_garbage(store, cfg.backup_gc_grace_hours * 3600,
+    result["garbage"] = {store.url(): collect_garbage(store, cfg.backup_gc_grace_hours * 3600,
                                                            dry_run=dry_run).__dict__ for store in stores}
     publish_report("prune", f"# Prune {'(dry run)' if dry_run else ''}\n\nkept {len(plan.keep)}, "
                             f"deleted {len(plan.delete)}, WAL segments deleted {len(plan.wal_segments_to_delete)}")

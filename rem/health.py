@@ -44,7 +44,7 @@ def newest_backup(watched: Watched):
     if watched.stores_error is not None:  # no backups can be said to be this database's
         return None, {"database": watched.stores_error}
     records, unreachable = list_reachable(watched.stores)
-    records = [r for r in records if r.metadata.tenant_segment == ALL_TENANTS]
+    records = [r for r in records if r.metadata.tenant_folder == ALL_TENANTS]
     return (max(records, key=lambda r: r.metadata.timestamp).metadata if records else None), unreachable
 
 

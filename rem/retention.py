@@ -38,7 +38,7 @@ class PrunePlan:
     wal_segments_to_delete: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        row = lambda r: {"name": r.name, "tenant": r.metadata.tenant_segment, "created": r.metadata.timestamp,  # noqa: E731
+        row = lambda r: {"name": r.name, "tenant": r.metadata.tenant_folder, "created": r.metadata.timestamp,  # noqa: E731
                          "location": r.location}
         return {"keep": [{**row(r), "why": why} for r, why in self.keep], "delete": [row(r) for r in self.delete],
                 "wal_segments_to_delete": len(self.wal_segments_to_delete)}
@@ -46,15 +46,14 @@ class PrunePlan:
 
 def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, keep_monthly: int,
                tenant: str | None = None, log_segments: list | None = None) -> PrunePlan:
-    """GFS per tenant segment; with the log archive's segments, those every kept base already
+    """GFS per tenant; with the log archive's segments, those every kept base already
     holds (at or before the oldest kept base's last sequence number) go too."""
     plan = PrunePlan()
-    segment = tenant  # None: every tenant's backups, each tenant kept on its own
-    by_segment: dict[str, list[BackupRecord]] = {}
+    by_tenant: dict[str, list[BackupRecord]] = {}  # tenant None: every tenant's, each kept on its own
     for r in records:
-        if segment is None or r.metadata.tenant_segment == segment:
-            by_segment.setdefault(r.metadata.tenant_segment, []).append(r)
-    for group in by_segment.values():
+        if tenant is None or r.metadata.tenant_folder == tenant:
+            by_tenant.setdefault(r.metadata.tenant_folder, []).append(r)
+    for group in by_tenant.values():
         times = [parse_time(r.metadata.timestamp) for r in group]
         reasons = gfs_keep(times, keep_daily, keep_weekly, keep_monthly)
         newest = max(range(len(group)), key=lambda i: times[i])

@@ -1,6 +1,6 @@
 """The archive of RocksDB's own write-ahead log in S3, and recovery windows over it.
 
-Layout (the whole database's log, tenant segment `_all`, as for whole-database backups), in the
+Layout (the whole database's log, tenant folder `_all`, as for whole-database backups), in the
 store the database's backups use:
 
     {prefix}/{db}/backups/wal/_all/manifest.json
@@ -127,13 +127,13 @@ class WalArchive:
 
     objects: ObjectStore
     db: str | None  # None: the layout before databases had a level (read with --from-db legacy)
-    segment: str = ALL_TENANTS
+    tenant_folder: str = ALL_TENANTS
 
     @property
     def root(self) -> str:
-        return f"{self.db}/backups/wal/{self.segment}/" if self.db else f"backups/wal/{self.segment}/"
+        return f"{self.db}/backups/wal/{self.tenant_folder}/" if self.db else f"backups/wal/{self.tenant_folder}/"
 
-    def describe(self) -> str:
+    def url(self) -> str:
         return self.objects.url(self.root)
 
     def segment_key(self, first: int, last: int) -> str:
@@ -451,7 +451,7 @@ def base_instant(meta: BackupMetadata) -> str:
 
 def is_base(meta: BackupMetadata) -> bool:
     """A physical whole-database backup: it knows RocksDB's last sequence number."""
-    return meta.tenant_segment == ALL_TENANTS and meta.last_sequence is not None
+    return meta.tenant_folder == ALL_TENANTS and meta.last_sequence is not None
 
 
 def window_for(record: BackupRecord, manifest: Manifest, all_segments: list[Segment]) -> RecoveryWindow:
@@ -527,13 +527,21 @@ def archive_status(db_path, manifest: Manifest) -> dict:
             "broken_ranges": [b.model_dump() for b in manifest.broken_ranges]}
 
 
-def restore_plan(stores: list, archive: WalArchive, target: datetime) -> tuple[WalArchive, RecoveryWindow, list[Segment]]:
-    """The archive, the recovery window of the stores' backups that holds the target, and the
-    segments a restore to it fetches."""
+@dataclass
+class RestorePlan:
+    """What a restore to a time starts from: the base backup's recovery window that holds the target,
+    and the segments it fetches from the archive."""
+
+    archive: WalArchive
+    window: RecoveryWindow
+    segments: list[Segment]
+
+
+def restore_plan(stores: list, archive: WalArchive, target: datetime) -> RestorePlan:
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
     window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), target)
-    return archive, window, segments_to_fetch(window, target)
+    return RestorePlan(archive, window, segments_to_fetch(window, target))
 
 
 def recovery_points(stores: list, archive: WalArchive) -> list[dict[str, Any]]:
@@ -554,5 +562,5 @@ def recovery_points(stores: list, archive: WalArchive) -> list[dict[str, Any]]:
 def archive_report(archive: WalArchive, db_path: Path, enabled: bool) -> dict[str, Any]:
     """`rem pitr status`: the live database's last sequence number, the archive's, the lag, gaps."""
     manifest, _ = archive.read_manifest()
-    return {"enabled": enabled, "db_name": archive.db, "archive": archive.describe(),
+    return {"enabled": enabled, "db_name": archive.db, "archive": archive.url(),
             "manifest": archive.objects.url(archive.root + "manifest.json"), **archive_status(db_path, manifest)}

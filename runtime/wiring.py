@@ -147,7 +147,8 @@ def take_over(cfg: Settings) -> list[dict]:
     return [{"store": o.url(me.name + "/"), "previous": take_over_name(o, me)} for o in stores]
 
 
-def listed_stores(cfg: Settings, from_db: str | None = None, all_dbs: bool = False) -> tuple[list[BackupStore], str | None]:
+def listed_stores(cfg: Settings, from_db: str | None = None,
+                  all_dbs: bool = False) -> tuple[list[BackupStore], str | None]:
     """The stores `rem backup list` reads (this database's, or from_db's, or with all_dbs every
     database's, and the old layout's unless from_db), and the name of the database listing them."""
     if all_dbs:

@@ -14,10 +14,10 @@ from runtime.wiring import backup_store
 
 
 @task("open-store", retries=0)
-def open_store(cfg, upload: bool, segment: str, name: str) -> BackupStore:
+def open_store(cfg, upload: bool, tenant_folder: str, name: str) -> BackupStore:
     """The store the backup goes to, checked and its name claimed: a run that fails here shows it here."""
     store = backup_store(cfg, upload)
-    store.prepare(segment, name)
+    store.prepare(tenant_folder, name)
     return store
 
 
@@ -28,30 +28,30 @@ def snapshot(db_path: str, tenant: str | None) -> Snapshot:
 
 
 @task("describe-snapshot", retries=0)
-def describe(snap: Snapshot) -> SnapshotFacts:
+def snapshot_facts(snap: Snapshot) -> SnapshotFacts:
     """What the snapshot holds: estimated keys per column family and entities, schemas, last WAL sequence."""
     return describe_snapshot(snap.path / "db")
 
 
 @task("find-previous-backup", retries=2, retry_delay_seconds=5)
-def find_previous(layout: Layout, store: BackupStore, tenant_segment: str) -> PreviousBackup | None:
+def find_previous(layout: Layout, store: BackupStore, tenant_folder: str) -> PreviousBackup | None:
     """The newest backup a new one of this layout may reuse files of (none for an archive)."""
-    return layout.previous(store, tenant_segment)
+    return layout.previous(store, tenant_folder)
 
 
 @task("store-backup", retries=2, retry_delay_seconds=10)
-def store_data(layout: Layout, snap: Snapshot, store: BackupStore, tenant_segment: str, name: str, level: int,
+def store_data(layout: Layout, snap: Snapshot, store: BackupStore, tenant_folder: str, name: str, level: int,
                concurrency: int, previous: PreviousBackup | None):
     """Store the snapshot the layout's way; the run is named by the layout's step (compress-and-upload,
     upload-new-ssts). A failed attempt's objects go; its claim stays for the retry."""
     db_dir = snap.path / "db"
     progress = RunProgress(layout.store_text(name), sum(p.stat().st_size for p in db_dir.rglob("*") if p.is_file()))
     try:
-        stats = layout.store(db_dir, store, tenant_segment, name, level, concurrency, snap.path, previous, progress)
+        stats = layout.store(db_dir, store, tenant_folder, name, level, concurrency, snap.path, previous, progress)
         progress.finish()  # the upload is complete only once the writer has closed
         return stats
     except BaseException:
-        cleanup_quietly(lambda: store.discard(tenant_segment, name), f"removing the partial backup {name!r}")
+        cleanup_quietly(lambda: store.discard(tenant_folder, name), f"removing the partial backup {name!r}")
         raise
 
 
@@ -62,16 +62,16 @@ def measure_repository(store: BackupStore) -> int:
 
 
 @task("store-schemas", retries=3, retry_delay_seconds=5)
-def store_schemas(store: BackupStore, tenant_segment: str, name: str, facts: SnapshotFacts) -> None:
+def store_schemas(store: BackupStore, tenant_folder: str, name: str, facts: SnapshotFacts) -> None:
     """Write schemas.json beside the archive."""
-    store.put_file_bytes(tenant_segment, name, SCHEMAS, facts.schemas_json)
+    store.put_file_bytes(tenant_folder, name, SCHEMAS, facts.schemas_json)
 
 
 @task("tag-metadata", retries=3, retry_delay_seconds=5)
 def store_metadata(store: BackupStore, metadata: BackupMetadata) -> None:
     """Write metadata.json last (the backup becomes visible), then tag the objects."""
-    store.put_file_bytes(metadata.tenant_segment, metadata.name, METADATA, metadata.model_dump_json(indent=2).encode())
+    store.put_file_bytes(metadata.tenant_folder, metadata.name, METADATA, metadata.model_dump_json(indent=2).encode())
     layout = layout_of(metadata)
-    store.finish(metadata.tenant_segment, metadata.name,
-                 {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_segment},
+    store.finish(metadata.tenant_folder, metadata.name,
+                 {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_folder},
                  layout.data_file, layout.record_files)

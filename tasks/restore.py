@@ -93,6 +93,7 @@ def unpacked(source: Path, beside: Path, check: bool = True) -> Iterator[Unpacke
     db_dir = extract(source, beside, metadata)
     try:
         yield Unpacked(metadata, db_dir,
-                       check_restored(db_dir, metadata, layout_of(metadata).recorded_files(source, metadata)) if check else None)
+                       check_restored(db_dir, metadata, layout_of(metadata).recorded_files(source, metadata))
+                       if check else None)
     finally:
         remove_scratch(db_dir.parent)

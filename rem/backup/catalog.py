@@ -3,7 +3,7 @@
     {prefix}/{db}/backups/full/{tenant}/{name}/metadata.json | rocksdb.tar.zst | schemas.json
 
 (locally {backup_dir}/{db}/backups/full/...; before databases had a level of their own,
-{prefix}/backups/full/... and {backup_dir}/full/..., which stay readable). A whole-database backup uses the tenant segment
+{prefix}/backups/full/... and {backup_dir}/full/..., which stay readable). A whole-database backup uses the tenant folder
 `_all`; tenant ids cannot start with '_'. A backup exists only once its metadata.json does:
 it is written last, so an interrupted run leaves nothing `list` or `restore` would take.
 """
@@ -116,19 +116,19 @@ class BackupMetadata(BaseModel):
         return self
 
     @property
-    def tenant_segment(self) -> str:
+    def tenant_folder(self) -> str:
         return self.tenant_id or ALL_TENANTS
 
 
 @dataclass
 class BackupRecord:
-    """A backup as found: `segment` and `folder` are where its metadata.json was, and every action on
+    """A backup as found: `tenant_folder` and `folder` are where its metadata.json was, and every action on
     the backup (download, delete) uses them, never the names written inside the file."""
 
     metadata: BackupMetadata
     location: str
     store: "BackupStore"
-    segment: str
+    tenant_folder: str
     folder: str
     archived: list[str] = field(default_factory=list)  # its objects a lifecycle rule moved to Glacier
 
@@ -196,7 +196,8 @@ class UnreadableRecord(RemError):
         self.found = found
 
 
-def _parse_found(body: bytes, where: str, segment: str, folder: str, db: str | None) -> BackupMetadata | Unreadable | None:
+def _parse_found(body: bytes, where: str, tenant_folder: str, folder: str,
+                db: str | None) -> BackupMetadata | Unreadable | None:
     """The metadata found at where; Unreadable (with a warning) when it does not parse; None (with a
     warning) when it names another place than the one it was found in: such a record is never
     listed, restored or deleted."""
@@ -206,10 +207,10 @@ def _parse_found(body: bytes, where: str, segment: str, folder: str, db: str | N
         why = f"not valid backup metadata ({str(exc).splitlines()[0]})"
         log.warning("skipping %s: %s", where, why)
         return Unreadable(where, why)
-    if (metadata.tenant_segment, metadata.name) != (segment, folder):
+    if (metadata.tenant_folder, metadata.name) != (tenant_folder, folder):
         log.warning("skipping %s: it says backup %r of %r but lies in %s/%s; rem did not write it there, "
-                             "so it is neither listed nor acted on", where, metadata.name, metadata.tenant_segment,
-                             segment, folder)
+                             "so it is neither listed nor acted on", where, metadata.name, metadata.tenant_folder,
+                             tenant_folder, folder)
         return None
     if db is not None and metadata.db_name not in (None, db):
         log.warning("skipping %s: it is a backup of database %r, found under %r; rem did not write it there",
@@ -236,39 +237,39 @@ class BackupStore:
         """Its files are on this host: restored in place, nothing to download."""
         return self.objects.local_path(self.key(ALL_TENANTS, "x", METADATA)) is not None
 
-    def describe(self) -> str:
+    def url(self) -> str:
         return self.objects.url(self.root)
 
-    def key(self, tenant_segment: str, name: str, filename: str = "") -> str:
-        return f"{self.root}{tenant_segment}/{name}/{filename}"
+    def key(self, tenant_folder: str, name: str, filename: str = "") -> str:
+        return f"{self.root}{tenant_folder}/{name}/{filename}"
 
-    def location(self, tenant_segment: str, name: str) -> str:
-        return self.objects.url(self.key(tenant_segment, name))
+    def location(self, tenant_folder: str, name: str) -> str:
+        return self.objects.url(self.key(tenant_folder, name))
 
-    def exists(self, tenant_segment: str, name: str) -> bool:
-        return self.objects.head(self.key(tenant_segment, name, METADATA)) is not None
+    def exists(self, tenant_folder: str, name: str) -> bool:
+        return self.objects.head(self.key(tenant_folder, name, METADATA)) is not None
 
-    def prepare(self, tenant_segment: str, name: str) -> None:
+    def prepare(self, tenant_folder: str, name: str) -> None:
         """Refuse a taken name and claim it (a conditional put of .claim, so two runs cannot both
         write one backup); clean what interrupted runs of this tenant left."""
         if self.legacy:
-            raise UsageError(f"{self.describe()} is the old layout without a database level; rem reads it, "
+            raise UsageError(f"{self.url()} is the old layout without a database level; rem reads it, "
                              "never writes it")
         self.objects.check()
         if self.owner is not None:
             claim_name(self.objects, self.owner, write=True)
-        if self.exists(tenant_segment, name):
-            raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
-        claim_key = self.key(tenant_segment, name, CLAIM)
+        if self.exists(tenant_folder, name):
+            raise UsageError(f"a backup named {name!r} already exists in {self.url()}; choose another --name")
+        claim_key = self.key(tenant_folder, name, CLAIM)
         body = self.run_record()
         try:
             self.objects.put(claim_key, body, if_none_match=True)
         except PreconditionFailed:
             self._take_stale_claim(claim_key, body, name)
-        if self.exists(tenant_segment, name):  # finished by the run whose claim was stale after all
+        if self.exists(tenant_folder, name):  # finished by the run whose claim was stale after all
             self.objects.delete([claim_key])
-            raise UsageError(f"a backup named {name!r} already exists in {self.describe()}; choose another --name")
-        self.clean_abandoned(tenant_segment)
+            raise UsageError(f"a backup named {name!r} already exists in {self.url()}; choose another --name")
+        self.clean_abandoned(tenant_folder)
 
     def run_record(self) -> bytes:
         """What a claim or a lease says of the run holding it."""
@@ -284,7 +285,7 @@ class BackupStore:
 
     def _take_stale_claim(self, claim_key: str, body: bytes, name: str) -> None:
         """Replace a claim its run left behind; refuse a live one."""
-        busy = UsageError(f"a backup named {name!r} is being written right now by another run in {self.describe()}; "
+        busy = UsageError(f"a backup named {name!r} is being written right now by another run in {self.url()}; "
                           "choose another --name")
         claim = self.read_claim(claim_key)
         if claim is None or not claim_is_stale(claim[0]):
@@ -299,54 +300,54 @@ class BackupStore:
         return [info.key for info in self.objects.list(self.root) if info.key.endswith("/" + CLAIM)
                 and (claim := self.read_claim(info.key)) is not None and not claim_is_stale(claim[0])]
 
-    def clean_abandoned(self, tenant_segment: str) -> None:
+    def clean_abandoned(self, tenant_folder: str) -> None:
         """Remove what runs that died left in this tenant's backups: unfinished uploads with no claim
         or a stale one, then the claims and partial objects of backups that never got metadata.json.
         A concurrent run's upload and claim are left alone."""
-        base = f"{self.root}{tenant_segment}/"
+        base = f"{self.root}{tenant_folder}/"
         abandoned: dict[str, bool] = {}
 
         def is_abandoned(key: str) -> bool:
             folder = key[len(base):].split("/")[0]
             if folder not in abandoned:
-                claim = self.read_claim(self.key(tenant_segment, folder, CLAIM))
+                claim = self.read_claim(self.key(tenant_folder, folder, CLAIM))
                 abandoned[folder] = claim is None or claim_is_stale(claim[0])
             return abandoned[folder]
 
         self.objects.abort_uploads(base, is_abandoned)
         for info in list(self.objects.list(base)):
             folder, _, filename = info.key[len(base):].partition("/")
-            if filename == CLAIM and is_abandoned(info.key) and not self.exists(tenant_segment, folder):
-                self.objects.delete([self.key(tenant_segment, folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
+            if filename == CLAIM and is_abandoned(info.key) and not self.exists(tenant_folder, folder):
+                self.objects.delete([self.key(tenant_folder, folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
                                                                                    CLAIM)])
 
-    def archive_writer(self, tenant_segment: str, name: str, spool_dir: Path) -> AbstractContextManager[BinaryIO]:
+    def archive_writer(self, tenant_folder: str, name: str, spool_dir: Path) -> AbstractContextManager[BinaryIO]:
         """The archive's sink: a file renamed into place locally, a spooled multipart upload to S3."""
-        return self.objects.writer(self.key(tenant_segment, name, ARCHIVE), spool_dir)
+        return self.objects.writer(self.key(tenant_folder, name, ARCHIVE), spool_dir)
 
-    def put_file_bytes(self, tenant_segment: str, name: str, filename: str, data: bytes) -> None:
-        self.objects.put(self.key(tenant_segment, name, filename), data)
+    def put_file_bytes(self, tenant_folder: str, name: str, filename: str, data: bytes) -> None:
+        self.objects.put(self.key(tenant_folder, name, filename), data)
 
-    def finish(self, tenant_segment: str, name: str, tags: dict[str, str], data: str, records: tuple[str, ...]) -> None:
+    def finish(self, tenant_folder: str, name: str, tags: dict[str, str], data: str, records: tuple[str, ...]) -> None:
         """Tag the backup's objects; only its data (the layout's: the archive, or the small files'
         archive) is tagged `rem-class=data`, the one class lifecycle rules move to Glacier: records
         stay readable."""
         for filename in (data, *records):
-            self.objects.tag(self.key(tenant_segment, name, filename),
+            self.objects.tag(self.key(tenant_folder, name, filename),
                              {**tags, DATA_TAG[0]: DATA_TAG[1] if filename == data else "record"})
 
-    def discard(self, tenant_segment: str, name: str) -> None:
+    def discard(self, tenant_folder: str, name: str) -> None:
         """Remove a failed attempt's objects (the claim stays for a retry)."""
-        if self.exists(tenant_segment, name):
+        if self.exists(tenant_folder, name):
             return
         for filename in (ARCHIVE, SMALL):
-            self.objects.abort_uploads(self.key(tenant_segment, name, filename), lambda key: True)
-        self.objects.delete([self.key(tenant_segment, name, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS)])
+            self.objects.abort_uploads(self.key(tenant_folder, name, filename), lambda key: True)
+        self.objects.delete([self.key(tenant_folder, name, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS)])
 
-    def release(self, tenant_segment: str, name: str) -> None:
+    def release(self, tenant_folder: str, name: str) -> None:
         """End this run's claim; without metadata.json the objects are an unfinished backup and go."""
-        self.discard(tenant_segment, name)
-        self.objects.delete([self.key(tenant_segment, name, CLAIM)])
+        self.discard(tenant_folder, name)
+        self.objects.delete([self.key(tenant_folder, name, CLAIM)])
 
     def list(self) -> list[BackupRecord]:
         return self.scan()[0]
@@ -363,12 +364,12 @@ class BackupStore:
         found = [self._read(info) for info in self._metadata_objects(listing)]
         for record in found:
             if isinstance(record, BackupRecord):
-                record.archived = sorted(archived.get((record.segment, record.folder), []))
+                record.archived = sorted(archived.get((record.tenant_folder, record.folder), []))
         return [r for r in found if isinstance(r, BackupRecord)], [r for r in found if isinstance(r, Unreadable)]
 
-    def newest_first(self, segment: str) -> Iterator[BackupRecord]:
-        """One tenant segment's backups, the most recently written first, each read only when asked for."""
-        found = [i for i in self._metadata_objects() if i.key[len(self.root):].split("/")[0] == segment]
+    def newest_first(self, tenant_folder: str) -> Iterator[BackupRecord]:
+        """One tenant folder's backups, the most recently written first, each read only when asked for."""
+        found = [i for i in self._metadata_objects() if i.key[len(self.root):].split("/")[0] == tenant_folder]
         for info in sorted(found, key=lambda i: i.modified, reverse=True):
             if isinstance(record := self._read(info), BackupRecord):
                 yield record
@@ -378,7 +379,7 @@ class BackupStore:
                 if (parts := i.key[len(self.root):].split("/")) and len(parts) == 3 and parts[2] == METADATA]
 
     def _read(self, info: ObjectInfo) -> BackupRecord | Unreadable | None:
-        segment, folder, _ = info.key[len(self.root):].split("/")
+        tenant_folder, folder, _ = info.key[len(self.root):].split("/")
         try:
             body = self.objects.get(info.key)
         except ObjectMissing:
@@ -389,10 +390,10 @@ class BackupStore:
                    "readable")
             log.warning("skipping %s: %s", self.objects.url(info.key), why)
             return Unreadable(self.objects.url(info.key), why)
-        metadata = _parse_found(body, self.objects.url(info.key), segment, folder, self.db)
+        metadata = _parse_found(body, self.objects.url(info.key), tenant_folder, folder, self.db)
         if not isinstance(metadata, BackupMetadata):
             return metadata
-        return BackupRecord(metadata, self.location(segment, folder), self, segment, folder)
+        return BackupRecord(metadata, self.location(tenant_folder, folder), self, tenant_folder, folder)
 
     @property
     def prune_lease_key(self) -> str:
@@ -401,8 +402,8 @@ class BackupStore:
 
     def delete(self, record: BackupRecord) -> None:
         """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
-        self.objects.delete([self.key(record.segment, record.folder, METADATA)])
-        self.objects.delete([self.key(record.segment, record.folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
+        self.objects.delete([self.key(record.tenant_folder, record.folder, METADATA)])
+        self.objects.delete([self.key(record.tenant_folder, record.folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
                                                                                   CLAIM)])
 
 
@@ -430,19 +431,19 @@ def find_backup(stores: list[BackupStore], name: str, tenant: str | None = None,
     check_name(name)
     if tenant is not None and tenant != ALL_TENANTS:
         check_tenant(tenant)
-    every = [r for store in stores for r in store.list() if tenant is None or r.metadata.tenant_segment == tenant]
+    every = [r for store in stores for r in store.list() if tenant is None or r.metadata.tenant_folder == tenant]
     matches = [r for r in every if r.name == name]
     if not matches and name == LATEST:  # WAL-G's LATEST: the newest whole-database backup, or --tenant's
         wanted = tenant or ALL_TENANTS
-        newest = max((r for r in every if r.metadata.tenant_segment == wanted),
+        newest = max((r for r in every if r.metadata.tenant_folder == wanted),
                      key=lambda r: (r.metadata.timestamp, r.name), default=None)
-        matches = [r for r in every if newest is not None and (r.name, r.metadata.tenant_segment) ==
-                   (newest.name, newest.metadata.tenant_segment)]
+        matches = [r for r in every if newest is not None and (r.name, r.metadata.tenant_folder) ==
+                   (newest.name, newest.metadata.tenant_folder)]
     if not matches:
-        where = ", ".join(s.describe() for s in stores)
+        where = ", ".join(s.url() for s in stores)
         holder = _holder(elsewhere, name) if elsewhere else None
         if holder is not None:
-            raise BackupNotFound(f"no backup named {name!r} in {where}; {holder.describe()} has one, of "
+            raise BackupNotFound(f"no backup named {name!r} in {where}; {holder.url()} has one, of "
                                  f"{'the old layout' if holder.legacy else 'database ' + repr(holder.db)}: "
                                  f"restore it with --from-db {holder.db or 'legacy'}")
         raise BackupNotFound(f"no backup named {name!r} in {where}; see `rem backup list`")
@@ -485,5 +486,5 @@ def list_reachable(stores: list) -> tuple[list[BackupRecord], dict[str, str]]:
         try:
             records.extend(store.list())
         except Exception as exc:  # one unreachable store must not hide the others' backups
-            failed[store.describe()] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            failed[store.url()] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return records, failed

@@ -79,7 +79,7 @@ def facts_if_unchanged(store: BackupStore, previous: PreviousBackup | None, snap
     if previous is None or not unchanged_since(previous.files, snap.path / "db"):
         return None
     record, m = previous.record, previous.record.metadata
-    schemas = store.objects.get(store.key(record.segment, record.folder, SCHEMAS))
+    schemas = store.objects.get(store.key(record.tenant_folder, record.folder, SCHEMAS))
     return SnapshotFacts(m.column_families, m.entity_count, m.schema_count, m.wal_last_seq, m.wal_last_timestamp,
                          schemas, m.counts == "exact")
 

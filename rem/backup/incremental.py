@@ -109,8 +109,8 @@ def _digest(path: str, size: int, mtime_ns: int, ino: int) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_files(store: BackupStore, segment: str, name: str) -> FileList:
-    return FileList.model_validate_json(store.objects.get(store.key(segment, name, FILES)))
+def read_files(store: BackupStore, tenant_folder: str, name: str) -> FileList:
+    return FileList.model_validate_json(store.objects.get(store.key(tenant_folder, name, FILES)))
 
 
 @dataclass
@@ -121,15 +121,15 @@ class PreviousBackup:
     files: FileList
 
 
-def previous_backup(store: BackupStore, segment: str) -> PreviousBackup | None:
+def previous_backup(store: BackupStore, tenant_folder: str) -> PreviousBackup | None:
     """The newest incremental backup and its file list: its hashes spare hashing unchanged SSTs again.
     Read newest first, so a repository of a year of backups costs one listing and a GET or two, not a
     GET per backup."""
-    for record in store.newest_first(segment):
+    for record in store.newest_first(tenant_folder):
         if record.metadata.layout != "incremental":
             continue
         try:
-            return PreviousBackup(record, read_files(store, record.segment, record.folder))
+            return PreviousBackup(record, read_files(store, record.tenant_folder, record.folder))
         except (ObjectMissing, ValueError):
             continue
     return None
@@ -160,7 +160,7 @@ def _compress(objects, key: str, path: Path, level: int, spool: Path) -> int:
     return counted.size
 
 
-def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: str, level: int, concurrency: int,
+def store_incremental(snap_dir: Path, store: BackupStore, tenant_folder: str, name: str, level: int, concurrency: int,
                       spool: Path, earlier: FileList | None, progress: Callable[[int], None] | None = None
                       ) -> IncrementalStats:
     """Upload the SSTs the repository lacks (in parallel), the small files as one tar.zst, and files.json."""
@@ -192,14 +192,14 @@ def store_incremental(snap_dir: Path, store: BackupStore, segment: str, name: st
         info = store.objects.head(entry.object) if entry.object in again else have.get(entry.object)
         entry.stored_bytes, entry.etag = (info.size, info.etag) if info else (added.get(entry.object, 0), None)
 
-    with store.objects.writer(store.key(segment, name, SMALL), spool) as sink:
+    with store.objects.writer(store.key(tenant_folder, name, SMALL), spool) as sink:
         small = write_archive(snap_dir, sink, level, include=lambda p: not SHARED.match(p.name), progress=progress)
     others = [FileEntry(name=p.name, size=p.stat().st_size, sha256=hash_file(p), object=None) for p in files
               if not SHARED.match(p.name)]
     listing = FileList(files=entries + others, small_sha256=small.sha256, small_bytes=small.size_bytes,
                        small_uncompressed_bytes=small.uncompressed_bytes)
     body = listing.model_dump_json(indent=1).encode()
-    store.put_file_bytes(segment, name, FILES, body)
+    store.put_file_bytes(tenant_folder, name, FILES, body)
     unique = {e.object: e.stored_bytes for e in entries}
     return IncrementalStats(sha256=hashlib.sha256(body).hexdigest(), size_bytes=sum(unique.values()) + small.size_bytes,
                             uncompressed_bytes=sum(p.stat().st_size for p in files),
@@ -300,7 +300,7 @@ def dependents(store: BackupStore, key: str) -> list[str]:
     for record in store.list():
         if record.metadata.layout == "incremental":
             try:
-                if key in read_files(store, record.segment, record.folder).objects:
+                if key in read_files(store, record.tenant_folder, record.folder).objects:
                     names.append(record.name)
             except (ObjectMissing, ValueError):
                 continue
@@ -366,7 +366,7 @@ def wait_for_collection(store: BackupStore, poll: float = LEASE_POLL_SECONDS) ->
             not claim_is_stale(held[0], LEASE_STALE_SECONDS):
         if not said:
             log.info("waiting for the prune on %s (pid %s) to finish deleting objects in %s", held[0].get("host"),
-                     held[0].get("pid"), store.describe())
+                     held[0].get("pid"), store.url())
             said = True
         time.sleep(poll)
 
@@ -411,12 +411,12 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
     return GarbageReport(None, len(garbage), sum(i.size for i in garbage), young, len(leftovers))
 
 
-def _listed_objects(store: BackupStore, segment: str, folder: str) -> set[str]:
+def _listed_objects(store: BackupStore, tenant_folder: str, folder: str) -> set[str]:
     """The objects a backup folder's files.json names; an unreadable list stops the collection."""
     try:
-        return read_files(store, segment, folder).objects
+        return read_files(store, tenant_folder, folder).objects
     except (ObjectMissing, ValueError) as exc:
-        raise UnreadableRecord([Unreadable(store.objects.url(store.key(segment, folder, FILES)),
+        raise UnreadableRecord([Unreadable(store.objects.url(store.key(tenant_folder, folder, FILES)),
                                            f"not a readable file list ({str(exc).splitlines()[0]})")],
                                "prune deleted no shared object") from None
 
@@ -430,11 +430,11 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
                      concurrency: int = 4) -> None:
     """files.json, small.tar.zst and every object the list names into dest (objects/), in parallel;
     an object already there with its stored size is not fetched again (an interrupted run resumes)."""
-    body = store.objects.get(store.key(record.segment, record.folder, FILES))
+    body = store.objects.get(store.key(record.tenant_folder, record.folder, FILES))
     listing = FileList.model_validate_json(body)
     with private_file(dest / FILES) as f:
         f.write(body)
-    download_checked(store.objects, store.key(record.segment, record.folder, SMALL), dest / SMALL,
+    download_checked(store.objects, store.key(record.tenant_folder, record.folder, SMALL), dest / SMALL,
                      listing.small_sha256, progress)
     (dest / "objects").mkdir(exist_ok=True, mode=0o700)
     entries = {e.object: e for e in listing.files if e.object}

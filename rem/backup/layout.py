@@ -36,9 +36,9 @@ class Layout(Protocol):
 
     def store_text(self, name: str) -> str: ...
 
-    def previous(self, store: BackupStore, segment: str) -> PreviousBackup | None: ...
+    def previous(self, store: BackupStore, tenant_folder: str) -> PreviousBackup | None: ...
 
-    def store(self, db_dir: Path, store: BackupStore, segment: str, name: str, level: int, concurrency: int,
+    def store(self, db_dir: Path, store: BackupStore, tenant_folder: str, name: str, level: int, concurrency: int,
               spool: Path, previous: PreviousBackup | None, progress: Progress) -> Any: ...
 
     def metadata_fields(self, stats: Any) -> dict[str, Any]: ...
@@ -63,12 +63,12 @@ class ArchiveLayout:
     def store_text(self, name: str) -> str:
         return f"Compressing and uploading backup {name}"
 
-    def previous(self, store: BackupStore, segment: str) -> PreviousBackup | None:
+    def previous(self, store: BackupStore, tenant_folder: str) -> PreviousBackup | None:
         return None  # an archive is whole: it reuses nothing
 
-    def store(self, db_dir, store, segment, name, level, concurrency, spool, previous, progress):
+    def store(self, db_dir, store, tenant_folder, name, level, concurrency, spool, previous, progress):
         """Stream the snapshot as tar + zstd into the store (chunked, parallel upload for S3)."""
-        with store.archive_writer(segment, name, spool) as sink:
+        with store.archive_writer(tenant_folder, name, spool) as sink:
             return write_archive(db_dir, sink, level, progress=progress)
 
     def metadata_fields(self, stats) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class ArchiveLayout:
 
     def download(self, record, dest, progress) -> None:
         store = record.store
-        download_checked(store.objects, store.key(record.segment, record.folder, ARCHIVE), dest / ARCHIVE,
+        download_checked(store.objects, store.key(record.tenant_folder, record.folder, ARCHIVE), dest / ARCHIVE,
                          record.metadata.checksum_sha256, progress)
 
     def verify(self, source, metadata, while_extracting) -> None:
@@ -103,12 +103,12 @@ class IncrementalLayout:
     def store_text(self, name: str) -> str:
         return f"Uploading what backup {name} adds"
 
-    def previous(self, store: BackupStore, segment: str) -> PreviousBackup | None:
-        return previous_backup(store, segment)
+    def previous(self, store: BackupStore, tenant_folder: str) -> PreviousBackup | None:
+        return previous_backup(store, tenant_folder)
 
-    def store(self, db_dir, store, segment, name, level, concurrency, spool, previous, progress):
+    def store(self, db_dir, store, tenant_folder, name, level, concurrency, spool, previous, progress):
         """Upload the SSTs the repository lacks, the small files and the file list."""
-        return store_incremental(db_dir, store, segment, name, level, concurrency, spool,
+        return store_incremental(db_dir, store, tenant_folder, name, level, concurrency, spool,
                                  previous.files if previous else None, progress)
 
     def metadata_fields(self, stats) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None) -> Pat
     """The backup as a local directory: a local store's own folder (restored in place), else a
     download to out_dir/{name}/ with parallel ranged GETs (an interrupted run resumes)."""
     store = record.store
-    here = store.objects.local_path(store.key(record.segment, record.folder, METADATA))
+    here = store.objects.local_path(store.key(record.tenant_folder, record.folder, METADATA))
     if here is not None:
         return here.parent
     if record.archived:  # refused before anything is written to out_dir
@@ -168,7 +168,7 @@ def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None) -> Pat
     try:
         with space_checked(dest, "--output"):
             with private_file(dest / SCHEMAS) as f:
-                f.write(store.objects.get(store.key(record.segment, record.folder, SCHEMAS)))
+                f.write(store.objects.get(store.key(record.tenant_folder, record.folder, SCHEMAS)))
             layout_of(record.metadata).download(record, dest, progress)
             # metadata.json last, as on upload: a directory without it is an unfinished download.
             with private_file(dest / METADATA) as f:

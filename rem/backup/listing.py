@@ -16,10 +16,10 @@ def list_backups(stores: list[BackupStore], mine: str | None, detail: bool = Fal
     for each store holding backups in the old layout (mine: the database they could be given to)."""
     records, unreachable = list_reachable(stores)
     records.sort(key=lambda r: (r.metadata.timestamp, r.name), reverse=True)
-    legacy = {r.store.describe(): r.store.objects for r in records if r.store.legacy}
+    legacy = {r.store.url(): r.store.objects for r in records if r.store.legacy}
     notes = [f"{where} holds backups in the old layout (no database level): they are listed as db 'legacy' and "
              "restored with --from-db legacy; to give them to a database, move them under "
-             + (BackupStore(objects, mine).describe() if mine else objects.url("{db}/backups/full/"))
+             + (BackupStore(objects, mine).url() if mine else objects.url("{db}/backups/full/"))
              for where, objects in sorted(legacy.items())]
     rows = [{"db": r.store.db or LEGACY, "name": r.name, "tenant_id": r.metadata.tenant_id, "kind": r.metadata.kind,
              "size_bytes": r.metadata.size_bytes, "created": r.metadata.timestamp, "location": r.location,
