@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from cli.options import BACKUP_NAME_OPTION, FROM_DB_OPTION, JSON_OPTION, WHICH_TENANT_OPTION, age, params, tenant_value
-from cli.output import cli_run, fail, human_bytes, out, show, table_renderer
+from cli.options import BACKUP_NAME_OPTION, FROM_DB_OPTION, JSON_OPTION, WHICH_TENANT_OPTION, params, tenant_value
+from cli import render
+from cli.output import cli_run, fail, human_bytes, out, show
 
 backup_app = typer.Typer(no_args_is_help=True, help="Backups: create, list, download, restore, verify, prune, lifecycle.")
 lifecycle_app = typer.Typer(no_args_is_help=True, help="S3 lifecycle rules for the backup bucket.")
@@ -58,23 +59,7 @@ def backup_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION,
         rows, unreachable, notes = list_backups(*listed_stores(settings, from_db, all_dbs), detail)
         for note in notes:
             get_logger().warning(note)
-        locations = [f"{r['name']}: {r['location']}" for r in rows]
-        if detail:
-            render = table_renderer(
-                ["DB", "NAME", "TENANT", "CREATED", "AGE", "STATUS", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES",
-                 "HOST", "ONLINE", "LAYOUT", "LAST SEQUENCE", "SHA-256"],
-                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], age(r["created"]), r["status"],
-                  f"{r['duration_seconds']:.1f} s", human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]),
-                  human_bytes(r["added_bytes"]), f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}",
-                  r["host"], "yes" if r["online"] else "no", r["layout"], r["last_sequence"],
-                  r["checksum_sha256"][:16]] for r in rows], "No backups found.", whole=("NAME",), after=locations)
-        else:
-            render = table_renderer(
-                ["DB", "NAME", "TENANT", "CREATED", "AGE", "SIZE", "ADDED", "STATUS"],
-                [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], age(r["created"]),
-                  human_bytes(r["logical_bytes"]), human_bytes(r["added_bytes"]), r["status"]]
-                 for r in rows], "No backups found.", whole=("NAME",), after=locations)
-        show(rows, as_json, render)
+        show(rows, as_json, render.backup_list(rows, detail))
         if unreachable:
             fail("; ".join(f"{where} could not be listed ({why}): its backups are missing above"
                            for where, why in unreachable.items()), 1)
@@ -186,22 +171,10 @@ def backup_prune(
         tenant = tenant_value(tenant, allow_all=True)
         from flows.retention import prune
 
-        def render_plan(console, plan) -> None:
-            from rich.table import Table
-            from rich.text import Text
-
-            table = Table("ACTION", "NAME", "TENANT", "CREATED", "WHY")
-            for row in plan["keep"]:
-                table.add_row("keep", row["name"], row["tenant"], row["created"], ", ".join(row["why"]))
-            for row in plan["delete"]:
-                table.add_row(Text("delete", style="red"), row["name"], row["tenant"], row["created"], "")
-            console.print(table)
-            console.print(f"WAL segments to delete (older than the oldest kept base): {plan['wal_segments_to_delete']}")
-
         args = (keep_daily, keep_weekly, keep_monthly, tenant)
         plan = prune(*args, dry_run=True, settings=params(settings))
         if not as_json:
-            render_plan(out, plan)  # the plan is shown before anything is deleted
+            render.prune_plan(out, plan)  # the plan is shown before anything is deleted
         if dry_run:
             show(plan, as_json)
             return

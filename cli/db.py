@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from cli.options import CF_OPTION, JSON_OPTION, finite, params, tenant_value
+from cli import render
 from cli.output import cli_run, fail, human_bytes, progress, show, table_renderer
 
 db_app = typer.Typer(no_args_is_help=True, help="Database: init, stats, verify, compact, vacuum, health.")
@@ -65,7 +66,7 @@ def db_stats(
         with open_db(settings.db_path, "ro") as db:
             with progress("Reading entities", estimate_keys(db, "entities") if db.has_cf("entities") else 0) as seen:
                 stats = collect_stats(db, cf, seen)
-        show(stats.to_dict(), as_json, lambda c: _render_stats(c, stats))
+        show(stats.to_dict(), as_json, lambda c: render.stats(c, stats))
 
 
 @db_app.command("verify")
@@ -90,38 +91,7 @@ def db_verify(
         except CheckFailed as failed:  # the run failed; the findings are still the answer
             data = failed.result
 
-        def render(console) -> None:
-            from rich.table import Table
-
-            infos = {k.split(":", 1)[1]: n for k, n in data["by_category"].items() if k.startswith("info:") and n}
-            if data["critical"]:
-                console.print(f"Verify: FAILED: {data['critical']:,} critical finding(s)", style="bold red")
-            else:
-                console.print("Verify: OK: nothing critical" + (f" ({sum(infos.values()):,} info findings: states "
-                              "the engine's own write paths leave)" if infos else ""), style="bold green")
-            console.print(f"Checked {', '.join(f'{n:,} {cf}' for cf, n in data['checked'].items())} "
-                          f"in {data['seconds']:.1f} s")
-            serious = [i for i in data["issues"] if i["severity"] != "info"]
-            if serious:
-                table = Table("SEVERITY", "CATEGORY", "ENTITY", "WHERE", "PROBLEM", "FIX")
-                for issue in serious[:200]:
-                    table.add_row(issue["severity"], issue["category"], issue["entity_id"] or "",
-                                  f"{issue['cf']} {issue['key']}", issue["message"], issue["fix"])
-                console.print(table)
-            if infos:  # hundreds of rows of one cause say less than one row with its count
-                first = {}
-                for issue in data["issues"]:
-                    if issue["severity"] == "info":
-                        first.setdefault(issue["category"], issue)
-                table = Table("INFO", "COUNT", "FOR EXAMPLE", "WHY / FIX", title="Info findings by cause")
-                for category, count in infos.items():
-                    example = first.get(category)
-                    table.add_row(category, f"{count:,}", example["message"] if example else "",
-                                  example["fix"] if example else "")
-                console.print(table)
-            console.print("`--json` lists every finding.")
-
-        show(data, as_json, render)
+        show(data, as_json, lambda c: render.verify(c, data))
         if data["critical"]:
             raise typer.Exit(1)
 
@@ -185,33 +155,3 @@ def db_health(
         show(result, True)
         if result["status"] != "healthy":
             raise typer.Exit(1)
-
-
-def _render_stats(console, stats) -> None:
-    from rich.table import Table
-
-    console.print(f"Database:    {stats.path}")
-    console.print(f"Entities:    {stats.entities_total:,} ({stats.entities_live:,} live, "
-                  f"{stats.entities_soft_deleted:,} soft-deleted)")
-    console.print(f"Schemas:     {stats.schemas:,}")
-    inline = sum(d.with_embedding for d in stats.schemas_detail.values())
-    console.print(f"Embeddings:  {inline:,} live entities with a vector (inline, as the engine keeps them); "
-                  f"{stats.embeddings:,} rows in the embeddings column family (the engine never writes it)")
-    console.print(f"Edges:       {stats.edges:,}")
-    console.print(f"Disk usage:  {human_bytes(stats.disk_usage_bytes)}")
-    console.print(f"Logical WAL: {stats.wal_entries:,} entries, {human_bytes(stats.wal_size_bytes)}, latest sequence "
-                  f"{stats.wal_latest_seq:,} (the wal column family, written only by a replication primary; "
-                  "RocksDB's own sequence numbers, which backups record, are another count)")
-    table = Table("Column family", "Keys", "Size", "SST files", "Levels", "Compression", "Ratio",
-                  title="Column families")
-    for name, cf in stats.column_families.items():
-        levels = " ".join(f"{lvl}:{human_bytes(n)}" for lvl, n in cf.level_sizes.items())
-        table.add_row(name, f"{cf.keys:,}", human_bytes(cf.size_bytes), str(cf.sst_files), levels, cf.compression,
-                      f"{cf.compression_ratio:.2f}x" if cf.compression_ratio else "")
-    console.print(table)
-    schemas = Table("Schema", "Live", "Soft-deleted", "Entity bytes", "Embedding coverage", title="Schemas")
-    for name, detail in stats.schemas_detail.items():
-        coverage = detail.embedding_coverage
-        schemas.add_row(name, f"{detail.live:,}", f"{detail.soft_deleted:,}", human_bytes(detail.bytes),
-                        "" if coverage is None else f"{coverage:.1%}")
-    console.print(schemas)

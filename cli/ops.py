@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.options import JSON_OPTION, finite, params, tenant_value
+from cli import render
 from cli.output import cli_run, fail, progress, show, table_renderer
 
 index_app = typer.Typer(no_args_is_help=True, help="Index rebuilds (HNSW, field and key indexes).")
@@ -138,22 +139,7 @@ def index_rebuild_command(
 
         result = index_rebuild(kind, schema, params(settings))
 
-        def render(console) -> None:
-            for name in ("keys", "fields"):
-                if name in result:
-                    r = result[name]
-                    console.print(f"{r['cf']}: {r['written']:,} rows written, {r['removed']:,} removed")
-            if "hnsw" in result:
-                from rich.table import Table
-
-                table = Table("TENANT", "SCHEMA", "VECTORS", "DIM", "RECALL@10", "SECONDS")
-                for b in result["hnsw"]:
-                    table.add_row(b["tenant"], b["schema"], f"{b['vectors']:,}", str(b["dimensions"]),
-                                  "n/a" if b["recall_at_10"] is None else f"{b['recall_at_10']:.3f}",
-                                  f"{b['seconds']:.2f}")
-                console.print(table)
-
-        show(result, as_json, render)
+        show(result, as_json, lambda c: render.index_rebuild(c, result))
 
 
 @metrics_app.callback(invoke_without_command=True)
