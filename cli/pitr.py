@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.options import FROM_DB_OPTION, JSON_OPTION, params, tenant_value
+from cli import render
 from cli.output import cli_run, show, table_renderer
 
 pitr_app = typer.Typer(no_args_is_help=True, help="Point-in-time recovery: WAL archival and restore to a timestamp.")
@@ -68,6 +69,29 @@ def pitr_list(ctx: typer.Context, from_db: Optional[str] = FROM_DB_OPTION, as_js
             ["BASE BACKUP", "BASE SEQUENCE", "RECOVERY WINDOW", "BROKEN"],
             [[r["base_backup"], str(r["base_last_sequence"]), f"{r['window_start']} to {r['window_end']}",
               r["broken"]] for r in rows], "No base backups: take one with `rem backup create --upload`."))
+
+
+@pitr_app.command("log")
+def pitr_log_command(
+    ctx: typer.Context,
+    start: str = typer.Option(..., "--from", help="Changes after this time; without a zone it is UTC"),
+    end: str = typer.Option(..., "--to", help="Changes up to and including this time"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's changes"),
+    schema: Optional[str] = typer.Option(None, "--schema", help="Only entities of this schema"),
+    entity: Optional[list[str]] = typer.Option(None, "--entity", help="Only this entity (repeat for more)"),
+    key: Optional[str] = typer.Option(None, "--key", help="Only the entity with this key (uri, key field, key, name)"),
+    detail: bool = typer.Option(False, "--detail", help="Each change, not only the summary by second"),
+    from_db: Optional[str] = FROM_DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Every change the archived log holds in a time range, decoded from RocksDB's WriteBatches into the
+    engine's terms; reads only the store (base backups and segments), never the live database."""
+    with cli_run(ctx, as_json) as settings:
+        tenant = tenant_value(tenant)
+        from flows.pitr import pitr_log
+
+        result = pitr_log(start, end, tenant, schema, entity, key, detail, params(settings), from_db)
+        show(result, as_json, lambda c: render.change_log(c, result))
 
 
 @pitr_app.command("restore")

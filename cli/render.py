@@ -123,3 +123,17 @@ def index_rebuild(console, result: dict) -> None:
                           "n/a" if b["recall_at_10"] is None else f"{b['recall_at_10']:.3f}",
                           f"{b['seconds']:.2f}")
         console.print(table)
+
+
+def change_log(console, result: dict) -> None:
+    """`rem pitr log`: one line per second, tenant, kind and schema (a burst stands out); each change with --detail."""
+    from rem.change_log import summary_line
+
+    console.print(f"{result['changes_total']:,} changes from {result['from']} to {result['to']} "
+                  f"(base {result['base_backup']}, {result['segments']} segment(s))")
+    for row in result["summary"]:
+        console.print(summary_line(row), soft_wrap=True)
+    if "changes" in result:
+        table_renderer(["TIME", "SEQ", "TENANT", "SCHEMA", "ENTITY", "KEY", "WHAT", "CHANGED"],
+                       [[c["time"], c["sequence"], c["tenant"], c["schema"], c["entity_id"], c["key"], c["kind"],
+                         ", ".join(c["changed"])] for c in result["changes"]])(console)

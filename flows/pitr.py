@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rem.backup.catalog import read_local_backup
+from rem.change_log import ChangeFilter, summarize, summary_line
 from rem.backup.layout import fetch
 from rem.backup.restore import check_target, real_target
 from rem.db import is_database
@@ -21,11 +22,12 @@ from rem.pitr import ArchiverBusy, LogPins, Pinner, check_log_options, format_mi
 from rem.reports import pitr_report
 from rem.settings import Settings
 from rem.wal_archive import (PassReport, WalArchive, WalGap, archive_report, gap_message, micros, parse_time,
-                             restore_plan)
-from runtime.observe import get_logger, publish_report, send_event
+                             log_plan, restore_plan)
+from runtime.observe import get_logger, publish_report, publish_table, send_event
 from runtime.orchestration import flow
 from runtime.wiring import all_stores, identity, log_archive, resolve_settings
-from tasks.pitr import (archive_once, check_pieces, fetch_segments, narrow_to_tenant, place_archived_logs, recover)
+from tasks.pitr import (archive_once, check_pieces, decode_log, fetch_segments, narrow_to_tenant, place_archived_logs,
+                        recover)
 from tasks.restore import put_into_place, unpacked, verify_archive
 
 HEARTBEAT_SECONDS = 60  # a follower passing every second still emits one event a minute
@@ -193,3 +195,37 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
             "base_last_sequence": window.base.last_sequence, "segments": len(segments), "batches": batches,
             "would_replay_through_sequence": last, "tenant": tenant,
             "window": {"start": window.start, "end": window.end}}
+
+
+@flow("pitr-log", description="Every change the archived log holds in a time range, in the engine's terms.")
+def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None = None,
+             entity_ids: list[str] | None = None, key: str | None = None, detail: bool = False,
+             settings: dict[str, Any] | None = None, from_db: str | None = None) -> dict[str, Any]:
+    """The writes of (start, end]: a summary by second, tenant, kind and schema, and with detail each one.
+
+    Args:
+        start: Changes after this time; without a zone it is UTC.
+        end: Changes up to and including this time.
+        tenant: Only this tenant's changes.
+        schema: Only changes to entities of this schema.
+        entity_ids: Only changes to these entities.
+        key: Only changes to the entity with this key (uri, key field, key or name).
+        detail: List each change, not only the summary.
+        settings: Settings as the command line passes them (leave empty in a deployment).
+        from_db: Another database's archive, by its name.
+    """
+    cfg = resolve_settings(settings)
+    t1, t2 = parse_time(start), parse_time(end)
+    plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
+    keep = ChangeFilter(tenant, schema, tuple(entity_ids or ()), key)
+    with tempfile.TemporaryDirectory(prefix="rem-pitr-log-") as tmp:
+        pieces = fetch_segments(plan.archive, plan.segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
+        source = fetch(plan.window.record, Path(tmp) / "base")
+        with unpacked(source, Path(tmp) / "base-db", check=False) as base:
+            changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
+    summary = summarize(changes)
+    publish_table("pitr-log", [{**row, "what": summary_line(row)} for row in summary],
+                  description=f"{len(changes):,} changes from {start} to {end} in the log archive of {plan.archive.db}")
+    return {"ok": True, "from": t1.isoformat().replace("+00:00", "Z"), "to": t2.isoformat().replace("+00:00", "Z"),
+            "base_backup": plan.window.base.name, "segments": len(plan.segments), "changes_total": len(changes),
+            "summary": summary, **({"changes": [c.to_dict() for c in changes]} if detail else {})}

@@ -36,7 +36,8 @@ import orjson
 
 from rem.engine import rfc3339_micros
 from rem.errors import RemError
-from rem.rocksdb_log import BLOCK_SIZE, LogCorruption, last_record_from_tail, parse_write_batch, read_log
+from rem.rocksdb_log import (BLOCK_SIZE, LogCorruption, WriteBatch, last_record_from_tail, parse_write_batch,
+                            read_log)
 
 LOG_NAME = re.compile(r"^(\d+)\.log$")
 PIECE_MAGIC = b"REMLOG1\n"
@@ -359,6 +360,14 @@ class Piece:
         if path is None:
             return cls(header["log_number"], header["start"], raw[table_end:], batches)
         return cls(header["log_number"], header["start"], None, batches, header["start"] + header["bytes"], path)
+
+    def written(self) -> Iterator[tuple[int, WriteBatch]]:
+        """Each batch of the piece with its time (microseconds), in log order."""
+        lead = self.start % BLOCK_SIZE  # offsets are the log file's: 32 KiB blocks from byte 0
+        times = dict(zip(self.batches["sequence"].tolist(), self.batches["time_us"].tolist()))
+        for record in read_log(bytes(lead) + self.load(), f"log {self.log_number}", start=lead).records:
+            batch = parse_write_batch(record.payload)
+            yield times[batch.sequence], batch
 
     def check_bytes(self, name: str = "piece") -> None:
         """The log bytes hold exactly the batches of the table (offsets, sequence numbers, counts)."""

@@ -564,3 +564,22 @@ def archive_report(archive: WalArchive, db_path: Path, enabled: bool) -> dict[st
     manifest, _ = archive.read_manifest()
     return {"enabled": enabled, "db_name": archive.db, "archive": archive.url(),
             "manifest": archive.objects.url(archive.root + "manifest.json"), **archive_status(db_path, manifest)}
+
+
+def log_plan(stores: list, archive: WalArchive, start: datetime, end: datetime) -> RestorePlan:
+    """The base backup and the segments that hold every write in (start, end]: the newest base at or
+    before start whose recovery window reaches end. A range outside the archive, or across a gap,
+    is refused with the windows there are."""
+    if end <= start:
+        raise UsageError(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
+    manifest, _ = archive.read_manifest()
+    records = [r for s in stores for r in s.list()]
+    window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), start)
+    if end > parse_time(window.end):
+        gap = window.broken_after
+        why = (f"sequence numbers {gap.first_missing_seq}-{gap.last_missing_seq} are missing from the archive "
+               f"after {gap.after_timestamp or window.start}" if gap is not None else
+               f"the archive holds writes through {window.end}")
+        raise UsageError(f"--to {end.isoformat().replace('+00:00', 'Z')} is past what the archive can show from "
+                         f"base {window.base.name}: {why}; give an earlier --to")
+    return RestorePlan(archive, window, segments_to_fetch(window, end))

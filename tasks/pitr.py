@@ -6,8 +6,10 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rem.change_log import Change, ChangeFilter, base_prior, read_changes
 from rem.db import open_db
 from rem.errors import RemError
+from rem.rocksdb_manifest import column_family_names
 from rem.pitr import LogPins, Piece, Placed, place_logs, replay_plan
 from rem.settings import Settings
 from rem.scratch import remove_scratch
@@ -79,3 +81,12 @@ def archive_once(cfg: Settings, archive: WalArchive, pins: LogPins) -> PassRepor
     """Ship the log batches written since the last pass."""
     return archive_pass(cfg.db_path, archive, int(cfg.pitr_segment_max_mb * 2**20), pins,
                         page_segments=cfg.pitr_page_segments)
+
+
+@task("decode-log", retries=0)
+def decode_log(pieces: list[Piece], base_dir: Path, base_last: int, start_us: int, end_us: int,
+               keep: ChangeFilter) -> list[Change]:
+    """Every write in (start, end] as a REM change, told apart from the value before it (the log's, else the base's)."""
+    names = column_family_names(base_dir)
+    with open_db(base_dir, "ro") as base:
+        return read_changes(pieces, names, base_prior(base), base_last, start_us, end_us, keep)

@@ -1,0 +1,124 @@
+"""`rem pitr log`: the archived log read back as the engine's own operations, against a live engine
+(RocksDB 8.10, standalone) writing in three tenants while the follower archives to moto."""
+
+import json
+import time
+
+import pytest
+
+from tests.engine import LiveEngine
+from tests.engine.scenario import ARTICLES, PEOPLE
+from tests.helpers import rem
+from tests.test_pitr import SMALL_LOGS, article, env_for, follower_from_unit, instant, ok, stop, wait_archived
+
+
+@pytest.fixture
+def burst(tmp_path, s3_endpoint, bucket, s3):
+    """Good writes in three tenants, a base backup, then (archived throughout) more good writes, a bad
+    burst in acme between t1 and t2, and good writes after it, some to what the burst touched. Yields
+    the database, the environment, t1, t2, a time t3 after the last write that the archive reached,
+    and what the engine was told to do in the burst, in order."""
+    db = tmp_path / "db"
+    env = env_for(s3_endpoint, bucket)
+    engine = LiveEngine(db, **SMALL_LOGS)
+    try:
+        engine.call("register_schema", "articles", ARTICLES)
+        engine.call("register_schema", "people", PEOPLE)
+        ids = {t: [engine.call("insert", t, "articles", article(f"{t}-{i}")) for i in range(12)]
+               for t in ("acme", "globex", "initech")}
+        alice = engine.call("insert", "acme", "people", {"name": "Alice", "age": 41})
+        ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+        follower = follower_from_unit(db, env)
+        try:
+            wait_archived(s3, bucket, engine)
+            engine.call("add_edge", "acme", ids["acme"][0], alice, "authored_by", {"w": 1})
+            engine.call("update", "globex", ids["globex"][1], {"views": 5})
+            engine.call("delete", "acme", ids["acme"][9])  # soft-deleted before the burst: the burst revives it
+            wait_archived(s3, bucket, engine)
+            t1 = instant()
+            time.sleep(0.01)
+            a = ids["acme"]
+            done = []
+            for entity in a[1:6]:
+                engine.call("delete", "acme", entity)
+                done.append(("soft_delete", "acme", entity))
+            engine.call("update", "acme", a[6], {"slug": "renamed", "title": "changed"})
+            done.append(("update", "acme", a[6]))
+            engine.call("hard_delete", "acme", a[7])
+            done.append(("hard_delete", "acme", a[7]))
+            engine.call("delete_edge", a[0], alice, "authored_by")
+            done.append(("delete_edge", "acme", a[0]))
+            engine.call("insert", "acme", "articles", article("acme-9"))  # an upsert of the soft-deleted one
+            done.append(("undelete", "acme", a[9]))
+            new = engine.call("insert", "acme", "people", {"name": "Mallory", "age": 1})
+            done.append(("insert", "acme", new))
+            wait_archived(s3, bucket, engine)
+            time.sleep(0.01)
+            t2 = instant()
+            time.sleep(0.01)
+            engine.call("update", "acme", a[2], {"views": 77})  # after t2, to an entity the burst touched
+            engine.call("insert", "globex", "articles", article("globex-late"))
+            t3 = instant()
+            wait_archived(s3, bucket, engine, after=t3)  # the archive has looked past t3
+        finally:
+            stop(follower)
+        yield db, env, t1, t2, t3, done
+    finally:
+        engine.close()
+
+
+def entity_changes(result: dict) -> list[tuple]:
+    """The changes an engine operation is named by: its entity write, or its edge row."""
+    return [(c["kind"], c["tenant"], c["entity_id"]) for c in result["changes"] if c["cf"] in ("entities", "edges")]
+
+
+def test_the_log_shows_exactly_the_engines_operations_in_order(burst):
+    db, env, t1, t2, _, done = burst
+    result = ok(rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, "--detail", "--json", env=env))
+    assert entity_changes(result) == done
+    update = next(c for c in result["changes"] if c["kind"] == "update")
+    assert update["changed"] == ["slug", "title"] and update["schema"] == "articles"
+    assert update["key"] == "renamed"  # the entity's key after the write
+    soft = [c for c in result["changes"] if c["kind"] == "soft_delete"]
+    assert {c["key"] for c in soft} == {f"acme-{i}" for i in range(1, 6)} and {c["schema"] for c in soft} == {"articles"}
+    # the engine's key rows follow the entity writes they belong to: the insert's new row, the hard
+    # delete's removed row (the update leaves the key index alone, as the engine does)
+    rows = [(c["kind"], c["key"]) for c in result["changes"] if c["cf"] == "key_index"]
+    assert ("key_row_removed", "acme-7") in rows and ("key_row_added", "Mallory") in rows
+    assert ("key_row_added", "renamed") not in rows
+    assert all(c["tenant"] == "acme" for c in result["changes"])
+    seqs = [c["sequence"] for c in result["changes"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    edge = next(c for c in result["changes"] if c["kind"] == "delete_edge" and c["cf"] == "edges")
+    assert edge["tenant"] == "acme" and edge["key"].endswith(":authored_by")  # an edge key has no tenant: its source's
+
+    summary = ok(rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, "--json", env=env))
+    assert "changes" not in summary and summary["changes_total"] == result["changes_total"]
+    softs = [r for r in summary["summary"] if r["kind"] == "soft_delete"]
+    assert sum(r["changes"] for r in softs) == 5 and all(r["tenant"] == "acme" for r in softs)
+    assert all(t1[:19] <= r["second"][:19] <= t2[:19] for r in summary["summary"])  # named to the second
+    text = rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, env=env)
+    assert text.returncode == 0 and "soft deletes of articles in 5 batches" in text.stdout
+
+
+def test_filters_and_ranges(burst):
+    db, env, t1, t2, t3, done = burst
+    later = ok(rem("--db-path", str(db), "pitr", "log", "--from", t2, "--to", t3, "--detail", "--json", env=env))
+    assert entity_changes(later)[0][:2] == ("update", "acme")  # the good write after the burst
+    globex = ok(rem("--db-path", str(db), "pitr", "log", "--from", t2, "--to", t3, "--tenant", "globex",
+                    "--detail", "--json", env=env))
+    assert [c[0] for c in entity_changes(globex)] == ["insert"] and all(
+        c["tenant"] == "globex" for c in globex["changes"])
+    one = ok(rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, "--entity", done[5][2], "--detail",
+                 "--json", env=env))
+    assert entity_changes(one) == [done[5]]
+    keyed = ok(rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, "--key", "Mallory", "--detail",
+                   "--json", env=env))
+    assert {c["entity_id"] for c in keyed["changes"]} == {done[-1][2]}
+
+    before = rem("--db-path", str(db), "pitr", "log", "--from", "2000-01-01T00:00:00Z", "--to", t2, env=env)
+    assert before.returncode == 2 and "outside the recovery window" in before.stderr
+    past = rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", "2999-01-01T00:00:00Z", env=env)
+    assert past.returncode == 2 and "past what the archive can show" in past.stderr and len(past.stderr.splitlines()) == 1
+    backwards = rem("--db-path", str(db), "pitr", "log", "--from", t2, "--to", t1, env=env)
+    assert backwards.returncode == 2 and "is not after --from" in backwards.stderr
