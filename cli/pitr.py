@@ -9,7 +9,7 @@ import typer
 
 from cli.options import FROM_DB_OPTION, JSON_OPTION, params, tenant_value
 from cli import render
-from cli.output import cli_run, show, table_renderer
+from cli.output import cli_run, fail, show, table_renderer
 
 pitr_app = typer.Typer(no_args_is_help=True, help="Point-in-time recovery: WAL archival and restore to a timestamp.")
 
@@ -92,6 +92,35 @@ def pitr_log_command(
 
         result = pitr_log(start, end, tenant, schema, entity, key, detail, params(settings), from_db)
         show(result, as_json, lambda c: render.change_log(c, result))
+
+
+@pitr_app.command("undo")
+def pitr_undo_command(
+    ctx: typer.Context,
+    start: Optional[str] = typer.Option(None, "--from", help="Undo the writes after this time (UTC without a zone)"),
+    end: Optional[str] = typer.Option(None, "--to", help="... up to and including this time"),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's writes"),
+    schema: Optional[str] = typer.Option(None, "--schema", help="Only entities of this schema"),
+    entity: Optional[list[str]] = typer.Option(None, "--entity", help="Only this entity (repeat for more)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be written and the conflicts; write nothing"),
+    force: bool = typer.Option(False, "--force", help="Also put back keys written again after --to (those writes "
+                               "are lost)"),
+    revert: Optional[str] = typer.Option(None, "--revert", help="Undo an undo: the record it printed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Put every key the writes of a range wrote back at its value at --from, and leave every other write
+    alone, including every write after --to; the engine must be stopped. Saves a record first (--revert)."""
+    with cli_run(ctx, as_json) as settings:
+        tenant = tenant_value(tenant)
+        from flows.pitr import pitr_undo, pitr_undo_revert
+
+        if revert is not None:
+            result = pitr_undo_revert(revert, force, dry_run, params(settings))
+        elif start is None or end is None:
+            fail("give the range with --from T1 --to T2 (see `rem pitr log`), or --revert RECORD", 2, as_json)
+        else:
+            result = pitr_undo(start, end, tenant, schema, entity, dry_run, force, params(settings))
+        show(result, as_json, lambda c: render.undo(c, result))
 
 
 @pitr_app.command("restore")

@@ -137,3 +137,23 @@ def change_log(console, result: dict) -> None:
         table_renderer(["TIME", "SEQ", "TENANT", "SCHEMA", "ENTITY", "KEY", "WHAT", "CHANGED"],
                        [[c["time"], c["sequence"], c["tenant"], c["schema"], c["entity_id"], c["key"], c["kind"],
                          ", ".join(c["changed"])] for c in result["changes"]])(console)
+
+
+def undo(console, result: dict) -> None:
+    """`rem pitr undo`: what was (or would be) written, the conflicts left, and the record to revert it."""
+    verb = "Would write" if result["dry_run"] else "Wrote"
+    console.print(f"{verb} {result['to_write']:,} keys ({result['already']:,} already as they were, "
+                  f"{len(result['conflicts']):,} conflicts left as they are)"
+                  + (f"; {result['bytes_written']:,} bytes" if result["bytes_written"] else ""))
+    if result["record"]:
+        console.print(f"Record: {result['record']} ({result.get('record_location')}); "
+                      f"`rem pitr undo --revert {result['record']}` puts it all back", soft_wrap=True)
+    shown = result.get("writes", [])[:50]
+    if result["dry_run"] and shown:
+        table_renderer(["CF", "KEY", "ACTION", "ENTITY", "WAS WRITTEN BY"],
+                       [[w["cf"], w["key"], w["action"], w["entity_id"], w["kind"]] for w in shown])(console)
+    if result["conflicts"]:
+        console.print("Conflicts (written again after --to; --force puts them back too):")
+        table_renderer(["CF", "KEY", "NOW", "AT --from"],
+                       [[w["cf"], w["key"], (w.get("live") or "(absent)")[:60], (w.get("start") or "(absent)")[:60]]
+                        for w in result["conflicts"][:50]])(console)

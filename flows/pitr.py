@@ -13,21 +13,24 @@ from typing import Any
 
 from rem.backup.catalog import read_local_backup
 from rem.change_log import ChangeFilter, summarize, summary_line
+from rem.undo import (check_record_name, decode_record, encode_record, plan_undo, record_name, select,
+                      undo_key)
 from rem.backup.layout import fetch
 from rem.backup.restore import check_target, real_target
-from rem.db import is_database
+from rem.db import is_database, open_db
 from rem.errors import DatabaseNotFound, RemError, UsageError
 from rem.identity import claim_name
 from rem.pitr import ArchiverBusy, LogPins, Pinner, check_log_options, format_micros
-from rem.reports import pitr_report
+from rem.reports import pitr_report, undo_report
+from rem.storage import ObjectMissing
 from rem.settings import Settings
 from rem.wal_archive import (PassReport, WalArchive, WalGap, archive_report, gap_message, micros, parse_time,
                              log_plan, restore_plan)
 from runtime.observe import get_logger, publish_report, publish_table, send_event
 from runtime.orchestration import flow
 from runtime.wiring import all_stores, identity, log_archive, resolve_settings
-from tasks.pitr import (archive_once, check_pieces, decode_log, fetch_segments, narrow_to_tenant, place_archived_logs,
-                        recover)
+from tasks.pitr import (apply_undo, archive_once, check_pieces, decode_log, fetch_segments, narrow_to_tenant,
+                        place_archived_logs, recover, save_undo_record)
 from tasks.restore import put_into_place, unpacked, verify_archive
 
 HEARTBEAT_SECONDS = 60  # a follower passing every second still emits one event a minute
@@ -229,3 +232,92 @@ def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None
     return {"ok": True, "from": t1.isoformat().replace("+00:00", "Z"), "to": t2.isoformat().replace("+00:00", "Z"),
             "base_backup": plan.window.base.name, "segments": len(plan.segments), "changes_total": len(changes),
             "summary": summary, **({"changes": [c.to_dict() for c in changes]} if detail else {})}
+
+
+def _decoded(cfg: Settings, t1, t2, tenant: str | None, from_db: str | None, tmp: Path):
+    """The plan for (t1, t2] and the tenant's changes in it, decoded against the base."""
+    plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
+    pieces = fetch_segments(plan.archive, plan.segments, tmp / "wal", cfg.backup_upload_concurrency)
+    source = fetch(plan.window.record, tmp / "base")
+    with unpacked(source, tmp / "base-db", check=False) as base:
+        changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2),
+                             ChangeFilter(tenant))
+    return plan, changes
+
+
+@flow("pitr-undo", description="Put back what the writes of a time range changed, and nothing else.")
+def pitr_undo(start: str, end: str, tenant: str | None = None, schema: str | None = None,
+              entity_ids: list[str] | None = None, dry_run: bool = False, force: bool = False,
+              settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every key the writes of (start, end] wrote (within the filter) back at its value at start;
+    every other write, and every write after end, left alone. A key written again after end is a
+    conflict: listed, and left unless force. The engine must be stopped (the database's lock is held).
+
+    Args:
+        start: Undo the writes after this time; without a zone it is UTC.
+        end: ... up to and including this time.
+        tenant: Only this tenant's writes.
+        schema: Only writes to entities of this schema (with their key and edge rows).
+        entity_ids: Only writes to these entities (with their key and edge rows).
+        dry_run: Show what would be written, and the conflicts; write nothing.
+        force: Put back conflicting keys too (the later writes to them are lost).
+        settings: Settings as the command line passes them (leave empty in a deployment).
+    """
+    cfg = resolve_settings(settings)
+    t1, t2 = parse_time(start), parse_time(end)
+    with tempfile.TemporaryDirectory(prefix="rem-undo-") as tmp:
+        plan, changes = _decoded(cfg, t1, t2, tenant, None, Path(tmp))
+    chosen = select(changes, tenant, schema, tuple(entity_ids or ()))
+    about = {"db_name": plan.archive.db, "from": format_micros(micros(t1)), "to": format_micros(micros(t2)), "tenant": tenant,
+             "schema": schema, "entity_ids": entity_ids or []}
+    with open_db(cfg.db_path, "ro" if dry_run else "rw") as live:  # rw: the lock, from the plan to the write
+        undo = plan_undo(chosen, live.get_many)
+        writes = undo.writes(force)
+        result = {"ok": True, **about, "dry_run": dry_run, "force": force, "changes": len(chosen),
+                  "keys": len(undo.keys), "to_write": len(writes), "conflicts": [k.to_dict() for k in undo.conflicts],
+                  "already": sum(k.state == "already" for k in undo.keys), "record": None, "bytes_written": 0,
+                  "writes": [k.to_dict() for k in writes]}
+        if dry_run or not writes:
+            return result
+        name = record_name()
+        body = encode_record([(k.cf, k.key, k.live, k.start) for k in writes], {**about, "record": name})
+        result["record"] = name
+        result["record_location"] = save_undo_record(plan.archive.objects, undo_key(plan.archive, name), body)
+        result["bytes_written"] = apply_undo(live, [(k.cf, k.key, k.start) for k in writes])
+    publish_report("pitr-undo", undo_report(result), description=f"Undo of {start} to {end} in {cfg.db_path}: "
+                   f"{len(writes):,} keys written, {len(result['conflicts']):,} conflicts")
+    get_logger().info("undo %s wrote %d keys (record %s)", about, len(writes), name)
+    return result
+
+
+@flow("pitr-undo-revert", description="Put back what an undo replaced, from the record it saved.")
+def pitr_undo_revert(record: str, force: bool = False, dry_run: bool = False,
+                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = resolve_settings(settings)
+    archive = log_archive(cfg)
+    where = undo_key(archive, check_record_name(record))
+    try:
+        body = archive.objects.get(where)
+    except ObjectMissing:
+        raise UsageError(f"no undo record {record!r} at {archive.objects.url(where)}; the name is the one "
+                         "`rem pitr undo` printed") from None
+    doc, saved = decode_record(body, archive.objects.url(where))
+    with open_db(cfg.db_path, "ro" if dry_run else "rw") as live:
+        states = []
+        for (cf, key, before, after) in saved:
+            now = live.get(cf, key)
+            states.append((cf, key, before, now, "already" if now == before else "undo" if now == after else "conflict"))
+        writes = [s for s in states if s[4] == "undo" or (force and s[4] == "conflict")]
+        result = {"ok": True, "reverted": record, "dry_run": dry_run, "keys": len(saved), "to_write": len(writes),
+                  "already": sum(s[4] == "already" for s in states), "record": None, "bytes_written": 0,
+                  "conflicts": [{"cf": cf, "key": key.decode(errors="replace")} for cf, key, _, _, st in states
+                                if st == "conflict"]}
+        if dry_run or not writes:
+            return result
+        name = record_name()
+        result["record"] = name
+        result["record_location"] = save_undo_record(archive.objects, undo_key(archive, name), encode_record(
+            [(cf, key, now, before) for cf, key, before, now, _ in writes], {"db_name": archive.db, "record": name,
+                                                                              "reverts": record}))
+        result["bytes_written"] = apply_undo(live, [(cf, key, before) for cf, key, before, _, _ in writes])
+    return result

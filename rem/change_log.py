@@ -22,6 +22,7 @@ from rem.rocksdb_log import WriteBatch
 
 # The engine's column families and what a write to each is, in its terms.
 ENTITIES, KEY_INDEX, EDGES, EDGES_REVERSE = "entities", "key_index", "edges", "edges_reverse"
+TRACKED = (ENTITIES, KEY_INDEX, EDGES, EDGES_REVERSE)  # their values before each write are known
 EDGE_KINDS = {(EDGES, "PUT"): "add_edge", (EDGES, "DELETE"): "delete_edge",
               (EDGES_REVERSE, "PUT"): "add_edge", (EDGES_REVERSE, "DELETE"): "delete_edge"}
 PLURAL = {"insert": "inserts", "update": "updates", "soft_delete": "soft deletes", "undelete": "undeletes",
@@ -42,6 +43,7 @@ class Change:
     schema: str | None
     entity_id: str | None
     key: str | None  # the entity's key value (uri, key_field, key or name), or the key row's
+    other_id: str | None = None  # an edge's other end (entity_id is its source)
     changed: list[str] = field(default_factory=list)  # an update's changed properties (and `edges`)
     row_key: bytes = b""  # the RocksDB key written
     value: bytes | None = None  # what was written (None: a delete)
@@ -126,7 +128,7 @@ def _edge_change(base: dict, cf: str, op: str, key: bytes, prior: Prior) -> Chan
     parts = key.decode().split(":")
     src, dst = (parts[1], parts[3]) if cf == EDGES else (parts[3], parts[1])
     return Change(**base, kind=EDGE_KINDS[(cf, op)], tenant=prior.tenant_of(src), schema=None, entity_id=src,
-                  key=f"{src}->{dst}:{':'.join(parts[5:])}")
+                  key=f"{src}->{dst}:{':'.join(parts[5:])}", other_id=dst)
 
 
 def changes_of(time_us: int, batch: WriteBatch, cf_names: dict[int, str], prior: Prior,
@@ -148,14 +150,14 @@ def changes_of(time_us: int, batch: WriteBatch, cf_names: dict[int, str], prior:
                 entity = orjson.loads(value)
                 if entity.get("entity_type") == SCHEMA_ENTITY_TYPE:
                     prior.schemas[entity["properties"].get("short_name")] = schema_info(entity)
-        if cf in (ENTITIES, KEY_INDEX):
+        if cf in TRACKED:
             prior.record(cf, op.key, value)
         sequence += 1
 
 
 def _change(time_us: int, sequence: int, batch: int, cf: str, op: str, key: bytes, value: bytes | None,
             prior: Prior) -> Change:
-    before = prior.get(cf, key) if cf in (ENTITIES, KEY_INDEX) else None
+    before = prior.get(cf, key) if cf in TRACKED else None
     base = dict(time=format_micros(time_us), time_us=time_us, sequence=sequence, batch=batch, cf=cf, row_key=key,
                 value=value, before=before)
     if cf == ENTITIES and key.startswith(b"entity:"):

@@ -114,3 +114,16 @@ def pitr_report(status: dict) -> str:
         ("segments", status.get("segments")),
         ("gaps", ", ".join(f"{b['first_missing_seq']}-{b['last_missing_seq']}" for b in status["broken_ranges"])
          if status.get("broken_ranges") else "none")])
+
+
+def undo_report(result: dict) -> str:
+    """Markdown for an undo: what it covered, what it wrote, the conflicts it left, its record."""
+    lines = [f"# Undo of {result['from']} to {result['to']}" + (" (dry run)" if result["dry_run"] else ""), "",
+             f"- tenant: {result['tenant'] or 'every tenant'}; schema: {result['schema'] or 'every schema'}",
+             f"- changes in the range: {result['changes']:,}; keys: {result['keys']:,}; "
+             f"to write: {result['to_write']:,}; already as at the start: {result['already']:,}",
+             f"- conflicts (written again after the range, left as they are): {len(result['conflicts']):,}",
+             f"- record (`rem pitr undo --revert` puts it back): {result['record'] or '-'}", ""]
+    rows = [{"state": w["state"], "cf": w["cf"], "key": w["key"], "action": w["action"]}
+            for w in (result["writes"] + result["conflicts"])[:200]]
+    return "\n".join(lines) + (table(rows) if rows else "")

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rem.change_log import Change, ChangeFilter, base_prior, read_changes
+from rem.storage import ObjectStore
+from rem.undo import write_values
 from rem.db import open_db
 from rem.errors import RemError
 from rem.rocksdb_manifest import column_family_names
@@ -90,3 +92,16 @@ def decode_log(pieces: list[Piece], base_dir: Path, base_last: int, start_us: in
     names = column_family_names(base_dir)
     with open_db(base_dir, "ro") as base:
         return read_changes(pieces, names, base_prior(base), base_last, start_us, end_us, keep)
+
+
+@task("save-undo-record", retries=3, retry_delay_seconds=5)
+def save_undo_record(objects: ObjectStore, key: str, body: bytes) -> str:
+    """The value before the undo of every key it writes, in the store before anything is written."""
+    objects.put(key, body, if_none_match=True)
+    return objects.url(key)
+
+
+@task("apply-undo", retries=0)
+def apply_undo(db, writes: list[tuple[str, bytes, bytes | None]]) -> int:
+    """Every key's value written in one WriteBatch, synced; the bytes written."""
+    return write_values(db, writes)

@@ -12,15 +12,19 @@ from tests.helpers import rem
 from tests.test_pitr import SMALL_LOGS, article, env_for, follower_from_unit, instant, ok, stop, wait_archived
 
 
+states: dict[str, dict] = {}  # the engine's whole database at t1, at t2 and at the end, read by the engine
+
+
 @pytest.fixture
 def burst(tmp_path, s3_endpoint, bucket, s3):
     """Good writes in three tenants, a base backup, then (archived throughout) more good writes, a bad
     burst in acme between t1 and t2, and good writes after it, some to what the burst touched. Yields
     the database, the environment, t1, t2, a time t3 after the last write that the archive reached,
-    and what the engine was told to do in the burst, in order."""
+    what the engine was told to do in the burst, in order, and the engine."""
     db = tmp_path / "db"
     env = env_for(s3_endpoint, bucket)
     engine = LiveEngine(db, **SMALL_LOGS)
+    states.clear()
     try:
         engine.call("register_schema", "articles", ARTICLES)
         engine.call("register_schema", "people", PEOPLE)
@@ -35,6 +39,7 @@ def burst(tmp_path, s3_endpoint, bucket, s3):
             engine.call("update", "globex", ids["globex"][1], {"views": 5})
             engine.call("delete", "acme", ids["acme"][9])  # soft-deleted before the burst: the burst revives it
             wait_archived(s3, bucket, engine)
+            at_t1 = engine.dump()
             t1 = instant()
             time.sleep(0.01)
             a = ids["acme"]
@@ -44,6 +49,8 @@ def burst(tmp_path, s3_endpoint, bucket, s3):
                 done.append(("soft_delete", "acme", entity))
             engine.call("update", "acme", a[6], {"slug": "renamed", "title": "changed"})
             done.append(("update", "acme", a[6]))
+            engine.call("update", "globex", ids["globex"][3], {"views": 9})  # a good write inside the burst
+            done.append(("update", "globex", ids["globex"][3]))
             engine.call("hard_delete", "acme", a[7])
             done.append(("hard_delete", "acme", a[7]))
             engine.call("delete_edge", a[0], alice, "authored_by")
@@ -53,6 +60,7 @@ def burst(tmp_path, s3_endpoint, bucket, s3):
             new = engine.call("insert", "acme", "people", {"name": "Mallory", "age": 1})
             done.append(("insert", "acme", new))
             wait_archived(s3, bucket, engine)
+            at_t2 = engine.dump()
             time.sleep(0.01)
             t2 = instant()
             time.sleep(0.01)
@@ -60,9 +68,10 @@ def burst(tmp_path, s3_endpoint, bucket, s3):
             engine.call("insert", "globex", "articles", article("globex-late"))
             t3 = instant()
             wait_archived(s3, bucket, engine, after=t3)  # the archive has looked past t3
+            states.update(t1=at_t1, t2=at_t2, end=engine.dump())
         finally:
             stop(follower)
-        yield db, env, t1, t2, t3, done
+        yield db, env, t1, t2, t3, done, engine
     finally:
         engine.close()
 
@@ -73,10 +82,10 @@ def entity_changes(result: dict) -> list[tuple]:
 
 
 def test_the_log_shows_exactly_the_engines_operations_in_order(burst):
-    db, env, t1, t2, _, done = burst
+    db, env, t1, t2, _, done, _ = burst
     result = ok(rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, "--detail", "--json", env=env))
     assert entity_changes(result) == done
-    update = next(c for c in result["changes"] if c["kind"] == "update")
+    update = next(c for c in result["changes"] if c["kind"] == "update" and c["tenant"] == "acme")
     assert update["changed"] == ["slug", "title"] and update["schema"] == "articles"
     assert update["key"] == "renamed"  # the entity's key after the write
     soft = [c for c in result["changes"] if c["kind"] == "soft_delete"]
@@ -86,7 +95,10 @@ def test_the_log_shows_exactly_the_engines_operations_in_order(burst):
     rows = [(c["kind"], c["key"]) for c in result["changes"] if c["cf"] == "key_index"]
     assert ("key_row_removed", "acme-7") in rows and ("key_row_added", "Mallory") in rows
     assert ("key_row_added", "renamed") not in rows
-    assert all(c["tenant"] == "acme" for c in result["changes"])
+    assert {c["tenant"] for c in result["changes"]} == {"acme", "globex"}
+    acme = ok(rem("--db-path", str(db), "pitr", "log", "--from", t1, "--to", t2, "--tenant", "acme", "--detail",
+                  "--json", env=env))
+    assert entity_changes(acme) == [d for d in done if d[1] == "acme"]
     seqs = [c["sequence"] for c in result["changes"]]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     edge = next(c for c in result["changes"] if c["kind"] == "delete_edge" and c["cf"] == "edges")
@@ -102,7 +114,7 @@ def test_the_log_shows_exactly_the_engines_operations_in_order(burst):
 
 
 def test_filters_and_ranges(burst):
-    db, env, t1, t2, t3, done = burst
+    db, env, t1, t2, t3, done, _ = burst
     later = ok(rem("--db-path", str(db), "pitr", "log", "--from", t2, "--to", t3, "--detail", "--json", env=env))
     assert entity_changes(later)[0][:2] == ("update", "acme")  # the good write after the burst
     globex = ok(rem("--db-path", str(db), "pitr", "log", "--from", t2, "--to", t3, "--tenant", "globex",
@@ -122,3 +134,60 @@ def test_filters_and_ranges(burst):
     assert past.returncode == 2 and "past what the archive can show" in past.stderr and len(past.stderr.splitlines()) == 1
     backwards = rem("--db-path", str(db), "pitr", "log", "--from", t2, "--to", t1, env=env)
     assert backwards.returncode == 2 and "is not after --from" in backwards.stderr
+
+
+def test_undo_puts_back_only_the_bursts_writes_and_can_itself_be_undone(burst, tmp_path, s3):
+    db, env, t1, t2, _, done, engine = burst
+    at_t1, at_t2, at_end = states["t1"], states["t2"], states["end"]
+    from tests.engine import engine_read_all
+    from tests.helpers import dump_all, snapshot_dir
+
+    undo = ["--db-path", str(db), "pitr", "undo", "--from", t1, "--to", t2, "--tenant", "acme", "--json"]
+    running = rem(*undo, env=env)  # the engine still holds the database: refused, nothing written
+    assert running.returncode != 0 and "lock" in running.stderr.lower()
+    engine.close()  # an undo, as a restore, needs the database to itself
+    untouched = snapshot_dir(db)
+    bucket = env["P8_S3_BUCKET"]
+    objects = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+    preview = ok(rem(*undo, "--dry-run", env=env))
+    assert snapshot_dir(db) == untouched  # every file's size, time and digest
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])) == objects
+
+    # The oracle, from the engine's own states: a key the burst changed and nothing wrote since goes
+    # back to its t1 value; a key written again after t2 is a conflict and stays; everything else stays.
+    expected, conflicting = {}, set()
+    for cf in at_end:
+        for key in set(at_t1[cf]) | set(at_t2[cf]) | set(at_end[cf]):
+            acme = key.startswith((b"entity:acme:", b"key:acme:")) or cf in ("edges", "edges_reverse")
+            changed_in_burst = acme and at_t1[cf].get(key) != at_t2[cf].get(key)
+            later = at_t2[cf].get(key) != at_end[cf].get(key)
+            if changed_in_burst and later:
+                conflicting.add((cf, key))
+            value = at_t1[cf].get(key) if changed_in_burst and not later else at_end[cf].get(key)
+            if value is not None:
+                expected.setdefault(cf, {})[key] = value
+    assert conflicting and {(c["cf"], c["key"].encode()) for c in preview["conflicts"]} == conflicting
+    assert preview["to_write"] > 0 and preview["record"] is None
+
+    applied = ok(rem(*undo, env=env))
+    after = dump_all(db)
+    assert {cf: rows for cf, rows in after.items() if rows} == expected
+    for tenant in ("globex", "initech"):  # the other tenants, byte for byte
+        prefix = f"entity:{tenant}:".encode(), f"key:{tenant}:".encode()
+        assert {k: v for k, v in after["entities"].items() if k.startswith(prefix)} == \
+            {k: v for k, v in at_end["entities"].items() if k.startswith(prefix)}
+    assert applied["bytes_written"] > 0 and applied["record"]
+    verify = rem("--db-path", str(db), "db", "verify", "--json")
+    report = json.loads(verify.stdout)
+    assert verify.returncode == 0 and not [i for i in report["issues"] if i["severity"] != "info"], report["issues"]
+    assert engine_read_all(db)["entities"] == after["entities"]  # RocksDB 8.10 opens it read-write
+
+    again = ok(rem(*undo, env=env))  # a second run of the same undo changes nothing
+    assert again["to_write"] == 0 and again["record"] is None and dump_all(db) == after
+
+    reverted = ok(rem("--db-path", str(db), "pitr", "undo", "--revert", applied["record"], "--json", env=env))
+    assert reverted["to_write"] == applied["to_write"]
+    assert {cf: rows for cf, rows in dump_all(db).items() if rows} == {cf: rows for cf, rows in at_end.items() if rows}
+    bad = rem("--db-path", str(db), "pitr", "undo", "--revert", "../../etc", env=env)
+    assert bad.returncode == 2 and "not an undo record" in bad.stderr
+
