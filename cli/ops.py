@@ -222,13 +222,20 @@ def query(
     include_deleted: bool = typer.Option(False, "--include-deleted", help="Include soft-deleted entities"),
     memory_limit_mb: int = typer.Option(1024, "--memory-limit-mb", min=64, help="DuckDB's memory for the query"),
     timeout: float = typer.Option(60, "--timeout", min=0.1, max=86400, help="Seconds before the query is stopped"),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Over the state at this time, recovered from the "
+                                        "backups and the log archive into scratch (removed afterwards)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Read-only SQL (DuckDB) over the database's schemas; works on a live or a restored database."""
     with cli_run(ctx, as_json) as settings:
         tenant = tenant_value(tenant)
-        from rem.query import run_query
+        if as_of is not None:
+            from flows.pitr import query_as_of
 
-        result = run_query(sql, str(settings.db_path), tenant, include_deleted, memory_mb=memory_limit_mb,
-                           timeout=timeout)
+            result = query_as_of(as_of, sql, tenant, include_deleted, memory_limit_mb, timeout, params(settings))
+        else:
+            from rem.query import run_query
+
+            result = run_query(sql, str(settings.db_path), tenant, include_deleted, memory_mb=memory_limit_mb,
+                               timeout=timeout)
         show(result, as_json, table_renderer(result["columns"], result["rows"]))

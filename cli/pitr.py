@@ -127,9 +127,11 @@ def pitr_undo_command(
 def pitr_restore_command(
     ctx: typer.Context,
     timestamp: str = typer.Option(..., "--timestamp", help="Target time; without a zone it is UTC"),
-    output: Path = typer.Option(..., "--output", help="New database directory (must be empty or absent)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="New database directory (must be empty or absent)"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Keep only this tenant's rows"),
     from_db: Optional[str] = FROM_DB_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="The plan only (and with --tenant what would change "
+                                 "against the live database); nothing is written"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Newest base backup at or before the target, then the archived log replayed up to it by RocksDB."""
@@ -137,8 +139,10 @@ def pitr_restore_command(
         tenant = tenant_value(tenant)
         from flows.pitr import pitr_restore
 
-        result = pitr_restore(timestamp, str(output), tenant, params(settings), from_db)
-        show(result, as_json, lambda c: c.print(
+        if output is None and not dry_run:
+            fail("give --output DIR (a new or empty directory), or --dry-run for the plan only", 2, as_json)
+        result = pitr_restore(timestamp, str(output) if output else None, tenant, params(settings), from_db, dry_run)
+        show(result, as_json, lambda c: render.restore_preview(c, result) if dry_run else c.print(
             f"Restored {result['output']} to {result['target']}: base {result['base_backup']} + "
             f"{result['replayed_batches']:,} batches replayed by RocksDB (through sequence {result['last_sequence']:,})"))
 

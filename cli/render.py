@@ -157,3 +157,19 @@ def undo(console, result: dict) -> None:
         table_renderer(["CF", "KEY", "NOW", "AT --from"],
                        [[w["cf"], w["key"], (w.get("live") or "(absent)")[:60], (w.get("start") or "(absent)")[:60]]
                         for w in result["conflicts"][:50]])(console)
+
+
+def restore_preview(console, result: dict) -> None:
+    """`rem pitr restore --dry-run`: the plan, and for a tenant what would come back, vanish or change."""
+    console.print(f"A restore to {result['target']} would start from base {result['base_backup']} (sequence "
+                  f"{result['base_last_sequence']:,}) and replay at most {result['batches_at_most']:,} batches from "
+                  f"{result['segments']} segment(s): {human_bytes(result['bytes_to_fetch'])} to fetch, about "
+                  f"{human_bytes(result['database_bytes_after'])} of database after. Nothing was written.")
+    if "changes" in result:
+        if not result["changes"]:
+            console.print(f"Tenant {result['tenant']}: its entities then are the live ones now.")
+        table_renderer(["SCHEMA", "COME BACK", "VANISH", "CHANGE", "FOR EXAMPLE"],
+                       [[schema, f"{row['come_back']:,}", f"{row['vanish']:,}", f"{row['change']:,}",
+                         "; ".join(f"{what}: {s['key'] or s['id']}" for what, shown in row["samples"].items()
+                                   for s in shown[:2])]
+                        for schema, row in result["changes"].items()])(console)

@@ -21,9 +21,11 @@ from rem.db import is_database, open_db
 from rem.errors import DatabaseNotFound, RemError, UsageError
 from rem.identity import claim_name
 from rem.pitr import ArchiverBusy, LogPins, Pinner, check_log_options, format_micros
+from rem.query import QUERY_MEMORY_MB, QUERY_TIMEOUT_SECONDS, check_query, run_query
 from rem.reports import pitr_report, undo_report
 from rem.storage import ObjectMissing
 from rem.settings import Settings
+from rem.tenant import tenant_difference
 from rem.wal_archive import (PassReport, WalArchive, WalGap, archive_report, gap_message, micros, parse_time,
                              log_plan, restore_plan)
 from runtime.observe import get_logger, publish_report, publish_table, send_event
@@ -153,12 +155,19 @@ def _account(cfg: Settings, report: PassReport, totals: dict) -> None:
 
 
 @flow("pitr-restore", description="A base backup plus the archived log up to a time, replayed by RocksDB itself.")
-def pitr_restore(timestamp: str, output: str, tenant: str | None = None,
-                 settings: dict[str, Any] | None = None, from_db: str | None = None) -> dict[str, Any]:
+def pitr_restore(timestamp: str, output: str | None = None, tenant: str | None = None,
+                 settings: dict[str, Any] | None = None, from_db: str | None = None,
+                 dry_run: bool = False) -> dict[str, Any]:
+    """A new database at output as it was at timestamp; with dry_run only the plan, and for a tenant
+    what the restore would change against the live database (recovered in scratch, removed after)."""
     cfg = resolve_settings(settings)
-    out = real_target(Path(output))
     target = parse_time(timestamp)
     plan = restore_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), target)
+    if dry_run:
+        return _preview(cfg, plan, timestamp, tenant, settings, from_db)
+    if output is None:
+        raise UsageError("give --output DIR (a new or empty directory), or --dry-run for the plan only")
+    out = real_target(Path(output))
     archive, window, segments = plan.archive, plan.window, plan.segments
     lock = check_target(out, overwrite=False, tenant=None, option="--output", can_overwrite=False)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-") as tmp, contextlib.ExitStack() as held:
@@ -321,3 +330,40 @@ def pitr_undo_revert(record: str, force: bool = False, dry_run: bool = False,
                                                                               "reverts": record}))
         result["bytes_written"] = apply_undo(live, [(cf, key, before) for cf, key, before, _, _ in writes])
     return result
+
+
+def _preview(cfg: Settings, plan, timestamp: str, tenant: str | None, settings, from_db) -> dict[str, Any]:
+    """What a restore to timestamp would fetch and make; for a tenant, what it would change in the live
+    database's entities (the state at timestamp recovered in scratch, compared, removed)."""
+    base = plan.window.base
+    log_bytes = sum(s.end_offset - s.start_offset for s in plan.segments)
+    result = {"ok": True, "dry_run": True, "target": format_micros(micros(parse_time(timestamp))),
+              "tenant": tenant, "base_backup": base.name, "base_location": plan.window.record.location,
+              "base_last_sequence": base.last_sequence, "segments": len(plan.segments),
+              "batches_at_most": sum(s.batches for s in plan.segments),
+              "bytes_to_fetch": base.size_bytes + sum(s.size_bytes for s in plan.segments),
+              "database_bytes_after": base.uncompressed_bytes + log_bytes}
+    if tenant:
+        with at_instant(timestamp, tenant, settings, from_db) as then_dir, \
+                open_db(then_dir, "ro") as then, open_db(cfg.db_path, "ro") as now:
+            result["changes"] = tenant_difference(then, now, tenant)
+    return result
+
+
+@contextlib.contextmanager
+def at_instant(timestamp: str, tenant: str | None, settings, from_db: str | None = None):
+    """The database (or one tenant's rows) as it was at timestamp, recovered in scratch and removed when done."""
+    with tempfile.TemporaryDirectory(prefix="rem-as-of-") as tmp:
+        out = Path(tmp) / "db"
+        pitr_restore(timestamp, str(out), tenant, settings, from_db)
+        yield out
+
+
+@flow("query-as-of", description="Read-only SQL over the database (or a tenant) as it was at a time.")
+def query_as_of(timestamp: str, sql: str, tenant: str | None = None, include_deleted: bool = False,
+                memory_mb: int = QUERY_MEMORY_MB, timeout: float = QUERY_TIMEOUT_SECONDS,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    check_query(sql)  # a query that cannot run is refused before anything is fetched
+    with at_instant(timestamp, tenant, settings) as then:
+        result = run_query(sql, str(then), tenant, include_deleted, memory_mb=memory_mb, timeout=timeout)
+    return {**result, "as_of": format_micros(micros(parse_time(timestamp)))}

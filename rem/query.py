@@ -20,6 +20,17 @@ QUERY_MEMORY_MB = 1024
 QUERY_TIMEOUT_SECONDS = 60.0
 
 
+def check_query(sql: str, con=None) -> None:
+    """One read-only SELECT (or WITH ... SELECT), as DuckDB parses it; anything else is refused."""
+    import duckdb
+
+    con = con or duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                                    "autoload_known_extensions": False})
+    statements = con.extract_statements(sql)
+    if len(statements) != 1 or statements[0].type.name not in READ_ONLY_STATEMENTS:
+        raise UsageError("rem query answers one read-only SELECT (or WITH ... SELECT) statement")
+
+
 def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted: bool = False,
               limit: int = 10_000, memory_mb: int = QUERY_MEMORY_MB, timeout: float = QUERY_TIMEOUT_SECONDS) -> dict:
     """Export the schemas the SQL names to temporary Parquet, and answer it with DuckDB, within
@@ -36,9 +47,7 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False,
                                              "memory_limit": f"{memory_mb}MB", "temp_directory": ""})
-    statements = con.extract_statements(sql)
-    if len(statements) != 1 or statements[0].type.name not in READ_ONLY_STATEMENTS:
-        raise UsageError("rem query answers one read-only SELECT (or WITH ... SELECT) statement")
+    check_query(sql, con)
     with open_db(db_path, "ro") as db:
         layouts = schema_layouts(db)
         named = [s for s in layouts if re.search(rf"(?<!\w){re.escape(s)}(?!\w)", sql, re.IGNORECASE)]

@@ -75,3 +75,42 @@ def require_tenant(db_path: str, tenant: str) -> None:
     with open_db(db_path, "ro") as db:
         if next(db.keys("entities", entity_prefix(tenant)), None) is None:
             raise UsageError(f"tenant {tenant!r} has no entities in {db_path}; check --tenant")
+
+
+def tenant_difference(then: RemDB, now: RemDB, tenant: str, sample: int = 5) -> dict[str, dict]:
+    """Per schema, what putting `then`'s rows of a tenant in place of `now`'s would do to its entities:
+    come back (live then; absent or soft-deleted now), vanish (live now; absent or soft-deleted then)
+    or change (live in both, other properties or edges), with a sample of ids and keys of each."""
+    import hashlib
+
+    from rem.engine import extract_key_value, key_field_for
+    from rem.format import schema_info
+
+    def state(db: RemDB) -> dict[str, tuple[str, bool, bytes, str | None]]:
+        schemas = {i.short_name: i for i in (schema_info(orjson.loads(v)) for _, v in schema_rows(db))}
+        found = {}
+        for key, value in db.items("entities", entity_prefix(tenant)):
+            entity = orjson.loads(value)
+            props = entity.get("properties") or {}
+            body = orjson.dumps([props, entity.get("edges")], option=orjson.OPT_SORT_KEYS)
+            found[parse_entity_key(key).uuid] = (
+                entity.get("entity_type"), entity.get("deleted_at") is None, hashlib.sha256(body).digest(),
+                extract_key_value(props, key_field_for(entity.get("entity_type"), schemas)))
+        return found
+
+    before, after = state(now), state(then)
+    out: dict[str, dict] = {}
+    for uuid in sorted(set(before) | set(after)):
+        was, will = before.get(uuid), after.get(uuid)
+        live_now, live_then = bool(was and was[1]), bool(will and will[1])
+        what = ("come_back" if live_then and not live_now else "vanish" if live_now and not live_then
+                else "change" if live_now and live_then and was[2] != will[2] else None)
+        if what is None:
+            continue
+        schema, key = (will or was)[0], (will or was)[3]
+        row = out.setdefault(schema, {"come_back": 0, "vanish": 0, "change": 0, "samples": {}})
+        row[what] += 1
+        samples = row["samples"].setdefault(what, [])
+        if len(samples) < sample:
+            samples.append({"id": uuid, "key": key})
+    return out

@@ -191,3 +191,48 @@ def test_undo_puts_back_only_the_bursts_writes_and_can_itself_be_undone(burst, t
     bad = rem("--db-path", str(db), "pitr", "undo", "--revert", "../../etc", env=env)
     assert bad.returncode == 2 and "not an undo record" in bad.stderr
 
+
+
+def acme_entities(rows: dict) -> dict[str, dict]:
+    return {k.decode().split(":")[2]: json.loads(v) for k, v in rows["entities"].items()
+            if k.startswith(b"entity:acme:")}
+
+
+def test_restore_preview_and_query_as_of_read_the_state_then(burst, s3):
+    db, env, t1, t2, _, done, engine = burst
+    engine.close()
+    from tests.helpers import snapshot_dir
+
+    then, now = acme_entities(states["t1"]), acme_entities(states["end"])
+    for moment, rows in (("t1", then), ("t2", acme_entities(states["t2"]))):
+        answer = ok(rem("--db-path", str(db), "query", "--as-of", {"t1": t1, "t2": t2}[moment],
+                        "SELECT COUNT(*) FROM articles", "--tenant", "acme", "--json", env=env))
+        assert answer["rows"][0][0] == sum(e["entity_type"] == "articles" and e["deleted_at"] is None
+                                           for e in rows.values()), moment
+
+    untouched = snapshot_dir(db)
+    objects = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=env["P8_S3_BUCKET"]).get("Contents", []))
+    preview = ok(rem("--db-path", str(db), "pitr", "restore", "--timestamp", t1, "--dry-run", "--tenant", "acme",
+                     "--json", env=env))
+    assert snapshot_dir(db) == untouched
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=env["P8_S3_BUCKET"]).get("Contents", [])) == objects
+    assert preview["bytes_to_fetch"] > 0 and preview["segments"] >= 1 and preview["base_backup"]
+
+    def live(e):
+        return e is not None and e["deleted_at"] is None
+
+    expected: dict[str, dict[str, int]] = {}
+    for uuid in set(then) | set(now):
+        was, will = now.get(uuid), then.get(uuid)  # the restore puts `then` in place of `now`
+        what = ("come_back" if live(will) and not live(was) else "vanish" if live(was) and not live(will)
+                else "change" if live(was) and live(will) and (was["properties"], was["edges"]) !=
+                (will["properties"], will["edges"]) else None)
+        if what:
+            schema = (will or was)["entity_type"]
+            expected.setdefault(schema, {"come_back": 0, "vanish": 0, "change": 0})[what] += 1
+    assert {s: {k: r[k] for k in ("come_back", "vanish", "change")} for s, r in preview["changes"].items()} == expected
+    assert expected["articles"]["come_back"] >= 4  # the burst's soft deletes and its hard delete
+    text = rem("--db-path", str(db), "pitr", "restore", "--timestamp", t1, "--dry-run", env=env)
+    assert text.returncode == 0 and "Nothing was written" in text.stdout
+    missing = rem("--db-path", str(db), "pitr", "restore", "--timestamp", t1, env=env)
+    assert missing.returncode == 2 and "--output" in missing.stderr
