@@ -106,6 +106,8 @@ def pitr_undo_command(
     force: bool = typer.Option(False, "--force", help="Also put back keys written again after --to (those writes "
                                "are lost)"),
     revert: Optional[str] = typer.Option(None, "--revert", help="Undo an undo: the record it printed"),
+    wait_for_approval: bool = typer.Option(False, "--wait-for-approval", help="Under Prefect: publish the preview "
+                                           "and wait until someone approves it in the Prefect UI"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Put every key the writes of a range wrote back at its value at --from, and leave every other write
@@ -119,7 +121,8 @@ def pitr_undo_command(
         elif start is None or end is None:
             fail("give the range with --from T1 --to T2 (see `rem pitr log`), or --revert RECORD", 2, as_json)
         else:
-            result = pitr_undo(start, end, tenant, schema, entity, dry_run, force, params(settings))
+            result = pitr_undo(start, end, tenant, schema, entity, dry_run, force, params(settings),
+                               wait_for_approval=wait_for_approval)
         show(result, as_json, lambda c: render.undo(c, result))
 
 

@@ -141,6 +141,9 @@ def change_log(console, result: dict) -> None:
 
 def undo(console, result: dict) -> None:
     """`rem pitr undo`: what was (or would be) written, the conflicts left, and the record to revert it."""
+    if result.get("approved") is False:
+        console.print(f"Rejected in the Prefect UI: nothing written ({result['to_write']:,} keys were previewed)")
+        return
     verb = "Would write" if result["dry_run"] else "Wrote"
     console.print(f"{verb} {result['to_write']:,} keys ({result['already']:,} already as they were, "
                   f"{len(result['conflicts']):,} conflicts left as they are)"

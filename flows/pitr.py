@@ -13,8 +13,8 @@ from typing import Any
 
 from rem.backup.catalog import read_local_backup
 from rem.change_log import ChangeFilter, summarize, summary_line
-from rem.undo import (check_record_name, decode_record, encode_record, plan_undo, record_name, select,
-                      undo_key)
+from rem.undo import (UndoPlan, check_record_name, decode_record, encode_record, plan_undo, record_name,
+                      select, undo_key)
 from rem.backup.layout import fetch
 from rem.backup.restore import check_target, real_target
 from rem.db import is_database, open_db
@@ -30,6 +30,7 @@ from rem.wal_archive import (PassReport, WalArchive, WalGap, archive_report, gap
                              log_plan, restore_plan)
 from runtime.observe import get_logger, publish_report, publish_table, send_event
 from runtime.orchestration import flow
+from runtime.orchestration import wait_for_approval as wait_for_approval_in_ui
 from runtime.wiring import all_stores, identity, log_archive, resolve_settings
 from tasks.pitr import (apply_undo, archive_once, check_pieces, decode_log, fetch_segments, narrow_to_tenant,
                         place_archived_logs, recover, save_undo_record)
@@ -257,7 +258,8 @@ def _decoded(cfg: Settings, t1, t2, tenant: str | None, from_db: str | None, tmp
 @flow("pitr-undo", description="Put back what the writes of a time range changed, and nothing else.")
 def pitr_undo(start: str, end: str, tenant: str | None = None, schema: str | None = None,
               entity_ids: list[str] | None = None, dry_run: bool = False, force: bool = False,
-              settings: dict[str, Any] | None = None) -> dict[str, Any]:
+              settings: dict[str, Any] | None = None, database_block: str | None = None,
+              wait_for_approval: bool = False, approval_timeout_seconds: int = 3600) -> dict[str, Any]:
     """Every key the writes of (start, end] wrote (within the filter) back at its value at start;
     every other write, and every write after end, left alone. A key written again after end is a
     conflict: listed, and left unless force. The engine must be stopped (the database's lock is held).
@@ -271,21 +273,45 @@ def pitr_undo(start: str, end: str, tenant: str | None = None, schema: str | Non
         dry_run: Show what would be written, and the conflicts; write nothing.
         force: Put back conflicting keys too (the later writes to them are lost).
         settings: Settings as the command line passes them (leave empty in a deployment).
+        database_block: The REM Database block of the database (rem-db-{db}).
+        wait_for_approval: Publish the preview and pause until someone approves it in the Prefect UI.
+        approval_timeout_seconds: Past this without an answer the run fails and nothing is written.
     """
-    cfg = resolve_settings(settings)
+    cfg = resolve_settings(settings, database_block)
     t1, t2 = parse_time(start), parse_time(end)
     with tempfile.TemporaryDirectory(prefix="rem-undo-") as tmp:
         plan, changes = _decoded(cfg, t1, t2, tenant, None, Path(tmp))
     chosen = select(changes, tenant, schema, tuple(entity_ids or ()))
     about = {"db_name": plan.archive.db, "from": format_micros(micros(t1)), "to": format_micros(micros(t2)), "tenant": tenant,
              "schema": schema, "entity_ids": entity_ids or []}
-    with open_db(cfg.db_path, "ro" if dry_run else "rw") as live:  # rw: the lock, from the plan to the write
+
+    def planned(live, force: bool, dry_run: bool) -> tuple[UndoPlan, dict[str, Any]]:
         undo = plan_undo(chosen, live.get_many)
         writes = undo.writes(force)
-        result = {"ok": True, **about, "dry_run": dry_run, "force": force, "changes": len(chosen),
-                  "keys": len(undo.keys), "to_write": len(writes), "conflicts": [k.to_dict() for k in undo.conflicts],
-                  "already": sum(k.state == "already" for k in undo.keys), "record": None, "bytes_written": 0,
-                  "writes": [k.to_dict() for k in writes]}
+        return undo, {"ok": True, **about, "dry_run": dry_run, "force": force, "changes": len(chosen),
+                      "keys": len(undo.keys), "to_write": len(writes), "already": sum(k.state == "already" for k in
+                                                                                      undo.keys),
+                      "conflicts": [k.to_dict() for k in undo.conflicts], "record": None, "bytes_written": 0,
+                      "writes": [k.to_dict() for k in writes]}
+
+    if wait_for_approval and not dry_run:
+        with open_db(cfg.db_path, "ro") as live:
+            _, preview = planned(live, force, True)
+        markdown = undo_report(preview)
+        publish_report("pitr-undo", markdown, description=f"Undo preview of {start} to {end}: waiting for approval")
+        approved, force = wait_for_approval_in_ui(markdown, approval_timeout_seconds)
+        if not approved:
+            get_logger().warning("undo of %s to %s rejected: nothing written", start, end)
+            return {**preview, "approved": False}
+    with open_db(cfg.db_path, "ro" if dry_run else "rw") as live:  # rw: the lock, from the plan to the write
+        undo, result = planned(live, force, dry_run)
+        writes = undo.writes(force)
+        if wait_for_approval and not dry_run:
+            result["approved"] = True
+            if {(w["cf"], w["key"], w["state"]) for w in result["writes"] + result["conflicts"]} != \
+                    {(w["cf"], w["key"], w["state"]) for w in preview["writes"] + preview["conflicts"]}:
+                raise RemError("the database changed between the approved preview and the undo: nothing written; "
+                               "run the undo again for a new preview")
         if dry_run or not writes:
             return result
         name = record_name()

@@ -163,3 +163,25 @@ def writer_slot(db_path):
 
     with concurrency(writer_limit_name(db_path), occupy=1, strict=False):
         yield
+
+
+def wait_for_approval(description: str, timeout_seconds: int) -> tuple[bool, bool]:
+    """Pause the current Prefect flow run until someone answers in the UI (Resume, with the form:
+    approve, force): (approved, force). Past the timeout the run fails (FlowPauseTimeout) and the
+    caller writes nothing. Only under Prefect: an approval needs someone who can see the run."""
+    from rem.errors import UsageError
+
+    if not ORCHESTRATED:
+        raise UsageError("an approval waits in the Prefect UI: set PREFECT_API_URL (or run the pitr-undo "
+                         "deployment), or leave out --wait-for-approval")
+    from prefect.flow_runs import pause_flow_run
+    from prefect.input import RunInput
+    from pydantic import Field
+
+    class UndoApproval(RunInput):
+        approve: bool = Field(False, description="Write the previewed undo (left off: reject it, nothing is written)")
+        force: bool = Field(False, description="Also put back the conflicting keys (their later writes are lost)")
+
+    answer = pause_flow_run(wait_for_input=UndoApproval.with_initial_data(description=description),
+                            timeout=timeout_seconds)
+    return bool(answer.approve), bool(answer.force)

@@ -138,7 +138,7 @@ def test_filters_and_ranges(burst):
 
 def test_undo_puts_back_only_the_bursts_writes_and_can_itself_be_undone(burst, tmp_path, s3):
     db, env, t1, t2, _, done, engine = burst
-    at_t1, at_t2, at_end = states["t1"], states["t2"], states["end"]
+    at_end = states["end"]
     from tests.engine import engine_read_all
     from tests.helpers import dump_all, snapshot_dir
 
@@ -153,19 +153,7 @@ def test_undo_puts_back_only_the_bursts_writes_and_can_itself_be_undone(burst, t
     assert snapshot_dir(db) == untouched  # every file's size, time and digest
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])) == objects
 
-    # The oracle, from the engine's own states: a key the burst changed and nothing wrote since goes
-    # back to its t1 value; a key written again after t2 is a conflict and stays; everything else stays.
-    expected, conflicting = {}, set()
-    for cf in at_end:
-        for key in set(at_t1[cf]) | set(at_t2[cf]) | set(at_end[cf]):
-            acme = key.startswith((b"entity:acme:", b"key:acme:")) or cf in ("edges", "edges_reverse")
-            changed_in_burst = acme and at_t1[cf].get(key) != at_t2[cf].get(key)
-            later = at_t2[cf].get(key) != at_end[cf].get(key)
-            if changed_in_burst and later:
-                conflicting.add((cf, key))
-            value = at_t1[cf].get(key) if changed_in_burst and not later else at_end[cf].get(key)
-            if value is not None:
-                expected.setdefault(cf, {})[key] = value
+    expected, conflicting = undo_oracle()
     assert conflicting and {(c["cf"], c["key"].encode()) for c in preview["conflicts"]} == conflicting
     assert preview["to_write"] > 0 and preview["record"] is None
 
@@ -191,6 +179,25 @@ def test_undo_puts_back_only_the_bursts_writes_and_can_itself_be_undone(burst, t
     bad = rem("--db-path", str(db), "pitr", "undo", "--revert", "../../etc", env=env)
     assert bad.returncode == 2 and "not an undo record" in bad.stderr
 
+
+
+def undo_oracle() -> tuple[dict, set]:
+    """What `undo --tenant acme` must leave, from the engine's own states at t1, t2 and the end: a key
+    acme's burst changed and nothing wrote since goes back to its t1 value; a key written again after
+    t2 is a conflict and stays; every other key stays as it is."""
+    at_t1, at_t2, at_end = states["t1"], states["t2"], states["end"]
+    expected, conflicting = {}, set()
+    for cf in at_end:
+        for key in set(at_t1[cf]) | set(at_t2[cf]) | set(at_end[cf]):
+            acme = key.startswith((b"entity:acme:", b"key:acme:")) or cf in ("edges", "edges_reverse")
+            changed_in_burst = acme and at_t1[cf].get(key) != at_t2[cf].get(key)
+            later = at_t2[cf].get(key) != at_end[cf].get(key)
+            if changed_in_burst and later:
+                conflicting.add((cf, key))
+            value = at_t1[cf].get(key) if changed_in_burst and not later else at_end[cf].get(key)
+            if value is not None:
+                expected.setdefault(cf, {})[key] = value
+    return expected, conflicting
 
 
 def acme_entities(rows: dict) -> dict[str, dict]:
@@ -236,3 +243,60 @@ def test_restore_preview_and_query_as_of_read_the_state_then(burst, s3):
     assert text.returncode == 0 and "Nothing was written" in text.stdout
     missing = rem("--db-path", str(db), "pitr", "restore", "--timestamp", t1, env=env)
     assert missing.returncode == 2 and "--output" in missing.stderr
+
+
+def _api(url: str, path: str, body: dict | None) -> list | dict:
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else {}
+
+
+def _paused_run(url: str, db_name: str, seconds: float = 120) -> dict:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        runs = _api(url, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}},
+                                                             "tags": {"all_": [f"db:{db_name}"]}}})
+        if runs:
+            return runs[0]
+        time.sleep(0.2)
+    raise AssertionError("the undo never paused for its approval")
+
+
+def test_the_prefect_undo_waits_for_approval_and_a_rejection_writes_nothing(burst, prefect_api):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, db_name_of, dump_all, snapshot_dir
+
+    db, env, t1, t2, _, _, engine = burst
+    engine.close()
+    env = {**env, "PREFECT_API_URL": prefect_api["url"], "PREFECT_HOME": prefect_api["home"]}
+    command = [sys.executable, "-m", "cli.main", "--db-path", str(db), "pitr", "undo", "--from", t1, "--to", t2,
+               "--tenant", "acme", "--wait-for-approval", "--json"]
+    import os
+
+    untouched = snapshot_dir(db)
+    for answer in ({"approve": False, "force": False}, {"approve": True, "force": False}):
+        undo = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            run = _paused_run(prefect_api["url"], db_name_of(db))
+            artifacts = _api(prefect_api["url"], "/artifacts/filter",
+                             {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+            assert any(a["type"] == "markdown" and "Undo of" in a["data"] for a in artifacts)  # the preview first
+            assert snapshot_dir(db) == untouched  # nothing written while it waits
+            _api(prefect_api["url"], f"/flow_runs/{run['id']}/resume", {"run_input": answer})  # as the UI does
+            out, err = undo.communicate(timeout=120)
+        finally:
+            undo.kill()
+        assert undo.returncode == 0, err
+        result = json.loads(out)
+        if not answer["approve"]:
+            assert result["approved"] is False and snapshot_dir(db) == untouched
+        else:
+            assert result["approved"] is True and result["record"]
+            assert {cf: rows for cf, rows in dump_all(db).items() if rows} == undo_oracle()[0]
