@@ -213,7 +213,8 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
 @flow("pitr-log", description="Every change the archived log holds in a time range, in the engine's terms.")
 def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None = None,
              entity_ids: list[str] | None = None, key: str | None = None, detail: bool = False,
-             settings: dict[str, Any] | None = None, from_db: str | None = None) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, from_db: str | None = None,
+             database_block: str | None = None) -> dict[str, Any]:
     """The writes of (start, end]: a summary by second, tenant, kind and schema, and with detail each one.
 
     Args:
@@ -226,8 +227,9 @@ def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None
         detail: List each change, not only the summary.
         settings: Settings as the command line passes them (leave empty in a deployment).
         from_db: Another database's archive, by its name.
+        database_block: The REM Database block of the database (rem-db-{db}).
     """
-    cfg = resolve_settings(settings)
+    cfg = resolve_settings(settings, database_block)
     t1, t2 = parse_time(start), parse_time(end)
     plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
     keep = ChangeFilter(tenant, schema, tuple(entity_ids or ()), key)

@@ -71,8 +71,8 @@ def api(prefect_api):
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-FLOWS = ["full-backup", "health-and-metrics", "prune", "recovery-drill", "verify", "wal-archive",
-         "weekly-maintenance"]
+FLOWS = ["full-backup", "health-and-metrics", "pitr-log", "pitr-undo", "prune", "recovery-drill", "verify",
+         "wal-archive", "weekly-maintenance"]
 
 
 def _deploy(env, queue):
@@ -136,6 +136,8 @@ def test_deploying_a_second_database_changes_nothing_of_the_first(deployed):
                        for d in mine)
             backup = next(d for d in mine if client.read_flow(d.flow_id).name == "full-backup")
             assert backup.schedules[0].schedule.cron == "0 2 * * *" and backup.parameters["upload"] is True
+            undo = next(d for d in mine if client.read_flow(d.flow_id).name == "pitr-undo")
+            assert not undo.schedules and undo.parameters["wait_for_approval"] is True  # run by hand, approved
             for d in mine:  # PITR is not enabled for these databases: no archival runs
                 if client.read_flow(d.flow_id).name == "wal-archive":
                     assert not d.schedules[0].active
