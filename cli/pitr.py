@@ -9,7 +9,7 @@ import typer
 
 from cli.options import FROM_DB_OPTION, JSON_OPTION, params, tenant_value
 from cli import render
-from cli.output import cli_run, fail, show, table_renderer
+from cli.output import cli_run, fail, human_bytes, show, table_renderer
 
 pitr_app = typer.Typer(no_args_is_help=True, help="Point-in-time recovery: WAL archival and restore to a timestamp.")
 
@@ -167,7 +167,8 @@ def pitr_verify_command(
         show(result, as_json, lambda c: c.print(
             f"A restore to {timestamp} would start from {result['base_backup']} (sequence "
             f"{result['base_last_sequence']:,}) and replay {result['batches']:,} batches from {result['segments']} "
-            "verified segment(s)"))
+            f"verified segment(s): {human_bytes(result['bytes_to_fetch'])} fetched, about "
+            f"{human_bytes(result['database_bytes_after'])} of database after"))
 
 
 @pitr_app.command("enable")

@@ -204,8 +204,7 @@ def pitr_verify(timestamp: str, tenant: str | None = None, settings: dict[str, A
         source = fetch(window.record, Path(tmp) / "base")
         verify_archive(source, read_local_backup(source))
         batches, last = check_pieces(pieces, window.base.last_sequence, micros(target))
-    return {"ok": True, "target": timestamp, "base_backup": window.base.name, "base_location": window.record.location,
-            "base_last_sequence": window.base.last_sequence, "segments": len(segments), "batches": batches,
+    return {"ok": True, "target": timestamp, **plan_figures(plan), "batches": batches,
             "would_replay_through_sequence": last, "tenant": tenant,
             "window": {"start": window.start, "end": window.end}}
 
@@ -363,19 +362,24 @@ def pitr_undo_revert(record: str, force: bool = False, dry_run: bool = False,
 def _preview(cfg: Settings, plan, timestamp: str, tenant: str | None, settings, from_db) -> dict[str, Any]:
     """What a restore to timestamp would fetch and make; for a tenant, what it would change in the live
     database's entities (the state at timestamp recovered in scratch, compared, removed)."""
-    base = plan.window.base
-    log_bytes = sum(s.end_offset - s.start_offset for s in plan.segments)
     result = {"ok": True, "dry_run": True, "target": format_micros(micros(parse_time(timestamp))),
-              "tenant": tenant, "base_backup": base.name, "base_location": plan.window.record.location,
-              "base_last_sequence": base.last_sequence, "segments": len(plan.segments),
-              "batches_at_most": sum(s.batches for s in plan.segments),
-              "bytes_to_fetch": base.size_bytes + sum(s.size_bytes for s in plan.segments),
-              "database_bytes_after": base.uncompressed_bytes + log_bytes}
+              "tenant": tenant, **plan_figures(plan)}
     if tenant:
         with at_instant(timestamp, tenant, settings, from_db) as then_dir, \
                 open_db(then_dir, "ro") as then, open_db(cfg.db_path, "ro") as now:
             result["changes"] = tenant_difference(then, now, tenant)
     return result
+
+
+def plan_figures(plan) -> dict[str, Any]:
+    """What a restore plan fetches and makes: its base, segments, bytes to fetch, the database's size after."""
+    base = plan.window.base
+    return {"base_backup": base.name, "base_location": plan.window.record.location,
+            "base_last_sequence": base.last_sequence, "segments": len(plan.segments),
+            "batches_at_most": sum(s.batches for s in plan.segments),
+            "bytes_to_fetch": base.size_bytes + sum(s.size_bytes for s in plan.segments),
+            "database_bytes_after": base.uncompressed_bytes + sum(s.end_offset - s.start_offset
+                                                                  for s in plan.segments)}
 
 
 @contextlib.contextmanager
