@@ -15,11 +15,8 @@ writer under RocksDB 8.10, tests/engine). `python -m benchmarks.change_log [CHAN
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pitr import cli, engine_db, follower, manifest, stop, wait_for  # noqa: E402
+from benchmarks.pitr import cli, engine_db, follower, manifest, moto_buckets, stop, wait_for  # noqa: E402
 from tests.engine import ENGINE_PYTHON, RUN  # noqa: E402
-from tests.helpers import free_port, wait_http  # noqa: E402
 
 INSERTS = """
 import sys
@@ -143,41 +139,23 @@ def undo_benchmark(work: Path, env: dict, s3, bucket: str, entities: int, burst:
 
 
 def main(changes: int = 1_000_000, entities: int = 660_000, burst: int = 10_000) -> dict:
-    import boto3
-
-    port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = Path(tempfile.mkdtemp(prefix="rem-changelog-bench-", dir=os.environ.get("BENCH_DIR")))
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_http(endpoint + "/moto-api/", 30, moto)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        results = {}
-        for name in ("log", "undo"):
-            bucket = f"changelog-bench-{name}"
-            s3.create_bucket(Bucket=bucket)
-            env = {**os.environ, "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint,
-                   "P8_BACKUP_DIR": str(work / f"backups-{name}")}
-            if name == "log":
-                results[name] = r = log_benchmark(work, env, s3, bucket, changes)
-                print(f"`rem pitr log` over {r['changes']:,} archived changes: {r['ours_s']:.1f} s end to end, "
-                      f"{r['rate']:,.0f} changes/s (target >= 300,000) vs the raw parse of the same segments "
-                      f"{r['raw_rate']:,.0f} changes/s: ratio {r['rate'] / r['raw_rate']:.2f}", flush=True)
-            else:
-                results[name] = r = undo_benchmark(work, env, s3, bucket, entities, burst)
-                print(f"`rem pitr undo` of {r['burst']:,} soft deletes in a {r['db_bytes'] / 1e9:.2f} GB database: "
-                      f"{r['undo_s']:.1f} s vs a tenant point-in-time restore {r['tenant_pitr_s']:.1f} s: ratio "
-                      f"{r['ratio']:.2f} (target <= 1.0); {r['keys_written']:,} keys, {r['bytes_written']:,} bytes "
-                      "written", flush=True)
-        out = REPO / "benchmarks" / "out"
-        out.mkdir(exist_ok=True)
-        (out / "change_log.json").write_text(json.dumps(results, indent=2))
-        return results
-    finally:
-        moto.terminate()
-        moto.wait()
-        shutil.rmtree(work, ignore_errors=True)
+    results = {}
+    with moto_buckets("rem-changelog-bench-") as (work, s3, env_for):
+        bucket, env = env_for("log")
+        results["log"] = r = log_benchmark(work, env, s3, bucket, changes)
+        print(f"`rem pitr log` over {r['changes']:,} archived changes: {r['ours_s']:.1f} s end to end, "
+              f"{r['rate']:,.0f} changes/s (target >= 300,000) vs the raw parse of the same segments "
+              f"{r['raw_rate']:,.0f} changes/s: ratio {r['rate'] / r['raw_rate']:.2f}", flush=True)
+        bucket, env = env_for("undo")
+        results["undo"] = r = undo_benchmark(work, env, s3, bucket, entities, burst)
+        print(f"`rem pitr undo` of {r['burst']:,} soft deletes in a {r['db_bytes'] / 1e9:.2f} GB database: "
+              f"{r['undo_s']:.1f} s vs a tenant point-in-time restore {r['tenant_pitr_s']:.1f} s: ratio "
+              f"{r['ratio']:.2f} (target <= 1.0); {r['keys_written']:,} keys, {r['bytes_written']:,} bytes written",
+              flush=True)
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "change_log.json").write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -192,23 +193,39 @@ def lag_benchmark(work: Path, env: dict, s3, bucket: str, seconds: float, rate: 
             "p50_lag_s": lags[len(lags) // 2], "interval_s": INTERVAL}
 
 
-def main(writes: int = 1_000_000, lag_seconds: float = 30) -> dict:
+@contextmanager
+def moto_buckets(prefix: str):
+    """A moto server on 127.0.0.1 and a work directory; yields (work, s3, env_for(name)): a new
+    bucket per name and the environment the commands use it with."""
     import boto3
 
     port = free_port()
     moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = Path(tempfile.mkdtemp(prefix="rem-pitr-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("BENCH_DIR")))
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_http(endpoint + "/moto-api/", 30, moto)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        results = {}
-        for name in ("restore", "lag"):
-            bucket = f"pitr-bench-{name}"
+
+        def env_for(name: str) -> tuple[str, dict]:
+            bucket = f"{prefix.strip('-')}-{name}"
             s3.create_bucket(Bucket=bucket)
-            env = {**os.environ, "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint,
-                   "P8_BACKUP_DIR": str(work / f"backups-{name}")}
+            return bucket, {**os.environ, "P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint,
+                            "P8_BACKUP_DIR": str(work / f"backups-{name}")}
+
+        yield work, s3, env_for
+    finally:
+        moto.terminate()
+        moto.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(writes: int = 1_000_000, lag_seconds: float = 30) -> dict:
+    results = {}
+    with moto_buckets("rem-pitr-bench-") as (work, s3, env_for):
+        for name in ("restore", "lag"):
+            bucket, env = env_for(name)
             if name == "restore":
                 results[name] = r = restore_benchmark(work, env, s3, bucket, writes)
                 print(f"PITR restore of {r['writes']:,} writes ({r['log_bytes'] / 1e6:.0f} MB of log, "
@@ -219,11 +236,7 @@ def main(writes: int = 1_000_000, lag_seconds: float = 30) -> dict:
                 print(f"archival lag at {r['rate']:,} inserts/s for {r['seconds']:.0f} s, follower every "
                       f"{r['interval_s']:.0f} s: max {r['max_lag_s']:.2f} s, median {r['p50_lag_s']:.2f} s "
                       f"(target <= {r['interval_s'] + 2:.0f} s)", flush=True)
-        return results
-    finally:
-        moto.terminate()
-        moto.wait()
-        shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 if __name__ == "__main__":

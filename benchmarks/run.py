@@ -125,6 +125,22 @@ def main() -> None:
                      f"{lag['interval_s']:.0f} s", f"max {lag['max_lag_s']:.2f} s, median {lag['p50_lag_s']:.2f} s",
                      f"<= {lag['interval_s'] + 2:.0f} s"))
 
+        # 3b. the change log and the undo of a burst (their own moto, engine and database)
+        from benchmarks.change_log import main as change_log_bench
+
+        log = change_log_bench(int(os.environ.get("BENCH_LOG_CHANGES", "1000000")),
+                               int(os.environ.get("BENCH_UNDO_ENTITIES", "660000")),
+                               int(os.environ.get("BENCH_UNDO_BURST", "10000")))
+        r = log["log"]
+        rows.append((f"`rem pitr log` over {r['changes']:,} archived changes, end to end, vs the raw parse of the "
+                     "same segments", f"{r['rate']:,.0f} vs {r['raw_rate']:,.0f} changes/s (ratio "
+                     f"{r['rate'] / r['raw_rate']:.2f})", ">= 300,000 changes/s"))
+        r = log["undo"]
+        rows.append((f"`rem pitr undo` of {r['burst']:,} soft deletes, {r['db_bytes'] / 1e9:.2f} GB database, vs a "
+                     "tenant point-in-time restore", f"{r['undo_s']:.1f} s vs {r['tenant_pitr_s']:.1f} s (ratio "
+                     f"{r['ratio']:.2f}); {r['keys_written']:,} keys, {r['bytes_written'] / 1e6:.1f} MB written",
+                     "ratio <= 1.0"))
+
         # 4. start-up on a ~10 MB database, without and with a Prefect API
         small = work / "small"
         rem("--db-path", str(small), "db", "init", "--sample", "4500")

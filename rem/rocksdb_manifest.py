@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rem.errors import RemError
-from rem.rocksdb_log import read_log_file
+from rem.rocksdb_log import LogCorruption, _varint, read_log_file
 
 _VARINT64 = {2, 3, 4, 9, 10}  # log number, next file number, last sequence, prev log number, min log to keep
 _VARINT32 = {203, 300}  # max column family, in atomic group
@@ -23,18 +23,6 @@ COMPARATOR, COLUMN_FAMILY, COLUMN_FAMILY_ADD, COLUMN_FAMILY_DROP = 1, 200, 201, 
 
 class ManifestUnreadable(RemError):
     pass
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(data):
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("varint runs past the end of the record")
 
 
 def column_families_of_edit(record: bytes) -> tuple[int | None, str | None, bool]:
@@ -72,7 +60,7 @@ def column_family_names(db_dir: Path) -> dict[int, str]:
     for record in records:
         try:
             cf, added, dropped = column_families_of_edit(record.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (LogCorruption, UnicodeDecodeError):
             continue
         if added is not None and cf is not None:
             names[cf] = added
