@@ -156,6 +156,14 @@ def test_undo_puts_back_only_the_bursts_writes_and_can_itself_be_undone(burst, t
     expected, conflicting = undo_oracle()
     assert conflicting and {(c["cf"], c["key"].encode()) for c in preview["conflicts"]} == conflicting
     assert preview["to_write"] > 0 and preview["record"] is None
+    # Narrowed to a schema or an entity, the undo takes that entity's own rows and nothing else.
+    people = ok(rem(*undo, "--schema", "people", "--dry-run", env=env))
+    assert sorted((w["cf"], w["action"]) for w in people["writes"]) == [("entities", "delete"), ("key_index", "delete")]
+    assert {w["entity_id"] for w in people["writes"]} == {done[-1][2]}  # the burst's one insert of a person
+    hard_deleted = next(entity for kind, _, entity in done if kind == "hard_delete")
+    hard = ok(rem(*undo, "--entity", hard_deleted, "--dry-run", env=env))
+    assert sorted((w["cf"], w["action"]) for w in hard["writes"]) == [("entities", "put"), ("key_index", "put")]
+    assert snapshot_dir(db) == untouched
 
     applied = ok(rem(*undo, env=env))
     after = dump_all(db)
