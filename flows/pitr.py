@@ -14,7 +14,7 @@ from typing import Any
 from rem.backup.catalog import read_local_backup
 from rem.change_log import ChangeFilter, summarize, summary_line
 from rem.undo import (UndoPlan, check_record_name, decode_record, encode_record, plan_undo, record_name,
-                      select, undo_key)
+                      select, undo_key, undo_state)
 from rem.backup.layout import fetch
 from rem.backup.restore import check_target, real_target
 from rem.db import is_database, open_db
@@ -230,13 +230,9 @@ def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None
     """
     cfg = resolve_settings(settings, database_block)
     t1, t2 = parse_time(start), parse_time(end)
-    plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
-    keep = ChangeFilter(tenant, schema, tuple(entity_ids or ()), key)
     with tempfile.TemporaryDirectory(prefix="rem-pitr-log-") as tmp:
-        pieces = fetch_segments(plan.archive, plan.segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        source = fetch(plan.window.record, Path(tmp) / "base")
-        with unpacked(source, Path(tmp) / "base-db", check=False) as base:
-            changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
+        plan, changes = _decoded(cfg, t1, t2, ChangeFilter(tenant, schema, tuple(entity_ids or ()), key), from_db,
+                                 Path(tmp))
     summary = summarize(changes)
     publish_table("pitr-log", [{**row, "what": summary_line(row)} for row in summary],
                   description=f"{len(changes):,} changes from {start} to {end} in the log archive of {plan.archive.db}")
@@ -245,14 +241,13 @@ def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None
             "summary": summary, **({"changes": [c.to_dict() for c in changes]} if detail else {})}
 
 
-def _decoded(cfg: Settings, t1, t2, tenant: str | None, from_db: str | None, tmp: Path):
-    """The plan for (t1, t2] and the tenant's changes in it, decoded against the base."""
+def _decoded(cfg: Settings, t1, t2, keep: ChangeFilter, from_db: str | None, tmp: Path):
+    """The plan for (t1, t2] and the changes in it that keep accepts, decoded against the base."""
     plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
     pieces = fetch_segments(plan.archive, plan.segments, tmp / "wal", cfg.backup_upload_concurrency)
     source = fetch(plan.window.record, tmp / "base")
     with unpacked(source, tmp / "base-db", check=False) as base:
-        changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2),
-                             ChangeFilter(tenant))
+        changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
     return plan, changes
 
 
@@ -281,7 +276,7 @@ def pitr_undo(start: str, end: str, tenant: str | None = None, schema: str | Non
     cfg = resolve_settings(settings, database_block)
     t1, t2 = parse_time(start), parse_time(end)
     with tempfile.TemporaryDirectory(prefix="rem-undo-") as tmp:
-        plan, changes = _decoded(cfg, t1, t2, tenant, None, Path(tmp))
+        plan, changes = _decoded(cfg, t1, t2, ChangeFilter(tenant), None, Path(tmp))
     chosen = select(changes, tenant, schema, tuple(entity_ids or ()))
     about = {"db_name": plan.archive.db, "from": format_micros(micros(t1)), "to": format_micros(micros(t2)), "tenant": tenant,
              "schema": schema, "entity_ids": entity_ids or []}
@@ -342,7 +337,7 @@ def pitr_undo_revert(record: str, force: bool = False, dry_run: bool = False,
         states = []
         for (cf, key, before, after) in saved:
             now = live.get(cf, key)
-            states.append((cf, key, before, now, "already" if now == before else "undo" if now == after else "conflict"))
+            states.append((cf, key, before, now, undo_state(now, before, after)))
         writes = [s for s in states if s[4] == "undo" or (force and s[4] == "conflict")]
         result = {"ok": True, "reverted": record, "dry_run": dry_run, "keys": len(saved), "to_write": len(writes),
                   "already": sum(s[4] == "already" for s in states), "record": None, "bytes_written": 0,

@@ -29,6 +29,14 @@ RECORD_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 RECORD_FORMAT = 1
 
 
+def undo_state(live: bytes | None, start: bytes | None, left: bytes | None) -> str:
+    """already: the key holds its start value (undone before, or a later write put it back); undo: it
+    still holds what the range left; conflict: a later write changed it."""
+    if live == start:
+        return "already"
+    return "undo" if live == left else "conflict"
+
+
 @dataclass
 class KeyUndo:
     cf: str
@@ -40,9 +48,7 @@ class KeyUndo:
 
     @property
     def state(self) -> str:
-        if self.live == self.start:
-            return "already"  # undone before, or written back by a later write
-        return "undo" if self.live == self.left else "conflict"
+        return undo_state(self.live, self.start, self.left)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cf": self.cf, "key": self.key.decode(errors="replace"), "state": self.state,
