@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -57,6 +58,9 @@ class Change:
         return doc
 
 
+_UNWRITTEN = object()
+
+
 class Prior:
     """The value each key held before a write: the log's last write to it, else the base's."""
 
@@ -69,9 +73,8 @@ class Prior:
         self.uuid_tenant: dict[str, str] = {}
 
     def get(self, cf: str, key: bytes) -> bytes | None:
-        if (cf, key) in self.written:
-            return self.written[(cf, key)]
-        return self.base_get(cf, key)
+        value = self.written.get((cf, key), _UNWRITTEN)
+        return self.base_get(cf, key) if value is _UNWRITTEN else value
 
     def tenant_of(self, uuid: str) -> str | None:
         return self.uuid_tenant.get(uuid) or self.base_uuid_tenant(uuid)
@@ -136,13 +139,14 @@ def changes_of(time_us: int, batch: WriteBatch, cf_names: dict[int, str], prior:
     """Every write of one batch as a Change, when wanted; prior is kept current either way (a batch
     before the range only teaches the tenant of each id, the schemas and the values)."""
     sequence = batch.sequence
+    time = _batch_time(time_us) if wanted else ""
     for op in batch.ops:
         if not op.is_data:
             continue
         cf = cf_names.get(op.cf, f"cf{op.cf}")
         value = op.value if op.kind == "PUT" else None
         if wanted:
-            yield _change(time_us, sequence, batch.sequence, cf, op.kind, op.key, value, prior)
+            yield _change(time, time_us, sequence, batch.sequence, cf, op.kind, op.key, value, prior)
         elif cf == ENTITIES and op.key.startswith(b"entity:"):
             _, tenant, uuid = op.key.decode().split(":", 2)
             prior.uuid_tenant[uuid] = tenant
@@ -155,10 +159,20 @@ def changes_of(time_us: int, batch: WriteBatch, cf_names: dict[int, str], prior:
         sequence += 1
 
 
-def _change(time_us: int, sequence: int, batch: int, cf: str, op: str, key: bytes, value: bytes | None,
+def _batch_time(time_us: int) -> str:
+    """format_micros(time_us), its second formatted once for all the batches in it."""
+    return f"{_second(time_us // 1_000_000)}.{time_us % 1_000_000:06d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return format_micros(seconds * 1_000_000)[:19]
+
+
+def _change(time: str, time_us: int, sequence: int, batch: int, cf: str, op: str, key: bytes, value: bytes | None,
             prior: Prior) -> Change:
     before = prior.get(cf, key) if cf in TRACKED else None
-    base = dict(time=format_micros(time_us), time_us=time_us, sequence=sequence, batch=batch, cf=cf, row_key=key,
+    base = dict(time=time, time_us=time_us, sequence=sequence, batch=batch, cf=cf, row_key=key,
                 value=value, before=before)
     if cf == ENTITIES and key.startswith(b"entity:"):
         return _entity_change(base, key, value, before, prior)
@@ -230,7 +244,8 @@ def base_prior(db) -> Prior:
         for _, value in schema_rows(db):
             info = schema_info(orjson.loads(value))
             schemas[info.short_name] = info
-    return Prior(lambda cf, key: db.get(cf, key) if db.has_cf(cf) else None, tenant_of, schemas)
+    lookups = {cf: db.cf(cf).get for cf in TRACKED if db.has_cf(cf)}
+    return Prior(lambda cf, key: lookups[cf](key) if cf in lookups else None, tenant_of, schemas)
 
 
 def read_changes(pieces: Iterable, cf_names: dict[int, str], prior: Prior, base_last: int, start_us: int,

@@ -152,16 +152,13 @@ _TAGS: dict[int, tuple[str, bool, int]] = {
 _DATA = {"DELETE", "PUT", "MERGE", "SINGLE_DELETE", "DELETE_RANGE", "BLOB_INDEX", "PUT_ENTITY", "PUT_PREFERRED_SEQNO"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BatchOp:
     kind: str  # PUT, DELETE, SINGLE_DELETE, DELETE_RANGE, MERGE, PUT_ENTITY, ... or a marker
     cf: int  # column family id (0: default)
     key: bytes = b""
     value: bytes = b""  # the value, or a range deletion's end key
-
-    @property
-    def is_data(self) -> bool:
-        return self.kind in _DATA
+    is_data: bool = False  # takes a sequence number (counted in the batch header); markers and log data do not
 
 
 @dataclass
@@ -190,35 +187,39 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise LogCorruption("WriteBatch: a varint longer than 64 bits")
 
 
-def _varstring(data: bytes, pos: int) -> tuple[bytes, int]:
-    length, pos = _varint(data, pos)
-    if pos + length > len(data):
-        raise LogCorruption("WriteBatch: a string runs past the end")
-    return data[pos: pos + length], pos + length
-
-
 def parse_write_batch(payload: bytes) -> WriteBatch:
     """A WriteBatch's sequence number, count and ops; unknown tags are corruption, never skipped."""
-    if len(payload) < 12:
-        raise LogCorruption(f"WriteBatch of {len(payload)} bytes: shorter than its 12-byte header")
+    size = len(payload)
+    if size < 12:
+        raise LogCorruption(f"WriteBatch of {size} bytes: shorter than its 12-byte header")
     sequence, count = struct.unpack_from("<QI", payload, 0)
     ops: list[BatchOp] = []
+    found = 0
     pos = 12
-    while pos < len(payload):
+    while pos < size:
         tag = payload[pos]
         pos += 1
-        if tag not in _TAGS:
+        shape = _TAGS.get(tag)
+        if shape is None:
             raise LogCorruption(f"WriteBatch at sequence {sequence}: unknown record tag {tag:#x}")
-        name, has_cf, fields = _TAGS[tag]
+        name, has_cf, fields = shape
         cf = 0
         if has_cf:
             cf, pos = _varint(payload, pos)
         parts = []
         for _ in range(fields):
-            part, pos = _varstring(payload, pos)
-            parts.append(part)
-        ops.append(BatchOp(name, cf, *parts))
-    found = sum(op.is_data for op in ops)
+            length = payload[pos] if pos < size else 0x80  # one byte: the common case, read inline
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(payload, pos)
+            if pos + length > size:
+                raise LogCorruption("WriteBatch: a string runs past the end")
+            parts.append(payload[pos: pos + length])
+            pos += length
+        data = name in _DATA
+        found += data
+        ops.append(BatchOp(name, cf, *parts, is_data=data))
     if found != count:
         raise LogCorruption(f"WriteBatch at sequence {sequence}: header counts {count} records, found {found}")
     return WriteBatch(sequence, count, ops)
