@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cli.demo --data-dir $(DATA_DIR)
 
 test: $(STAMP) $(ENGINE_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m tests.parallel
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
