@@ -33,22 +33,32 @@ class RemDatabase(Block):
 
 
 class BackupEncryption(Block):
-    """Server-side encryption of backup objects, turned into upload ExtraArgs."""
+    """How backup objects are encrypted: by the bucket (upload ExtraArgs), or by rem before they
+    leave the host (a data key per database, wrapped by KMS or by a local key file)."""
 
     _block_type_name = "REM Backup Encryption"
     _block_type_slug = "rem-backup-encryption"
     _logo_url = "https://avatars.githubusercontent.com/u/39270919?s=200"  # type: ignore[assignment]
-    _description = "SSE-S3 (AES256) or SSE-KMS settings applied to every backup object."
+    _description = ("Client-side envelope encryption (kms-envelope, key-file) or the bucket's SSE-S3 (AES256) / "
+                    "SSE-KMS (aws:kms), for every backup, log segment and export.")
     _documentation_url = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/serv-side-encryption.html"  # type: ignore[assignment]
 
-    mode: Literal["AES256", "aws:kms"] = Field(default="AES256", description="S3 server-side encryption algorithm.")
+    mode: Literal["AES256", "aws:kms", "kms-envelope", "key-file"] = Field(
+        default="AES256", description="kms-envelope or key-file: rem encrypts every object (AES-256-GCM) with a "
+                                      "data key per database; AES256 or aws:kms: the bucket encrypts (S3 SSE).")
     kms_key_id: Optional[str] = Field(
-        default=None, description="KMS key id or ARN; required for aws:kms, ignored for AES256.")
+        default=None, description="KMS key id, ARN or alias; required for aws:kms and kms-envelope.")
+    key_file: Optional[str] = Field(
+        default=None, description="Path on the worker of a 32-byte key file (`openssl rand -hex 32`); key-file only.")
+    kms_endpoint_url: Optional[str] = Field(
+        default=None, description="KMS-compatible endpoint; default: the storage block's endpoint, else AWS's.")
 
     @model_validator(mode="after")
-    def _kms_needs_a_key(self) -> "BackupEncryption":
-        if self.mode == "aws:kms" and not self.kms_key_id:
-            raise ValueError("aws:kms encryption needs kms_key_id")
+    def _modes_need_their_key(self) -> "BackupEncryption":
+        if self.mode in ("aws:kms", "kms-envelope") and not self.kms_key_id:
+            raise ValueError(f"{self.mode} encryption needs kms_key_id")
+        if self.mode == "key-file" and not self.key_file:
+            raise ValueError("key-file encryption needs key_file")
         return self
 
     def extra_args(self) -> dict[str, str]:
@@ -91,3 +101,9 @@ class BackupStorage(Block):
         session = creds.get_boto3_session()
         return S3ObjectStore(s3, client_factory=lambda config: session.client(
             "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config))
+
+    def kms_client(self, endpoint_url: str | None = None):
+        """A KMS client with the block's own AwsCredentials (and its endpoint, unless one is given)."""
+        creds = self.bucket.credentials
+        return creds.get_boto3_session().client("kms", region_name=creds.region_name or "us-east-1",
+                                                endpoint_url=endpoint_url or creds.aws_client_parameters.endpoint_url)

@@ -156,6 +156,27 @@ def backup_takeover(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
                  for r in replaced)))
 
 
+@backup_app.command("rekey")
+def backup_rekey(
+    ctx: typer.Context,
+    kms_key_id: Optional[str] = typer.Option(None, "--kms-key-id", help="The new KMS key (id, ARN or alias)"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="The new 32-byte key file"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Wrap this database's data keys again under a new KMS key or key file (the current one must still
+    unwrap them); no backup, segment or export is rewritten. Then point the settings at the new key."""
+    with cli_run(ctx, as_json) as settings:
+        from runtime.wiring import rekey
+
+        stores = rekey(settings, kms_key_id, str(key_file) if key_file else None)
+        result = {"ok": True, "stores": stores, "rewrapped": [k for s in stores for k in s["rewrapped"]],
+                  "next": "set P8_KMS_KEY_ID (or [backup] kms_key_id, or the REM Backup Encryption block) to the new "
+                          "key" if kms_key_id else "set P8_BACKUP_KEY_FILE (or [backup] key_file) to the new file"}
+        show(result, as_json, lambda c: [c.print(f"{s['store']}: {len(s['rewrapped'])} data key(s) rewrapped "
+                                                 f"under {s['rewrapped'][0]['to'] if s['rewrapped'] else '-'}")
+                                         for s in stores] + [c.print(f"Next: {result['next']}.")])
+
+
 @backup_app.command("prune")
 def backup_prune(
     ctx: typer.Context,

@@ -10,6 +10,7 @@ from rem.errors import redact
 from rem.reports import backup_failure_report, backup_report, backup_rows, human_bytes
 from rem.tenant import require_tenant
 from rem.backup.create import build_metadata, facts_if_unchanged, utc_now
+from rem.storage.encrypted import encryption_of
 from rem.backup.layout import new_layout
 from runtime.wiring import resolve_settings
 from tasks.backup import (find_previous, measure_repository, open_store, snapshot, store_data, store_metadata,
@@ -33,7 +34,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
         name: The backup's name; empty: the snapshot's UTC time.
         upload: Store it in the bucket, not the local backup directory.
         storage_block: A REM Backup Storage block to use instead of the one the database block names.
-        encryption_block: A REM Backup Encryption block for the uploads (SSE-S3 or SSE-KMS).
+        encryption_block: A REM Backup Encryption block: rem's own encryption (kms-envelope, key-file) or the bucket's.
         database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
         archive: One self-contained rocksdb.tar.zst instead of an incremental backup.
     """
@@ -59,7 +60,8 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                 facts = known or facts.result()
                 store_schemas(store, tenant_folder, name, facts)
                 metadata = build_metadata(name, tenant, taken_at, facts, layout, stored, started, cfg.backup_compression,
-                                          snap, store.owner, measure_repository(store))
+                                          snap, store.owner, measure_repository(store),
+                                          encryption_of(store.objects, store.db))
                 store_metadata(store, metadata)
             finally:
                 snap.remove()

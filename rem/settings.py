@@ -6,7 +6,8 @@ for that database reads without being told, and `rem pitr enable` writes. It use
 
     db_path = "/var/lib/rem/db"
     db_name = "orders-eu-1"   (optional; default derived from the database, see rem.identity)
-    [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id
+    [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id, key_file,
+                    kms_endpoint_url
     [backup.s3]     bucket, prefix, endpoint_url, region, storage_class
     [pitr]          enabled, interval_seconds, follow_interval_seconds, bucket, segment_max_mb
 """
@@ -41,6 +42,8 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("backup", "gc_grace_hours"): "backup_gc_grace_hours",
     ("backup", "encryption"): "backup_encryption",
     ("backup", "kms_key_id"): "kms_key_id",
+    ("backup", "key_file"): "backup_key_file",
+    ("backup", "kms_endpoint_url"): "kms_endpoint_url",
     ("backup.s3", "bucket"): "s3_bucket",
     ("backup.s3", "prefix"): "s3_prefix",
     ("backup.s3", "endpoint_url"): "s3_endpoint_url",
@@ -54,6 +57,8 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("pitr", "bucket"): "pitr_bucket",
 }
 FIELD_TO_TOML = {field: (table, key) for (table, key), field in TOML_KEYS.items()}
+ENCRYPTION_MODES = ("none", "AES256", "aws:kms", "kms-envelope", "key-file")
+CLIENT_SIDE = ("kms-envelope", "key-file")  # rem seals the objects itself (rem.storage.encrypted)
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "REDUCED_REDUNDANCY")
 
 
@@ -113,8 +118,13 @@ class Settings(BaseSettings):
     backup_upload_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded or downloaded at once")
     backup_gc_grace_hours: float = Field(6, ge=0, description="Hours an unreferenced shared SST object is kept "
                                          "before prune deletes it (a backup being written may still name it)")
-    backup_encryption: Literal["none", "AES256", "aws:kms"] = Field("none", description="Server-side encryption")
-    kms_key_id: str | None = Field(None, description="KMS key for aws:kms encryption")
+    backup_encryption: Literal[ENCRYPTION_MODES] = Field("none", description=(  # type: ignore[valid-type]
+        "none; AES256 or aws:kms (the bucket encrypts); kms-envelope or key-file (rem encrypts every object "
+        "before it leaves the host: README, Security)"))
+    kms_key_id: str | None = Field(None, description="KMS key (id, ARN or alias) for aws:kms and kms-envelope")
+    backup_key_file: Path | None = Field(None, description="32-byte key file for key-file encryption "
+                                         "(`openssl rand -hex 32`)")
+    kms_endpoint_url: str | None = Field(None, description="KMS-compatible endpoint; default: the S3 endpoint's")
     s3_bucket: str | None = Field(None, min_length=3, description="Bucket for backups, WAL archive and exports")
     s3_prefix: str = Field("", description="Key prefix inside the bucket")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...)")
@@ -193,9 +203,13 @@ def load_settings(config: str | os.PathLike | None = None, **flags: Any) -> Sett
         settings = Settings(**flags)
         for line in unknown_variables({f"P8_{f.upper()}" for f in Settings.model_fields} | EXTRA_VARIABLES):
             logging.getLogger("rem").warning(line)
-        if settings.backup_encryption == "aws:kms" and not settings.kms_key_id:
-            raise ConfigError(f"{_describe_source('backup_encryption', flags, config_path)}: aws:kms encryption "
-                              "needs a key: set P8_KMS_KEY_ID (or [backup] kms_key_id)")
+        if settings.backup_encryption in ("aws:kms", "kms-envelope") and not settings.kms_key_id:
+            raise ConfigError(f"{_describe_source('backup_encryption', flags, config_path)}: "
+                              f"{settings.backup_encryption} encryption needs a key: set P8_KMS_KEY_ID (or [backup] "
+                              "kms_key_id)")
+        if settings.backup_encryption == "key-file" and not settings.backup_key_file:
+            raise ConfigError(f"{_describe_source('backup_encryption', flags, config_path)}: key-file encryption "
+                              "needs a key file: set P8_BACKUP_KEY_FILE (or [backup] key_file)")
         return settings
     except ValidationError as exc:
         err = exc.errors()[0]

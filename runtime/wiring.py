@@ -20,6 +20,7 @@ from runtime.observe import current_db, db_label, label_run
 
 if TYPE_CHECKING:
     from rem.health import Watched
+    from rem.storage.keys import DataKeys, KeyWrap
 
 
 def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None,
@@ -53,25 +54,81 @@ def has_remote(cfg: Settings) -> bool:
     return bool(cfg.storage_block or cfg.s3_bucket)
 
 
-def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None) -> S3ObjectStore:
-    """The bucket: a BackupStorage block's (with its AwsCredentials) or the settings'."""
+def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None) -> ObjectStore:
+    """The bucket: a BackupStorage block's (with its AwsCredentials) or the settings', its objects
+    sealed when the encryption is client-side."""
     if cfg.storage_block and bucket is None:
         from blocks.backup import BackupEncryption, BackupStorage
 
         extra = BackupEncryption.load(cfg.encryption_block).extra_args() if cfg.encryption_block else {}
-        return BackupStorage.load(cfg.storage_block).object_store(
-            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}")
+        return sealed(cfg, BackupStorage.load(cfg.storage_block).object_store(
+            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}"))
     if not (bucket or cfg.s3_bucket):
         raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
-    return S3ObjectStore(S3Settings(
+    return sealed(cfg, S3ObjectStore(S3Settings(
         bucket=bucket or cfg.s3_bucket, prefix=cfg.s3_prefix, endpoint_url=cfg.s3_endpoint_url, region=cfg.s3_region,
         storage_class=cfg.s3_storage_class, chunk_size_mb=cfg.backup_chunk_size_mb,
         concurrency=cfg.backup_upload_concurrency, extra_args=encryption_args(cfg.backup_encryption, cfg.kms_key_id),
-        **(BOUNDED if bounded else {})))
+        **(BOUNDED if bounded else {}))))
 
 
-def local_store(cfg: Settings) -> LocalObjectStore:
-    return LocalObjectStore(cfg.local_backup_dir)
+def local_store(cfg: Settings) -> ObjectStore:
+    return sealed(cfg, LocalObjectStore(cfg.local_backup_dir))
+
+
+def key_wrap(cfg: Settings, mode: str | None = None, kms_key_id: str | None = None,
+             key_file: str | None = None) -> "KeyWrap | None":
+    """What wraps the databases' data keys (KMS or a key file), from the REM Backup Encryption block
+    the settings name, else from the settings; None when rem does not encrypt. mode, kms_key_id and
+    key_file override both (`rem backup rekey`'s new key)."""
+    from pathlib import Path
+
+    from rem.settings import CLIENT_SIDE
+    from rem.storage.keys import KeyFileWrap, KmsWrap
+
+    endpoint = cfg.kms_endpoint_url or cfg.s3_endpoint_url
+    if cfg.encryption_block:
+        from blocks.backup import BackupEncryption
+
+        block = BackupEncryption.load(cfg.encryption_block)
+        configured = (block.mode, block.kms_key_id, block.key_file)
+        endpoint = block.kms_endpoint_url or (None if cfg.storage_block else endpoint)
+    else:
+        configured = (cfg.backup_encryption, cfg.kms_key_id, str(cfg.backup_key_file or "") or None)
+    mode = mode or configured[0]
+    if mode not in CLIENT_SIDE:
+        return None
+    if mode == "key-file":
+        return KeyFileWrap(Path(key_file or configured[2]))
+    if cfg.storage_block and not cfg.kms_endpoint_url:
+        from blocks.backup import BackupStorage
+
+        storage = BackupStorage.load(cfg.storage_block)
+        return KmsWrap(kms_key_id or configured[1], lambda: storage.kms_client(endpoint))
+
+    def client():
+        import boto3
+
+        return boto3.client("kms", endpoint_url=endpoint, region_name=cfg.s3_region)
+
+    return KmsWrap(kms_key_id or configured[1], client)
+
+
+_DATA_KEYS: dict[tuple[str, str], "DataKeys"] = {}
+
+
+def sealed(cfg: Settings, objects: ObjectStore) -> ObjectStore:
+    """The store with its objects sealed and opened by rem, when the encryption is client-side. A
+    process unwraps each data key once (one KMS Decrypt), however many times the store is built."""
+    wrap = key_wrap(cfg)
+    if wrap is None:
+        return objects
+    from rem.storage.encrypted import EncryptedObjectStore
+    from rem.storage.keys import DataKeys
+
+    keys = _DATA_KEYS.setdefault((objects.url(""), wrap.kek), DataKeys(objects, wrap))
+    keys.objects = objects  # the newest client (bounded or not) for the key objects too
+    return EncryptedObjectStore(objects, keys)
 
 
 def object_stores(cfg: Settings, bounded: bool = False) -> list[ObjectStore]:
@@ -91,7 +148,8 @@ def backup_store(cfg: Settings, upload: bool, bounded: bool = False) -> BackupSt
 
 def legacy_store(objects: ObjectStore) -> BackupStore:
     """The layout before databases had a level: backups/full/ in a bucket, full/ in a directory."""
-    return BackupStore(objects, None, "full/" if isinstance(objects, LocalObjectStore) else "backups/full/")
+    local = isinstance(getattr(objects, "inner", objects), LocalObjectStore)
+    return BackupStore(objects, None, "full/" if local else "backups/full/")
 
 
 def all_stores(cfg: Settings, bounded: bool = False, from_db: str | None = None) -> list[BackupStore]:
@@ -135,6 +193,26 @@ def log_archive(cfg: Settings, bounded: bool = False, from_db: str | None = None
     if from_db == LEGACY:
         return WalArchive(objects, None)
     return WalArchive(objects, check_db_name(from_db, "--from-db") if from_db else identity(cfg).name)
+
+
+def rekey(cfg: Settings, kms_key_id: str | None, key_file: str | None) -> list[dict]:
+    """This database's data keys in every configured store (and the log archive's bucket) wrapped
+    again, under a new KMS key or key file; no object but the key objects is rewritten."""
+    from rem.storage.encrypted import EncryptedObjectStore
+
+    if (kms_key_id is None) == (key_file is None):
+        raise UsageError("rekey needs exactly one of --kms-key-id (a new KMS key) or --key-file (a new key file)")
+    current = key_wrap(cfg)
+    if current is None:
+        raise UsageError("this database's backups are not encrypted by rem: set P8_BACKUP_ENCRYPTION to kms-envelope "
+                         "or key-file (with the key they were made with) to rekey them")
+    new = key_wrap(cfg, "kms-envelope" if kms_key_id else "key-file", kms_key_id, key_file)
+    me = identity(cfg)
+    stores = object_stores(cfg)
+    if cfg.pitr_bucket:
+        stores.append(remote_store(cfg, bucket=cfg.pitr_bucket))
+    return [{"store": o.url(me.name + "/"), "rewrapped": o.keys.rekey(me.name, new)}
+            for o in stores if isinstance(o, EncryptedObjectStore)]
 
 
 def take_over(cfg: Settings) -> list[dict]:

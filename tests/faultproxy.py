@@ -1,5 +1,6 @@
 """An HTTP proxy on 127.0.0.1 in front of moto that injects S3 faults: 503 SlowDown replies and
-connections reset without a reply, at a given rate or for chosen requests."""
+connections reset without a reply, at a given rate or for chosen requests; and KMS's answer for a
+disabled key (moto 5.2 still decrypts with one), for the requests a rule picks."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 class Request(NamedTuple):
     method: str
     path: str
-    outcome: str  # ok | 503 | reset | 403
+    outcome: str  # ok | 503 | reset | 403 | kms-disabled
     range: str
 
 
@@ -56,6 +57,15 @@ class FaultProxy:
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
                     self.close_connection = True
+                    return
+                if outcome == "kms-disabled":  # AWS KMS's documented error for a disabled key
+                    payload = (b'{"__type":"DisabledException","message":"The key used to protect this data key '
+                               b'is disabled."}')
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
                     return
                 if outcome in ("503", "403"):
                     code = 503 if outcome == "503" else 403

@@ -90,6 +90,9 @@ class BackupMetadata(BaseModel):
                                        "SST objects (rem.backup.incremental); checksum_sha256 is then files.json's")
     added_bytes: int | None = Field(default=None, description="bytes this backup uploaded (incremental)")
     objects: int | None = Field(default=None, description="shared objects it references (incremental)")
+    encryption: dict[str, str] | None = Field(default=None, description="how rem encrypted its objects: mode "
+                                              "(kms-envelope, key-file), kek (the KMS key or key file's fingerprint "
+                                              "that wraps the data key), data_key (its id), cipher; None: not by rem")
     repository_bytes: int | None = Field(default=None, description="the database's backups in the store, "
                                          "after this one")
 

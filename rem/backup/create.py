@@ -55,7 +55,7 @@ def describe_snapshot(db_dir: Path) -> SnapshotFacts:
 
 def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: SnapshotFacts, layout: Layout,
                    stored: Any, started: float, level: int, snap: Snapshot, owner: DatabaseIdentity,
-                   repository: int | None = None) -> BackupMetadata:
+                   repository: int | None = None, encryption: dict[str, str] | None = None) -> BackupMetadata:
     """metadata.json of a stored backup: stored is what the layout's store returned."""
     return BackupMetadata(
         name=name, kind="tenant" if tenant else "full", tenant_id=tenant,
@@ -70,7 +70,7 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
         tool_version=f"rem-maintenance {rem.__version__} (rocksdict {pkg_metadata.version('rocksdict')})",
         duration_seconds=round(time.monotonic() - started, 3), compression=f"zstd-{level}", online=snap.live,
         **layout.metadata_fields(stored),
-        counts="exact" if facts.exact else "estimated", repository_bytes=repository)
+        counts="exact" if facts.exact else "estimated", repository_bytes=repository, encryption=encryption)
 
 
 def facts_if_unchanged(store: BackupStore, previous: PreviousBackup | None, snap: Snapshot) -> SnapshotFacts | None:

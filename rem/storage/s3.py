@@ -163,8 +163,9 @@ def _answer(exc, key: str) -> Exception:
 
 
 def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
-    """boto3 upload ExtraArgs for server-side encryption (none, AES256 or aws:kms)."""
-    if mode == "none":
+    """boto3 upload ExtraArgs for server-side encryption (none, AES256 or aws:kms; the client-side
+    modes, kms-envelope and key-file, leave the bucket's own default)."""
+    if mode in ("none", "kms-envelope", "key-file"):
         return {}
     if mode == "aws:kms":
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id or ""}

@@ -1,0 +1,277 @@
+"""An ObjectStore whose objects are sealed on this host before they leave it (client-side envelope
+encryption, as pgBackRest's and WAL-G's repositories): AES-256-GCM, with the database's data key
+(rem.storage.keys), in authenticated chunks so that a flipped, truncated, reordered or swapped byte
+is refused with the object named, and a ranged read opens only the chunks it needs.
+
+Sealed object:
+    header  28 bytes  magic "REMAEAD1", data key id (8 bytes), nonce prefix (8 random bytes),
+                      plaintext chunk size (uint32 BE)
+    chunks            each AES-GCM(plaintext chunk) + 16-byte tag, nonce = prefix + chunk index (uint32 BE);
+                      the last chunk (possibly empty) is flagged in its associated data
+Associated data of chunk i: header + the object's key + i (uint32 BE) + last (1 byte). The key
+binds an object to its name: a copy of another backup's object put under this name does not open.
+
+Left readable, because they hold no tenant data and are read by tools that have no key: each
+backup's metadata.json, the log archive's manifest.json, database.json (the name's owner), claims
+and leases (names starting with '.'), and the wrapped data keys themselves (keys/). An object that
+does not start with the magic is read as it is: backups made before encryption was turned on stay
+restorable (their metadata says they are not encrypted).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from rem.errors import RemError
+from rem.storage import ObjectInfo, ObjectMissing
+from rem.storage.keys import KEYS, DataKeys
+
+MAGIC = b"REMAEAD1"
+HEADER = struct.Struct(">8s8s8sI")
+CHUNK = 1 << 20
+TAG = 16
+READABLE_NAMES = {"metadata.json", "manifest.json", "database.json"}
+
+
+class ObjectTampered(RemError):
+    def __init__(self, url: str, why: str):
+        super().__init__(f"{url}: {why}; it was changed, truncated or put there from elsewhere, so it is refused: "
+                         "use another backup (`rem backup list`)")
+
+
+def sealed_name(key: str) -> bool:
+    """Whether objects under this key are sealed (False: left readable, see the module's docstring)."""
+    parts = key.split("/")
+    name = parts[-1]
+    return not (name in READABLE_NAMES or name.startswith(".") or (len(parts) > 2 and parts[1] + "/" == KEYS)
+                or len(parts) < 2 or parts[0] == "backups")
+
+
+def database_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+def _aad(header: bytes, key: str, index: int, last: bool) -> bytes:
+    return header + key.encode() + struct.pack(">I?", index, last)
+
+
+class Sealer:
+    """Turns a stream of plaintext into the sealed object, a chunk at a time (write, then finish)."""
+
+    def __init__(self, data_key_id: str, data_key: bytes, key: str, sink: BinaryIO, chunk: int = CHUNK):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.aead, self.key, self.sink, self.chunk = AESGCM(data_key), key, sink, chunk
+        self.prefix = os.urandom(8)
+        self.header = HEADER.pack(MAGIC, bytes.fromhex(data_key_id), self.prefix, chunk)
+        sink.write(self.header)
+        self.pending = bytearray()
+        self.index = 0
+
+    def write(self, data) -> int:
+        self.pending += data
+        # a full chunk is sealed only once more follows: the last chunk must be known to be last
+        while len(self.pending) > self.chunk:
+            self._seal(bytes(self.pending[:self.chunk]), False)
+            del self.pending[:self.chunk]
+        return len(data)
+
+    def flush(self) -> None:
+        self.sink.flush()  # never seals: only finish knows the last chunk
+
+    def finish(self) -> None:
+        self._seal(bytes(self.pending), True)
+        self.pending = bytearray()
+
+    def _seal(self, plaintext: bytes, last: bool) -> None:
+        nonce = self.prefix + struct.pack(">I", self.index)
+        self.sink.write(self.aead.encrypt(nonce, plaintext, _aad(self.header, self.key, self.index, last)))
+        self.index += 1
+
+
+def seal(data_key_id: str, data_key: bytes, key: str, body: bytes) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    sealer = Sealer(data_key_id, data_key, key, out)
+    sealer.write(body)
+    sealer.finish()
+    return out.getvalue()
+
+
+class Opener:
+    """Opens a sealed object's chunks, given its header and total size."""
+
+    def __init__(self, header: bytes, key: str, url: str, size: int, data_key: Callable[[str], bytes]):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        magic, key_id, self.prefix, self.chunk = HEADER.unpack(header)
+        self.header, self.key, self.url = header, key, url
+        self.sealed_chunk = self.chunk + TAG
+        body = size - HEADER.size
+        self.chunks = max(1, -(-body // self.sealed_chunk))
+        if self.chunk == 0 or body < TAG:
+            raise ObjectTampered(url, "too short to be a sealed object")
+        self.aead = AESGCM(data_key(key_id.hex()))
+
+    def open(self, index: int, sealed: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        nonce = self.prefix + struct.pack(">I", index)
+        try:
+            return self.aead.decrypt(nonce, sealed, _aad(self.header, self.key, index, index == self.chunks - 1))
+        except InvalidTag:
+            raise ObjectTampered(self.url, f"chunk {index} of {self.chunks} fails its authentication") from None
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The chunks holding plaintext bytes start..end."""
+        return start // self.chunk, min(end // self.chunk, self.chunks - 1)
+
+    def offset(self, index: int) -> int:
+        return HEADER.size + index * self.sealed_chunk
+
+
+def encryption_of(objects, db: str | None) -> dict[str, str] | None:
+    """How a backup written to objects now is encrypted by rem (None: it is not)."""
+    return objects.encryption(db) if isinstance(objects, EncryptedObjectStore) and db else None
+
+
+class EncryptedObjectStore:
+    """Any ObjectStore with its objects sealed (put, writer, put_file) and opened (get, download)."""
+
+    def __init__(self, inner, keys: DataKeys):
+        self.inner = inner
+        self.keys = keys
+
+    def __getattr__(self, name):  # what a backend offers beyond the interface (lifecycle rules, its cfg)
+        return getattr(self.inner, name)
+
+    def encryption(self, db: str) -> dict[str, str]:
+        """What metadata.json records: how the objects are sealed and with which data key (never the key)."""
+        current = self.keys.current(db)
+        return {"mode": self.keys.wrap.mode, "kek": current.kek, "data_key": current.id, "cipher": "AES-256-GCM"}
+
+    # ------------------------------------------------------------------ passed through
+    def url(self, key: str = "") -> str:
+        return self.inner.url(key)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self.inner.head(key)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        self.inner.delete(keys)
+
+    def tag(self, key: str, tags: dict[str, str]) -> None:
+        self.inner.tag(key, tags)
+
+    def restore_hint(self, key: str) -> str:
+        return self.inner.restore_hint(key)
+
+    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
+        return self.inner.abort_uploads(prefix, abandoned)
+
+    def local_path(self, key: str) -> Path | None:
+        return None  # a local store's files are sealed: every read goes through download, which opens them
+
+    # ------------------------------------------------------------------ sealed
+    def _sealer(self, key: str, sink: BinaryIO) -> Sealer:
+        current = self.keys.current(database_of(key))
+        return Sealer(current.id, current.key, key, sink)
+
+    def _opener(self, key: str, header: bytes, size: int) -> Opener:
+        return Opener(header, key, self.url(key), size, lambda key_id: self.keys.get(database_of(key), key_id))
+
+    def put(self, key: str, body: bytes, **options) -> str:
+        if sealed_name(key):
+            current = self.keys.current(database_of(key))
+            body = seal(current.id, current.key, key, body)
+        return self.inner.put(key, body, **options)
+
+    @contextmanager
+    def writer(self, key: str, spool_dir: Path | None, **options) -> Iterator[BinaryIO]:
+        if not sealed_name(key):
+            with self.inner.writer(key, spool_dir, **options) as sink:
+                yield sink
+            return
+        with self.inner.writer(key, spool_dir, **options) as sink:
+            sealer = self._sealer(key, sink)
+            yield sealer  # type: ignore[misc]
+            sealer.finish()
+
+    def put_file(self, key: str, path: Path) -> None:
+        with self.writer(key, None) as sink, open(path, "rb") as src:
+            while block := src.read(CHUNK):
+                sink.write(block)
+
+    def get(self, key: str, start: int | None = None, end: int | None = None, if_match: str | None = None) -> bytes:
+        if start is None:
+            return self._opened(key, self.inner.get(key, if_match=if_match))
+        first = self.inner.get(key, 0, HEADER.size - 1, if_match=if_match)
+        if not first.startswith(MAGIC):
+            return self.inner.get(key, start, end, if_match=if_match)
+        info = self.inner.head(key)
+        if info is None:
+            raise ObjectMissing(key)
+        opener = self._opener(key, first, info.size)
+        end = (opener.chunks * opener.chunk - 1) if end is None else end
+        lo, hi = opener.span(start, end)
+        sealed = self.inner.get(key, opener.offset(lo), min(opener.offset(hi + 1), info.size) - 1, if_match=if_match)
+        plain = b"".join(opener.open(i, sealed[(i - lo) * opener.sealed_chunk:(i - lo + 1) * opener.sealed_chunk])
+                         for i in range(lo, hi + 1))
+        skip = start - lo * opener.chunk
+        return plain[skip: skip + end - start + 1]
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        body, etag = self.inner.get_with_etag(key)
+        return self._opened(key, body), etag
+
+    def _opened(self, key: str, body: bytes) -> bytes:
+        if not body.startswith(MAGIC):
+            return self._plain(key, body)
+        opener = self._opener(key, body[:HEADER.size], len(body))
+        return b"".join(opener.open(i, body[opener.offset(i):opener.offset(i + 1)]) for i in range(opener.chunks))
+
+    def _plain(self, key: str, body: bytes) -> bytes:
+        return body  # written before encryption was on (or a readable name)
+
+    def download(self, key: str, dest: Path, progress: Callable[[int], None] | None = None) -> None:
+        """The object opened into dest: a local store's file read in place, a bucket's fetched first
+        (in parallel ranged GETs, resumable) beside dest, then opened chunk by chunk."""
+        from rem.storage.local import private_file, space_checked
+
+        here = self.inner.local_path(key)
+        sealed = here if here is not None else dest.with_name(dest.name + ".sealed")
+        if here is None:
+            self.inner.download(key, sealed, progress)
+            progress = None
+        elif not here.is_file():
+            raise ObjectMissing(key)
+        partial = dest.with_name(dest.name + ".opening")
+        try:
+            with open(sealed, "rb") as src, space_checked(dest, "--output"), private_file(partial) as out:
+                header = src.read(HEADER.size)
+                if not header.startswith(MAGIC):
+                    out.write(self._plain(key, header + src.read()))
+                else:
+                    opener = self._opener(key, header, os.fstat(src.fileno()).st_size)
+                    for index in range(opener.chunks):
+                        plain = opener.open(index, src.read(opener.sealed_chunk))
+                        out.write(plain)
+                        if progress:
+                            progress(len(plain))
+            os.replace(partial, dest)
+        finally:
+            partial.unlink(missing_ok=True)
+            if here is None:
+                sealed.unlink(missing_ok=True)

@@ -1,0 +1,287 @@
+"""Client-side envelope encryption: every object rem writes is sealed on the host (AES-256-GCM, a data
+key per database wrapped by moto's KMS on 127.0.0.1 or by a local key file), so the bucket alone
+reads nothing and a changed object is refused. Databases from the engine-faithful writer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.engine import LiveEngine
+from tests.engine.scenario import ARTICLES
+from tests.faultproxy import FaultProxy
+from tests.helpers import db_name_of, digest, dump_all, rem, snapshot_dir
+
+# Real-looking credentials: a secret that shows up anywhere in output is easy to find.
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def kms_key(endpoint: str) -> str:
+    import boto3
+
+    return boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+
+
+def kms_env(endpoint, bucket, key_id) -> dict:
+    return {"P8_S3_BUCKET": bucket, "P8_S3_ENDPOINT_URL": endpoint, "P8_BACKUP_CHUNK_SIZE_MB": "5",
+            "P8_BACKUP_ENCRYPTION": "kms-envelope", "P8_KMS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": SECRET}
+
+
+def key_file_env(key: Path, backups: Path) -> dict:
+    return {"P8_BACKUP_ENCRYPTION": "key-file", "P8_BACKUP_KEY_FILE": str(key), "P8_BACKUP_DIR": str(backups)}
+
+
+def new_key(path: Path) -> Path:
+    path.write_text(os.urandom(32).hex() + "\n")
+    return path
+
+
+def bucket_objects(s3, bucket) -> dict[str, bytes]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for page in pages for o in page.get("Contents", [])}
+
+
+def local_objects(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()
+            and p.name != ".rem-store.lock"}
+
+
+def readable_forms(blob: bytes) -> list[bytes]:
+    """The bytes as stored, and decompressed when they are zstd (what anyone holding them could read)."""
+    forms = [blob]
+    try:
+        forms.append(zstandard.ZstdDecompressor().stream_reader(blob).read())
+    except zstandard.ZstdError:
+        pass
+    return forms
+
+
+def needles(db: Path) -> set[bytes]:
+    """What must not be readable in the store: every entity's id and every string property value of 12+ bytes."""
+    found = set()
+    for key, value in dump_all(db)["entities"].items():
+        found.add(key.split(b":")[2])
+        entity = json.loads(value)
+        found.update(v.encode() for v in (entity.get("properties") or {}).values() if isinstance(v, str) and len(v) >= 12)
+    return found
+
+
+def leaks(objects: dict[str, bytes], wanted: set[bytes]) -> dict[str, int]:
+    """Per object, how many of the wanted byte strings it shows."""
+    shown = {}
+    for key, blob in objects.items():
+        forms = readable_forms(blob)
+        count = sum(any(n in form for form in forms) for n in wanted)
+        if count:
+            shown[key] = count
+    return shown
+
+
+def test_a_key_file_backup_shows_no_tenant_data_restores_byte_for_byte_and_stays_incremental(make_sample, tmp_path):
+    db = make_sample(1500, 3, 11, 16)
+    wanted = needles(db)
+    plain = tmp_path / "plain-backups"
+    ok(rem("--db-path", str(db), "backup", "create", "--json", env={"P8_BACKUP_DIR": str(plain)}))
+    # The search finds the data when it is only compressed: the same search on sealed objects means something.
+    assert sum(leaks(local_objects(plain), wanted).values()) > len(wanted) // 4
+
+    env = key_file_env(new_key(tmp_path / "backup.key"), tmp_path / "backups")
+    first = ok(rem("--db-path", str(db), "backup", "create", "--name", "first", "--json", env=env))
+    stored = local_objects(tmp_path / "backups")
+    assert leaks(stored, wanted) == {}
+    sealed = [k for k, blob in stored.items() if blob.startswith(b"REMAEAD1")]
+    assert any(k.endswith(".zst") and "/sst/" in k for k in sealed) and any(k.endswith("small.tar.zst") for k in sealed)
+    assert all(k.endswith(("metadata.json", "database.json")) or "/keys/" in k for k in set(stored) - set(sealed))
+    meta = json.loads(stored[next(k for k in stored if k.endswith("metadata.json"))])
+    assert meta["encryption"]["mode"] == "key-file" and meta["encryption"]["data_key"]
+    assert all(os.stat(tmp_path / "backups" / k).st_mode & 0o077 == 0 for k in stored)
+
+    second = ok(rem("--db-path", str(db), "backup", "create", "--name", "second", "--json", env=env))
+    plain_second = ok(rem("--db-path", str(db), "backup", "create", "--name", "second", "--json",
+                          env={"P8_BACKUP_DIR": str(plain)}))
+    # no SST sealed again: only the small files and the list, as without encryption (plus headers and tags)
+    assert {k for k in local_objects(tmp_path / "backups") if "/sst/" in k} == {k for k in stored if "/sst/" in k}
+    assert second["added_bytes"] <= plain_second["added_bytes"] + 1024
+
+    restored = tmp_path / "restored"
+    ok(rem("--db-path", str(db), "backup", "restore", "--name", first["name"], "--target", str(restored), "--json",
+           env=env))
+    assert sorted(p.name for p in db.glob("*.sst")) == sorted(p.name for p in restored.glob("*.sst"))
+    assert all((db / p.name).read_bytes() == p.read_bytes() for p in restored.glob("*.sst"))
+    assert digest(dump_all(restored)) == digest(dump_all(db))
+
+
+@pytest.fixture
+def sealed_pair(make_sample, tmp_path, s3_endpoint, bucket):
+    """A database with two kms-envelope backups in the bucket (the second after more engine writes)."""
+    from tests.engine import engine_write
+
+    db = make_sample(600, 2, 12, 16)
+    key_id = kms_key(s3_endpoint)
+    env = kms_env(s3_endpoint, bucket, key_id)
+    first = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--name", "first", "--json", env=env))
+    engine_write(db, [["insert", "acme", "articles", {"uri": f"later-{i}", "title": "t" * 40}] for i in range(50)])
+    second = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--name", "second", "--json", env=env))
+    return db, env, key_id, first, second
+
+
+def _restore_refused(db, env, name, target: Path, *named: str) -> None:
+    proc = rem("--db-path", str(db), "backup", "restore", "--name", name, "--target", str(target), env=env)
+    assert proc.returncode != 0
+    assert all(n in proc.stderr for n in named), proc.stderr
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "swap"])
+def test_a_changed_truncated_or_swapped_object_is_refused_by_name_and_the_target_untouched(
+        sealed_pair, s3, bucket, tmp_path, damage):
+    db, env, _, first, second = sealed_pair
+    home = f"{db_name_of(db)}/backups/full/_all/"
+    victim = f"{home}{second['name']}/small.tar.zst"
+    body = s3.get_object(Bucket=bucket, Key=victim)["Body"].read()
+    if damage == "flip":
+        body = body[:200] + bytes([body[200] ^ 1]) + body[201:]
+    elif damage == "truncate":
+        body = body[:-16]
+    else:  # the other backup's object, whole and sealed with the same data key, under this name
+        body = s3.get_object(Bucket=bucket, Key=f"{home}{first['name']}/small.tar.zst")["Body"].read()
+    s3.put_object(Bucket=bucket, Key=victim, Body=body)
+    _restore_refused(db, env, second["name"], tmp_path / "target", "small.tar.zst", "refused")
+    # the first backup is untouched by it and still restores
+    ok(rem("--db-path", str(db), "backup", "restore", "--name", first["name"], "--target", str(tmp_path / "ok"),
+           "--json", env=env))
+
+
+def disabled_keys_refused(endpoint: str):
+    """KMS as AWS runs it: Decrypt and GenerateDataKey with a disabled key fail (DisabledException).
+    moto 5.2 records the key's state but still decrypts, so a proxy in front of it answers for it:
+    it asks moto which key a request uses and refuses the request when that key is disabled."""
+    import base64
+
+    import boto3
+
+    kms = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1")
+
+    def rule(method, path, body):
+        if not body.startswith(b"{"):
+            return None
+        request = json.loads(body)
+        if "CiphertextBlob" in request:
+            used = kms.decrypt(CiphertextBlob=base64.b64decode(request["CiphertextBlob"]),
+                               EncryptionContext=request.get("EncryptionContext", {}))["KeyId"]
+        elif "KeyId" in request and "KeySpec" in request:
+            used = request["KeyId"]
+        else:
+            return None
+        return "kms-disabled" if kms.describe_key(KeyId=used)["KeyMetadata"]["KeyState"] == "Disabled" else None
+
+    return FaultProxy(endpoint, body_rule=rule)
+
+
+def test_the_bucket_alone_reads_nothing_and_a_disabled_kms_key_is_one_line_that_writes_nothing(
+        sealed_pair, s3, s3_endpoint, bucket, tmp_path):
+    import boto3
+
+    db, env, key_id, first, _ = sealed_pair
+    stored = bucket_objects(s3, bucket)
+    assert leaks(stored, needles(db)) == {}
+    keys = [k for k in stored if "/keys/" in k]
+    assert len(keys) == 1
+    wrapped = json.loads(stored[keys[0]])["wrapped"]
+
+    # without the KMS key, the wrapped data key is all there is: the backup cannot be read
+    with disabled_keys_refused(s3_endpoint) as kms:
+        target = tmp_path / "t"
+        restore = ["--db-path", str(db), "backup", "restore", "--name", first["name"], "--target", str(target)]
+        ok(rem(*restore, "--json", env={**env, "P8_KMS_ENDPOINT_URL": kms.url}))  # through the proxy: it works
+        import shutil
+
+        shutil.rmtree(target)
+        boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").disable_key(KeyId=key_id)
+        before = snapshot_dir(db)
+        proc = rem(*restore, env={**env, "P8_KMS_ENDPOINT_URL": kms.url})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "KMS Decrypt" in proc.stderr and "DisabledException" in proc.stderr and "enable the key" in proc.stderr
+    assert not target.exists() and snapshot_dir(db) == before
+    assert bucket_objects(s3, bucket) == stored
+    for out in (proc.stdout, proc.stderr):
+        assert wrapped not in out and SECRET not in out
+
+
+def test_rekey_rewraps_the_data_key_under_a_new_kms_key_without_rewriting_a_backup(
+        sealed_pair, s3, s3_endpoint, bucket, tmp_path):
+    import boto3
+
+    db, env, old_key, first, second = sealed_pair
+    data = {k: v for k, v in bucket_objects(s3, bucket).items() if "/keys/" not in k}
+    new_key_id = kms_key(s3_endpoint)
+    result = ok(rem("--db-path", str(db), "backup", "rekey", "--kms-key-id", new_key_id, "--json", env=env))
+    assert [k["to"].endswith(new_key_id) for k in result["rewrapped"]] == [True]
+    after = bucket_objects(s3, bucket)
+    assert {k: v for k, v in after.items() if "/keys/" not in k} == data  # not one data object rewritten
+    boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").disable_key(KeyId=old_key)
+    with disabled_keys_refused(s3_endpoint) as kms:
+        moved = {**env, "P8_KMS_KEY_ID": new_key_id, "P8_KMS_ENDPOINT_URL": kms.url}
+        restored = tmp_path / "restored"
+        ok(rem("--db-path", str(db), "backup", "restore", "--name", second["name"], "--target", str(restored),
+               "--json", env=moved))
+        # before the rekey the same disabled key would have refused it: the proxy does refuse the old key
+        assert any(r.outcome == "kms-disabled" for r in kms.requests) is False
+        refused = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "third", env={
+            **env, "P8_KMS_ENDPOINT_URL": kms.url})  # still configured with the old key: it cannot make a data key
+        assert refused.returncode == 2 and "DisabledException" in refused.stderr, refused.stderr
+    assert digest(dump_all(restored)) == digest(dump_all(db))
+
+
+def test_a_wrong_key_file_is_one_line_naming_both_keys_and_nothing_is_written(make_sample, tmp_path):
+    db = make_sample(300, 2, 13, 16)
+    env = key_file_env(new_key(tmp_path / "right.key"), tmp_path / "backups")
+    made = ok(rem("--db-path", str(db), "backup", "create", "--json", env=env))
+    stored = local_objects(tmp_path / "backups")
+    wrong = {**env, "P8_BACKUP_KEY_FILE": str(new_key(tmp_path / "wrong.key"))}
+    proc = rem("--db-path", str(db), "backup", "restore", "--name", made["name"], "--target", str(tmp_path / "t"),
+               env=wrong)
+    assert proc.returncode == 2 and "wrong.key" in proc.stderr and made["encryption"]["kek"] in proc.stderr
+    assert not (tmp_path / "t").exists() and local_objects(tmp_path / "backups") == stored
+    assert (tmp_path / "right.key").read_text().strip() not in proc.stderr + proc.stdout
+
+
+def test_point_in_time_restore_from_a_sealed_archive_equals_the_live_database_then(
+        tmp_path, s3, s3_endpoint, bucket):
+    db = tmp_path / "db"
+    engine = LiveEngine(db, max_total_wal_size=64 * 1024)
+    try:
+        env = {**kms_env(s3_endpoint, bucket, kms_key(s3_endpoint)), "P8_PITR_SEGMENT_MAX_MB": "0.02"}
+        engine.call("register_schema", "articles", ARTICLES)
+        for i in range(20):
+            engine.call("insert", "acme", "articles", {"slug": f"secret-slug-{i:04d}", "title": "before the base"})
+        ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+        for i in range(40):
+            engine.call("insert", "acme", "articles", {"slug": f"secret-slug-after-{i:04d}", "title": "in the log"})
+        ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+        from datetime import datetime, timezone
+
+        moment = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        state = engine.dump()
+        engine.call("insert", "acme", "articles", {"slug": "secret-slug-too-late", "title": "after"})
+        ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    finally:
+        engine.close()
+    stored = bucket_objects(s3, bucket)
+    segments = [k for k in stored if "/segments/" in k]
+    assert segments and all(stored[k].startswith(b"REMAEAD1") for k in segments)
+    assert leaks(stored, {b"secret-slug-after-0001", b"secret-slug-too-late", b"in the log"}) == {}
+    out = tmp_path / "then"
+    ok(rem("--db-path", str(db), "pitr", "restore", "--timestamp", moment, "--output", str(out), "--json", env=env))
+    restored = dump_all(out)
+    assert {cf: restored[cf] for cf in state} == state
