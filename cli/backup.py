@@ -156,6 +156,49 @@ def backup_takeover(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
                  for r in replaced)))
 
 
+@backup_app.command("keep")
+def backup_keep(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The backup (`latest`: the newest)"),
+    until: Optional[str] = typer.Option(None, "--until", help="Keep it up to this date (default: for good)"),
+    release: bool = typer.Option(False, "--release", help="Stop keeping it: prune's rules apply again"),
+    tenant: Optional[str] = WHICH_TENANT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Keep a backup: prune never deletes it, nor the SSTs and log segments it needs, and S3 lifecycle
+    expiry spares it."""
+    with cli_run(ctx, as_json) as settings:
+        from rem.backup.keep import keep_reason, set_keep
+        from runtime.wiring import find_record
+
+        record = find_record(settings, name, tenant_value(tenant), None)
+        updated = set_keep(record, until, release)
+        show({"ok": True, "name": updated.name, "tenant_id": updated.tenant_id, "kept": updated.kept,
+              "keep_until": updated.keep_until, "location": record.location}, as_json,
+             lambda c: c.print(f"Backup {updated.name}: " + (keep_reason(updated) if updated.kept else
+                                                              "no longer kept; prune's rules apply")))
+
+
+@backup_app.command("annotate")
+def backup_annotate(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The backup (`latest`: the newest)"),
+    pairs: list[str] = typer.Argument(..., help="key=value (key= removes the key)"),
+    tenant: Optional[str] = WHICH_TENANT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Attach key=value notes to a backup (why it was taken, a ticket): shown by `backup list --detail`."""
+    with cli_run(ctx, as_json) as settings:
+        from rem.backup.keep import annotate
+        from runtime.wiring import find_record
+
+        record = find_record(settings, name, tenant_value(tenant), None)
+        updated = annotate(record, pairs)
+        show({"ok": True, "name": updated.name, "tenant_id": updated.tenant_id, "annotations": updated.annotations},
+             as_json, lambda c: c.print(f"Backup {updated.name}: " + (" ".join(
+                 f"{k}={v}" for k, v in sorted(updated.annotations.items())) or "no annotations")))
+
+
 @backup_app.command("rekey")
 def backup_rekey(
     ctx: typer.Context,

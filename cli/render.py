@@ -79,19 +79,28 @@ def backup_list(rows: list[dict], detail: bool) -> Callable[[Console], None]:
     locations = [f"{r['name']}: {r['location']}" for r in rows]
     if detail:
         return table_renderer(
-            ["DB", "NAME", "TENANT", "CREATED", "AGE", "STATUS", "TOOK", "SIZE", "STORED", "ADDED", "ENTITIES",
-             "HOST", "ONLINE", "LAYOUT", "LAST SEQUENCE", "SHA-256"],
+            ["DB", "NAME", "TENANT", "CREATED", "AGE", "STATUS", "KEPT", "TOOK", "SIZE", "STORED", "ADDED",
+             "ENTITIES", "HOST", "ONLINE", "LAYOUT", "ENCRYPTED", "LAST SEQUENCE", "SHA-256", "ANNOTATIONS"],
             [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], age(r["created"]), r["status"],
-              f"{r['duration_seconds']:.1f} s", human_bytes(r["uncompressed_bytes"]), human_bytes(r["size_bytes"]),
-              human_bytes(r["added_bytes"]), f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}",
-              r["host"], "yes" if r["online"] else "no", r["layout"], r["last_sequence"],
-              r["checksum_sha256"][:16]] for r in rows], "No backups found.", whole=("NAME",), after=locations)
+              kept_text(r), f"{r['duration_seconds']:.1f} s", human_bytes(r["uncompressed_bytes"]),
+              human_bytes(r["size_bytes"]), human_bytes(r["added_bytes"]),
+              f"{r['entity_count']:,}{'~' if r['counts'] == 'estimated' else ''}", r["host"],
+              "yes" if r["online"] else "no", r["layout"], (r["encryption"] or {}).get("mode", "no"),
+              r["last_sequence"], r["checksum_sha256"][:16],
+              " ".join(f"{k}={v}" for k, v in sorted(r["annotations"].items()))] for r in rows],
+            "No backups found.", whole=("NAME",), after=locations)
     else:
         return table_renderer(
             ["DB", "NAME", "TENANT", "CREATED", "AGE", "SIZE", "ADDED", "STATUS"],
             [[r["db"], r["name"], r["tenant_id"] or "(all)", r["created"], age(r["created"]),
               human_bytes(r["logical_bytes"]), human_bytes(r["added_bytes"]), r["status"]]
              for r in rows], "No backups found.", whole=("NAME",), after=locations)
+
+
+def kept_text(row: dict) -> str:
+    if not row.get("kept"):
+        return ""
+    return f"until {row['keep_until'][:10]}" if row.get("keep_until") else "yes"
 
 
 def prune_plan(console, plan: dict) -> None:

@@ -46,7 +46,16 @@ def backup_report(m: dict, location: str) -> str:
         ("uploaded by this backup", human_bytes(m.get("added_bytes") or m["size_bytes"])),
         ("entities", f"{m['entity_count']:,}{estimated}"), ("schemas", m.get("schema_count")),
         ("RocksDB last sequence", m.get("last_sequence")), ("compression", m.get("compression")),
+        ("encryption", _encryption_text(m.get("encryption"))),
+        ("kept", (f"until {m['keep_until']}" if m.get("keep_until") else "yes") if m.get("kept") else "no"),
+        ("annotations", " ".join(f"{k}={v}" for k, v in sorted((m.get("annotations") or {}).items())) or "-"),
         ("location", location), ("SHA-256", f"`{m['checksum_sha256']}`")])
+
+
+def _encryption_text(encryption: dict | None) -> str:
+    if not encryption:
+        return "not by rem (the bucket's own, if any)"
+    return f"{encryption['cipher']}, data key {encryption['data_key']} wrapped by {encryption['kek']}"
 
 
 def backup_rows(metadata: list[dict], locations: list[str]) -> list[dict]:
@@ -55,6 +64,8 @@ def backup_rows(metadata: list[dict], locations: list[str]) -> list[dict]:
              "duration": f"{m['duration_seconds']:.1f} s", "uncompressed": human_bytes(m["uncompressed_bytes"]),
              "compressed": human_bytes(m["size_bytes"]), "added": human_bytes(m.get("added_bytes") or m["size_bytes"]),
              "entities": f"{m['entity_count']:,}", "host": m.get("host"), "online": "yes" if m.get("online") else "no",
+             "kept": (m.get("keep_until") or "yes") if m.get("kept") else "",
+             "annotations": " ".join(f"{k}={v}" for k, v in sorted((m.get("annotations") or {}).items())),
              "location": where} for m, where in zip(metadata, locations)]
 
 

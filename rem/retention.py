@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rem.backup.catalog import DATA_TAG, BackupRecord
+from rem.backup.catalog import DATA_TAG, KEEP_TAG, BackupRecord
+from rem.backup.keep import keep_reason, kept_now
 from rem.wal_archive import is_base, parse_time
 
 
@@ -59,6 +60,8 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
         newest = max(range(len(group)), key=lambda i: times[i])
         reasons.setdefault(newest, []).append("newest")
         for i, r in enumerate(group):
+            if kept_now(r.metadata):
+                reasons.setdefault(i, []).append(keep_reason(r.metadata))
             (plan.keep.append((r, reasons[i])) if i in reasons else plan.delete.append(r))
     plan.keep.sort(key=lambda kr: kr[0].metadata.timestamp, reverse=True)
     plan.delete.sort(key=lambda r: r.metadata.timestamp, reverse=True)
@@ -104,7 +107,8 @@ LIFECYCLE_EXPIRE_DAYS = 90
 def lifecycle_rules(prefix: str, db: str) -> list[dict]:
     """The runbook's rules for one database's full backups: their data (objects tagged rem-class=data:
     archives and small-file archives, never metadata.json, files.json or schemas.json, which every
-    listing reads) to Glacier after 30 days; everything gone after 90; stale multipart uploads
+    listing reads) to Glacier after 30 days; everything not kept (tagged rem-keep=no: `rem backup
+    keep` sets yes) gone after 90; stale multipart uploads
     aborted after a day. Its log archive and shared SSTs are left to prune: a segment or SST still
     needed by a kept backup must never expire on its own."""
     where = f"{prefix}{db}/backups/full/"
@@ -112,7 +116,8 @@ def lifecycle_rules(prefix: str, db: str) -> list[dict]:
         {"ID": f"rem-{db}-backup-data-to-glacier", "Status": "Enabled",
          "Filter": {"And": {"Prefix": where, "Tags": [{"Key": DATA_TAG[0], "Value": DATA_TAG[1]}]}},
          "Transitions": [{"Days": LIFECYCLE_GLACIER_DAYS, "StorageClass": "GLACIER"}]},
-        {"ID": f"rem-{db}-backups-expire", "Status": "Enabled", "Filter": {"Prefix": where},
+        {"ID": f"rem-{db}-backups-expire", "Status": "Enabled",
+         "Filter": {"And": {"Prefix": where, "Tags": [{"Key": KEEP_TAG, "Value": "no"}]}},
          "Expiration": {"Days": LIFECYCLE_EXPIRE_DAYS}},
         {"ID": f"rem-{db}-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}{db}/"},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
@@ -130,8 +135,10 @@ def lifecycle_notes(keep_daily: int, keep_weekly: int, keep_monthly: int) -> lis
              "S3 restore request first (hours; `rem backup list` marks it archived and download names the command), "
              "so daily and weekly restores stay fast. metadata.json, files.json, schemas.json and shared SSTs stay "
              "in their class, so listing, prune and health never need a restore.",
-             f"S3 deletes every backup object after {LIFECYCLE_EXPIRE_DAYS} days, whatever prune keeps; prune removes "
-             "backups earlier, and never the newest or the PITR base (which lifecycle would still expire)."]
+             f"S3 deletes every backup object after {LIFECYCLE_EXPIRE_DAYS} days, whatever prune keeps, except a kept "
+             "backup's (`rem backup keep`: tagged rem-keep=yes) and those written before backups carried the tag "
+             "(left to prune); prune removes backups earlier, and never the newest or the PITR base (which "
+             "lifecycle would still expire: keep it to spare it)."]
     if keep_monthly * 31 > LIFECYCLE_EXPIRE_DAYS:
         notes.append(f"--keep-monthly {keep_monthly} asks for about {keep_monthly * 31} days, beyond the "
                      f"{LIFECYCLE_EXPIRE_DAYS}-day expiry: the oldest monthlies will be expired by S3.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rem.backup.catalog import METADATA, SCHEMAS, BackupMetadata, BackupStore
+from rem.backup.catalog import METADATA, SCHEMAS, BackupMetadata, BackupStore, backup_tags
 from rem.backup.create import SnapshotFacts, describe_snapshot
 from rem.backup.incremental import PreviousBackup, repository_bytes
 from rem.backup.layout import Layout, layout_of
@@ -72,6 +72,4 @@ def store_metadata(store: BackupStore, metadata: BackupMetadata) -> None:
     """Write metadata.json last (the backup becomes visible), then tag the objects."""
     store.put_file_bytes(metadata.tenant_folder, metadata.name, METADATA, metadata.model_dump_json(indent=2).encode())
     layout = layout_of(metadata)
-    store.finish(metadata.tenant_folder, metadata.name,
-                 {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_folder},
-                 layout.data_file, layout.record_files)
+    store.finish(metadata.tenant_folder, metadata.name, backup_tags(metadata), layout.data_file, layout.record_files)

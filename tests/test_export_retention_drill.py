@@ -177,7 +177,8 @@ def test_lifecycle_rules_are_installed_idempotently_per_database(make_sample, s3
     assert glacier["Filter"]["And"] == {"Prefix": f"{a}/backups/full/", "Tags": [{"Key": "rem-class", "Value": "data"}]}
     assert glacier["Transitions"][0] == {"Days": 30, "StorageClass": "GLACIER"} and "Expiration" not in glacier
     expire = next(r for r in rules if r["ID"] == f"rem-{a}-backups-expire")
-    assert expire["Filter"]["Prefix"] == f"{a}/backups/full/" and expire["Expiration"]["Days"] == 90
+    assert expire["Filter"]["And"] == {"Prefix": f"{a}/backups/full/", "Tags": [{"Key": "rem-keep", "Value": "no"}]}
+    assert expire["Expiration"]["Days"] == 90  # a kept backup (rem-keep=yes) never expires
     assert any("beyond" in note for note in result["notes"])
 
 

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -40,6 +40,7 @@ FILES = "files.json"  # an incremental backup's file list (rem.backup.incrementa
 SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
 DATA_TAG = ("rem-class", "data")  # the objects lifecycle rules may archive: never a record listing reads
+KEEP_TAG = "rem-keep"  # "no" on every backup object, "yes" on a kept backup's: lifecycle expiry spares "yes"
 PRUNE_LEASE = ".prune"  # {db}/backups/.prune: a garbage collection is deleting objects
 FORMAT_VERSION = 1
 NAME_MAX = 128
@@ -95,6 +96,10 @@ class BackupMetadata(BaseModel):
                                               "that wraps the data key), data_key (its id), cipher; None: not by rem")
     repository_bytes: int | None = Field(default=None, description="the database's backups in the store, "
                                          "after this one")
+    kept: bool = Field(default=False, description="`rem backup keep`: prune never deletes it, nor what it needs")
+    keep_until: str | None = Field(default=None, description="kept up to this time (RFC 3339); None: for good")
+    annotations: dict[str, str] = Field(default_factory=dict, description="`rem backup annotate`: the operator's "
+                                        "key=value notes")
 
     @field_validator("name")
     @classmethod
@@ -142,6 +147,12 @@ class BackupRecord:
     @property
     def status(self) -> str:
         return "archived" if self.archived else "ok"
+
+
+def backup_tags(metadata: BackupMetadata) -> dict[str, str]:
+    """The tags on every object of a backup (with its rem-class, set by BackupStore.finish)."""
+    return {"rem-backup": metadata.name, "rem-kind": metadata.kind, "rem-tenant": metadata.tenant_folder,
+            KEEP_TAG: "yes" if metadata.kept else "no"}
 
 
 class BackupNotFound(UsageError):
@@ -338,6 +349,17 @@ class BackupStore:
         for filename in (data, *records):
             self.objects.tag(self.key(tenant_folder, name, filename),
                              {**tags, DATA_TAG[0]: DATA_TAG[1] if filename == data else "record"})
+
+    def update_metadata(self, record: BackupRecord, **changes: Any) -> BackupMetadata:
+        """Rewrite a backup's metadata.json with changes, only if nothing rewrote it since it was read."""
+        key = self.key(record.tenant_folder, record.folder, METADATA)
+        body, etag = self.objects.get_with_etag(key)
+        updated = BackupMetadata.model_validate_json(body).model_copy(update=changes)
+        try:
+            self.objects.put(key, updated.model_dump_json(indent=2).encode(), if_match=etag)
+        except PreconditionFailed:
+            raise RemError(f"{self.objects.url(key)} changed while it was updated; run the command again") from None
+        return updated
 
     def discard(self, tenant_folder: str, name: str) -> None:
         """Remove a failed attempt's objects (the claim stays for a retry)."""

@@ -28,5 +28,6 @@ def list_backups(stores: list[BackupStore], mine: str | None, detail: bool = Fal
              "added_bytes": layout_of(r.metadata).added_bytes(r.metadata),
              "repository_bytes": r.metadata.repository_bytes, "duration_seconds": r.metadata.duration_seconds,
              "host": r.metadata.host, "checksum_sha256": r.metadata.checksum_sha256, "status": r.status,
+             "kept": r.metadata.kept, "keep_until": r.metadata.keep_until, "annotations": r.metadata.annotations,
              **(r.metadata.model_dump(exclude={"files"}) if detail else {})} for r in records]
     return rows, unreachable, notes
