@@ -86,7 +86,7 @@ class BackupStorage(Block):
     compression_level: int = Field(default=2, ge=1, le=22, description="zstd compression level.")
 
     def object_store(self, bounded: bool = False, extra_args: dict[str, str] | None = None,
-                     named: str = "this REM Backup Storage block") -> S3ObjectStore:
+                     named: str = "this REM Backup Storage block", **lock) -> S3ObjectStore:
         """The bucket as an ObjectStore, its client built from the block's own AwsCredentials (session,
         region, endpoint), as prefect-aws's S3Bucket builds its client; bounded: calls that give up
         within seconds."""
@@ -97,7 +97,7 @@ class BackupStorage(Block):
                         region=creds.region_name or "us-east-1", storage_class=self.storage_class,
                         chunk_size_mb=self.chunk_size_mb, concurrency=self.concurrency, extra_args=extra_args or {},
                         source=f"{named} (its bucket, endpoint and AwsCredentials; Prefect UI -> Blocks)",
-                        **(BOUNDED if bounded else {}))
+                        **lock, **(BOUNDED if bounded else {}))
         session = creds.get_boto3_session()
         return S3ObjectStore(s3, client_factory=lambda config: session.client(
             "s3", endpoint_url=params.endpoint_url, region_name=s3.region, config=config))

@@ -223,9 +223,10 @@ def backup_rekey(
 @backup_app.command("prune")
 def backup_prune(
     ctx: typer.Context,
-    keep_daily: int = typer.Option(7, "--keep-daily", min=0),
-    keep_weekly: int = typer.Option(4, "--keep-weekly", min=0),
-    keep_monthly: int = typer.Option(3, "--keep-monthly", min=0),
+    keep_daily: Optional[int] = typer.Option(None, "--keep-daily", min=0, help="Default: [backup] keep_daily (7)"),
+    keep_weekly: Optional[int] = typer.Option(None, "--keep-weekly", min=0, help="Default: [backup] keep_weekly (4)"),
+    keep_monthly: Optional[int] = typer.Option(None, "--keep-monthly", min=0,
+                                               help="Default: [backup] keep_monthly (3)"),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's backups (`_all`: whole-database)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only"),
     as_json: bool = JSON_OPTION,
@@ -259,7 +260,8 @@ def lifecycle_apply(
         from rem.retention import apply_lifecycle
         from runtime.wiring import identity, remote_store
 
-        result = apply_lifecycle(remote_store(settings), identity(settings).name, keep_monthly=keep_monthly)
+        result = apply_lifecycle(remote_store(settings), identity(settings).name, keep_monthly=keep_monthly,
+                                 lock_days=settings.lock_days if settings.backup_object_lock != "none" else None)
         show(result, as_json, lambda c: [c.print(f"Lifecycle rules installed on s3://{result['bucket']}:"),
                                          *[c.print(f"  {r['ID']}") for r in result["rules"]],
                                          *[c.print(f"- {n}") for n in result["notes"]]])

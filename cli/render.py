@@ -113,6 +113,8 @@ def prune_plan(console, plan: dict) -> None:
         table.add_row("keep", row["name"], row["tenant"], row["created"], ", ".join(row["why"]))
     for row in plan["delete"]:
         table.add_row(Text("delete", style="red"), row["name"], row["tenant"], row["created"], "")
+    for row in plan.get("locked", []):
+        table.add_row("locked", row["name"], row["tenant"], "", f"kept until {row['kept_until']} (S3 Object Lock)")
     console.print(table)
     console.print(f"WAL segments to delete (older than the oldest kept base): {plan['wal_segments_to_delete']}")
 

@@ -16,7 +16,7 @@ from rem.stats import collect_stats
 from rem.verify import verify_database
 from tasks.restore import put_into_place, unpacked
 from rem.backup.incremental import collect_garbage
-from rem.retention import drop_wal_segments, plan_prune
+from rem.retention import drop_wal_segments, plan_prune, segments_past_lock, split_locked
 from rem.backup.layout import fetch
 from rem.reports import drill_report
 from runtime.observe import publish_report, send_event
@@ -34,20 +34,24 @@ def _archive_and_manifest(cfg):
 
 
 @flow("prune", description="Keep a grandfather-father-son set of backups; delete the rest, local and S3.")
-def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tenant: str | None = None,
-          dry_run: bool = False, settings: dict[str, Any] | None = None, database_block: str | None = None) -> dict:
+def prune(keep_daily: int | None = None, keep_weekly: int | None = None, keep_monthly: int | None = None,
+          tenant: str | None = None, dry_run: bool = False, settings: dict[str, Any] | None = None,
+          database_block: str | None = None) -> dict:
     """Grandfather-father-son retention, then the garbage no kept backup needs.
 
     Args:
-        keep_daily: Keep the newest backup of each of the last N days that have one.
-        keep_weekly: Of each of the last N ISO weeks.
-        keep_monthly: Of each of the last N months.
+        keep_daily: Keep the newest backup of each of the last N days that have one (empty: [backup] keep_daily, 7).
+        keep_weekly: Of each of the last N ISO weeks (empty: [backup] keep_weekly, 4).
+        keep_monthly: Of each of the last N months (empty: [backup] keep_monthly, 3).
         tenant: Only this tenant's backups (_all: whole-database ones); empty: every tenant, each on its own.
         dry_run: Report the plan only; delete nothing.
         settings: Settings as the command line passes them (leave empty in a deployment: the blocks say where).
         database_block: The REM Database block of the database (rem-db-{db}): its path, name and storage block.
     """
     cfg = resolve_settings(settings, database_block)
+    keep_daily = cfg.backup_keep_daily if keep_daily is None else keep_daily
+    keep_weekly = cfg.backup_keep_weekly if keep_weekly is None else keep_weekly
+    keep_monthly = cfg.backup_keep_monthly if keep_monthly is None else keep_monthly
     stores = all_stores(cfg)
     me = identity(cfg)
     for store in stores:  # a database configured with another's name must not prune that one's backups
@@ -62,7 +66,9 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
     archive, manifest = _archive_and_manifest(cfg)
     plan = plan_prune(records, keep_daily, keep_weekly, keep_monthly, tenant,
                       archive.all_segments(manifest) if manifest else None)
-    result = {"dry_run": dry_run, **plan.to_dict()}
+    plan.delete, locked = split_locked(plan.delete)
+    plan.wal_segments_to_delete = segments_past_lock(archive, plan.wal_segments_to_delete)
+    result = {"dry_run": dry_run, **plan.to_dict(), "locked": locked}
     if not dry_run:
         for record in plan.delete:
             record.store.delete(record)
@@ -72,7 +78,8 @@ def prune(keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3, tena
     result["garbage"] = {store.url(): collect_garbage(store, cfg.backup_gc_grace_hours * 3600,
                                                            dry_run=dry_run).__dict__ for store in stores}
     publish_report("prune", f"# Prune {'(dry run)' if dry_run else ''}\n\nkept {len(plan.keep)}, "
-                            f"deleted {len(plan.delete)}, WAL segments deleted {len(plan.wal_segments_to_delete)}")
+                            f"deleted {len(plan.delete)}, WAL segments deleted {len(plan.wal_segments_to_delete)}"
+                            + "".join(f"\n- {r['name']}: kept until {r['kept_until']} (object lock)" for r in locked))
     return result
 
 

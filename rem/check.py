@@ -27,8 +27,10 @@ class Check:
 
 
 def check_store(objects: ObjectStore, db: str) -> list[Check]:
-    """A write, a read and a delete of one small object under {db}/check/ in the store."""
-    key = f"{db}/check/{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    """A write, a read and a delete of one small object under {db}/check/ in the store; its object
+    lock and versioning (a bucket), and whether the data key unwraps (rem's encryption)."""
+    # a name starting with '.': never locked, so the delete can succeed
+    key = f"{db}/check/.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     body = secrets.token_bytes(32)
     where = objects.url(key)
     results = []
@@ -63,7 +65,30 @@ def check_store(objects: ObjectStore, db: str) -> list[Check]:
             step("read", read)
         finally:
             step("delete", delete)
+    if hasattr(objects, "lock_status"):
+        results.append(_lock_check(objects))
+    if hasattr(objects, "encryption"):
+        step("data key", lambda: "{mode}: data key {data_key} unwraps, wrapped by {kek}".format(
+            **objects.encryption(db)))
     return results
+
+
+def _lock_check(objects) -> Check:
+    """The bucket's versioning and Object Lock, against what rem is set to write."""
+    try:
+        status = objects.lock_status()
+    except Exception as exc:  # the finding is what S3 said
+        return Check(f"object lock {objects.url()}", False, redact(f"{type(exc).__name__}: {exc}"))
+    detail = f"versioning {status['versioning']}, object lock {status['object_lock']}"
+    if status["default_retention"]:
+        detail += f" (default retention {status['default_retention']})"
+    if status["rem_writes"] == "none":
+        return Check(f"object lock {objects.url()}", None, detail + "; rem writes no locks ([backup] object_lock)")
+    if status["object_lock"] != "enabled":
+        return Check(f"object lock {objects.url()}", False, detail + f"; [backup] object_lock = {status['rem_writes']} "
+                     "needs a bucket created with Object Lock enabled: make one and point the settings at it")
+    return Check(f"object lock {objects.url()}", True,
+                 detail + f"; rem locks every backup object ({status['rem_writes']}) for {status['lock_days']:g} days")
 
 
 def check_pins(db_path, pitr_enabled: bool) -> Check:

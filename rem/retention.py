@@ -5,6 +5,7 @@ precede the oldest kept whole-database base go with them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -57,7 +58,8 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
     for group in by_tenant.values():
         times = [parse_time(r.metadata.timestamp) for r in group]
         reasons = gfs_keep(times, keep_daily, keep_weekly, keep_monthly)
-        newest = max(range(len(group)), key=lambda i: times[i])
+        # a backup's time has whole seconds: of two in one second, the one holding more writes is newer
+        newest = max(range(len(group)), key=lambda i: (times[i], group[i].metadata.last_sequence or 0))
         reasons.setdefault(newest, []).append("newest")
         for i, r in enumerate(group):
             if kept_now(r.metadata):
@@ -70,6 +72,29 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
         oldest = min(kept_bases)
         plan.wal_segments_to_delete = [s.key for s in log_segments if s.last_seq <= oldest]
     return plan
+
+
+def split_locked(records: list[BackupRecord]) -> tuple[list[BackupRecord], list[dict]]:
+    """The backups prune may delete, and those S3 Object Lock still holds (with the date it ends):
+    reported as kept until then, never an error."""
+    from rem.backup.layout import layout_of
+
+    free, locked = [], []
+    for r in records:
+        layout = layout_of(r.metadata)
+        dates = [d for f in (layout.data_file, *layout.record_files)
+                 if (d := r.store.objects.locked_until(r.store.key(r.tenant_folder, r.folder, f)))]
+        if dates:
+            locked.append({"name": r.name, "tenant": r.metadata.tenant_folder, "location": r.location,
+                           "kept_until": max(dates).isoformat(timespec="seconds")})
+        else:
+            free.append(r)
+    return free, locked
+
+
+def segments_past_lock(archive, keys: list[str]) -> list[str]:
+    """The log segments no object lock holds any more (the others wait for a later prune)."""
+    return [k for k in keys if archive is None or archive.objects.locked_until(k) is None]
 
 
 def drop_wal_segments(archive, keys: list[str]) -> int:
@@ -104,7 +129,7 @@ LIFECYCLE_GLACIER_DAYS = 30
 LIFECYCLE_EXPIRE_DAYS = 90
 
 
-def lifecycle_rules(prefix: str, db: str) -> list[dict]:
+def lifecycle_rules(prefix: str, db: str, lock_days: float | None = None) -> list[dict]:
     """The runbook's rules for one database's full backups: their data (objects tagged rem-class=data:
     archives and small-file archives, never metadata.json, files.json or schemas.json, which every
     listing reads) to Glacier after 30 days; everything not kept (tagged rem-keep=no: `rem backup
@@ -112,13 +137,17 @@ def lifecycle_rules(prefix: str, db: str) -> list[dict]:
     aborted after a day. Its log archive and shared SSTs are left to prune: a segment or SST still
     needed by a kept backup must never expire on its own."""
     where = f"{prefix}{db}/backups/full/"
+    # Under Object Lock, expiry comes after the lock ends (S3 would only hide a locked object behind
+    # a delete marker), and the versions a delete leaves go a day later.
+    expire = max(LIFECYCLE_EXPIRE_DAYS, math.ceil(lock_days) + 1) if lock_days else LIFECYCLE_EXPIRE_DAYS
     return [
         {"ID": f"rem-{db}-backup-data-to-glacier", "Status": "Enabled",
          "Filter": {"And": {"Prefix": where, "Tags": [{"Key": DATA_TAG[0], "Value": DATA_TAG[1]}]}},
          "Transitions": [{"Days": LIFECYCLE_GLACIER_DAYS, "StorageClass": "GLACIER"}]},
         {"ID": f"rem-{db}-backups-expire", "Status": "Enabled",
          "Filter": {"And": {"Prefix": where, "Tags": [{"Key": KEEP_TAG, "Value": "no"}]}},
-         "Expiration": {"Days": LIFECYCLE_EXPIRE_DAYS}},
+         "Expiration": {"Days": expire},
+         **({"NoncurrentVersionExpiration": {"NoncurrentDays": 1}} if lock_days else {})},
         {"ID": f"rem-{db}-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}{db}/"},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
     ]
@@ -145,10 +174,11 @@ def lifecycle_notes(keep_daily: int, keep_weekly: int, keep_monthly: int) -> lis
     return notes
 
 
-def apply_lifecycle(objects, db: str, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3) -> dict:
+def apply_lifecycle(objects, db: str, keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 3,
+                    lock_days: float | None = None) -> dict:
     """Install the runbook's lifecycle rules for one database's backups in the bucket (replacing its
     own rules, keeping every other database's and every rule rem did not write)."""
-    ours = lifecycle_rules(objects.prefix, db)
+    ours = lifecycle_rules(objects.prefix, db, lock_days)
     mine = {r["ID"] for r in ours} | replaced_rule_ids(db)
     objects.set_lifecycle_rules([r for r in objects.lifecycle_rules() if r.get("ID") not in mine] + ours)
     return {"bucket": objects.cfg.bucket, "rules": ours,

@@ -7,7 +7,7 @@ for that database reads without being told, and `rem pitr enable` writes. It use
     db_path = "/var/lib/rem/db"
     db_name = "orders-eu-1"   (optional; default derived from the database, see rem.identity)
     [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id, key_file,
-                    kms_endpoint_url
+                    kms_endpoint_url, object_lock, object_lock_days, keep_daily, keep_weekly, keep_monthly
     [backup.s3]     bucket, prefix, endpoint_url, region, storage_class
     [pitr]          enabled, interval_seconds, follow_interval_seconds, bucket, segment_max_mb
 """
@@ -44,6 +44,11 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("backup", "kms_key_id"): "kms_key_id",
     ("backup", "key_file"): "backup_key_file",
     ("backup", "kms_endpoint_url"): "kms_endpoint_url",
+    ("backup", "object_lock"): "backup_object_lock",
+    ("backup", "object_lock_days"): "backup_object_lock_days",
+    ("backup", "keep_daily"): "backup_keep_daily",
+    ("backup", "keep_weekly"): "backup_keep_weekly",
+    ("backup", "keep_monthly"): "backup_keep_monthly",
     ("backup.s3", "bucket"): "s3_bucket",
     ("backup.s3", "prefix"): "s3_prefix",
     ("backup.s3", "endpoint_url"): "s3_endpoint_url",
@@ -125,6 +130,14 @@ class Settings(BaseSettings):
     backup_key_file: Path | None = Field(None, description="32-byte key file for key-file encryption "
                                          "(`openssl rand -hex 32`)")
     kms_endpoint_url: str | None = Field(None, description="KMS-compatible endpoint; default: the S3 endpoint's")
+    backup_keep_daily: int = Field(7, ge=0, description="prune's default --keep-daily (and the lock it needs)")
+    backup_keep_weekly: int = Field(4, ge=0, description="prune's default --keep-weekly")
+    backup_keep_monthly: int = Field(3, ge=0, description="prune's default --keep-monthly")
+    backup_object_lock: Literal["none", "governance", "compliance"] = Field("none", description=(
+        "S3 Object Lock mode of every object rem writes to the bucket (the bucket must have Object Lock enabled)"))
+    backup_object_lock_days: float | None = Field(None, gt=0, description=(
+        "days each object is locked after it is written or reused; default: the longest retention class "
+        "(max of keep_daily, 7 x keep_weekly, 31 x keep_monthly)"))
     s3_bucket: str | None = Field(None, min_length=3, description="Bucket for backups, WAL archive and exports")
     s3_prefix: str = Field("", description="Key prefix inside the bucket")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, ...)")
@@ -145,6 +158,12 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
         return init_settings, env_settings, _TomlSource(settings_cls, _toml_values.get() or {})
+
+    @property
+    def lock_days(self) -> float:
+        """How long an object stays locked: long enough for the retention class that keeps it longest."""
+        return self.backup_object_lock_days or float(max(self.backup_keep_daily, 7 * self.backup_keep_weekly,
+                                                         31 * self.backup_keep_monthly, 1))
 
     @property
     def local_backup_dir(self) -> Path:

@@ -62,14 +62,21 @@ def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None
 
         extra = BackupEncryption.load(cfg.encryption_block).extra_args() if cfg.encryption_block else {}
         return sealed(cfg, BackupStorage.load(cfg.storage_block).object_store(
-            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}"))
+            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}", **object_lock(cfg)))
     if not (bucket or cfg.s3_bucket):
         raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
     return sealed(cfg, S3ObjectStore(S3Settings(
         bucket=bucket or cfg.s3_bucket, prefix=cfg.s3_prefix, endpoint_url=cfg.s3_endpoint_url, region=cfg.s3_region,
         storage_class=cfg.s3_storage_class, chunk_size_mb=cfg.backup_chunk_size_mb,
         concurrency=cfg.backup_upload_concurrency, extra_args=encryption_args(cfg.backup_encryption, cfg.kms_key_id),
-        **(BOUNDED if bounded else {}))))
+        **object_lock(cfg), **(BOUNDED if bounded else {}))))
+
+
+def object_lock(cfg: Settings) -> dict[str, Any]:
+    """S3Settings' object lock from the settings: the mode S3 names, and for how long."""
+    if cfg.backup_object_lock == "none":
+        return {}
+    return {"object_lock": cfg.backup_object_lock.upper(), "lock_days": cfg.lock_days}
 
 
 def local_store(cfg: Settings) -> ObjectStore:

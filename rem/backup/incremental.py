@@ -191,6 +191,8 @@ def store_incremental(snap_dir: Path, store: BackupStore, tenant_folder: str, na
     for entry in entries:
         info = store.objects.head(entry.object) if entry.object in again else have.get(entry.object)
         entry.stored_bytes, entry.etag = (info.size, info.etag) if info else (added.get(entry.object, 0), None)
+    # What this backup reuses stays locked as long as what it uploaded (kopia's --extend-object-locks).
+    store.objects.extend_lock(sorted({e.object for e in entries} - set(added)))
 
     with store.objects.writer(store.key(tenant_folder, name, SMALL), spool) as sink:
         small = write_archive(snap_dir, sink, level, include=lambda p: not SHARED.match(p.name), progress=progress)
@@ -243,7 +245,14 @@ def object_source(source: Path, key: str) -> Path:
     if not OBJECT_KEY.match(key):
         raise ObjectCorrupt(key, "not an object name rem writes; the file list is not trustworthy")
     downloaded = source / "objects" / key.rpartition("/")[2]
-    return downloaded if downloaded.exists() else source.parents[4] / key
+    if downloaded.exists():
+        return downloaded
+    root = source.parents[4]
+    in_store = root / key
+    if not os.path.realpath(in_store).startswith(os.path.realpath(root) + os.sep):
+        raise ObjectCorrupt(key, f"{in_store} is a symbolic link out of the backup directory; the store follows "
+                                 "none: replace the link with the file itself")
+    return in_store
 
 
 def decompress_checked(path: Path, entry: FileEntry, out=None) -> None:
@@ -324,6 +333,17 @@ class GarbageReport:
     deleted_bytes: int
     kept_young: int
     leftovers: int
+    kept_locked: int = 0  # unreferenced, but under S3 Object Lock: deleted by a prune after the date
+    locked_until: str | None = None  # the latest of those dates
+
+
+def unlocked(objects, keys: list[str]) -> tuple[list[str], list]:
+    """The keys whose objects are not locked now, and the lock end dates of those that are."""
+    free, dates = [], []
+    for key in keys:
+        until = objects.locked_until(key)
+        (dates.append(until) if until else free.append(key))
+    return free, dates
 
 
 # A prune's collection takes seconds to minutes; a lease older than this was left by one that died.
@@ -405,10 +425,15 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
                 young += 1
             else:
                 garbage.append(info)
+        leftovers, locked_leftovers = unlocked(store.objects, leftovers)
+        free, locked = unlocked(store.objects, [i.key for i in garbage])
+        garbage = [i for i in garbage if i.key in set(free)]
+        locked += locked_leftovers
         if not dry_run:
             store.objects.delete(leftovers)
             store.objects.delete(i.key for i in garbage)
-    return GarbageReport(None, len(garbage), sum(i.size for i in garbage), young, len(leftovers))
+    return GarbageReport(None, len(garbage), sum(i.size for i in garbage), young, len(leftovers), len(locked),
+                         max(locked).isoformat(timespec="seconds") if locked else None)
 
 
 def _listed_objects(store: BackupStore, tenant_folder: str, folder: str) -> set[str]:

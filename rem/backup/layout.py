@@ -160,6 +160,9 @@ def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None) -> Pat
     store = record.store
     here = store.objects.local_path(store.key(record.tenant_folder, record.folder, METADATA))
     if here is not None:
+        layout = layout_of(record.metadata)
+        for filename in (layout.data_file, *layout.record_files):  # the store refuses a link out of itself
+            store.objects.local_path(store.key(record.tenant_folder, record.folder, filename))
         return here.parent
     if record.archived:  # refused before anything is written to out_dir
         raise _archived(record, record.archived[0], "Glacier", len(record.archived) - 1)

@@ -93,5 +93,12 @@ class ObjectStore(Protocol):
 
     def tag(self, key: str, tags: dict[str, str]) -> None: ...
 
+    def extend_lock(self, keys: Iterable[str]) -> int:
+        """Lock objects (again) for the store's lock period from now, where the store locks (S3 Object
+        Lock); the number of requests made."""
+
+    def locked_until(self, key: str):
+        """When the object's lock ends, if it is locked now (a datetime), else None."""
+
     def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
         """Abort unfinished stream uploads under prefix whose key abandoned() says no run owns."""

@@ -178,6 +178,12 @@ class EncryptedObjectStore:
     def restore_hint(self, key: str) -> str:
         return self.inner.restore_hint(key)
 
+    def extend_lock(self, keys: Iterable[str]) -> int:
+        return self.inner.extend_lock(keys)
+
+    def locked_until(self, key: str):
+        return self.inner.locked_until(key)
+
     def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
         return self.inner.abort_uploads(prefix, abandoned)
 

@@ -52,7 +52,12 @@ class LocalObjectStore:
         parts = key.split("/")
         if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise UsageError(f"{key!r}: not a key this store writes")
-        return self.root.joinpath(*parts)
+        target = self.root.joinpath(*parts)
+        real, root = os.path.realpath(target), os.path.realpath(self.root)
+        if real != root and not real.startswith(root + os.sep):
+            raise UsageError(f"{target}: a symbolic link inside the backup directory leads out of it (to {real}); "
+                             "the store follows none: replace the link with the directory itself")
+        return target
 
     def url(self, key: str = "") -> str:
         return str(self.root / key) + ("/" if key.endswith("/") else "")
@@ -184,6 +189,13 @@ class LocalObjectStore:
 
     def tag(self, key: str, tags: dict[str, str]) -> None:
         """Local files carry no tags."""
+
+    def extend_lock(self, keys: Iterable[str]) -> int:
+        """A directory has no object lock (its files are 0600 in 0700 folders)."""
+        return 0
+
+    def locked_until(self, key: str):
+        return None
 
     def restore_hint(self, key: str) -> str:
         return ""  # a directory has no archive class

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -115,6 +116,8 @@ class S3Settings:
     chunk_size_mb: int = 100
     concurrency: int = 4
     extra_args: dict[str, str] | None = None  # server-side encryption headers
+    object_lock: str | None = None  # GOVERNANCE or COMPLIANCE: every lockable object is written locked
+    lock_days: float = 0  # for this long after it is written (or reused, for a shared SST)
     # Backups and restores wait out a slow S3; health, metrics and listings must answer in seconds.
     connect_timeout: float = 10
     read_timeout: float = 120
@@ -160,6 +163,13 @@ def _answer(exc, key: str) -> Exception:
     if exc.response.get("Error", {}).get("Code") == "InvalidObjectState":
         return ObjectArchived(key, exc.response["Error"].get("StorageClass", "GLACIER"))
     return exc
+
+
+def lockable(key: str) -> bool:
+    """Objects written locked when the store locks: all but claims and leases (names starting with
+    '.', released when a run ends) and the log archive's manifest (rewritten every pass)."""
+    name = key.rpartition("/")[2]
+    return not name.startswith(".") and name != "manifest.json"
 
 
 def encryption_args(mode: str, kms_key_id: str | None) -> dict[str, str]:
@@ -241,6 +251,55 @@ class S3ObjectStore:
         reply = self._get(key)
         return reply["Body"].read(), reply["ETag"]
 
+    def _locking(self, key: str) -> bool:
+        return bool(self.cfg.object_lock) and lockable(key)
+
+    def lock_until(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(days=self.cfg.lock_days)
+
+    def extend_lock(self, keys: Iterable[str]) -> int:
+        """Lock each object (again) until lock_days from now: one request per object. A date never
+        moves back: every call's is later than any an earlier call set."""
+        if not self.cfg.object_lock:
+            return 0
+        until, count = self.lock_until(), 0
+        for key in keys:
+            if lockable(key):
+                self.client.put_object_retention(Bucket=self.cfg.bucket, Key=self.full_key(key), Retention={
+                    "Mode": self.cfg.object_lock, "RetainUntilDate": until})
+                count += 1
+        return count
+
+    def locked_until(self, key: str) -> datetime | None:
+        """When the object's lock ends, if it is locked now (no request unless this store locks)."""
+        if not self.cfg.object_lock:
+            return None
+        from botocore.exceptions import ClientError
+
+        try:
+            until = self.client.head_object(Bucket=self.cfg.bucket, Key=self.full_key(key)).get(
+                "ObjectLockRetainUntilDate")
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+        return until if until and until > datetime.now(timezone.utc) else None
+
+    def lock_status(self) -> dict[str, Any]:
+        """The bucket's versioning and object lock, as `rem check` reports them."""
+        from botocore.exceptions import ClientError
+
+        versioning = self.client.get_bucket_versioning(Bucket=self.cfg.bucket).get("Status") or "off"
+        try:
+            lock = self.client.get_object_lock_configuration(Bucket=self.cfg.bucket)["ObjectLockConfiguration"]
+            enabled = lock.get("ObjectLockEnabled") == "Enabled"
+            default = lock.get("Rule", {}).get("DefaultRetention")
+        except ClientError:
+            enabled, default = False, None
+        return {"versioning": versioning, "object_lock": "enabled" if enabled else "off",
+                "default_retention": default, "rem_writes": (self.cfg.object_lock or "none").lower(),
+                "lock_days": self.cfg.lock_days if self.cfg.object_lock else None}
+
     def put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None,
             metadata: dict[str, str] | None = None) -> str:
         from botocore.exceptions import ClientError
@@ -248,6 +307,8 @@ class S3ObjectStore:
         # Small objects (claims, manifests rewritten every pass, segments) stay in STANDARD: an
         # infrequent-access class bills each at least 128 KB for 30 days.
         args: dict[str, Any] = dict(self.cfg.extra_args or {})
+        if self._locking(key):  # in the PUT itself: no request of its own
+            args.update(ObjectLockMode=self.cfg.object_lock, ObjectLockRetainUntilDate=self.lock_until())
         if if_none_match:
             args["IfNoneMatch"] = "*"
         if if_match is not None:
@@ -281,6 +342,9 @@ class S3ObjectStore:
         except BaseException:
             cleanup_quietly(upload.abort, f"aborting the multipart upload of {self.url(key)}")
             raise
+        # One request per object, after it is whole: a lock given to CreateMultipartUpload is not
+        # honoured by every S3-compatible store (moto's is not).
+        self.extend_lock([key])
 
     def put_file(self, key: str, path: Path) -> None:
         """boto3's managed transfer (multipart above the part size)."""
@@ -291,6 +355,7 @@ class S3ObjectStore:
                                 max_concurrency=self.cfg.concurrency, use_threads=True)
         self.client.upload_file(str(path), self.cfg.bucket, self.full_key(key), ExtraArgs=self._put_args(),
                                 Config=config)
+        self.extend_lock([key])
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -310,8 +375,18 @@ class S3ObjectStore:
             self._delete_batch(batch)
 
     def _delete_batch(self, keys: list[str]) -> None:
-        reply = self.client.delete_objects(Bucket=self.cfg.bucket,
-                                           Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        objects: list[dict[str, str]] = [{"Key": k} for k in keys]
+        if self.cfg.object_lock:  # a versioned bucket: each version goes (a plain delete only hides them)
+            wanted = set(keys)
+            objects = []
+            for prefix in sorted({k.rpartition("/")[0] + "/" for k in keys}):
+                for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.cfg.bucket,
+                                                                                       Prefix=prefix):
+                    objects += [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                                for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] in wanted]
+            if not objects:
+                return
+        reply = self.client.delete_objects(Bucket=self.cfg.bucket, Delete={"Objects": objects, "Quiet": True})
         if reply.get("Errors"):
             first = reply["Errors"][0]
             raise RemError(f"s3://{self.cfg.bucket}/{first['Key']}: not deleted ({first.get('Code')}: "
