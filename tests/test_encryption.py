@@ -285,3 +285,126 @@ def test_point_in_time_restore_from_a_sealed_archive_equals_the_live_database_th
     ok(rem("--db-path", str(db), "pitr", "restore", "--timestamp", moment, "--output", str(out), "--json", env=env))
     restored = dump_all(out)
     assert {cf: restored[cf] for cf in state} == state
+
+
+def _prefect(url: str, path: str, body: dict):
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _everything_prefect_holds(url: str) -> str:
+    """Every artifact, log line, event and flow run (parameters, state messages) on the server, as text."""
+    found = [_prefect(url, "/artifacts/filter", {"limit": 200}), _prefect(url, "/flow_runs/filter", {"limit": 200}),
+             _prefect(url, "/task_runs/filter", {"limit": 200}), _prefect(url, "/events/filter", {"limit": 50})]
+    offset = 0
+    while page := _prefect(url, "/logs/filter", {"limit": 200, "offset": offset}):
+        found.append(page)
+        offset += len(page)
+    return json.dumps(found)
+
+
+def test_no_key_wrapped_key_or_credential_shows_in_any_output_log_artifact_or_event(
+        make_sample, tmp_path, s3, s3_endpoint, bucket, prefect_api):
+    import base64
+
+    import boto3
+
+    db = make_sample(400, 2, 14, 16)
+    access_key = "AKIAIOSFODNN7REMTEST"
+    env = {**kms_env(s3_endpoint, bucket, kms_key(s3_endpoint)), "AWS_ACCESS_KEY_ID": access_key,
+           "PREFECT_API_URL": prefect_api["url"], "PREFECT_HOME": prefect_api["home"],
+           "P8_BACKUP_DIR": str(tmp_path / "local")}
+    cli = ("--db-path", str(db))
+    outputs = []
+
+    def run(*args, expect=0):
+        proc = rem(*cli, *args, env=env)
+        assert proc.returncode == expect, (args, proc.stderr)
+        outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    name = json.loads(run("backup", "create", "--upload", "--json").stdout)["name"]
+    run("backup", "create", "--json")  # the local store: sealed with the same database's data key
+    run("backup", "list", "--detail", "--json")
+    run("backup", "list", "--detail")
+    run("backup", "verify", "--name", name, "--json")
+    run("backup", "restore", "--name", name, "--target", str(tmp_path / "r"), "--json")
+    run("pitr", "archive", "--json")
+    run("check", "--json")
+    run("drill", "--backup", name, "--json")
+    run("backup", "rekey", "--kms-key-id", kms_key(s3_endpoint), "--json")
+    with disabled_keys_refused(s3_endpoint) as kms:  # a failure's message and its run on the server
+        for key in boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").list_keys()["Keys"]:
+            boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").disable_key(KeyId=key["KeyId"])
+        env["P8_KMS_ENDPOINT_URL"] = kms.url
+        run("backup", "restore", "--name", name, "--target", str(tmp_path / "r2"), expect=2)
+        run("backup", "create", "--upload", "--name", "refused", expect=2)
+
+    doc = json.loads(s3.get_object(Bucket=bucket, Key=next(
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"] if "/keys/" in o["Key"]))["Body"].read())
+    wrapped = base64.b64decode(doc["wrapped"])
+    for key in boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").list_keys()["Keys"]:
+        boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").enable_key(KeyId=key["KeyId"])
+    plaintext = boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1").decrypt(
+        CiphertextBlob=wrapped, EncryptionContext={"rem-db": doc["db"], "rem-data-key": doc["id"]})["Plaintext"]
+    secrets = {"AWS secret": SECRET, "AWS access key": access_key, "wrapped key": doc["wrapped"],
+               "wrapped key (hex)": wrapped.hex(), "data key (hex)": plaintext.hex(),
+               "data key (base64)": base64.b64encode(plaintext).decode()}
+    server = _everything_prefect_holds(prefect_api["url"])
+    assert '"full-backup' in server or "full-backup" in server  # the runs are there to search
+    for what, secret in secrets.items():
+        for i, text in enumerate(outputs):
+            assert secret not in text, f"{what} in the output of command {i}"
+        assert secret not in server, f"{what} on the Prefect server"
+
+
+def test_sealed_objects_open_by_range_and_refuse_reordered_renamed_or_unsealed_chunks(tmp_path):
+    from rem.storage.encrypted import CHUNK, HEADER, TAG, EncryptedObjectStore, ObjectTampered
+    from rem.storage.keys import DataKeys, KeyFileWrap
+    from rem.storage.local import LocalObjectStore
+
+    inner = LocalObjectStore(tmp_path / "store")
+    store = EncryptedObjectStore(inner, DataKeys(inner, KeyFileWrap(new_key(tmp_path / "k"))))
+    body = os.urandom(3 * CHUNK + 12345)
+    key = "db/backups/sst/x.zst"
+    with store.writer(key, None) as sink:
+        for i in range(0, len(body), 100_000):  # written in pieces that straddle the chunks
+            sink.write(body[i:i + 100_000])
+    raw = inner.get(key)
+    assert len(raw) == HEADER.size + len(body) + 4 * TAG and body[:64] not in raw
+    for start, end in ((0, 0), (5, CHUNK), (CHUNK - 1, CHUNK), (2 * CHUNK + 7, len(body) - 1), (0, len(body) - 1)):
+        assert store.get(key, start, end) == body[start:end + 1]
+    store.download(key, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == body
+
+    sealed = CHUNK + TAG
+    chunks = [raw[HEADER.size + i * sealed:HEADER.size + (i + 1) * sealed] for i in range(4)]
+    for bad in (raw[:HEADER.size] + chunks[1] + chunks[0] + chunks[2] + chunks[3],  # reordered
+                raw[:HEADER.size] + b"".join(chunks[:3])):  # cut at a chunk boundary
+        inner.put(key, bad)
+        with pytest.raises(ObjectTampered, match="x.zst"):
+            store.get(key)
+    inner.put("db/backups/sst/y.zst", raw)  # whole and sealed, but under another name
+    with pytest.raises(ObjectTampered, match="y.zst"):
+        store.get("db/backups/sst/y.zst")
+
+
+def test_rekey_to_a_new_key_file_and_the_old_one_no_longer_opens(make_sample, tmp_path):
+    db = make_sample(300, 2, 15, 16)
+    env = key_file_env(new_key(tmp_path / "old.key"), tmp_path / "backups")
+    made = ok(rem("--db-path", str(db), "backup", "create", "--name", "b", "--json", env=env))
+    sst = {k: v for k, v in local_objects(tmp_path / "backups").items() if "/keys/" not in k}
+    result = ok(rem("--db-path", str(db), "backup", "rekey", "--key-file", str(new_key(tmp_path / "new.key")),
+                    "--json", env=env))
+    assert len(result["rewrapped"]) == 1 and result["rewrapped"][0]["from"] == made["encryption"]["kek"]
+    assert {k: v for k, v in local_objects(tmp_path / "backups").items() if "/keys/" not in k} == sst
+    moved = {**env, "P8_BACKUP_KEY_FILE": str(tmp_path / "new.key")}
+    ok(rem("--db-path", str(db), "backup", "restore", "--name", "b", "--target", str(tmp_path / "r"), "--json",
+           env=moved))
+    assert digest(dump_all(tmp_path / "r")) == digest(dump_all(db))
+    refused = rem("--db-path", str(db), "backup", "restore", "--name", "b", "--target", str(tmp_path / "r2"), env=env)
+    assert refused.returncode == 2 and "old.key" in refused.stderr

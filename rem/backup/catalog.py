@@ -39,6 +39,7 @@ SCHEMAS = "schemas.json"
 FILES = "files.json"  # an incremental backup's file list (rem.backup.incremental)
 SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
+SEALED_MAGIC = b"REMAEAD1"  # rem.storage.encrypted.MAGIC: an object as it lies in an encrypted store
 DATA_TAG = ("rem-class", "data")  # the objects lifecycle rules may archive: never a record listing reads
 KEEP_TAG = "rem-keep"  # "no" on every backup object, "yes" on a kept backup's: lifecycle expiry spares "yes"
 PRUNE_LEASE = ".prune"  # {db}/backups/.prune: a garbage collection is deleting objects
@@ -498,9 +499,15 @@ def read_local_backup(source: Path) -> BackupMetadata:
         raise UsageError(f"{source}: no {METADATA} here (not a backup, or an unfinished download); "
                          "give --source the directory `rem backup download` wrote")
     try:
-        return BackupMetadata.model_validate_json(meta.read_bytes())
+        metadata = BackupMetadata.model_validate_json(meta.read_bytes())
     except ValueError as exc:
         raise RemError(f"{meta}: unreadable backup metadata ({str(exc).splitlines()[0]})") from None
+    sealed = [p.name for p in (source / ARCHIVE, source / SMALL, source / FILES) if p.is_file()
+              and p.open("rb").read(8) == SEALED_MAGIC]
+    if sealed:
+        raise UsageError(f"{source / sealed[0]} is encrypted as it lies in the store: restore it with --name "
+                         f"{metadata.name} (the store opens it with the data key), or `rem backup download` it first")
+    return metadata
 
 
 def list_reachable(stores: list) -> tuple[list[BackupRecord], dict[str, str]]:

@@ -31,7 +31,7 @@ from rem.errors import RemError
 from rem.storage import ObjectInfo, ObjectMissing
 from rem.storage.keys import KEYS, DataKeys
 
-MAGIC = b"REMAEAD1"
+MAGIC = b"REMAEAD1"  # rem.backup.catalog.SEALED_MAGIC recognises a sealed backup folder by it
 HEADER = struct.Struct(">8s8s8sI")
 CHUNK = 1 << 20
 TAG = 16
@@ -74,21 +74,24 @@ class Sealer:
         self.index = 0
 
     def write(self, data) -> int:
-        self.pending += data
-        # a full chunk is sealed only once more follows: the last chunk must be known to be last
-        while len(self.pending) > self.chunk:
-            self._seal(bytes(self.pending[:self.chunk]), False)
-            del self.pending[:self.chunk]
-        return len(data)
+        view, pos = memoryview(data).cast("B"), 0
+        while pos < len(view):
+            if len(self.pending) == self.chunk:  # sealed only once more follows: the last must be known to be last
+                self._seal(self.pending, False)
+                self.pending = bytearray()
+            take = min(self.chunk - len(self.pending), len(view) - pos)
+            self.pending += view[pos:pos + take]
+            pos += take
+        return len(view)
 
     def flush(self) -> None:
         self.sink.flush()  # never seals: only finish knows the last chunk
 
     def finish(self) -> None:
-        self._seal(bytes(self.pending), True)
+        self._seal(self.pending, True)
         self.pending = bytearray()
 
-    def _seal(self, plaintext: bytes, last: bool) -> None:
+    def _seal(self, plaintext, last: bool) -> None:
         nonce = self.prefix + struct.pack(">I", self.index)
         self.sink.write(self.aead.encrypt(nonce, plaintext, _aad(self.header, self.key, self.index, last)))
         self.index += 1
