@@ -11,6 +11,8 @@
    first backup, an unchanged database's second, the bytes 1% of new entities add, restore.
 6. Local backup, restore and verify against tar + zstd and a raw scan, with peak RSS, at ~0.25 and
    ~1 GB (benchmarks/local.py; BENCH_LOCAL_ENTITIES, 170000,660000).
+7. Client-side encryption (benchmarks/encryption.py; BENCH_ENC_ENTITIES, 660000): backup and restore,
+   local (key-file) and S3 (kms-envelope), each against the same command unencrypted.
 
 Sizes: BENCH_ENTITIES (default 450000, about 1 GB on disk), BENCH_DIM (128).
 """
@@ -169,6 +171,16 @@ def main() -> None:
         from benchmarks.local import main as local_bench
 
         rows += local_bench([int(n) for n in os.environ.get("BENCH_LOCAL_ENTITIES", "170000,660000").split(",")])
+        # 7. client-side encryption's cost, locally and in S3 (its own database and moto)
+        from benchmarks.encryption import main as encryption_bench
+
+        enc = encryption_bench(int(os.environ.get("BENCH_ENC_ENTITIES", "660000")))
+        for where, sealed in (("local", "key-file"), ("S3", "kms-envelope")):
+            for step in ("backup", "restore"):
+                ratio = enc[f"{step}_{where}_ratio"]
+                rows.append((f"{step}, {where}, {enc['db_bytes'] / 1e9:.2f} GB, {sealed} vs unencrypted",
+                             f"{enc[f'{step} {where} {sealed}']:.1f} s vs {enc[f'{step} {where} plain']:.1f} s "
+                             f"(ratio {ratio:.2f})", "ratio <= 1.10" + (": met" if ratio <= 1.10 else ": **not met**")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
