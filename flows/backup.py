@@ -42,12 +42,16 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
     layout = new_layout(tenant, archive)
     started = time.monotonic()
     taken_at = utc_now()
-    name = check_name(name) if name is not None else backup_name(taken_at)
+    # a name given is that name; the default, the snapshot's second, takes -2, -3... when a backup
+    # made within the same second holds it
+    names = [check_name(name)] if name is not None else \
+        [backup_name(taken_at)] + [f"{backup_name(taken_at)}-{n}" for n in range(2, 10)]
+    name = names[0]
     tenant_folder = check_tenant(tenant) if tenant is not None else ALL_TENANTS
     try:
         if tenant is not None:
             require_tenant(str(cfg.db_path), tenant)
-        store = open_store(cfg, upload or bool(cfg.storage_block), tenant_folder, name)
+        store, name = open_store(cfg, upload or bool(cfg.storage_block), tenant_folder, names)
         try:
             previous = find_previous(layout, store, tenant_folder)
             snap = snapshot(str(cfg.db_path), tenant)

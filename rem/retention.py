@@ -14,9 +14,16 @@ from rem.backup.keep import keep_reason, kept_now
 from rem.wal_archive import is_base, parse_time
 
 
-def gfs_keep(times: list[datetime], keep_daily: int, keep_weekly: int, keep_monthly: int) -> dict[int, list[str]]:
+def newest_first(times: list[datetime], tiebreak: list[int] | None = None) -> list[int]:
+    """Indexes, newest first; a backup's time has whole seconds, so of two in one second the one
+    holding more writes (tiebreak: its last sequence number) is the newer."""
+    return sorted(range(len(times)), key=lambda i: (times[i], tiebreak[i] if tiebreak else 0), reverse=True)
+
+
+def gfs_keep(times: list[datetime], keep_daily: int, keep_weekly: int, keep_monthly: int,
+             tiebreak: list[int] | None = None) -> dict[int, list[str]]:
     """Index of each kept backup -> why ("daily 2025-10-25", "weekly 2025-W43", "monthly 2025-10")."""
-    order = sorted(range(len(times)), key=lambda i: times[i], reverse=True)
+    order = newest_first(times, tiebreak)
     reasons: dict[int, list[str]] = {}
     for label, count, bucket in (("daily", keep_daily, lambda t: t.strftime("%Y-%m-%d")),
                                  ("weekly", keep_weekly, lambda t: "%d-W%02d" % t.isocalendar()[:2]),
@@ -57,9 +64,9 @@ def plan_prune(records: list[BackupRecord], keep_daily: int, keep_weekly: int, k
             by_tenant.setdefault(r.metadata.tenant_folder, []).append(r)
     for group in by_tenant.values():
         times = [parse_time(r.metadata.timestamp) for r in group]
-        reasons = gfs_keep(times, keep_daily, keep_weekly, keep_monthly)
-        # a backup's time has whole seconds: of two in one second, the one holding more writes is newer
-        newest = max(range(len(group)), key=lambda i: (times[i], group[i].metadata.last_sequence or 0))
+        sequences = [r.metadata.last_sequence or 0 for r in group]
+        reasons = gfs_keep(times, keep_daily, keep_weekly, keep_monthly, sequences)
+        newest = newest_first(times, sequences)[0]
         reasons.setdefault(newest, []).append("newest")
         for i, r in enumerate(group):
             if kept_now(r.metadata):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rem.backup.catalog import METADATA, SCHEMAS, BackupMetadata, BackupStore, backup_tags
+from rem.backup.catalog import METADATA, SCHEMAS, BackupMetadata, BackupStore, NameTaken, backup_tags
 from rem.backup.create import SnapshotFacts, describe_snapshot
 from rem.backup.incremental import PreviousBackup, repository_bytes
 from rem.backup.layout import Layout, layout_of
@@ -14,11 +14,18 @@ from runtime.wiring import backup_store
 
 
 @task("open-store", retries=0)
-def open_store(cfg, upload: bool, tenant_folder: str, name: str) -> BackupStore:
-    """The store the backup goes to, checked and its name claimed: a run that fails here shows it here."""
+def open_store(cfg, upload: bool, tenant_folder: str, names: list[str]) -> tuple[BackupStore, str]:
+    """The store the backup goes to, checked, and the first of the names it can claim: a run that
+    fails here shows it here."""
     store = backup_store(cfg, upload)
-    store.prepare(tenant_folder, name)
-    return store
+    for name in names[:-1]:
+        try:
+            store.prepare(tenant_folder, name)
+            return store, name
+        except NameTaken:
+            continue
+    store.prepare(tenant_folder, names[-1])
+    return store, names[-1]
 
 
 @task("snapshot", retries=2, retry_delay_seconds=5)

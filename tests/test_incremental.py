@@ -48,10 +48,10 @@ def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_
     db = tmp_path / "db"
     engine_sample(db, 3000, 2, 5, 32)
     env = s3_env(s3_endpoint, bucket)
-    first = backup(db, env, "--upload")
+    first = backup(db, env, "--upload", "--name", "first")  # named: two runs within a second would share a time
     assert first["layout"] == "incremental" and objects(s3, bucket, db) == sst_hashes(db)
     before = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    second = backup(db, env, "--upload")
+    second = backup(db, env, "--upload", "--name", "second")
     after = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     home = f"{db_name_of(db)}/backups/full/_all/{second['name']}/"
     assert after - before == {home + f for f in ("files.json", "small.tar.zst", "schemas.json", "metadata.json")}
@@ -64,7 +64,7 @@ def test_a_second_backup_uploads_only_the_small_files_and_after_changes_exactly_
     new = sst_hashes(db) - held
     assert new, "the writes and the compaction must have made new SSTs"
     known = objects(s3, bucket, db)
-    third = backup(db, env, "--upload")
+    third = backup(db, env, "--upload", "--name", "third")
     assert objects(s3, bucket, db) - known == new  # exactly the new SSTs, nothing already held
     # described anew, not reused: RocksDB's estimate, exact for the column family just compacted
     assert third["column_families"]["entities"] == len(dump_all(db)["entities"]) > first["column_families"]["entities"]

@@ -88,3 +88,22 @@ def test_keep_and_annotate_refuse_bad_input_in_one_line_and_change_nothing(make_
         proc = rem("--db-path", str(db), "backup", *args, env=env)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
     assert meta.read_bytes() == before
+
+
+def test_an_unnamed_backup_in_a_second_another_took_gets_the_next_free_name(make_sample, tmp_path):
+    import shutil
+    from datetime import timedelta
+
+    db = make_sample()
+    env = {"P8_BACKUP_DIR": str(tmp_path / "b")}
+    ok(rem("--db-path", str(db), "backup", "create", "--name", "seed", "--json", env=env))
+    seed = next((tmp_path / "b").rglob("seed"))
+    now = datetime.now(timezone.utc)
+    for s in range(-2, 30):  # every second from just before now to half a minute on is taken
+        taken = (now + timedelta(seconds=s)).strftime("%Y-%m-%dT%H%M%S") + "Z"
+        shutil.copytree(seed, seed.parent / taken)
+        meta = json.loads((seed.parent / taken / "metadata.json").read_text())
+        (seed.parent / taken / "metadata.json").write_text(json.dumps({**meta, "name": taken}))
+    made = ok(rem("--db-path", str(db), "backup", "create", "--json", env=env))
+    assert made["name"].endswith("Z-2") and (seed.parent / made["name"] / "metadata.json").exists()
+    assert len(list(seed.parent.iterdir())) == 34  # the seed, the 32 taken, the new one; nothing overwritten

@@ -164,6 +164,10 @@ class BackupArchived(RemError):
     pass
 
 
+class NameTaken(UsageError):
+    """A backup of that name exists, or is being written."""
+
+
 def backup_name(now: datetime | None = None) -> str:
     """The default name: the snapshot's UTC time, sortable, without ':' (2025-10-25T143000Z)."""
     return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%S") + "Z"
@@ -274,7 +278,7 @@ class BackupStore:
         if self.owner is not None:
             claim_name(self.objects, self.owner, write=True)
         if self.exists(tenant_folder, name):
-            raise UsageError(f"a backup named {name!r} already exists in {self.url()}; choose another --name")
+            raise NameTaken(f"a backup named {name!r} already exists in {self.url()}; choose another --name")
         claim_key = self.key(tenant_folder, name, CLAIM)
         body = self.run_record()
         try:
@@ -283,7 +287,7 @@ class BackupStore:
             self._take_stale_claim(claim_key, body, name)
         if self.exists(tenant_folder, name):  # finished by the run whose claim was stale after all
             self.objects.delete([claim_key])
-            raise UsageError(f"a backup named {name!r} already exists in {self.url()}; choose another --name")
+            raise NameTaken(f"a backup named {name!r} already exists in {self.url()}; choose another --name")
         self.clean_abandoned(tenant_folder)
 
     def run_record(self) -> bytes:
@@ -300,8 +304,8 @@ class BackupStore:
 
     def _take_stale_claim(self, claim_key: str, body: bytes, name: str) -> None:
         """Replace a claim its run left behind; refuse a live one."""
-        busy = UsageError(f"a backup named {name!r} is being written right now by another run in {self.url()}; "
-                          "choose another --name")
+        busy = NameTaken(f"a backup named {name!r} is being written right now by another run in {self.url()}; "
+                         "choose another --name")
         claim = self.read_claim(claim_key)
         if claim is None or not claim_is_stale(claim[0]):
             raise busy
