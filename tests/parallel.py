@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-# Seconds each took alone (pytest --durations, 2026-12-04): 117 + 64 + 43 + 22 + 20 + 15 + 6 = 287
-# of 568 in all.
+# Seconds each took alone (pytest --store-durations, 2026-12-04): 117 + 64 + 43 + 22 + 20 + 15 + 6 of
+# 568, then test_keep and test_object_lock (about 35 s together) when #24 added 60 s to the second.
 FIRST = ["test_deployments.py", "test_pitr.py", "test_backup.py", "test_fleet.py", "test_incremental.py",
-         "test_operator.py", "test_verify.py"]
+         "test_operator.py", "test_verify.py", "test_keep.py", "test_object_lock.py"]
 
 
 def shards() -> list[list[str]]:
