@@ -96,6 +96,9 @@ def backup_restore(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty target (kept in quarantine "
                                    "until the restored copy verifies)"),
     rebuild_indexes: bool = typer.Option(False, "--rebuild-indexes", help="Then rebuild key, field and HNSW indexes"),
+    delta: bool = typer.Option(False, "--delta", help="Over the database at the target: keep its files that "
+                               "match the backup's (size and SHA-256), fetch and write only the rest (implies "
+                               "--overwrite)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Verify the checksum, extract safely, check every column family, then put into place."""
@@ -107,9 +110,9 @@ def backup_restore(
 
         if name is not None:
             result = restore_named(name, str(target or settings.db_path), overwrite, params(settings),
-                                   tenant_value(tenant), from_db)
+                                   tenant_value(tenant), from_db, delta)
         else:
-            result = restore(str(source), str(target or settings.db_path), overwrite)
+            result = restore(str(source), str(target or settings.db_path), overwrite, delta)
         if rebuild_indexes:
             from flows.maintenance import index_rebuild
 
@@ -119,7 +122,9 @@ def backup_restore(
             f"Restored {result['name']} into {result['target']}: "
             + (f"~{result['entity_count']:,} entities (RocksDB's estimate; `rem db stats` counts them), "
                if result["counts"] == "estimated" else f"{result['entity_count']:,} entities, ")
-            + "checksum verified" + (" (repaired, nothing dropped)" if result["repaired"] else "")))
+            + "checksum verified" + (" (repaired, nothing dropped)" if result["repaired"] else "")
+            + (f"; kept {result['delta']['kept_files']} files ({human_bytes(result['delta']['kept_bytes'])}) of the "
+               "target that matched" if "delta" in result else "")))
 
 
 @backup_app.command("verify")

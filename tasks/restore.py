@@ -21,14 +21,15 @@ from runtime.progress import RunProgress
 
 @task("download", retries=3, retry_delay_seconds=10)
 def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
-             from_db: str | None = None) -> Path:
-    """Fetch a backup into output/{name}/ (resuming a partial download)."""
+             from_db: str | None = None, keep_from: Path | None = None) -> Path:
+    """Fetch a backup into output/{name}/ (resuming a partial download; with keep_from, none of the
+    shared files that database already holds byte for byte)."""
     from runtime.wiring import find_record, resolve_settings  # boto3: only for a backup found by name
 
     record = find_record(resolve_settings(settings_dict), name, tenant, from_db)
     progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
     try:
-        path = fetch(record, output, progress)
+        path = fetch(record, output, progress, keep_from)
     except ObjectCorrupt as exc:
         raise needed_by(record, exc) from None
     progress.finish()
@@ -44,12 +45,12 @@ def verify_archive(source: Path, metadata: BackupMetadata, while_extracting: boo
 
 
 @task("extract", retries=1, retry_delay_seconds=2)
-def extract(source: Path, beside: Path, metadata: BackupMetadata) -> Path:
+def extract(source: Path, beside: Path, metadata: BackupMetadata, keep_from: Path | None = None) -> Path:
     """Safe, bounded, checksummed extraction into a new directory beside the target; returns the database directory."""
     work = scratch_dir(beside, "restore")
     progress = RunProgress(f"Restoring backup {metadata.name}", metadata.uncompressed_bytes)
     try:
-        db_dir = layout_of(metadata).extract(source, work, metadata, progress)
+        db_dir = layout_of(metadata).extract(source, work, metadata, progress, keep_from)
         progress.finish()
         return db_dir
     except BaseException:
@@ -83,14 +84,14 @@ class Unpacked:
 
 
 @contextmanager
-def unpacked(source: Path, beside: Path, check: bool = True) -> Iterator[Unpacked]:
+def unpacked(source: Path, beside: Path, check: bool = True, keep_from: Path | None = None) -> Iterator[Unpacked]:
     """A backup directory checked and extracted into scratch beside `beside`: every byte against its
     SHA-256, every recorded file present, opened by RocksDB (and repaired only when nothing is lost).
     The one pipeline restore, backup verify, PITR and drills share; the scratch is removed when the
     block ends, whatever went into place."""
     metadata = read_local_backup(source)
     verify_archive(source, metadata, while_extracting=True)
-    db_dir = extract(source, beside, metadata)
+    db_dir = extract(source, beside, metadata, keep_from)
     try:
         yield Unpacked(metadata, db_dir,
                        check_restored(db_dir, metadata, layout_of(metadata).recorded_files(source, metadata))

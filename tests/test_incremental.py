@@ -180,3 +180,57 @@ def test_a_killed_upload_and_an_interrupted_prune_leave_nothing_a_later_run_trip
                          str(tmp_path / "dl"), "--json", env=env, check=True).stdout)
     rem("backup", "restore", "--source", got["path"], "--target", str(out), check=True)
     assert dump_all(out) == dump_all(db) and good["name"] == "good"
+
+
+def _fetched_bytes(s3, bucket, proxy) -> int:
+    """The bytes of every object the restore asked the bucket for (each part of a ranged download counted)."""
+    total = 0
+    for r in proxy.requests:
+        if r.method != "GET" or "?" in r.path or r.outcome != "ok":
+            continue
+        if r.range:
+            start, end = r.range.removeprefix("bytes=").split("-")
+            total += int(end) - int(start) + 1
+        else:
+            key = r.path.split("/", 2)[2]
+            total += s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    return total
+
+
+def test_a_delta_restore_over_a_database_changed_since_fetches_only_what_changed_and_equals_a_full_one(
+        tmp_path, s3_endpoint, bucket, s3):
+    db = tmp_path / "db"
+    engine_sample(db, 6000, 2, 9, 32)
+    env = s3_env(s3_endpoint, bucket)
+    backup(db, env, "--upload", "--name", "night")
+    full = tmp_path / "full"
+    with FaultProxy(s3_endpoint) as proxy:
+        rem("--db-path", str(db), "backup", "restore", "--name", "night", "--target", str(full), "--json",
+            env={**env, "P8_S3_ENDPOINT_URL": proxy.url}, check=True)
+    full_bytes = _fetched_bytes(s3, bucket, proxy)
+
+    engine_write(db, writes(9, 60))  # about 1% more; the engine's flush on close writes a new SST
+    with FaultProxy(s3_endpoint) as proxy:
+        result = json.loads(rem("--db-path", str(db), "backup", "restore", "--name", "night", "--target", str(db),
+                                "--delta", "--json", env={**env, "P8_S3_ENDPOINT_URL": proxy.url}, check=True).stdout)
+    delta_bytes = _fetched_bytes(s3, bucket, proxy)
+    print(f"delta fetched {delta_bytes:,} of a full restore's {full_bytes:,} bytes")
+    assert delta_bytes <= 0.05 * full_bytes, (delta_bytes, full_bytes)
+    ssts = sum(p.stat().st_size for p in full.glob("*.sst"))
+    assert result["delta"]["kept_bytes"] >= 0.95 * ssts  # linked from the target, not written again
+    files = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()  # noqa: E731
+                       if p.is_file() and p.name not in ("LOCK", "rocksdict-config.json") and not p.name.startswith("LOG")}
+    assert files(db) == files(full)
+    assert dump_all(db) == dump_all(full)
+
+
+def test_delta_refuses_a_tenant_backup_and_changes_nothing(tmp_path):
+    db = tmp_path / "db"
+    engine_sample(db, 500, 2, 10, 16)
+    env = {"P8_BACKUP_DIR": str(tmp_path / "b")}
+    backup(db, env, "--tenant", "acme", "--name", "t")
+    before = dump_all(db)
+    proc = rem("--db-path", str(db), "backup", "restore", "--name", "t", "--tenant", "acme", "--target", str(db),
+               "--delta", env=env)
+    assert proc.returncode == 2 and "--delta" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert dump_all(db) == before

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -275,10 +276,42 @@ def decompress_checked(path: Path, entry: FileEntry, out=None) -> None:
         raise ObjectCorrupt(key, f"SHA-256 checksum mismatch for {entry.name}: the object is corrupt")
 
 
+def kept_in(listing: FileList, target: Path | None) -> dict[str, Path]:
+    """The shared files the backup names that target already holds byte for byte (its recorded size
+    and SHA-256; a restore --delta keeps them instead of fetching them, as RocksDB's kVerifyChecksum
+    restore and pgBackRest's --delta do). A file is read to be hashed once per process."""
+    if target is None or not target.is_dir():
+        return {}
+    found = {}
+    for entry in listing.files:
+        path = target / entry.name
+        if entry.object and path.is_file() and not path.is_symlink() and path.stat().st_size == entry.size \
+                and hash_file(path) == entry.sha256:
+            found[entry.name] = path
+    return found
+
+
+def _keep(path: Path, into: Path) -> None:
+    """A kept file into the new database: a hard link (SSTs are never rewritten), else a copy."""
+    try:
+        os.link(path, into)
+    except OSError:
+        shutil.copyfile(path, into)
+
+
 def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int = 4,
-                progress: Callable[[int], None] | None = None) -> None:
-    """Decompress every shared file into db_dir, refusing any whose bytes are not the SHA-256 asked for."""
+                progress: Callable[[int], None] | None = None, keep_from: Path | None = None) -> dict[str, int]:
+    """Decompress every shared file into db_dir, refusing any whose bytes are not the SHA-256 asked for;
+    with keep_from, the files it holds with the recorded size and SHA-256 are kept from there instead.
+    How many files, and bytes, were kept."""
+    kept = kept_in(listing, keep_from)
+
     def place(entry: FileEntry) -> None:
+        if entry.name in kept:
+            _keep(kept[entry.name], db_dir / entry.name)
+            if progress:
+                progress(entry.size)
+            return
         key = entry.object
         path = object_source(source, key)
         if not path.exists():
@@ -301,6 +334,7 @@ def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-restore") as pool:
         for future in [pool.submit(place, e) for e in listing.files if e.object]:
             future.result()
+    return {"kept_files": len(kept), "kept_bytes": sum(e.size for e in listing.files if e.name in kept)}
 
 
 def dependents(store: BackupStore, key: str) -> list[str]:
@@ -452,9 +486,10 @@ def repository_bytes(store: BackupStore) -> int:
 
 
 def download_objects(store: BackupStore, record, dest: Path, progress: Callable[[int], None] | None = None,
-                     concurrency: int = 4) -> None:
+                     concurrency: int = 4, keep_from: Path | None = None) -> None:
     """files.json, small.tar.zst and every object the list names into dest (objects/), in parallel;
-    an object already there with its stored size is not fetched again (an interrupted run resumes)."""
+    an object already there with its stored size is not fetched again (an interrupted run resumes),
+    nor one whose file keep_from holds byte for byte (restore --delta)."""
     body = store.objects.get(store.key(record.tenant_folder, record.folder, FILES))
     listing = FileList.model_validate_json(body)
     with private_file(dest / FILES) as f:
@@ -462,7 +497,8 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
     download_checked(store.objects, store.key(record.tenant_folder, record.folder, SMALL), dest / SMALL,
                      listing.small_sha256, progress)
     (dest / "objects").mkdir(exist_ok=True, mode=0o700)
-    entries = {e.object: e for e in listing.files if e.object}
+    kept = kept_in(listing, keep_from)
+    entries = {e.object: e for e in listing.files if e.object and e.name not in kept}
     wanted = {key: e.stored_bytes for key, e in entries.items()}
 
     def whole(target: Path, key: str) -> bool:

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from rem.backup.archive import check_free_space, extract_archive, verify_checksum, write_archive
 from rem.backup.catalog import (ARCHIVE, FILES, METADATA, SCHEMAS, SMALL, BackupArchived, BackupMetadata,
                                 BackupRecord, BackupStore, check_name, download_checked)
-from rem.backup.incremental import (FileList, PreviousBackup, download_objects, materialize, previous_backup,
-                                    store_incremental)
+from rem.backup.incremental import (FileList, PreviousBackup, download_objects, kept_in, materialize,
+                                    previous_backup, store_incremental)
 from rem.errors import RemError
 from rem.storage import ObjectArchived, ObjectMissing
 from rem.storage.local import private_file, space_checked
@@ -45,11 +45,13 @@ class Layout(Protocol):
 
     def added_bytes(self, metadata: BackupMetadata) -> int: ...
 
-    def download(self, record: BackupRecord, dest: Path, progress: Progress) -> None: ...
+    def download(self, record: BackupRecord, dest: Path, progress: Progress, keep_from: Path | None = None) -> None:
+        """keep_from: a database whose files matching the backup's need not be fetched (incremental only)."""
 
     def verify(self, source: Path, metadata: BackupMetadata, while_extracting: bool) -> None: ...
 
-    def extract(self, source: Path, work: Path, metadata: BackupMetadata, progress: Progress) -> Path: ...
+    def extract(self, source: Path, work: Path, metadata: BackupMetadata, progress: Progress,
+                keep_from: Path | None = None) -> Path: ...
 
     def recorded_files(self, source: Path, metadata: BackupMetadata) -> dict[str, int] | None: ...
 
@@ -77,7 +79,7 @@ class ArchiveLayout:
     def added_bytes(self, metadata: BackupMetadata) -> int:
         return metadata.size_bytes
 
-    def download(self, record, dest, progress) -> None:
+    def download(self, record, dest, progress, keep_from=None) -> None:
         store = record.store
         download_checked(store.objects, store.key(record.tenant_folder, record.folder, ARCHIVE), dest / ARCHIVE,
                          record.metadata.checksum_sha256, progress)
@@ -86,7 +88,7 @@ class ArchiveLayout:
         if not while_extracting:  # a restore checks the archive in the pass that extracts it
             verify_checksum(source / ARCHIVE, metadata.checksum_sha256)
 
-    def extract(self, source, work, metadata, progress) -> Path:
+    def extract(self, source, work, metadata, progress, keep_from=None) -> Path:
         return extract_archive(source / ARCHIVE, work, metadata.uncompressed_bytes, metadata.checksum_sha256,
                                progress)
 
@@ -117,27 +119,28 @@ class IncrementalLayout:
     def added_bytes(self, metadata: BackupMetadata) -> int:
         return metadata.added_bytes
 
-    def download(self, record, dest, progress) -> None:
-        download_objects(record.store, record, dest, progress)
+    def download(self, record, dest, progress, keep_from=None) -> None:
+        download_objects(record.store, record, dest, progress, keep_from=keep_from)
 
     def verify(self, source, metadata, while_extracting) -> None:
         """The file list against metadata.json and the small files' archive against the list (each
         shared object is checked in the pass that places it)."""
         verify_checksum(source / FILES, metadata.checksum_sha256)
-        verify_checksum(source / SMALL, _listing(source).small_sha256)
+        verify_checksum(source / SMALL, file_list(source).small_sha256)
 
-    def extract(self, source, work, metadata, progress) -> Path:
-        listing = _listing(source)
-        check_free_space(work, metadata.uncompressed_bytes)
+    def extract(self, source, work, metadata, progress, keep_from=None) -> Path:
+        listing = file_list(source)
+        kept = kept_in(listing, keep_from)  # linked, not written: they take no new space
+        check_free_space(work, metadata.uncompressed_bytes - sum(e.size for e in listing.files if e.name in kept))
         db_dir = extract_archive(source / SMALL, work, listing.small_uncompressed_bytes, progress=progress)
-        materialize(listing, source, db_dir, progress=progress)
+        materialize(listing, source, db_dir, progress=progress, keep_from=keep_from)
         return db_dir
 
     def recorded_files(self, source, metadata) -> dict[str, int] | None:
-        return {f.name: f.size for f in _listing(source).files}
+        return {f.name: f.size for f in file_list(source).files}
 
 
-def _listing(source: Path) -> FileList:
+def file_list(source: Path) -> FileList:
     return FileList.model_validate_json((source / FILES).read_bytes())
 
 
@@ -154,7 +157,7 @@ def layout_of(metadata: BackupMetadata) -> Layout:
     return INCREMENTAL_LAYOUT if metadata.layout == INCREMENTAL_LAYOUT.name else ARCHIVE_LAYOUT
 
 
-def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None) -> Path:
+def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None, keep_from: Path | None = None) -> Path:
     """The backup as a local directory: a local store's own folder (restored in place), else a
     download to out_dir/{name}/ with parallel ranged GETs (an interrupted run resumes)."""
     store = record.store
@@ -172,7 +175,7 @@ def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None) -> Pat
         with space_checked(dest, "--output"):
             with private_file(dest / SCHEMAS) as f:
                 f.write(store.objects.get(store.key(record.tenant_folder, record.folder, SCHEMAS)))
-            layout_of(record.metadata).download(record, dest, progress)
+            layout_of(record.metadata).download(record, dest, progress, keep_from)
             # metadata.json last, as on upload: a directory without it is an unfinished download.
             with private_file(dest / METADATA) as f:
                 f.write(record.metadata.model_dump_json(indent=2).encode())
