@@ -408,3 +408,21 @@ def test_rekey_to_a_new_key_file_and_the_old_one_no_longer_opens(make_sample, tm
     assert digest(dump_all(tmp_path / "r")) == digest(dump_all(db))
     refused = rem("--db-path", str(db), "backup", "restore", "--name", "b", "--target", str(tmp_path / "r2"), env=env)
     assert refused.returncode == 2 and "old.key" in refused.stderr
+
+
+def test_a_backup_made_before_encryption_was_turned_on_still_restores(make_sample, tmp_path):
+    db = make_sample(300, 2, 16, 16)
+    backups = tmp_path / "backups"
+    ok(rem("--db-path", str(db), "backup", "create", "--name", "before", "--json", env={"P8_BACKUP_DIR": str(backups)}))
+    env = key_file_env(new_key(tmp_path / "k"), backups)
+    after = ok(rem("--db-path", str(db), "backup", "create", "--name", "after", "--json", env=env))
+    assert after["encryption"]["mode"] == "key-file"
+    # the SSTs the unencrypted backup stored are stored again, sealed: the encrypted one names no plaintext
+    objects = {k: v for k, v in local_objects(backups).items() if "/sst/" in k}
+    assert objects and all(v.startswith(b"REMAEAD1") for v in objects.values())
+    listed = {r["name"]: r for r in ok(rem("--db-path", str(db), "backup", "list", "--detail", "--json", env=env))}
+    assert listed["before"]["encryption"] is None and listed["after"]["encryption"]["mode"] == "key-file"
+    for name in ("before", "after"):
+        ok(rem("--db-path", str(db), "backup", "restore", "--name", name, "--target", str(tmp_path / name), "--json",
+               env=env))
+        assert digest(dump_all(tmp_path / name)) == digest(dump_all(db))

@@ -126,9 +126,16 @@ def previous_backup(store: BackupStore, tenant_folder: str) -> PreviousBackup | 
     """The newest incremental backup and its file list: its hashes spare hashing unchanged SSTs again.
     Read newest first, so a repository of a year of backups costs one listing and a GET or two, not a
     GET per backup."""
+    from rem.storage.encrypted import encryption_of
+
+    sealing = encryption_of(store.objects, store.db) is not None
     for record in store.newest_first(tenant_folder):
         if record.metadata.layout != "incremental":
             continue
+        if (record.metadata.encryption is not None) != sealing:
+            # encryption turned on (or off) since: none of its objects is reused, each is stored again
+            # the new way, so an encrypted backup never names a plaintext object
+            return None
         try:
             return PreviousBackup(record, read_files(store, record.tenant_folder, record.folder))
         except (ObjectMissing, ValueError):

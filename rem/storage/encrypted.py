@@ -21,6 +21,7 @@ restorable (their metadata says they are not encrypted).
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -247,12 +248,9 @@ class EncryptedObjectStore:
 
     def _opened(self, key: str, body: bytes) -> bytes:
         if not body.startswith(MAGIC):
-            return self._plain(key, body)
+            return body  # written before encryption was on (or a readable name)
         opener = self._opener(key, body[:HEADER.size], len(body))
         return b"".join(opener.open(i, body[opener.offset(i):opener.offset(i + 1)]) for i in range(opener.chunks))
-
-    def _plain(self, key: str, body: bytes) -> bytes:
-        return body  # written before encryption was on (or a readable name)
 
     def download(self, key: str, dest: Path, progress: Callable[[int], None] | None = None) -> None:
         """The object opened into dest: a local store's file read in place, a bucket's fetched first
@@ -270,8 +268,9 @@ class EncryptedObjectStore:
         try:
             with open(sealed, "rb") as src, space_checked(dest, "--output"), private_file(partial) as out:
                 header = src.read(HEADER.size)
-                if not header.startswith(MAGIC):
-                    out.write(self._plain(key, header + src.read()))
+                if not header.startswith(MAGIC):  # written before encryption was on: copied as it is
+                    out.write(header)
+                    shutil.copyfileobj(src, out, CHUNK)
                 else:
                     opener = self._opener(key, header, os.fstat(src.fileno()).st_size)
                     for index in range(opener.chunks):
