@@ -9,7 +9,7 @@ from typing import Any
 
 from rem.backup.catalog import read_local_backup
 from rem.backup.incremental import ObjectCorrupt, kept_in, needed_by
-from rem.backup.layout import fetch, file_list
+from rem.backup.layout import fetch, file_list, layout_of
 from rem.backup.restore import check_target, count_database, real_target
 from rem.db import is_database
 from rem.errors import UsageError
@@ -80,7 +80,7 @@ def restore_named(name: str, target: str, overwrite: bool, settings: dict[str, A
 def delta_source(metadata, target: Path) -> Path | None:
     """The database a delta restore keeps files from: the target, for a whole-database incremental
     backup (an archive is one stream, a tenant's backup replaces only the tenant's rows)."""
-    if metadata.tenant_id is not None or metadata.layout != "incremental":
+    if metadata.tenant_id is not None or not layout_of(metadata).keeps_files:
         raise UsageError(f"--delta restores whole-database incremental backups; {metadata.name} is "
                          f"{'a tenant backup' if metadata.tenant_id else 'an archive'}: restore it without --delta")
     return target if is_database(target) else None

@@ -33,6 +33,7 @@ class Layout(Protocol):
     store_step: str  # the name of the step that stores it (the task run's name in the Prefect UI)
     data_file: str  # the object lifecycle rules may move to Glacier; the others are records
     record_files: tuple[str, ...]
+    keeps_files: bool  # a restore --delta can keep the target's files that match (shared SSTs, one by one)
 
     def store_text(self, name: str) -> str: ...
 
@@ -61,6 +62,7 @@ class ArchiveLayout:
     store_step = "compress-and-upload"
     data_file = ARCHIVE
     record_files = (SCHEMAS, METADATA)
+    keeps_files = False  # one stream: nothing to keep file by file
 
     def store_text(self, name: str) -> str:
         return f"Compressing and uploading backup {name}"
@@ -101,6 +103,7 @@ class IncrementalLayout:
     store_step = "upload-new-ssts"
     data_file = SMALL
     record_files = (FILES, SCHEMAS, METADATA)
+    keeps_files = True
 
     def store_text(self, name: str) -> str:
         return f"Uploading what backup {name} adds"
