@@ -29,6 +29,7 @@ from rem.errors import RemError, UsageError
 from rem.format import check_tenant
 from rem.identity import DatabaseIdentity, claim_name
 from rem.storage import ARCHIVED_CLASSES, ObjectArchived, ObjectInfo, ObjectMissing, ObjectStore, PreconditionFailed
+from rem.storage.encrypted import is_sealed_file
 
 log = logging.getLogger("rem")
 
@@ -39,7 +40,6 @@ SCHEMAS = "schemas.json"
 FILES = "files.json"  # an incremental backup's file list (rem.backup.incremental)
 SMALL = "small.tar.zst"  # its files other than SSTs
 CLAIM = ".claim"
-SEALED_MAGIC = b"REMAEAD1"  # rem.storage.encrypted.MAGIC: an object as it lies in an encrypted store
 DATA_TAG = ("rem-class", "data")  # the objects lifecycle rules may archive: never a record listing reads
 KEEP_TAG = "rem-keep"  # "no" on every backup object, "yes" on a kept backup's: lifecycle expiry spares "yes"
 PRUNE_LEASE = ".prune"  # {db}/backups/.prune: a garbage collection is deleting objects
@@ -506,8 +506,7 @@ def read_local_backup(source: Path) -> BackupMetadata:
         metadata = BackupMetadata.model_validate_json(meta.read_bytes())
     except ValueError as exc:
         raise RemError(f"{meta}: unreadable backup metadata ({str(exc).splitlines()[0]})") from None
-    sealed = [p.name for p in (source / ARCHIVE, source / SMALL, source / FILES) if p.is_file()
-              and p.open("rb").read(8) == SEALED_MAGIC]
+    sealed = [p.name for p in (source / ARCHIVE, source / SMALL, source / FILES) if is_sealed_file(p)]
     if sealed:
         raise UsageError(f"{source / sealed[0]} is encrypted as it lies in the store: restore it with --name "
                          f"{metadata.name} (the store opens it with the data key), or `rem backup download` it first")

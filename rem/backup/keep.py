@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from rem.backup.catalog import KEEP_TAG, BackupMetadata, BackupRecord, backup_tags
+from rem.backup.catalog import BackupMetadata, BackupRecord, backup_tags
 from rem.backup.layout import layout_of
 from rem.errors import UsageError
 
@@ -48,8 +48,8 @@ def set_keep(record: BackupRecord, until: str | None, release: bool = False) -> 
     updated = record.store.update_metadata(record, kept=not release, keep_until=None if release else
                                            (parse_until(until) if until else None))
     layout = layout_of(updated)
-    tags = {**backup_tags(updated), KEEP_TAG: "no" if release else "yes"}
-    record.store.finish(record.tenant_folder, record.folder, tags, layout.data_file, layout.record_files)
+    record.store.finish(record.tenant_folder, record.folder, backup_tags(updated), layout.data_file,
+                        layout.record_files)
     return updated
 
 

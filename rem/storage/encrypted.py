@@ -32,7 +32,7 @@ from rem.errors import RemError
 from rem.storage import ObjectInfo, ObjectMissing
 from rem.storage.keys import KEYS, DataKeys
 
-MAGIC = b"REMAEAD1"  # rem.backup.catalog.SEALED_MAGIC recognises a sealed backup folder by it
+MAGIC = b"REMAEAD1"
 HEADER = struct.Struct(">8s8s8sI")
 CHUNK = 1 << 20
 TAG = 16
@@ -51,6 +51,14 @@ def sealed_name(key: str) -> bool:
     name = parts[-1]
     return not (name in READABLE_NAMES or name.startswith(".") or (len(parts) > 2 and parts[1] + "/" == KEYS)
                 or len(parts) < 2 or parts[0] == "backups")
+
+
+def is_sealed_file(path: Path) -> bool:
+    """A file that is an object as it lies in an encrypted store (a backup folder read in place)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
 
 
 def database_of(key: str) -> str:
