@@ -15,6 +15,8 @@
    local (key-file) and S3 (kms-envelope), each against the same command unencrypted.
 8. A store at scale (benchmarks/scale.py; BENCH_SCALE_BACKUPS, 5000): list, prune --dry-run and a new
    backup's catalog overhead with 5,000 backups of one database among 50 databases.
+9. The engine's insert latency while a backup runs, unlimited and with --rate-limit (benchmarks/rate_limit.py;
+   BENCH_RATE_ENTITIES 330000, BENCH_RATE_MB 20).
 
 Sizes: BENCH_ENTITIES (default 450000, about 1 GB on disk), BENCH_DIM (128).
 """
@@ -183,6 +185,15 @@ def main() -> None:
                 rows.append((f"{step}, {where}, {enc['db_bytes'] / 1e9:.2f} GB, {sealed} vs unencrypted",
                              f"{enc[f'{step} {where} {sealed}']:.1f} s vs {enc[f'{step} {where} plain']:.1f} s "
                              f"(ratio {ratio:.2f})", "ratio <= 1.10" + (": met" if ratio <= 1.10 else ": **not met**")))
+        # 9. what a backup costs the engine's writes, with and without --rate-limit
+        from benchmarks.rate_limit import main as rate_bench
+
+        rl = rate_bench(int(os.environ.get("BENCH_RATE_ENTITIES", "330000")), float(os.environ.get("BENCH_RATE_MB", "20")))
+        rows.append((f"engine insert latency (p50 / p99) while `rem backup create` runs, unlimited vs "
+                     f"`--rate-limit {rl['rate_mb']:g}` (idle: {rl['idle']['p50_ms']:.2f} / {rl['idle']['p99_ms']:.2f} ms)",
+                     f"{rl['unlimited']['p50_ms']:.2f} / {rl['unlimited']['p99_ms']:.2f} ms vs {rl['limited']['p50_ms']:.2f}"
+                     f" / {rl['limited']['p99_ms']:.2f} ms (backup {rl['unlimited']['seconds']:.1f} s vs "
+                     f"{rl['limited']['seconds']:.1f} s)", "measured (#25)"))
         # 8. a store at scale: 5,000 backups of one database among 50 databases (local store)
         from benchmarks.scale import main as scale_bench
 

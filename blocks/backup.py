@@ -84,6 +84,9 @@ class BackupStorage(Block):
     chunk_size_mb: int = Field(default=100, ge=5, le=5120, description="Multipart part size in MiB (S3 minimum 5).")
     concurrency: int = Field(default=4, ge=1, le=64, description="Parts uploaded or downloaded in parallel.")
     compression_level: int = Field(default=2, ge=1, le=22, description="zstd compression level.")
+    rate_limit_mb: Optional[float] = Field(
+        default=None, gt=0, description="MB/s backups, restores, downloads and the log follower move at most "
+                                        "(empty: no limit), so they never take the disk or network from the engine.")
 
     def object_store(self, bounded: bool = False, extra_args: dict[str, str] | None = None,
                      named: str = "this REM Backup Storage block", **lock) -> S3ObjectStore:

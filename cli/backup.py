@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli.options import BACKUP_NAME_OPTION, FROM_DB_OPTION, JSON_OPTION, WHICH_TENANT_OPTION, params, tenant_value
+from cli.options import (BACKUP_NAME_OPTION, FROM_DB_OPTION, JSON_OPTION, RATE_LIMIT_OPTION, WHICH_TENANT_OPTION,
+                         limited, params, tenant_value)
 from cli import render
 from cli.output import cli_run, fail, human_bytes, out, show
 
@@ -24,6 +25,7 @@ def backup_create(
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Back up only this tenant (plus the schemas)"),
     archive: bool = typer.Option(False, "--archive", help="One self-contained rocksdb.tar.zst (the runbook's "
                                  "format, to move a database elsewhere) instead of an incremental backup"),
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Whole-database backups are incremental: snapshot -> the SSTs the repository lacks, uploaded once
@@ -35,7 +37,8 @@ def backup_create(
                  as_json)
         from flows.backup import full_backup
 
-        result = full_backup(params(settings), tenant=tenant, name=name, upload=upload, archive=archive)
+        result = full_backup(params(limited(settings, rate_limit)), tenant=tenant, name=name, upload=upload,
+                             archive=archive)
         show(result, as_json, lambda c: c.print(
             f"Backup {result['name']} of {result['tenant_id'] or 'the whole database'}: "
             f"{'~' if result['counts'] == 'estimated' else ''}{result['entity_count']:,} entities, "
@@ -72,6 +75,7 @@ def backup_download(
     output: Path = typer.Option(..., "--output", help="Directory; the backup goes to OUTPUT/NAME/"),
     tenant: Optional[str] = WHICH_TENANT_OPTION,
     from_db: Optional[str] = FROM_DB_OPTION,
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Download a backup (parallel ranged GETs; an interrupted download resumes)."""
@@ -79,7 +83,7 @@ def backup_download(
         tenant = tenant_value(tenant)
         from flows.restore import download_backup
 
-        result = download_backup(name, str(output), params(settings), tenant, from_db=from_db)
+        result = download_backup(name, str(output), params(limited(settings, rate_limit)), tenant, from_db=from_db)
         show(result, as_json, lambda c: c.print(f"Downloaded {name} to {result['path']}"))
 
 
@@ -99,6 +103,7 @@ def backup_restore(
     delta: bool = typer.Option(False, "--delta", help="Over the database at the target: keep its files that "
                                "match the backup's (size and SHA-256), fetch and write only the rest (implies "
                                "--overwrite)"),
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Verify the checksum, extract safely, check every column family, then put into place."""
@@ -109,8 +114,8 @@ def backup_restore(
         from flows.restore import restore, restore_named
 
         if name is not None:
-            result = restore_named(name, str(target or settings.db_path), overwrite, params(settings),
-                                   tenant_value(tenant), from_db, delta)
+            result = restore_named(name, str(target or settings.db_path), overwrite,
+                                   params(limited(settings, rate_limit)), tenant_value(tenant), from_db, delta)
         else:
             result = restore(str(source), str(target or settings.db_path), overwrite, delta)
         if rebuild_indexes:

@@ -42,6 +42,15 @@ def age(created: str) -> str:
         else f"{seconds / 86400:.0f} d"
 
 
+RATE_LIMIT_OPTION = typer.Option(None, "--rate-limit", min=0.001, help="MB/s to or from the store at most "
+                                 "(P8_BACKUP_RATE_LIMIT_MB; default: no limit)")
+
+
+def limited(settings, rate_limit: float | None):
+    """The settings with --rate-limit, when given."""
+    return settings.model_copy(update={"backup_rate_limit_mb": rate_limit}) if rate_limit else settings
+
+
 def params(settings) -> dict:
     """Settings as a flow takes them: JSON, the form a deployment's parameters have in the Prefect UI."""
     return settings.model_dump(mode="json")

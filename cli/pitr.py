@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.options import FROM_DB_OPTION, JSON_OPTION, params, tenant_value
+from cli.options import FROM_DB_OPTION, JSON_OPTION, RATE_LIMIT_OPTION, limited, params, tenant_value
 from cli import render
 from cli.output import cli_run, fail, human_bytes, show, table_renderer
 
@@ -20,6 +20,7 @@ def pitr_archive(
     follow: bool = typer.Option(False, "--follow", help="Keep running: pin each new log at once, ship every interval"),
     interval: Optional[float] = typer.Option(None, "--interval", min=0.2,
                                              help="Seconds between shipments with --follow (default [pitr] follow_interval_seconds, 1)"),
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Ship RocksDB's log to the archive: one pass (the 5-minute deployment), or --follow."""
@@ -33,7 +34,7 @@ def pitr_archive(
 
             get_logger()  # the rem logger's handler, made on first use
             logging.getLogger("rem").setLevel(logging.INFO)
-        result = wal_archive(params(settings), follow=follow, interval_seconds=interval)
+        result = wal_archive(params(limited(settings, rate_limit)), follow=follow, interval_seconds=interval)
         show(result, as_json, lambda c: c.print(f"Skipped: {result['skipped']}") if "skipped" in result else c.print(
             f"Archived {result['archived_batches']:,} batches in {len(result['segments'])} segment(s) "
             f"({result['passes']} pass(es)); archived through sequence {result['last_archived_sequence']}, "

@@ -21,6 +21,7 @@ from runtime.observe import current_db, db_label, label_run
 if TYPE_CHECKING:
     from rem.health import Watched
     from rem.storage.keys import DataKeys, KeyWrap
+    from rem.storage.throttled import RateLimiter
 
 
 def resolve_settings(settings: dict[str, Any] | None, database_block: str | None = None,
@@ -61,15 +62,16 @@ def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None
         from blocks.backup import BackupEncryption, BackupStorage
 
         extra = BackupEncryption.load(cfg.encryption_block).extra_args() if cfg.encryption_block else {}
-        return sealed(cfg, BackupStorage.load(cfg.storage_block).object_store(
-            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}", **object_lock(cfg)))
+        block = BackupStorage.load(cfg.storage_block)
+        return sealed(cfg, throttled(cfg.backup_rate_limit_mb or block.rate_limit_mb, block.object_store(
+            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}", **object_lock(cfg))))
     if not (bucket or cfg.s3_bucket):
         raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
-    return sealed(cfg, S3ObjectStore(S3Settings(
+    return sealed(cfg, throttled(cfg.backup_rate_limit_mb, S3ObjectStore(S3Settings(
         bucket=bucket or cfg.s3_bucket, prefix=cfg.s3_prefix, endpoint_url=cfg.s3_endpoint_url, region=cfg.s3_region,
         storage_class=cfg.s3_storage_class, chunk_size_mb=cfg.backup_chunk_size_mb,
         concurrency=cfg.backup_upload_concurrency, extra_args=encryption_args(cfg.backup_encryption, cfg.kms_key_id),
-        **object_lock(cfg), **(BOUNDED if bounded else {}))))
+        **object_lock(cfg), **(BOUNDED if bounded else {})))))
 
 
 def object_lock(cfg: Settings) -> dict[str, Any]:
@@ -80,7 +82,27 @@ def object_lock(cfg: Settings) -> dict[str, Any]:
 
 
 def local_store(cfg: Settings) -> ObjectStore:
-    return sealed(cfg, LocalObjectStore(cfg.local_backup_dir))
+    return sealed(cfg, throttled(cfg.backup_rate_limit_mb, LocalObjectStore(cfg.local_backup_dir)))
+
+
+_LIMITERS: dict[float, "RateLimiter"] = {}
+
+
+def throttled(mb_per_second: float | None, objects: ObjectStore) -> ObjectStore:
+    """The store held to a rate, when one is set; every store of a process shares one limiter, so
+    the rate is the run's, whichever stores it uses."""
+    if not mb_per_second:
+        return objects
+    from rem.storage.throttled import RateLimiter, ThrottledObjectStore
+
+    return ThrottledObjectStore(objects, _LIMITERS.setdefault(mb_per_second, RateLimiter(mb_per_second)))
+
+
+def innermost(objects: ObjectStore) -> ObjectStore:
+    """The backend under any wrappers (sealed, throttled)."""
+    while hasattr(objects, "inner"):
+        objects = objects.inner
+    return objects
 
 
 def key_wrap(cfg: Settings, mode: str | None = None, kms_key_id: str | None = None,
@@ -155,7 +177,7 @@ def backup_store(cfg: Settings, upload: bool, bounded: bool = False) -> BackupSt
 
 def legacy_store(objects: ObjectStore) -> BackupStore:
     """The layout before databases had a level: backups/full/ in a bucket, full/ in a directory."""
-    local = isinstance(getattr(objects, "inner", objects), LocalObjectStore)
+    local = isinstance(innermost(objects), LocalObjectStore)
     return BackupStore(objects, None, "full/" if local else "backups/full/")
 
 

@@ -483,3 +483,22 @@ def test_extraction_is_bounded_by_names_size_and_free_space(make_sample, tmp_pat
     assert expected in proc.stderr
     assert snapshot_dir(target) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-restore-")]
+
+
+def test_a_rate_limited_backup_moves_no_faster_than_its_limit_and_restores_the_same(make_sample, tmp_path):
+    import time
+
+    from tests.helpers import digest
+
+    db = make_sample(4000, 2, 17, 64)
+    store = tmp_path / "b"
+    started = time.monotonic()
+    made = json.loads(rem("--db-path", str(db), "backup", "create", "--name", "slow", "--rate-limit", "0.5", "--json",
+                          env={"P8_BACKUP_DIR": str(store)}, check=True).stdout)
+    took = time.monotonic() - started
+    stored = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    assert stored > 1_000_000  # enough to be paced: at 0.5 MB/s well over the limiter's 0.25 s burst
+    assert took >= stored / 500_000 - 0.25, (took, stored)
+    rem("--db-path", str(db), "backup", "restore", "--name", made["name"], "--target", str(tmp_path / "r"),
+        "--rate-limit", "50", env={"P8_BACKUP_DIR": str(store)}, check=True)
+    assert digest(dump_all(tmp_path / "r")) == digest(dump_all(db))
