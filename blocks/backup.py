@@ -30,6 +30,9 @@ class RemDatabase(Block):
         default=None, description="The database's name in the store (P8_DB_NAME); default: derived from it.")
     storage_block: Optional[str] = Field(
         default=None, description="The REM Backup Storage block its backups, log archive and exports use.")
+    encryption_block: Optional[str] = Field(
+        default=None, description="The REM Backup Encryption block every flow of this database uses (kms-envelope "
+                                  "or key-file: its backups, log archive and exports are sealed with it).")
 
 
 class BackupEncryption(Block):

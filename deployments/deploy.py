@@ -119,7 +119,8 @@ def database_blocks(cfg, db: str) -> dict[str, str]:
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
-    from blocks.backup import BackupStorage, RemDatabase
+    from blocks.backup import BackupEncryption, BackupStorage, RemDatabase
+    from rem.settings import CLIENT_SIDE
 
     storage = f"rem-backups-{db}"
     outcome = {}
@@ -140,8 +141,16 @@ def database_blocks(cfg, db: str) -> dict[str, str]:
                           concurrency=cfg.backup_upload_concurrency,
                           compression_level=cfg.backup_compression).save(storage)
             outcome[storage] = "created"
+    encryption = None
+    if cfg.backup_encryption in CLIENT_SIDE:  # every flow of the database seals and opens with the same key
+        encryption = f"rem-encryption-{db}"
+        BackupEncryption(mode=cfg.backup_encryption, kms_key_id=cfg.kms_key_id,
+                         key_file=str(cfg.backup_key_file) if cfg.backup_key_file else None,
+                         kms_endpoint_url=cfg.kms_endpoint_url).save(encryption, overwrite=True)
+        outcome[encryption] = "saved"
     RemDatabase(path=str(cfg.db_path), db_name=db, backup_dir=str(cfg.backup_dir) if cfg.backup_dir else None,
-                storage_block=storage if cfg.s3_bucket else None).save(f"rem-db-{db}", overwrite=True)
+                storage_block=storage if cfg.s3_bucket else None, encryption_block=encryption).save(
+        f"rem-db-{db}", overwrite=True)
     outcome[f"rem-db-{db}"] = "saved"
     return outcome
 

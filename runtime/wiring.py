@@ -40,7 +40,8 @@ def resolve_settings(settings: dict[str, Any] | None, database_block: str | None
         if not settings:  # the database's own config file, beside the path the block names
             cfg = load_settings(db_path=Path(block.path))
         update = {"db_path": Path(block.path), "backup_dir": Path(block.backup_dir) if block.backup_dir else None,
-                  "db_name": block.db_name, "storage_block": block.storage_block}
+                  "db_name": block.db_name, "storage_block": block.storage_block,
+                  "encryption_block": block.encryption_block}
     # A block a run names overrides the database block's; a parameter left empty (None) overrides
     # nothing, so a deployment's blocks always win over the worker's environment.
     update.update({k: v for k, v in (("storage_block", storage_block), ("encryption_block", encryption_block))

@@ -191,3 +191,40 @@ def test_a_long_command_shows_its_bar_on_a_terminal_and_nothing_when_piped(make_
     assert "Restored" in text
     piped = rem("backup", "restore", "--source", meta["location"], "--target", str(tmp_path / "piped"), env=env)
     assert piped.returncode == 0 and "Restoring backup" not in piped.stderr
+
+
+DATABASE_BLOCK_RUN = """
+import json, sys
+from blocks.backup import BackupEncryption, RemDatabase
+db, backups, key = sys.argv[1:4]
+BackupEncryption(mode="key-file", key_file=key).save("rem-encryption-t", overwrite=True)
+RemDatabase(path=db, backup_dir=backups, db_name="sealed", encryption_block="rem-encryption-t").save(
+    "rem-db-sealed", overwrite=True)
+from flows.backup import full_backup
+from flows.retention import recovery_drill
+made = full_backup(name="by-block", database_block="rem-db-sealed")
+print(json.dumps({"made": made["encryption"], "drill": recovery_drill(backup="by-block", database_block="rem-db-sealed")}))
+"""
+
+
+def test_a_database_block_naming_an_encryption_block_seals_and_opens_every_flow_of_it(make_sample, prefect_api,
+                                                                                     tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    db = make_sample()
+    key = tmp_path / "backup.key"
+    key.write_text(os.urandom(32).hex())
+    backups = tmp_path / "backups"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api["url"], "PREFECT_HOME": prefect_api["home"]}
+    env.pop("P8_BACKUP_ENCRYPTION", None)  # nothing but the blocks says how
+    proc = subprocess.run([sys.executable, "-c", DATABASE_BLOCK_RUN, str(db), str(backups), str(key)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["made"]["mode"] == "key-file" and result["drill"]["passed"]
+    ssts = list(backups.rglob("sst/*.zst"))
+    assert ssts and all(p.read_bytes().startswith(b"REMAEAD1") for p in ssts)
