@@ -426,3 +426,25 @@ def test_a_backup_made_before_encryption_was_turned_on_still_restores(make_sampl
         ok(rem("--db-path", str(db), "backup", "restore", "--name", name, "--target", str(tmp_path / name), "--json",
                env=env))
         assert digest(dump_all(tmp_path / name)) == digest(dump_all(db))
+
+
+def test_an_uploaded_export_is_sealed_and_opens_with_the_data_key(make_sample, tmp_path, s3, s3_endpoint, bucket):
+    import pyarrow.parquet as pq
+
+    from rem.storage.encrypted import EncryptedObjectStore
+    from runtime.wiring import remote_store
+    from rem.settings import Settings
+
+    db = make_sample(300, 2, 18, 16)
+    env = kms_env(s3_endpoint, bucket, kms_key(s3_endpoint))
+    ok(rem("--db-path", str(db), "export", "--tenant", "acme", "--schemas", "people", "--output", str(tmp_path / "x"),
+           "--upload", "--json", env=env))
+    key = next(k for k in bucket_objects(s3, bucket) if k.endswith("people.parquet"))
+    raw = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert raw.startswith(b"REMAEAD1") and b"PAR1" not in raw
+    cfg = Settings(db_path=db, s3_bucket=bucket, s3_endpoint_url=s3_endpoint, backup_encryption="kms-envelope",
+                   kms_key_id=env["P8_KMS_KEY_ID"])
+    store = remote_store(cfg)
+    assert isinstance(store, EncryptedObjectStore)
+    store.download(key, tmp_path / "people.parquet")
+    assert pq.read_table(tmp_path / "people.parquet").equals(pq.read_table(tmp_path / "x"))  # one schema: a file

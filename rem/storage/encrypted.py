@@ -228,7 +228,7 @@ class EncryptedObjectStore:
             sealer.finish()
 
     def put_file(self, key: str, path: Path) -> None:
-        with self.writer(key, None) as sink, open(path, "rb") as src:
+        with self.writer(key, path.parent) as sink, open(path, "rb") as src:  # a bucket spools beside the file
             while block := src.read(CHUNK):
                 sink.write(block)
 
