@@ -8,7 +8,7 @@ for that database reads without being told, and `rem pitr enable` writes. It use
     db_name = "orders-eu-1"   (optional; default derived from the database, see rem.identity)
     [backup]        compression, chunk_size_mb, dir, upload_concurrency, encryption, kms_key_id, key_file,
                     kms_endpoint_url, object_lock, object_lock_days, keep_daily, keep_weekly, keep_monthly,
-                    rate_limit_mb
+                    rate_limit_mb, allow_plaintext
     [backup.s3]     bucket, prefix, endpoint_url, region, storage_class
     [pitr]          enabled, interval_seconds, follow_interval_seconds, bucket, segment_max_mb
 """
@@ -46,6 +46,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("backup", "key_file"): "backup_key_file",
     ("backup", "kms_endpoint_url"): "kms_endpoint_url",
     ("backup", "rate_limit_mb"): "backup_rate_limit_mb",
+    ("backup", "allow_plaintext"): "backup_allow_plaintext",
     ("backup", "object_lock"): "backup_object_lock",
     ("backup", "object_lock_days"): "backup_object_lock_days",
     ("backup", "keep_daily"): "backup_keep_daily",
@@ -132,6 +133,8 @@ class Settings(BaseSettings):
     backup_key_file: Path | None = Field(None, description="32-byte key file for key-file encryption "
                                          "(`openssl rand -hex 32`)")
     kms_endpoint_url: str | None = Field(None, description="KMS-compatible endpoint; default: the S3 endpoint's")
+    backup_allow_plaintext: bool = Field(False, description=(
+        "with rem's encryption on, also read objects that are not encrypted (backups made before it was turned on)"))
     backup_rate_limit_mb: float | None = Field(None, gt=0, description=(
         "MB/s a backup, restore, download or the log follower moves to or from the store, at most (default: "
         "no limit)"))

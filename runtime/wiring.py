@@ -158,7 +158,7 @@ def sealed(cfg: Settings, objects: ObjectStore) -> ObjectStore:
 
     keys = _DATA_KEYS.setdefault((objects.url(""), wrap.kek), DataKeys(objects, wrap))
     keys.objects = objects  # the newest client (bounded or not) for the key objects too
-    return EncryptedObjectStore(objects, keys)
+    return EncryptedObjectStore(objects, keys, cfg.backup_allow_plaintext)
 
 
 def object_stores(cfg: Settings, bounded: bool = False) -> list[ObjectStore]:

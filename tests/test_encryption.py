@@ -422,10 +422,42 @@ def test_a_backup_made_before_encryption_was_turned_on_still_restores(make_sampl
     assert objects and all(v.startswith(b"REMAEAD1") for v in objects.values())
     listed = {r["name"]: r for r in ok(rem("--db-path", str(db), "backup", "list", "--detail", "--json", env=env))}
     assert listed["before"]["encryption"] is None and listed["after"]["encryption"]["mode"] == "key-file"
-    for name in ("before", "after"):
+    # unsealed objects are refused where sealed ones belong, until the operator says to trust them
+    refused = rem("--db-path", str(db), "backup", "restore", "--name", "before", "--target", str(tmp_path / "no"),
+                  env=env)
+    assert refused.returncode == 1 and "not encrypted" in refused.stderr and "P8_BACKUP_ALLOW_PLAINTEXT" in \
+        refused.stderr and not (tmp_path / "no").exists()
+    for name, extra in (("before", {"P8_BACKUP_ALLOW_PLAINTEXT": "1"}), ("after", {})):
         ok(rem("--db-path", str(db), "backup", "restore", "--name", name, "--target", str(tmp_path / name), "--json",
-               env=env))
+               env={**env, **extra}))
         assert digest(dump_all(tmp_path / name)) == digest(dump_all(db))
+
+
+def test_a_plaintext_backup_planted_in_an_encrypted_bucket_is_refused(sealed_pair, s3, bucket, tmp_path):
+    """Someone who can write to the bucket but has no key puts a backup of their own beside the sealed
+    ones (metadata.json is readable, so it is easy to copy one): a restore of it is refused."""
+    from tests.engine import engine_write
+
+    db, env, _, first, _ = sealed_pair
+    planted_db = tmp_path / "planted-db"
+    import shutil
+
+    shutil.copytree(db, planted_db)
+    engine_write(planted_db, [["insert", "acme", "articles", {"uri": "planted", "title": "attacker's row"}]])
+    plain = {k: v for k, v in env.items() if k not in ("P8_BACKUP_ENCRYPTION", "P8_KMS_KEY_ID")}
+    ok(rem("--db-path", str(planted_db), "--db-name", "attacker", "backup", "create", "--upload", "--name",
+           "planted", "--json", env=plain))
+    victim = db_name_of(db)
+    for key, body in bucket_objects(s3, bucket).items():  # copied in with the bucket's credentials alone
+        if key.startswith("attacker/backups/"):
+            if key.endswith(".json"):
+                body = body.replace(b"attacker/", f"{victim}/".encode()).replace(b'"attacker"', f'"{victim}"'.encode())
+            s3.put_object(Bucket=bucket, Key=victim + key[len("attacker"):], Body=body)
+    listed = {r["name"] for r in ok(rem("--db-path", str(db), "backup", "list", "--json", env=env))}
+    assert "planted" in listed  # it looks like one of the database's backups
+    proc = rem("--db-path", str(db), "backup", "restore", "--name", "planted", "--target", str(tmp_path / "t"),
+               env=env)
+    assert proc.returncode == 1 and "not encrypted" in proc.stderr and not (tmp_path / "t").exists()
 
 
 def test_an_uploaded_export_is_sealed_and_opens_with_the_data_key(make_sample, tmp_path, s3, s3_endpoint, bucket):

@@ -14,8 +14,9 @@ binds an object to its name: a copy of another backup's object put under this na
 Left readable, because they hold no tenant data and are read by tools that have no key: each
 backup's metadata.json, the log archive's manifest.json, database.json (the name's owner), claims
 and leases (names starting with '.'), and the wrapped data keys themselves (keys/). An object that
-does not start with the magic is read as it is: backups made before encryption was turned on stay
-restorable (their metadata says they are not encrypted).
+does not start with the magic, where a sealed one belongs, is refused unless [backup]
+allow_plaintext (P8_BACKUP_ALLOW_PLAINTEXT) says to read it as it is: that is how a backup made
+before encryption was turned on is restored, and how nothing planted by someone without the key is.
 """
 
 from __future__ import annotations
@@ -156,9 +157,12 @@ def encryption_of(objects, db: str | None) -> dict[str, str] | None:
 class EncryptedObjectStore:
     """Any ObjectStore with its objects sealed (put, writer, put_file) and opened (get, download)."""
 
-    def __init__(self, inner, keys: DataKeys):
+    def __init__(self, inner, keys: DataKeys, allow_plaintext: bool = False):
         self.inner = inner
         self.keys = keys
+        # An unsealed object where a sealed one belongs is refused unless allowed: anyone who can write
+        # to the bucket could otherwise plant a backup a restore would take (nothing unsealed is signed).
+        self.allow_plaintext = allow_plaintext
 
     def __getattr__(self, name):  # what a backend offers beyond the interface (lifecycle rules, its cfg)
         return getattr(self.inner, name)
@@ -237,6 +241,7 @@ class EncryptedObjectStore:
             return self._opened(key, self.inner.get(key, if_match=if_match))
         first = self.inner.get(key, 0, HEADER.size - 1, if_match=if_match)
         if not first.startswith(MAGIC):
+            self._unsealed(key)
             return self.inner.get(key, start, end, if_match=if_match)
         info = self.inner.head(key)
         if info is None:
@@ -254,8 +259,16 @@ class EncryptedObjectStore:
         body, etag = self.inner.get_with_etag(key)
         return self._opened(key, body), etag
 
+    def _unsealed(self, key: str) -> None:
+        """An object without the seal: fine under a readable name, or when plaintext is allowed."""
+        if sealed_name(key) and not self.allow_plaintext:
+            raise ObjectTampered(self.url(key), "not encrypted, though this store's objects are (written before "
+                                 "encryption was turned on, or put there by someone without the key); if you trust "
+                                 "it, run again with P8_BACKUP_ALLOW_PLAINTEXT=1")
+
     def _opened(self, key: str, body: bytes) -> bytes:
         if not body.startswith(MAGIC):
+            self._unsealed(key)
             return body  # written before encryption was on (or a readable name)
         opener = self._opener(key, body[:HEADER.size], len(body))
         return b"".join(opener.open(i, body[opener.offset(i):opener.offset(i + 1)]) for i in range(opener.chunks))
@@ -277,6 +290,7 @@ class EncryptedObjectStore:
             with open(sealed, "rb") as src, space_checked(dest, "--output"), private_file(partial) as out:
                 header = src.read(HEADER.size)
                 if not header.startswith(MAGIC):  # written before encryption was on: copied as it is
+                    self._unsealed(key)
                     out.write(header)
                     shutil.copyfileobj(src, out, CHUNK)
                 else:
