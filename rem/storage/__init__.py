@@ -102,3 +102,16 @@ class ObjectStore(Protocol):
 
     def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
         """Abort unfinished stream uploads under prefix whose key abandoned() says no run owns."""
+
+
+class StoreWrapper:
+    """A store around another (sealed, throttled): every call it does not change goes to the inner
+    store, the interface's and whatever a backend offers beyond it (lifecycle rules, its cfg)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from rem.errors import RemError
-from rem.storage import ObjectInfo, ObjectMissing
+from rem.storage import ObjectMissing, StoreWrapper
 from rem.storage.keys import KEYS, DataKeys
 
 MAGIC = b"REMAEAD1"
@@ -154,59 +154,25 @@ def encryption_of(objects, db: str | None) -> dict[str, str] | None:
     return objects.encryption(db) if isinstance(objects, EncryptedObjectStore) and db else None
 
 
-class EncryptedObjectStore:
-    """Any ObjectStore with its objects sealed (put, writer, put_file) and opened (get, download)."""
+class EncryptedObjectStore(StoreWrapper):
+    """Any ObjectStore with its objects sealed (put, writer, put_file) and opened (get, download);
+    listing, heads, deletes, tags and locks go to it as they are."""
 
     def __init__(self, inner, keys: DataKeys, allow_plaintext: bool = False):
-        self.inner = inner
+        super().__init__(inner)
         self.keys = keys
         # An unsealed object where a sealed one belongs is refused unless allowed: anyone who can write
         # to the bucket could otherwise plant a backup a restore would take (nothing unsealed is signed).
         self.allow_plaintext = allow_plaintext
-
-    def __getattr__(self, name):  # what a backend offers beyond the interface (lifecycle rules, its cfg)
-        return getattr(self.inner, name)
 
     def encryption(self, db: str) -> dict[str, str]:
         """What metadata.json records: how the objects are sealed and with which data key (never the key)."""
         current = self.keys.current(db)
         return {"mode": self.keys.wrap.mode, "kek": current.kek, "data_key": current.id, "cipher": "AES-256-GCM"}
 
-    # ------------------------------------------------------------------ passed through
-    def url(self, key: str = "") -> str:
-        return self.inner.url(key)
-
-    def check(self) -> None:
-        self.inner.check()
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self.inner.head(key)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, keys: Iterable[str]) -> None:
-        self.inner.delete(keys)
-
-    def tag(self, key: str, tags: dict[str, str]) -> None:
-        self.inner.tag(key, tags)
-
-    def restore_hint(self, key: str) -> str:
-        return self.inner.restore_hint(key)
-
-    def extend_lock(self, keys: Iterable[str]) -> int:
-        return self.inner.extend_lock(keys)
-
-    def locked_until(self, key: str):
-        return self.inner.locked_until(key)
-
-    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
-        return self.inner.abort_uploads(prefix, abandoned)
-
     def local_path(self, key: str) -> Path | None:
         return None  # a local store's files are sealed: every read goes through download, which opens them
 
-    # ------------------------------------------------------------------ sealed
     def _sealer(self, key: str, sink: BinaryIO) -> Sealer:
         current = self.keys.current(database_of(key))
         return Sealer(current.id, current.key, key, sink)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from rem.storage import ObjectInfo
+from rem.storage import StoreWrapper
 
 MB = 1_000_000
 BURST_SECONDS = 0.25  # a limiter idle a while may let this much go at once, no more
@@ -49,30 +49,12 @@ class _PacedSink:
         self.sink.flush()
 
 
-class ThrottledObjectStore:
-    """Any ObjectStore with its bytes held to the limiter's rate."""
+class ThrottledObjectStore(StoreWrapper):
+    """Any ObjectStore with its bytes held to the limiter's rate; calls that move no data go to it as they are."""
 
     def __init__(self, inner, limiter: RateLimiter):
-        self.inner = inner
+        super().__init__(inner)
         self.limiter = limiter
-
-    def __getattr__(self, name):  # the rest of the interface, and what a backend offers beyond it
-        return getattr(self.inner, name)
-
-    def url(self, key: str = "") -> str:
-        return self.inner.url(key)
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self.inner.head(key)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, keys: Iterable[str]) -> None:
-        self.inner.delete(keys)
-
-    def local_path(self, key: str) -> Path | None:
-        return self.inner.local_path(key)
 
     def put(self, key: str, body: bytes, **options) -> str:
         self.limiter.take(len(body))
