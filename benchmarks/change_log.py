@@ -14,7 +14,6 @@ writer under RocksDB 8.10, tests/engine). `python -m benchmarks.change_log [CHAN
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.pitr import cli, engine_db, follower, manifest, moto_buckets, stop, wait_for  # noqa: E402
+from benchmarks.run import save_result  # noqa: E402
 from tests.engine import ENGINE_PYTHON, RUN  # noqa: E402
 
 INSERTS = """
@@ -156,9 +156,7 @@ def main(changes: int = 1_000_000, entities: int = 660_000, burst: int = 10_000)
               f"{r['undo_s']:.1f} s vs a tenant point-in-time restore {r['tenant_pitr_s']:.1f} s: ratio "
               f"{r['ratio']:.2f} (target <= 1.0); {r['keys_written']:,} keys, {r['bytes_written']:,} bytes written",
               flush=True)
-    out = REPO / "benchmarks" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "change_log.json").write_text(json.dumps(results, indent=2))
+    save_result("change_log", results)
     return results
 
 

@@ -9,7 +9,6 @@ Usage: python -m benchmarks.encryption [ENTITIES]   (default 660000: about 1 GB)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import rem  # noqa: E402
+from benchmarks.run import rem, save_result  # noqa: E402
 from rem.stats import directory_size  # noqa: E402
 
 
@@ -68,9 +67,7 @@ def main(entities: int = 660_000, runs: int | None = None) -> dict:
                 print(f"{step}, {where}, {result['db_bytes'] / 1e9:.2f} GB: {sealed} {best[f'{step} {where} {sealed}']:.1f}"
                       f" s vs unencrypted {best[f'{step} {where} plain']:.1f} s: ratio {ratio:.2f} (target <= 1.10)",
                       flush=True)
-        out = Path(__file__).resolve().parent / "out"
-        out.mkdir(exist_ok=True)
-        (out / "encryption.json").write_text(json.dumps(result, indent=2))
+        save_result("encryption", result)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

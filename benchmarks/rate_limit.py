@@ -8,7 +8,6 @@ Usage: python -m benchmarks.rate_limit [ENTITIES] [RATE_MB]   (default 330000: a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.run import ENV, rem  # noqa: E402
+from benchmarks.run import ENV, rem, save_result  # noqa: E402
 from tests.engine import LiveEngine  # noqa: E402
 
 
@@ -76,9 +75,7 @@ def main(entities: int = 330_000, rate_mb: float = 20.0) -> dict:
             print(f"engine insert latency, {label}{f' ({rate_mb:g} MB/s)' if label == 'limited' else ''}: "
                   f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms over {r['inserts']:,} inserts"
                   + (f"; the backup took {r['seconds']:.1f} s" if label != "idle" else ""), flush=True)
-        out = REPO / "benchmarks" / "out"
-        out.mkdir(exist_ok=True)
-        (out / "rate_limit.json").write_text(json.dumps(result, indent=2))
+        save_result("rate_limit", result)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

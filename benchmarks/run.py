@@ -59,6 +59,13 @@ def timed(cmd: list[str], env: dict | None = None, shell: bool = False) -> tuple
         return elapsed, int(report.read().split()[-1]) // 1024
 
 
+def save_result(name: str, result) -> None:
+    """A benchmark's figures as benchmarks/out/{name}.json, for the README and the next run to compare."""
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+
+
 def rem(*args: str, env: dict | None = None) -> tuple[float, int]:
     return timed([sys.executable, "-m", "cli.main", *args], env)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import ENV, rem  # noqa: E402
+from benchmarks.run import ENV, rem, save_result  # noqa: E402
 
 
 def copies(folder: Path, count: int, start: datetime) -> None:
@@ -69,9 +69,7 @@ def main(backups: int = 5000, databases: int = 50) -> dict:
         print(f"store with {backups:,} backups of one database among {databases}: `rem backup list` {list_s:.2f} s "
               f"(target < 2 s), `rem backup prune --dry-run` {prune_s:.2f} s (< 5 s), a new incremental backup "
               f"{many:.2f} s vs {one:.2f} s with one backup: catalog overhead {many - one:.2f} s (< 1 s)", flush=True)
-        out = Path(__file__).resolve().parent / "out"
-        out.mkdir(exist_ok=True)
-        (out / "scale.json").write_text(json.dumps(result, indent=2))
+        save_result("scale", result)
         return result
     finally:
         if os.environ.get("BENCH_KEEP"):

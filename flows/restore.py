@@ -40,7 +40,8 @@ def restore(source: str, target: str, overwrite: bool = False, delta: bool = Fal
     keep_from = delta_source(metadata, target_dir) if delta else None
     lock = check_target(target_dir, overwrite or delta, metadata.tenant_id)  # held until the swap is durable
     try:
-        kept = kept_in(file_list(source_dir), keep_from) if keep_from else {}
+        kept = kept_in(file_list(source_dir), keep_from) if keep_from else {}  # before the swap replaces the target
+        delta_result = {"kept_files": len(kept), "kept_bytes": sum(p.stat().st_size for p in kept.values())}
         with unpacked(source_dir, target_dir, keep_from=keep_from) as base:
             report = base.report
             if metadata.tenant_id and is_database(target_dir):
@@ -58,8 +59,7 @@ def restore(source: str, target: str, overwrite: bool = False, delta: bool = Fal
               "counts": "exact" if report.repaired else metadata.counts, "repaired": report.repaired,
               "column_families": written, "checksum_sha256": metadata.checksum_sha256,
               "seconds": round(time.monotonic() - started, 3),
-              **({"delta": {"kept_files": len(kept), "kept_bytes": sum(p.stat().st_size for p in kept.values())}}
-                 if delta else {})}
+              **({"delta": delta_result} if delta else {})}
     publish_report("restore", restore_report(result, metadata.model_dump()),
                    description=f"Restore of {metadata.name} into {target_dir}")
     return result

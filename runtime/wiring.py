@@ -62,10 +62,11 @@ def remote_store(cfg: Settings, bounded: bool = False, bucket: str | None = None
     if cfg.storage_block and bucket is None:
         from blocks.backup import BackupEncryption, BackupStorage
 
-        extra = BackupEncryption.load(cfg.encryption_block).extra_args() if cfg.encryption_block else {}
         block = BackupStorage.load(cfg.storage_block)
+        encryption = BackupEncryption.load(cfg.encryption_block) if cfg.encryption_block else None
         return sealed(cfg, throttled(cfg.backup_rate_limit_mb or block.rate_limit_mb, block.object_store(
-            bounded, extra, f"the REM Backup Storage block {cfg.storage_block!r}", **object_lock(cfg))))
+            bounded, encryption.extra_args() if encryption else {},
+            f"the REM Backup Storage block {cfg.storage_block!r}", **object_lock(cfg))), encryption, block)
     if not (bucket or cfg.s3_bucket):
         raise UsageError("--upload needs a bucket: set P8_S3_BUCKET (or [backup.s3] bucket, or --bucket)")
     return sealed(cfg, throttled(cfg.backup_rate_limit_mb, S3ObjectStore(S3Settings(
@@ -106,40 +107,43 @@ def innermost(objects: ObjectStore) -> ObjectStore:
     return objects
 
 
-def key_wrap(cfg: Settings, mode: str | None = None, kms_key_id: str | None = None,
-             key_file: str | None = None) -> "KeyWrap | None":
+def key_wrap(cfg: Settings, mode: str | None = None, kms_key_id: str | None = None, key_file: str | None = None,
+             encryption=None, storage=None) -> "KeyWrap | None":
     """What wraps the databases' data keys (KMS or a key file), from the REM Backup Encryption block
-    the settings name, else from the settings; None when rem does not encrypt. mode, kms_key_id and
-    key_file override both (`rem backup rekey`'s new key)."""
+    the settings name (encryption: that block, already loaded), else from the settings; None when rem
+    does not encrypt. mode, kms_key_id and key_file override both (`rem backup rekey`'s new key). KMS
+    is reached with the storage block's AwsCredentials when there is one (storage: loaded already)."""
     from pathlib import Path
 
     from rem.settings import CLIENT_SIDE
     from rem.storage.keys import KeyFileWrap, KmsWrap
 
-    endpoint = cfg.kms_endpoint_url or cfg.s3_endpoint_url
-    if cfg.encryption_block:
+    if cfg.encryption_block and encryption is None:
         from blocks.backup import BackupEncryption
 
-        block = BackupEncryption.load(cfg.encryption_block)
-        configured = (block.mode, block.kms_key_id, block.key_file)
-        endpoint = block.kms_endpoint_url or (None if cfg.storage_block else endpoint)
+        encryption = BackupEncryption.load(cfg.encryption_block)
+    if encryption is not None:
+        configured = (encryption.mode, encryption.kms_key_id, encryption.key_file, encryption.kms_endpoint_url)
     else:
-        configured = (cfg.backup_encryption, cfg.kms_key_id, str(cfg.backup_key_file or "") or None)
+        configured = (cfg.backup_encryption, cfg.kms_key_id, str(cfg.backup_key_file or "") or None,
+                      cfg.kms_endpoint_url)
     mode = mode or configured[0]
     if mode not in CLIENT_SIDE:
         return None
     if mode == "key-file":
         return KeyFileWrap(Path(key_file or configured[2]))
-    if cfg.storage_block and not cfg.kms_endpoint_url:
+    endpoint = configured[3] or cfg.kms_endpoint_url
+    if cfg.storage_block and storage is None:
         from blocks.backup import BackupStorage
 
         storage = BackupStorage.load(cfg.storage_block)
+    if storage is not None:  # its endpoint unless one is given for KMS
         return KmsWrap(kms_key_id or configured[1], lambda: storage.kms_client(endpoint))
 
     def client():
         import boto3
 
-        return boto3.client("kms", endpoint_url=endpoint, region_name=cfg.s3_region)
+        return boto3.client("kms", endpoint_url=endpoint or cfg.s3_endpoint_url, region_name=cfg.s3_region)
 
     return KmsWrap(kms_key_id or configured[1], client)
 
@@ -147,10 +151,10 @@ def key_wrap(cfg: Settings, mode: str | None = None, kms_key_id: str | None = No
 _DATA_KEYS: dict[tuple[str, str], "DataKeys"] = {}
 
 
-def sealed(cfg: Settings, objects: ObjectStore) -> ObjectStore:
+def sealed(cfg: Settings, objects: ObjectStore, encryption=None, storage=None) -> ObjectStore:
     """The store with its objects sealed and opened by rem, when the encryption is client-side. A
     process unwraps each data key once (one KMS Decrypt), however many times the store is built."""
-    wrap = key_wrap(cfg)
+    wrap = key_wrap(cfg, encryption=encryption, storage=storage)
     if wrap is None:
         return objects
     from rem.storage.encrypted import EncryptedObjectStore

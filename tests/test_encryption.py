@@ -355,7 +355,7 @@ def test_no_key_wrapped_key_or_credential_shows_in_any_output_log_artifact_or_ev
                "wrapped key (hex)": wrapped.hex(), "data key (hex)": plaintext.hex(),
                "data key (base64)": base64.b64encode(plaintext).decode()}
     server = _everything_prefect_holds(prefect_api["url"])
-    assert '"full-backup' in server or "full-backup" in server  # the runs are there to search
+    assert "full-backup" in server and name in server  # the runs, their artifacts and logs are there to search
     for what, secret in secrets.items():
         for i, text in enumerate(outputs):
             assert secret not in text, f"{what} in the output of command {i}"

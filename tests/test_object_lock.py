@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from tests.engine import engine_write
 from tests.faultproxy import FaultProxy
-from tests.helpers import db_name_of, rem
+from tests.helpers import db_name_of, dump_all, rem
 
 
 def ok(proc):
@@ -62,6 +62,7 @@ def test_backups_are_locked_reused_objects_carried_forward_and_prune_deletes_onl
     with pytest.raises(ClientError, match="AccessDenied"):
         s3.delete_object(Bucket=locked_bucket, Key=f"{home}long/small.tar.zst", VersionId=version)
 
+    at_long = dump_all(db)
     engine_write(db, [["insert", "acme", "articles", {"uri": "newest", "title": "x"}]])
     ok(rem(*cli, "backup", "create", "--upload", "--name", "newest", "--json", env=env))
     while until(s3, locked_bucket, f"{home}short/metadata.json") > datetime.now(timezone.utc):
@@ -77,7 +78,7 @@ def test_backups_are_locked_reused_objects_carried_forward_and_prune_deletes_onl
 
     restored = tmp_path / "restored"
     ok(rem(*cli, "backup", "restore", "--name", "long", "--target", str(restored), "--json", env=env))
-    assert restored.exists() and long_["name"] == "long"
+    assert long_["name"] == "long" and dump_all(restored) == at_long  # the locked backup, whole
 
     checks = {c["name"].split(" s3://")[0]: c for c in ok(rem(*cli, "check", "--json", env=env))["checks"]
               if "s3://" in c["name"]}

@@ -43,6 +43,7 @@ from rem.backup.catalog import (FILES, METADATA, SMALL, BackupRecord, BackupStor
                                 claim_is_stale, download_checked)
 from rem.errors import RemError
 from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
+from rem.storage.encrypted import encryption_of
 from rem.storage.local import private_file
 
 SHARED = re.compile(r"^\d+\.(sst|blob)$")
@@ -126,8 +127,6 @@ def previous_backup(store: BackupStore, tenant_folder: str) -> PreviousBackup | 
     """The newest incremental backup and its file list: its hashes spare hashing unchanged SSTs again.
     Read newest first, so a repository of a year of backups costs one listing and a GET or two, not a
     GET per backup."""
-    from rem.storage.encrypted import encryption_of
-
     sealing = encryption_of(store.objects, store.db) is not None
     for record in store.newest_first(tenant_folder):
         if record.metadata.layout != "incremental":
@@ -307,11 +306,10 @@ def _keep(path: Path, into: Path) -> None:
 
 
 def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int = 4,
-                progress: Callable[[int], None] | None = None, keep_from: Path | None = None) -> dict[str, int]:
+                progress: Callable[[int], None] | None = None, kept: dict[str, Path] | None = None) -> None:
     """Decompress every shared file into db_dir, refusing any whose bytes are not the SHA-256 asked for;
-    with keep_from, the files it holds with the recorded size and SHA-256 are kept from there instead.
-    How many files, and bytes, were kept."""
-    kept = kept_in(listing, keep_from)
+    the files kept (kept_in: a delta restore's target holds them byte for byte) are linked from there instead."""
+    kept = kept or {}
 
     def place(entry: FileEntry) -> None:
         if entry.name in kept:
@@ -341,7 +339,6 @@ def materialize(listing: FileList, source: Path, db_dir: Path, concurrency: int 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-restore") as pool:
         for future in [pool.submit(place, e) for e in listing.files if e.object]:
             future.result()
-    return {"kept_files": len(kept), "kept_bytes": sum(e.size for e in listing.files if e.name in kept)}
 
 
 def dependents(store: BackupStore, key: str) -> list[str]:

@@ -136,7 +136,7 @@ class IncrementalLayout:
         kept = kept_in(listing, keep_from)  # linked, not written: they take no new space
         check_free_space(work, metadata.uncompressed_bytes - sum(e.size for e in listing.files if e.name in kept))
         db_dir = extract_archive(source / SMALL, work, listing.small_uncompressed_bytes, progress=progress)
-        materialize(listing, source, db_dir, progress=progress, keep_from=keep_from)
+        materialize(listing, source, db_dir, progress=progress, kept=kept)
         return db_dir
 
     def recorded_files(self, source, metadata) -> dict[str, int] | None:

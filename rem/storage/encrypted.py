@@ -21,6 +21,7 @@ before encryption was turned on is restored, and how nothing planted by someone 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import struct
@@ -36,6 +37,7 @@ from rem.storage.keys import KEYS, DataKeys
 MAGIC = b"REMAEAD1"
 HEADER = struct.Struct(">8s8s8sI")
 CHUNK = 1 << 20
+MAX_CHUNK = 64 << 20
 TAG = 16
 READABLE_NAMES = {"metadata.json", "manifest.json", "database.json"}
 
@@ -107,29 +109,19 @@ class Sealer:
         self.index += 1
 
 
-def seal(data_key_id: str, data_key: bytes, key: str, body: bytes) -> bytes:
-    import io
-
-    out = io.BytesIO()
-    sealer = Sealer(data_key_id, data_key, key, out)
-    sealer.write(body)
-    sealer.finish()
-    return out.getvalue()
-
-
 class Opener:
     """Opens a sealed object's chunks, given its header and total size."""
 
     def __init__(self, header: bytes, key: str, url: str, size: int, data_key: Callable[[str], bytes]):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        magic, key_id, self.prefix, self.chunk = HEADER.unpack(header)
+        _, key_id, self.prefix, self.chunk = HEADER.unpack(header)
         self.header, self.key, self.url = header, key, url
         self.sealed_chunk = self.chunk + TAG
         body = size - HEADER.size
         self.chunks = max(1, -(-body // self.sealed_chunk))
-        if self.chunk == 0 or body < TAG:
-            raise ObjectTampered(url, "too short to be a sealed object")
+        if body < TAG or not 0 < self.chunk <= MAX_CHUNK:  # a forged header must not make a read allocate gigabytes
+            raise ObjectTampered(url, "not a sealed object's header")
         self.aead = AESGCM(data_key(key_id.hex()))
 
     def open(self, index: int, sealed: bytes) -> bytes:
@@ -182,25 +174,22 @@ class EncryptedObjectStore(StoreWrapper):
 
     def put(self, key: str, body: bytes, **options) -> str:
         if sealed_name(key):
-            current = self.keys.current(database_of(key))
-            body = seal(current.id, current.key, key, body)
+            out = io.BytesIO()
+            sealer = self._sealer(key, out)
+            sealer.write(body)
+            sealer.finish()
+            body = out.getvalue()
         return self.inner.put(key, body, **options)
 
     @contextmanager
     def writer(self, key: str, spool_dir: Path | None, **options) -> Iterator[BinaryIO]:
-        if not sealed_name(key):
-            with self.inner.writer(key, spool_dir, **options) as sink:
-                yield sink
-            return
         with self.inner.writer(key, spool_dir, **options) as sink:
+            if not sealed_name(key):
+                yield sink
+                return
             sealer = self._sealer(key, sink)
             yield sealer  # type: ignore[misc]
             sealer.finish()
-
-    def put_file(self, key: str, path: Path) -> None:
-        with self.writer(key, path.parent) as sink, open(path, "rb") as src:  # a bucket spools beside the file
-            while block := src.read(CHUNK):
-                sink.write(block)
 
     def get(self, key: str, start: int | None = None, end: int | None = None, if_match: str | None = None) -> bytes:
         if start is None:
@@ -248,7 +237,7 @@ class EncryptedObjectStore(StoreWrapper):
         sealed = here if here is not None else dest.with_name(dest.name + ".sealed")
         if here is None:
             self.inner.download(key, sealed, progress)
-            progress = None
+            progress = None  # counted as the sealed bytes came
         elif not here.is_file():
             raise ObjectMissing(key)
         partial = dest.with_name(dest.name + ".opening")

@@ -272,8 +272,7 @@ class S3ObjectStore:
                 self.client.put_object_retention(Bucket=self.cfg.bucket, Key=self.full_key(key), Retention={
                     "Mode": self.cfg.object_lock, "RetainUntilDate": until})
             except ClientError:  # S3 refuses to shorten a lock: one already later (object_lock_days lowered) stays
-                current = self.client.head_object(Bucket=self.cfg.bucket, Key=self.full_key(key)).get(
-                    "ObjectLockRetainUntilDate")
+                current = self._retain_until(key)
                 if current is None or current < until:
                     raise
             count += 1
@@ -283,16 +282,20 @@ class S3ObjectStore:
         """When the object's lock ends, if it is locked now (no request unless this store locks)."""
         if not self.cfg.object_lock:
             return None
+        until = self._retain_until(key)
+        return until if until and until > datetime.now(timezone.utc) else None
+
+    def _retain_until(self, key: str) -> datetime | None:
+        """The object's lock date as S3 holds it (None: no lock, or no object)."""
         from botocore.exceptions import ClientError
 
         try:
-            until = self.client.head_object(Bucket=self.cfg.bucket, Key=self.full_key(key)).get(
+            return self.client.head_object(Bucket=self.cfg.bucket, Key=self.full_key(key)).get(
                 "ObjectLockRetainUntilDate")
         except ClientError as exc:
             if _missing(exc):
                 return None
             raise
-        return until if until and until > datetime.now(timezone.utc) else None
 
     def lock_status(self) -> dict[str, Any]:
         """The bucket's versioning and object lock, as `rem check` reports them."""
@@ -393,13 +396,13 @@ class S3ObjectStore:
                                                                                        Prefix=prefix):
                     objects += [{"Key": v["Key"], "VersionId": v["VersionId"]}
                                 for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] in wanted]
-            if not objects:
-                return
-        reply = self.client.delete_objects(Bucket=self.cfg.bucket, Delete={"Objects": objects, "Quiet": True})
-        if reply.get("Errors"):
-            first = reply["Errors"][0]
-            raise RemError(f"s3://{self.cfg.bucket}/{first['Key']}: not deleted ({first.get('Code')}: "
-                           f"{first.get('Message')}); {len(reply['Errors'])} of {len(keys)} objects failed")
+        for start in range(0, len(objects), 1000):  # S3 takes 1,000 per request; a key may have many versions
+            batch = objects[start:start + 1000]
+            reply = self.client.delete_objects(Bucket=self.cfg.bucket, Delete={"Objects": batch, "Quiet": True})
+            if reply.get("Errors"):
+                first = reply["Errors"][0]
+                raise RemError(f"s3://{self.cfg.bucket}/{first['Key']}: not deleted ({first.get('Code')}: "
+                               f"{first.get('Message')}); {len(reply['Errors'])} of {len(batch)} objects failed")
 
     def local_path(self, key: str) -> Path | None:
         return None

@@ -65,11 +65,6 @@ class ThrottledObjectStore(StoreWrapper):
         with self.inner.writer(key, spool_dir, **options) as sink:
             yield _PacedSink(sink, self.limiter)  # type: ignore[misc]
 
-    def put_file(self, key: str, path: Path) -> None:
-        with self.writer(key, path.parent) as sink, open(path, "rb") as src:
-            while block := src.read(1 << 20):
-                sink.write(block)
-
     def get(self, key: str, start: int | None = None, end: int | None = None, if_match: str | None = None) -> bytes:
         body = self.inner.get(key, start, end, if_match=if_match)
         self.limiter.take(len(body))
