@@ -208,9 +208,11 @@ class RemDB:
         rows = self.cf(cf).items(from_key=lower, read_opt=ro) if lower is not None else self.cf(cf).items(read_opt=ro)
         return _holding(rows, ro)
 
-    def keys(self, cf: str, prefix: bytes = b"") -> Iterator[bytes]:
-        ro = read_options(prefix_upper_bound(prefix) if prefix else None)
-        keys = self.cf(cf).keys(from_key=prefix, read_opt=ro) if prefix else self.cf(cf).keys(read_opt=ro)
+    def keys(self, cf: str, prefix: bytes = b"", start: bytes | None = None, end: bytes | None = None) -> Iterator[bytes]:
+        """Every key of a column family that starts with prefix, from start on (up to end)."""
+        ro = read_options(end if end is not None else prefix_upper_bound(prefix) if prefix else None)
+        lower = start if start is not None else (prefix or None)
+        keys = self.cf(cf).keys(from_key=lower, read_opt=ro) if lower is not None else self.cf(cf).keys(read_opt=ro)
         return _holding(keys, ro)
 
     def batch(self) -> WriteBatch:

@@ -18,7 +18,6 @@ import os
 import struct
 import threading
 import time
-from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +37,8 @@ from rem.fast_schema import typed_decoder
 from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, edge_key, edge_reverse_key,
                         entity_key, parse_edge_key, parse_edge_reverse_key, parse_embedding_key, parse_entity_key,
                         parse_index_key, parse_key_index_key, parse_wal_key, schema_info)
+from rem.scratch import remove_scratch, scratch_dir
+from rem.spill import HashSpill, KeyLog, clear, keys_of, parts_for, tags_where
 from rem.stats import estimate_keys
 from rem.tenant import schema_rows
 
@@ -152,38 +153,54 @@ def _check_vector(report, cf, key, uuid, values, dim) -> None:
         report.add("critical", "embedding", cf, key, uuid, "not all finite numbers", "re-embed the entity")
 
 
-@dataclass
-class _EntityScan:
-    """What one pass over a range of `entities` found, and the hashes the other checks look ids up in:
-    8 bytes per entity in each array, where a dict of every id cost about 800 bytes per entity."""
+@dataclass(frozen=True)
+class _Spill:
+    """Where one job writes the hashes the relation checks join (rem/spill.py): 8 bytes per row on
+    disk, a partition at a time in memory, so verify's memory does not grow with the database."""
 
-    report: VerifyReport
-    ids: np.ndarray  # hash(uuid) of every entity (edges name entities by id alone)
-    owners: np.ndarray  # hash(entities key) of every entity: b"entity:{tenant}:{uuid}"
-    current_rows: np.ndarray  # hash(key row) of the row each entity's current key implies
-    unreadable: set  # (tenant, uuid) of entities whose value is not an entity (reported already)
-    keyed: np.ndarray  # hash(entities key) of every entity whose current key implies a key row
+    directory: Path
+    parts: int
+    writer: int
+
+    def hashes(self, name: str, tagged: bool = False) -> HashSpill:
+        return HashSpill(self.directory, name, self.parts, self.writer, tagged)
+
+    def keys(self, name: str) -> KeyLog:
+        return KeyLog(self.directory, name, self.writer)
 
 
-def _scan_entities(db: RemDB, checks: tuple[str, ...], lo: bytes | None, hi: bytes | None) -> _EntityScan:
+def _flushed(*spills) -> None:
+    for spill in spills:
+        spill.flush()
+
+
+def _scan_entities(db: RemDB, spill: _Spill, checks: tuple[str, ...], lo: bytes | None,
+                   hi: bytes | None) -> tuple[VerifyReport, set]:
+    """One range of `entities`: each value decoded and checked, and spilled for the relation checks:
+    hash(uuid) (edges name entities by id alone), hash(key), hash(the key row each entity's current
+    key implies) and, tagged with its key, hash(key) of each entity that implies one. Returns the
+    findings and the (tenant, uuid) of entities whose value is not an entity (reported already)."""
     report = VerifyReport()
     schemas = _load_schemas(db, VerifyReport())  # compile errors are the caller's to report
     stored = {name: s.info for name, s in schemas.items()}
     decoder, typed = typed_decoder({name: (s.body, s.info.key_field) for name, s in schemas.items()
                                     if s.validate is not None})
-    ids, owners, current = array("q"), array("q"), array("q")
+    ids, owners, current = spill.hashes("ids"), spill.hashes("owners"), spill.hashes("current")
+    keyed_owners, entity_keys = spill.hashes("keyed", tagged=True), spill.keys("entities")
     unreadable: set = set()
-    keyed_owners = array("q")
 
     def keyed(key: bytes, row: bytes | None) -> None:
         if row is not None:
-            current.append(hash(row))
-            keyed_owners.append(hash(key))
+            current.hashes.append(hash(row))
+            keyed_owners.hashes.append(hash(key))
+            keyed_owners.tags.append(entity_keys.add(key))
 
     for key, value in db.items("entities", start=lo, end=hi):
         report.checked["entities"] += 1
         if report.checked["entities"] % _TICK == 0:
             _tick()
+            if ids.full():
+                _flushed(ids, owners, current, keyed_owners)
         try:
             head, tenant, uuid = key.decode().split(":")  # parse_entity_key's rule, without its cost
             if head != "entity":
@@ -196,8 +213,8 @@ def _scan_entities(db: RemDB, checks: tuple[str, ...], lo: bytes | None, hi: byt
         except DecodeError as exc:
             report.add("critical", "decode", "entities", key, None, exc.reason, "hard-delete this row")
             continue
-        ids.append(hash(uuid))
-        owners.append(hash(key))
+        ids.hashes.append(hash(uuid))
+        owners.hashes.append(hash(key))
         if decoder is not None:  # the fast path: schema and vector checked while decoding
             try:
                 entity = decoder.decode(value)
@@ -241,8 +258,8 @@ def _scan_entities(db: RemDB, checks: tuple[str, ...], lo: bytes | None, hi: byt
                 schema.validate(props)
             except fastjsonschema.JsonSchemaValueException as exc:
                 report.add("critical", "schema", "entities", key, uuid, exc.message, "correct the entity's properties")
-    return _EntityScan(report, np.frombuffer(ids, dtype=np.int64), np.frombuffer(owners, dtype=np.int64),
-                       np.frombuffer(current, dtype=np.int64), unreadable, np.frombuffer(keyed_owners, dtype=np.int64))
+    _flushed(ids, owners, current, keyed_owners, entity_keys)
+    return report, unreadable
 
 
 def _timestamps_hold(entity) -> bool:
@@ -297,15 +314,15 @@ def _run_job(job: tuple):
     return _WORKER_DB.rdict.latest_sequence_number(), check(_WORKER_DB, *args)
 
 
-def _in_workers(db: RemDB, check, jobs: list[tuple], workers: int) -> list:
-    """check(db, *job) for every job, in worker processes when there are several (decoding holds the
-    GIL). Each worker opens the database itself: a live database written between the opens would
-    give them different states, so then the jobs run again here, on this one handle. Workers are
-    forked, so what this process found so far (_FOUND) is theirs without being sent."""
+def _in_workers(db: RemDB, jobs: list[tuple], workers: int, rerun: Callable[[], None]) -> list:
+    """check(db, *args) for every (check, args), in worker processes when there are several (decoding
+    holds the GIL). Each worker opens the database itself: a live database written between the opens
+    would give them different states, so then rerun() undoes what they wrote and the jobs run again
+    here, on this one handle."""
     if workers > 1 and len(jobs) > 1:
         pool = multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _open_in_worker, (db.path,))
         try:
-            results = pool.map(_run_job, [(check, job) for job in jobs], chunksize=1)
+            results = pool.map(_run_job, jobs, chunksize=1)
         except BaseException:
             pool.terminate()
             raise
@@ -315,20 +332,10 @@ def _in_workers(db: RemDB, check, jobs: list[tuple], workers: int) -> list:
             pool.join()
         if {sequence for sequence, _ in results} == {db.rdict.latest_sequence_number()}:
             return [result for _, result in results]
-    return [check(db, *job) for job in jobs]
+        rerun()
+    return [check(db, *args) for check, args in jobs]
 
 
-@dataclass
-class _Found:
-    """What the entity pass found, as the relation checks look things up in it."""
-
-    ids: np.ndarray  # sorted
-    owners: np.ndarray  # sorted
-    current_rows: np.ndarray  # sorted
-    unreadable: set
-
-
-_FOUND: _Found | None = None
 # Rows checked so far, shared with the forked workers: the caller's progress is read from it.
 _CHECKED = multiprocessing.Value("q", 0)
 _TICK = 4096
@@ -371,81 +378,55 @@ def _reporting(progress: Callable[[int], None] | None) -> Iterator[None]:
         poller.join()
 
 
-def _sorted_from(parts: list[_EntityScan], name: str) -> np.ndarray:
-    """One sorted array of the parts' hashes, each part's array let go as it is copied in: memory is
-    the 8 bytes per entity of each of the four hash arrays, not twice or thrice that."""
-    merged = np.concatenate([getattr(p, name) for p in parts])
-    for part in parts:
-        setattr(part, name, None)
-    merged.sort()
-    return merged
-
-
-def _member(sorted_hashes: np.ndarray, values) -> np.ndarray:
-    """Which values are in sorted_hashes (vectorised)."""
-    values = np.asarray(values, dtype=np.int64)
-    if not len(sorted_hashes):
-        return np.zeros(len(values), dtype=bool)
-    where = np.minimum(np.searchsorted(sorted_hashes, values), len(sorted_hashes) - 1)
-    return sorted_hashes[where] == values
-
-
 def verify_database(db: RemDB, checks: tuple[str, ...] = ALL_CHECKS, workers: int | None = None,
                     progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Check every value decodes, and the relations the checks name: the entities first, split by
-    key range over worker processes, then key rows and edges against what they found, likewise.
-    progress is told of rows checked as they go (about rows_to_check in all)."""
+    """Check every value decodes, and the relations the checks name: the entities, key rows and edges
+    scanned at once, split by key range over worker processes, each spilling the hashes of what it
+    saw; then the relations joined from the spills. progress is told of rows checked as they go
+    (about rows_to_check in all)."""
     with _reporting(progress):
         return _verify(db, checks, workers)
 
 
 def _verify(db: RemDB, checks: tuple[str, ...], workers: int | None) -> VerifyReport:
-    global _FOUND
     started = time.perf_counter()
     if workers is None:  # forking and opening per worker costs more than a small database's scan
         workers = 1 if estimate_keys(db, "entities") < SMALL_ENTITIES else min(os.cpu_count() or 1, 4)
     report = VerifyReport()
     schemas = _load_schemas(db, report)
-    parts = _in_workers(db, _scan_entities, [(checks, lo, hi) for lo, hi in key_ranges(db, "entities", b"entity:", workers)],
-                        workers)
-    for part in parts:
-        report.merge(part.report)
-    _FOUND = _Found(*(_sorted_from(parts, name) for name in ("ids", "owners", "current_rows")),
-                    set().union(*(p.unreadable for p in parts)))
-    keyed_owners = _sorted_from(parts, "keyed")
-    del parts
+    edges, indexes = "edges" in checks and db.has_cf("edges"), "indexes" in checks and db.has_cf("key_index")
+    parts = parts_for(max((estimate_keys(db, cf) for cf in ("entities", "key_index", "edges") if db.has_cf(cf)),
+                          default=0))
+    # the entity ranges (the longest jobs) first, cut finer so the others fill the workers around them
+    jobs = [(_scan_entities, (checks, lo, hi)) for lo, hi in key_ranges(db, "entities", b"entity:", 2 * workers)]
+    jobs += [(_check_edges, ())] if edges else []
+    jobs += [(_check_key_rows, (lo, hi)) for lo, hi in key_ranges(db, "key_index", b"key:", workers)] if indexes else []
+    directory = scratch_dir(db.path, "verify")
     try:
-        jobs = []  # the edges (one job) first, so the key row ranges fill the other workers around it
-        if "edges" in checks and db.has_cf("edges"):
-            jobs += [("edges", None, None)]
-        if "indexes" in checks and db.has_cf("key_index"):
-            jobs += [("key_index", lo, hi) for lo, hi in key_ranges(db, "key_index", b"key:", 2 * workers)]
-        with_rows = []
-        for found, rows in _in_workers(db, _check_relations, jobs, workers):
+        spills = [(check, (_Spill(directory, parts, writer), *args)) for writer, (check, args) in enumerate(jobs)]
+        unreadable: set = set()
+        for found, unreadable_here in _in_workers(db, spills, workers, rerun=lambda: clear(directory)):
             report.merge(found)
-            with_rows.append(rows)
-        if "indexes" in checks and db.has_cf("key_index"):
-            _report_unkeyed(db, report, schemas, keyed_owners[~_member(np.sort(np.concatenate(with_rows)),
-                                                                       keyed_owners)])
-        _check_rare(db, report, schemas, checks)
+            unreadable |= unreadable_here
+        if indexes:
+            _report_key_rows(db, report, schemas, directory, parts, unreadable)
+        if edges:
+            _report_missing_ends(report, directory, parts)
+        _check_rare(db, report, schemas, checks, unreadable)
     finally:
-        _FOUND = None
+        remove_scratch(directory)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _check_relations(db: RemDB, cf: str, lo: bytes | None, hi: bytes | None) -> tuple[VerifyReport, np.ndarray]:
-    """One job of the relation checks: a range of key rows (with the owners of the rows it saw), or the edges."""
-    report = VerifyReport()
-    if cf == "key_index":
-        return report, _check_key_rows(db, report, lo, hi)
-    _check_edges(db, report)
-    return report, np.zeros(0, dtype=np.int64)
+def _entity_exists(db: RemDB, tenant: str, uuid: str) -> bool:
+    return db.get("entities", entity_key(tenant, uuid)) is not None
 
 
-def _check_rare(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], checks: tuple[str, ...]) -> None:
-    """The column families the engine never writes (embeddings, indexes) and the logical WAL."""
-    owners, unreadable = _FOUND.owners, _FOUND.unreadable
+def _check_rare(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], checks: tuple[str, ...],
+                unreadable: set) -> None:
+    """The column families the engine never writes (embeddings, indexes), each row's entity looked up,
+    and the logical WAL."""
     if "embeddings" in checks and db.has_cf("embeddings"):
         for key, value in db.items("embeddings"):
             report.checked["embeddings"] += 1
@@ -454,7 +435,8 @@ def _check_rare(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], ch
             except DecodeError as exc:
                 report.add("critical", "decode", "embeddings", key, None, exc.reason, "delete the row")
                 continue
-            if not _member(owners, [hash(entity_key(tenant, uuid))])[0]:
+            owner = db.get("entities", entity_key(tenant, uuid))
+            if owner is None:
                 report.add("warning", "orphan", "embeddings", key, uuid, "no such entity", "`rem db vacuum`")
                 continue
             if (tenant, uuid) in unreadable:
@@ -463,13 +445,12 @@ def _check_rare(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], ch
                 report.add("critical", "decode", "embeddings", key, uuid, f"{len(value)} bytes is not float32s",
                            "re-embed the entity")
                 continue
-            owner_type = orjson.loads(db.get("entities", entity_key(tenant, uuid)))["entity_type"]
-            schema = schemas.get(owner_type)
+            schema = schemas.get(orjson.loads(owner)["entity_type"])
             _check_vector(report, "embeddings", key, uuid, struct.unpack(f"<{len(value) // 4}f", value),
                           schema.info.embedding_dim if schema else None)
     if "indexes" in checks and db.has_cf("indexes"):  # the engine never writes it; rows of ours must point at an entity
         for key, parsed in _parsed_keys(db, report, "indexes", parse_index_key, "`rem index rebuild --type fields`"):
-            if not _member(owners, [hash(entity_key(parsed.tenant, parsed.uuid))])[0]:
+            if not _entity_exists(db, parsed.tenant, parsed.uuid):
                 report.add("warning", "orphan", "indexes", key, parsed.uuid, "points at no entity", "`rem db vacuum`")
     if "wal" in checks and db.has_cf("wal"):
         previous = None
@@ -498,9 +479,12 @@ def _chunks(rows, size: int = 4096):
         yield chunk
 
 
-def _check_edges(db: RemDB, report: VerifyReport) -> None:
-    """Each edge row against its twin (looked up, not held: memory stays flat) and both its ends."""
-    ids = _FOUND.ids
+def _check_edges(db: RemDB, spill: _Spill) -> tuple[VerifyReport, set]:
+    """Each edge row against its twin (looked up, not held: memory stays flat); both its ends are
+    spilled, tagged with its key, for _report_missing_ends."""
+    report = VerifyReport()
+    sources, targets, edge_keys = spill.hashes("edge-src", tagged=True), spill.hashes("edge-dst", tagged=True), \
+        spill.keys("edges")
     for chunk in _chunks(db.items("edges"), _TICK):
         _tick(len(chunk))
         parsed = []
@@ -513,19 +497,22 @@ def _check_edges(db: RemDB, report: VerifyReport) -> None:
                 report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
                 continue
             parsed.append((key, value, src, dst, rel))
+            tag = edge_keys.add(key)
+            sources.hashes.append(hash(src))
+            sources.tags.append(tag)
+            targets.hashes.append(hash(dst))
+            targets.tags.append(tag)
+        if sources.full():
+            _flushed(sources, targets)
         twins = db.get_many("edges_reverse", [edge_reverse_key(src, dst, rel) for _, _, src, dst, rel in parsed])
-        ends = _member(ids, [hash(end) for _, _, src, dst, _ in parsed for end in (src, dst)])
-        for i, ((key, value, src, dst, rel), twin) in enumerate(zip(parsed, twins)):
+        for (key, value, src, dst, rel), twin in zip(parsed, twins):
             if twin is None:
                 report.add("critical", "edge", "edges", key, src, "forward edge without its reverse twin",
                            "re-add the edge (writes both) or delete this row")
             elif twin != value:
                 report.add("error", "edge", "edges_reverse", edge_reverse_key(src, dst, rel), src,
                            "differs from its forward twin", "re-add the edge")
-            for end, role, present in ((src, "source", ends[2 * i]), (dst, "target", ends[2 * i + 1])):
-                if not present:
-                    report.add("info", "edge", "edges", key, src, f"{role} entity {end} does not exist (the "
-                               "engine's hard_delete leaves edge rows behind)", "`rem db vacuum` removes them")
+    _flushed(sources, targets, edge_keys)
     for chunk in _chunks(db.keys("edges_reverse"), _TICK):
         _tick(len(chunk))
         parsed = []
@@ -540,6 +527,23 @@ def _check_edges(db: RemDB, report: VerifyReport) -> None:
             if twin is None:
                 report.add("critical", "edge", "edges_reverse", key, src, "reverse edge without its forward twin",
                            "re-add the edge (writes both) or delete this row")
+    return report, set()
+
+
+def _report_missing_ends(report: VerifyReport, directory: Path, parts: int) -> None:
+    """Edges whose source or target is no entity (joined from the spills), in key order."""
+    category = ("info", "edge")
+    missing = sorted([(int(tag), 0) for tag in tags_where(directory, "edge-src", parts, "ids", present=False)] +
+                     [(int(tag), 1) for tag in tags_where(directory, "edge-dst", parts, "ids", present=False)])
+    room = max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])
+    shown = missing[:room]
+    for key, (_, role) in zip(keys_of(directory, "edges", [tag for tag, _ in shown]), shown):
+        src, dst, _ = parse_edge_key(key)
+        end, name = (src, "source") if role == 0 else (dst, "target")
+        report.add(*category, "edges", key, src, f"{name} entity {end} does not exist (the engine's hard_delete "
+                   "leaves edge rows behind)", "`rem db vacuum` removes them")
+    if len(missing) > len(shown):
+        report.counts[category] += len(missing) - len(shown)
 
 
 def _parsed_keys(db: RemDB, report: VerifyReport, cf: str, parse, fix: str):
@@ -552,52 +556,69 @@ def _parsed_keys(db: RemDB, report: VerifyReport, cf: str, parse, fix: str):
             report.add("critical", "decode", cf, key, None, exc.reason, fix)
 
 
-def _check_key_rows(db: RemDB, report: VerifyReport, lo: bytes | None, hi: bytes | None) -> np.ndarray:
-    """Key rows of one key range against the entities, as the engine writes them: every state its own
-    writes leave is info. Returns the owner of every row seen."""
-    owners, current_rows, unreadable = _FOUND.owners, _FOUND.current_rows, _FOUND.unreadable
-    with_rows = array("q")
-    for chunk in _chunks(db.items("key_index", start=lo, end=hi), _TICK):
+def _check_key_rows(db: RemDB, spill: _Spill, lo: bytes | None, hi: bytes | None) -> tuple[VerifyReport, set]:
+    """One range of key rows: each parsed, and spilled, tagged with its key, twice: by its own hash (is
+    it the row of its entity's current key?) and by its entity's (does that entity exist?)."""
+    report = VerifyReport()
+    rows, owned, row_keys = spill.hashes("row", tagged=True), spill.hashes("row-owner", tagged=True), \
+        spill.keys("key_index")
+    for chunk in _chunks(db.keys("key_index", start=lo, end=hi), _TICK):
         _tick(len(chunk))
-        parsed_rows = []
-        for key, _ in chunk:
+        for key in chunk:
             report.checked["key_index"] += 1
             try:
-                parsed_rows.append((key, parse_key_index_key(key)))
+                parsed = parse_key_index_key(key)
             except DecodeError as exc:
                 report.add("critical", "decode", "key_index", key, None, exc.reason, "`rem index rebuild --type keys`")
-        owner_hashes = [hash(entity_key(parsed.tenant, parsed.uuid)) for _, parsed in parsed_rows]
-        with_rows.extend(owner_hashes)
-        is_current = _member(current_rows, [hash(key) for key, _ in parsed_rows])
-        exists = _member(owners, owner_hashes)
-        for (key, parsed), current, present in zip(parsed_rows, is_current, exists):
-            if current or (parsed.tenant, parsed.uuid) in unreadable:
-                continue  # the row of the current key, or one of an unreadable entity (reported already)
-            if not present:
-                report.add("info", "key-row", "key_index", key, parsed.uuid, "points at no entity (the engine's "
-                           "hard_delete removes only the row of the current key)", "`rem db vacuum` removes it")
-            else:
-                report.add("info", "key-row", "key_index", key, parsed.uuid, "an old key of the entity (the engine's "
-                           "update never touches key rows)", "nothing to do: lookups by the old key still find it")
-    return np.frombuffer(with_rows, dtype=np.int64)
+                continue
+            tag = row_keys.add(key)
+            rows.hashes.append(hash(key))
+            rows.tags.append(tag)
+            owned.hashes.append(hash(entity_key(parsed.tenant, parsed.uuid)))
+            owned.tags.append(tag)
+        if rows.full():
+            _flushed(rows, owned)
+    _flushed(rows, owned, row_keys)
+    return report, set()
 
 
-def _report_unkeyed(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], missing: np.ndarray) -> None:
-    """Entities whose current key implies a row and that have no key row at all: counted from the
-    hashes; listed (found again by a scan) only while the listing of their category has room."""
+def _report_key_rows(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], directory: Path, parts: int,
+                     unreadable: set) -> None:
+    """Key rows against the entities, as the engine writes them (every state its own writes leave is
+    info), then the entities that have no key row at all."""
     category = ("info", "key-row")
-    room = MAX_ISSUES_PER_CATEGORY - sum(1 for i in report.issues if (i.severity, i.category) == category)
-    wanted, listed = set(missing.tolist()), 0
+    unreadable_owners = np.sort(np.array([hash(entity_key(*owner)) for owner in unreadable], dtype=np.int64))
+    ownerless = tags_where(directory, "row-owner", parts, "owners", present=False)
+    of_unreadable = tags_where(directory, "row-owner", parts, unreadable_owners, present=True)
+    old = np.setdiff1d(tags_where(directory, "row", parts, "current", present=False),
+                       np.concatenate([ownerless, of_unreadable]), assume_unique=True)
+    found = sorted([(int(tag), "points at no entity (the engine's hard_delete removes only the row of the current "
+                     "key)", "`rem db vacuum` removes it") for tag in ownerless] +
+                   [(int(tag), "an old key of the entity (the engine's update never touches key rows)",
+                     "nothing to do: lookups by the old key still find it") for tag in old])
+    shown = found[:max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])]
+    for key, (_, message, fix) in zip(keys_of(directory, "key_index", [tag for tag, _, _ in shown]), shown):
+        report.add(*category, "key_index", key, parse_key_index_key(key).uuid, message, fix)
+    if len(found) > len(shown):
+        report.counts[category] += len(found) - len(shown)
+    _report_unkeyed(db, report, schemas, tags_where(directory, "keyed", parts, "row-owner", present=False), directory)
+
+
+def _report_unkeyed(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema], missing: np.ndarray,
+                    directory: Path) -> None:
+    """Entities whose current key implies a row and that have no key row at all (tags of their keys):
+    counted; listed, looked up again, while the listing of their category has room."""
+    category = ("info", "key-row")
+    shown = missing[:max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])]
     stored = {name: s.info for name, s in schemas.items()}
-    if room > 0 and wanted:
-        for key, value in db.items("entities"):
-            if hash(key) in wanted:
-                tenant, uuid = parse_entity_key(key)
-                report.add(*category, "key_index", current_key_row(tenant, orjson.loads(value), stored), uuid,
-                           "no key row (the engine writes one on insert only: the key was added by an update, or "
-                           "the row was lost)", "`rem index rebuild --type keys` writes it if lookups by this key "
-                           "are needed")
-                listed += 1
-                if listed >= min(room, len(wanted)):
-                    break
-    report.counts[category] += len(wanted) - listed
+    listed = 0
+    for key, value in zip(keys := keys_of(directory, "entities", shown), db.get_many("entities", keys)):
+        if value is None:  # deleted since the scan
+            continue
+        tenant, uuid = parse_entity_key(key)
+        report.add(*category, "key_index", current_key_row(tenant, orjson.loads(value), stored), uuid,
+                   "no key row (the engine writes one on insert only: the key was added by an update, or the row "
+                   "was lost)", "`rem index rebuild --type keys` writes it if lookups by this key are needed")
+        listed += 1
+    if len(missing) > listed:
+        report.counts[category] += len(missing) - listed

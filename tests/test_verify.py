@@ -94,3 +94,44 @@ def test_verify_runs_against_a_live_locked_database(make_sample):
     with holding_lock(path):
         code, report = verify(path)
         assert code == 0 and report["checked"]["entities"] > 0
+
+
+def test_verify_joined_from_many_small_partitions_names_each_planted_relation_fault(make_sample, monkeypatch):
+    """The relation checks join hashes spilled to disk a partition at a time (memory stays flat):
+    cut into many partitions, each flushed many times, every planted fault is still named by its key,
+    an unreadable entity's key row is not reported on top of it, and nothing is left beside the database."""
+    from rem import spill
+    from rem.verify import verify_database
+
+    path = make_sample(entities=3000)
+    rows = dump_all(path)
+    article = lambda k, v: orjson.loads(v)["entity_type"] == "articles"  # noqa: E731
+    articles = sorted((k, orjson.loads(v)) for k, v in rows["entities"].items()
+                      if k.startswith(b"entity:acme:") and article(k, v))
+    (_, unkeyed), (broken_key, broken) = articles[0], articles[1]
+    ghost = "00000000-dead-4000-8000-000000000000"
+    edge = {"src": unkeyed["id"], "dst": ghost, "rel_type": "references",
+            "data": {"properties": {}, "created_at": "2025-01-01T00:00:00Z"}}
+    orphan_row = f.key_index_key("acme", "nowhere", "00000000-dead-4000-8000-000000000001")
+    unkeyed_row = f.key_index_key("acme", unkeyed["properties"]["uri"], unkeyed["id"])
+    plant(path, [("edges", f.edge_key(unkeyed["id"], ghost, "references"), orjson.dumps(edge)),
+                 ("edges_reverse", f.edge_reverse_key(unkeyed["id"], ghost, "references"), orjson.dumps(edge)),
+                 ("key_index", orphan_row, b'{"type":"articles"}'), ("entities", broken_key, b"{broken")],
+          deletes=[("key_index", unkeyed_row)])
+    broken_row = f.key_index_key("acme", broken["properties"]["uri"], broken["id"]).decode()
+    with open_db(path, "ro") as db:
+        whole = verify_database(db, workers=2)
+        monkeypatch.setattr(spill, "PART_ROWS", 500)
+        monkeypatch.setattr(spill, "FLUSH_ROWS", 256)
+        assert spill.parts_for(3000) >= 12
+        for workers in (1, 2):
+            report = verify_database(db, workers=workers)
+            listed = {(i.category, i.key): i.message for i in report.issues}
+            assert "target entity 00000000-dead-4000-8000-000000000000 does not exist" in \
+                listed[("edge", f.edge_key(unkeyed["id"], ghost, "references").decode())]
+            assert "points at no entity" in listed[("key-row", orphan_row.decode())]
+            assert "no key row" in listed[("key-row", unkeyed_row.decode())]
+            assert ("key-row", broken_row) not in listed
+            assert report.counts[("critical", "decode")] == 1
+            assert report.counts == whole.counts and report.checked == whole.checked
+    assert not list(path.parent.glob(".rem-verify-*"))
