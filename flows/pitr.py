@@ -15,7 +15,8 @@ from rem.backup.catalog import read_local_backup
 from rem.change_log import ChangeFilter, summarize, summary_line
 from rem.undo import (UndoPlan, check_record_name, decode_record, encode_record, plan_undo, record_name,
                       select, undo_key, undo_state)
-from rem.backup.layout import fetch
+from rem.backup.incremental import linked_files
+from rem.backup.layout import fetch, layout_of
 from rem.backup.restore import check_target, real_target
 from rem.db import is_database, open_db
 from rem.errors import DatabaseNotFound, RemError, UsageError
@@ -175,8 +176,9 @@ def pitr_restore(timestamp: str, output: str | None = None, tenant: str | None =
         if lock is not None:
             held.callback(lock.release)
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        source = fetch(window.record, Path(tmp) / "base")
-        with unpacked(source, out, check=False) as base:
+        keep_from = held.enter_context(linked_files(cfg.db_path if _keeps_live_files(window.record) else None, out))
+        source = fetch(window.record, Path(tmp) / "base", keep_from=keep_from)
+        with unpacked(source, out, check=False, keep_from=keep_from) as base:
             metadata, db_dir = base.metadata, base.db_dir
             placed = place_archived_logs(db_dir, pieces, metadata.last_sequence, micros(target))
             recover(db_dir, placed.last_sequence)
@@ -190,6 +192,12 @@ def pitr_restore(timestamp: str, output: str | None = None, tenant: str | None =
             "last_replayed_timestamp": format_micros(placed.last_time_us) if placed.last_time_us else None,
             "logs": placed.logs, "segments": len(segments),
             "tenant": tenant}
+
+
+def _keeps_live_files(record) -> bool:
+    """A base in a bucket, stored file by file: the live database's files that match it are linked
+    instead of fetched (a delta restore; in a local store the files are on this host already)."""
+    return not record.store.local and layout_of(record.metadata).keeps_files
 
 
 @flow("pitr-verify", description="Check the base, every segment and their continuity, without writing a database.")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger("rem")
 
-KINDS = ("snapshot", "tenant-snapshot", "restore", "tenant-restore", "view", "verify")
+KINDS = ("snapshot", "tenant-snapshot", "restore", "tenant-restore", "view", "verify", "hold")
 OWNER = ".owner"
 # A scratch directory from before owners were recorded counts as stale once it is this old.
 UNOWNED_STALE_SECONDS = 3600

@@ -473,3 +473,32 @@ def test_archiving_a_path_that_holds_no_database_says_so_and_creates_nothing(tmp
     proc = rem("--db-path", str(tmp_path / "nothing-here"), "pitr", "archive", env=env_for(s3_endpoint, bucket))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restore_from_a_bucket_fetches_only_the_base_files_the_live_database_lacks(live, s3, tmp_path):
+    """A point-in-time restore links the live database's SSTs that match the base's recorded size and
+    SHA-256 (held by hard links, so the engine's compactions cannot pull them away) and fetches only
+    the rest; the result is the engine's state at that instant."""
+    from tests.test_incremental import _fetched_bytes
+
+    db, engine, env = live
+    bucket = env["P8_S3_BUCKET"]
+    engine.call("batch_insert", "acme", "articles", [{**article(f"a-{i}"), "title": os.urandom(400).hex()}
+                                                     for i in range(600)])
+    engine.call("flush")
+    base = ok(rem("--db-path", str(db), "backup", "create", "--upload", "--json", env=env))
+    engine.call("insert", "acme", "articles", article("after-base"))
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    moment, state = instant(), engine.dump()
+    ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
+    with FaultProxy(env["P8_S3_ENDPOINT_URL"]) as proxy:
+        restore_to(db, {**env, "P8_S3_ENDPOINT_URL": proxy.url}, moment, tmp_path / "then")
+    fetched = _fetched_bytes(s3, bucket, proxy)
+    listing = json.loads(s3.get_object(Bucket=bucket, Key=f"{db_name_of(db)}/backups/full/_all/{base['name']}/"
+                                                         "files.json")["Body"].read())
+    stored = sum(f.get("stored_bytes") or 0 for f in listing["files"] if f.get("object"))
+    print(f"fetched {fetched:,} bytes; the base's SSTs are {stored:,} stored")
+    assert stored > 200_000 and fetched < 0.1 * stored, (fetched, stored)
+    restored = dump_all(tmp_path / "then")
+    assert {cf: restored.get(cf, {}) for cf in state} == state
+    assert not list(tmp_path.glob(".rem-hold-*"))

@@ -22,6 +22,7 @@ written and uploads again any that went meanwhile.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -42,6 +43,7 @@ from rem.backup.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_
 from rem.backup.catalog import (FILES, METADATA, SMALL, BackupRecord, BackupStore, Unreadable, UnreadableRecord,
                                 claim_is_stale, download_checked)
 from rem.errors import RemError
+from rem.scratch import remove_scratch, scratch_dir
 from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
 from rem.storage.encrypted import encryption_of
 from rem.storage.local import private_file
@@ -295,6 +297,34 @@ def kept_in(listing: FileList, target: Path | None) -> dict[str, Path]:
                 and hash_file(path) == entry.sha256:
             found[entry.name] = path
     return found
+
+
+@contextmanager
+def linked_files(db: Path | None, near: Path) -> Iterator[Path | None]:
+    """Hard links to a database's SSTs and blobs (never rewritten once written), taken at once into
+    scratch beside near: a restore keeps those that match its backup instead of fetching them, and a
+    live engine's compactions cannot delete them from under it. None when there is no database at db
+    or its files are on another filesystem than near."""
+    if db is None or not (db / "CURRENT").is_file():
+        yield None
+        return
+    hold = scratch_dir(near, "hold")
+    try:
+        for entry in os.scandir(db):
+            if SHARED.match(entry.name):
+                try:
+                    os.link(entry.path, hold / entry.name)
+                except FileNotFoundError:
+                    continue  # compacted away since the scan
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    log.info("%s is on another filesystem than %s: every file is fetched", db, near)
+                    yield None
+                    return
+        yield hold
+    finally:
+        remove_scratch(hold)
 
 
 def _keep(path: Path, into: Path) -> None:
