@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import urllib.request
 from datetime import datetime, timezone
 from typing import Any
@@ -64,15 +65,34 @@ def _latest_event(name: str, resource_id: str) -> dict | None:
     return events[0] if events else None
 
 
-def _health(client, db: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
+PAGE = 200  # the most a Prefect server returns for one read (PREFECT_API_DEFAULT_LIMIT)
+ROW_THREADS = 8  # databases whose runs and events are read at once (each read waits on the server)
 
-    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"health-{db}"])),
-                                  sort=ArtifactSort.CREATED_DESC, limit=1)
-    if not found or not isinstance(found[0].data, str) or not found[0].data.startswith("# Health: "):
-        return "unknown"
-    return found[0].data.split("\n", 1)[0].removeprefix("# Health: ").strip()
+
+def _every(read, **filters) -> list:
+    """Every item of a paged read: one call returns at most PAGE (a fleet of 25 databases has 200
+    deployments)."""
+    items, offset = [], 0
+    while True:
+        page = read(limit=PAGE, offset=offset, **filters)
+        items += page
+        if len(page) < PAGE:
+            return items
+        offset += PAGE
+
+
+def _health(client, dbs: list[str]) -> dict[str, str]:
+    """Each database's health, from the newest `health-{db}` artifact: one read per PAGE databases."""
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    found = {}
+    keys = [f"health-{db}" for db in dbs]
+    for start in range(0, len(keys), PAGE):
+        for artifact in client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=keys[start:start + PAGE])), limit=PAGE):
+            if isinstance(artifact.data, str) and artifact.data.startswith("# Health: "):
+                found[artifact.key] = artifact.data.split("\n", 1)[0].removeprefix("# Health: ").strip()
+    return {db: found.get(f"health-{db}", "unknown") for db in dbs}
 
 
 def _age_hours(moment: datetime | None, now: datetime) -> float | None:
@@ -81,62 +101,83 @@ def _age_hours(moment: datetime | None, now: datetime) -> float | None:
 
 def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
     """One row per database: host, newest successful backup and its age, PITR lag, last verify,
-    health, next scheduled run, and what breaches the runbook's thresholds."""
+    health, next scheduled run, and what breaches the runbook's thresholds. The databases' runs and
+    events are read ROW_THREADS at a time, each thread with a client of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.client.orchestration import get_client
+
     now = now or datetime.now(timezone.utc)
-    flows = {f.id: f.name for f in client.read_flows()}
+    flows = {f.id: f.name for f in _every(client.read_flows)}
     by_db: dict[str, list] = {}
-    for deployment in client.read_deployments():
+    for deployment in _every(client.read_deployments):
         if db := _tag(deployment.tags or [], "db"):
             by_db.setdefault(db, []).append(deployment)
-    rows = []
-    for db, deployments in sorted(by_db.items()):
-        named = {flows.get(d.flow_id): d for d in deployments if not d.name.endswith("-follow")}
-        backup = named.get("full-backup")
-        last_backup = _latest_run(client, backup.id, ["COMPLETED"]) if backup else None
-        backup_at = last_backup.end_time if last_backup else None
-        results = {name: _latest_run(client, named[name].id, FINAL) for name in CHECKED_FLOWS if name in named}
-        succeeded = _latest_event("rem.backup.succeeded", f"rem.db.{db}")
-        archived = _latest_event("rem.wal.archived", f"rem.db.{db}")
-        confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
-        lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
-            if confirmed else None
-        waiting = _scheduled(client, [d.id for d in deployments])
-        overdue = [r for r in waiting if r.expected_start_time and
-                   (now - r.expected_start_time).total_seconds() > OVERDUE_MINUTES * 60]
-        upcoming = next((r for r in waiting if r not in overdue), None)
-        last = {name: (run.state.name if run and run.state else None) for name, run in results.items()}
-        row = {"db": db, "status": "ok", "why": "", "host": _tag(deployments[0].tags or [], "host"),
-               "work_queue": deployments[0].work_queue_name,
-               "last_backup": backup_at.isoformat() if backup_at else None,
-               "backup_age_hours": _age_hours(backup_at, now),
-               "pitr_lag_seconds": lag,
-               "repository_bytes": (succeeded or {}).get("payload", {}).get("repository_bytes"),
-               "last_backup_run": last.get("full-backup"), "last_verify": last.get("verify"),
-               "last_drill": last.get("recovery-drill"),
-               "health": _health(client, db),
-               "overdue": [f"{flows.get(r.flow_id)} due {r.expected_start_time.isoformat()}" for r in overdue],
-               "next_run": (f"{flows.get(upcoming.flow_id)} at {upcoming.expected_start_time.isoformat()}"
-                            if upcoming else None)}
-        breaches = []
-        if row["backup_age_hours"] is None or row["backup_age_hours"] > BACKUP_MAX_AGE_HOURS:
-            breaches.append(f"no successful backup within {BACKUP_MAX_AGE_HOURS} h")
-        for name, run in results.items():
-            if run is not None and run.state and run.state.type.value in ("FAILED", "CRASHED"):
-                why = re.sub(r"^Flow run encountered an exception: \w+: ", "",
-                             (run.state.message or "").strip().split("\n", 1)[0])[:300]
-                breaches.append(f"last {name} {run.state.name.lower()} ({run.name})" + (f": {why}" if why else ""))
-        if lag is not None and lag > WAL_LAG_WARN_SECONDS:
-            breaches.append(f"PITR lag over {WAL_LAG_WARN_SECONDS} s")
-        if row["health"] == "unhealthy":
-            breaches.append("unhealthy")
-        for run in overdue:
-            late = int((now - run.expected_start_time).total_seconds() // 60)
-            breaches.append(f"{flows.get(run.flow_id)} overdue by {late} min: no worker polls queue "
-                            f"{run.work_queue_name or row['work_queue']}")
-        row["breaches"] = breaches
-        row["status"], row["why"] = ("BREACH", "; ".join(breaches)) if breaches else ("ok", "")
-        rows.append(row)
-    return rows
+    health = _health(client, sorted(by_db))
+    local = threading.local()
+    opened = []
+
+    def row(item: tuple[str, list]) -> dict[str, Any]:
+        if not hasattr(local, "client"):
+            local.client = get_client(sync_client=True).__enter__()
+            opened.append(local.client)
+        return _database_row(local.client, *item, flows, health[item[0]], now)
+
+    try:
+        with ThreadPoolExecutor(ROW_THREADS, thread_name_prefix="rem-fleet") as pool:
+            return list(pool.map(row, sorted(by_db.items())))
+    finally:
+        for each in opened:
+            each.__exit__(None, None, None)
+
+
+def _database_row(client, db: str, deployments: list, flows: dict, health: str, now: datetime) -> dict[str, Any]:
+    named = {flows.get(d.flow_id): d for d in deployments if not d.name.endswith("-follow")}
+    backup = named.get("full-backup")
+    last_backup = _latest_run(client, backup.id, ["COMPLETED"]) if backup else None
+    backup_at = last_backup.end_time if last_backup else None
+    results = {name: _latest_run(client, named[name].id, FINAL) for name in CHECKED_FLOWS if name in named}
+    succeeded = _latest_event("rem.backup.succeeded", f"rem.db.{db}")
+    archived = _latest_event("rem.wal.archived", f"rem.db.{db}")
+    confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
+    lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
+        if confirmed else None
+    waiting = _scheduled(client, [d.id for d in deployments])
+    overdue = [r for r in waiting if r.expected_start_time and
+               (now - r.expected_start_time).total_seconds() > OVERDUE_MINUTES * 60]
+    upcoming = next((r for r in waiting if r not in overdue), None)
+    last = {name: (run.state.name if run and run.state else None) for name, run in results.items()}
+    row = {"db": db, "status": "ok", "why": "", "host": _tag(deployments[0].tags or [], "host"),
+           "work_queue": deployments[0].work_queue_name,
+           "last_backup": backup_at.isoformat() if backup_at else None,
+           "backup_age_hours": _age_hours(backup_at, now),
+           "pitr_lag_seconds": lag,
+           "repository_bytes": (succeeded or {}).get("payload", {}).get("repository_bytes"),
+           "last_backup_run": last.get("full-backup"), "last_verify": last.get("verify"),
+           "last_drill": last.get("recovery-drill"),
+           "health": health,
+           "overdue": [f"{flows.get(r.flow_id)} due {r.expected_start_time.isoformat()}" for r in overdue],
+           "next_run": (f"{flows.get(upcoming.flow_id)} at {upcoming.expected_start_time.isoformat()}"
+                        if upcoming else None)}
+    breaches = []
+    if row["backup_age_hours"] is None or row["backup_age_hours"] > BACKUP_MAX_AGE_HOURS:
+        breaches.append(f"no successful backup within {BACKUP_MAX_AGE_HOURS} h")
+    for name, run in results.items():
+        if run is not None and run.state and run.state.type.value in ("FAILED", "CRASHED"):
+            why = re.sub(r"^Flow run encountered an exception: \w+: ", "",
+                         (run.state.message or "").strip().split("\n", 1)[0])[:300]
+            breaches.append(f"last {name} {run.state.name.lower()} ({run.name})" + (f": {why}" if why else ""))
+    if lag is not None and lag > WAL_LAG_WARN_SECONDS:
+        breaches.append(f"PITR lag over {WAL_LAG_WARN_SECONDS} s")
+    if row["health"] == "unhealthy":
+        breaches.append("unhealthy")
+    for run in overdue:
+        late = int((now - run.expected_start_time).total_seconds() // 60)
+        breaches.append(f"{flows.get(run.flow_id)} overdue by {late} min: no worker polls queue "
+                        f"{run.work_queue_name or row['work_queue']}")
+    row["breaches"] = breaches
+    row["status"], row["why"] = ("BREACH", "; ".join(breaches)) if breaches else ("ok", "")
+    return row
 
 
 @flow("fleet-status", description="Every database the server schedules: backups, PITR lag, verify, health.")

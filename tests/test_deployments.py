@@ -469,3 +469,23 @@ def test_a_worker_runs_the_log_follower_until_cancelled_sending_heartbeats(deplo
         worker.terminate()
         worker.wait(60)
         engine.close()
+
+
+def test_fleet_status_lists_every_database_past_the_servers_page_of_200_deployments(deployed):
+    """A server answers one read with at most 200 deployments; 26 databases have more than that. Every
+    database must still have its row (a missing one is a database nobody sees go stale)."""
+    from prefect.client.orchestration import get_client
+
+    names = [f"bulk-{n:03d}" for n in range(210)]
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("full-backup")
+        created = [client.create_deployment(flow_id, name, tags=[f"db:{name}", "host:bulk-host"]) for name in names]
+    try:
+        fleet = rem("fleet", "status", "--json", env=deployed["env"])
+        rows = {r["db"]: r for r in json.loads(fleet.stdout)["databases"]}
+        assert set(names) <= set(rows), f"{len(set(names) - set(rows))} databases missing"
+        assert all(rows[name]["host"] == "bulk-host" and rows[name]["status"] == "BREACH" for name in names)
+    finally:
+        with get_client(sync_client=True) as client:
+            for deployment_id in created:
+                client.delete_deployment(deployment_id)
