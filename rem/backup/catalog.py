@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +49,7 @@ NAME_MAX = 128
 LATEST = "latest"  # as a name to find: the newest backup (unless one is really called that)
 # An S3 claim older than this whose backup never got its metadata.json was left by a run that died.
 CLAIM_STALE_SECONDS = 6 * 3600
+READ_THREADS = 16
 
 
 class BackupMetadata(BaseModel):
@@ -391,7 +393,7 @@ class BackupStore:
             if info.storage_class in ARCHIVED_CLASSES and (parts := info.key[len(self.root):].split("/")) and \
                     len(parts) == 3:
                 archived.setdefault((parts[0], parts[1]), []).append(info.key)
-        found = [self._read(info) for info in self._metadata_objects(listing)]
+        found = self._read_all(self._metadata_objects(listing))
         for record in found:
             if isinstance(record, BackupRecord):
                 record.archived = sorted(archived.get((record.tenant_folder, record.folder), []))
@@ -403,6 +405,14 @@ class BackupStore:
         for info in sorted(found, key=lambda i: i.modified, reverse=True):
             if isinstance(record := self._read(info), BackupRecord):
                 yield record
+
+    def _read_all(self, infos: list[ObjectInfo]) -> list[BackupRecord | Unreadable | None]:
+        """Each metadata.json read: from a bucket READ_THREADS at a time (each read waits a round trip;
+        5,000 one after another took longer than the whole listing is allowed)."""
+        if self.local or len(infos) < 2:
+            return [self._read(info) for info in infos]
+        with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="rem-catalog") as pool:
+            return list(pool.map(self._read, infos))
 
     def _metadata_objects(self, listing: list[ObjectInfo] | None = None) -> list[ObjectInfo]:
         return [i for i in (self.objects.list(self.root) if listing is None else listing)
