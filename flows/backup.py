@@ -86,7 +86,7 @@ def full_backup(settings: dict[str, Any] | None = None, tenant: str | None = Non
                                f"{human_bytes(metadata.uncompressed_bytes)} in {metadata.duration_seconds:.1f} s")
 
     def recent() -> list[dict]:
-        newest = sorted(store.list(), key=lambda r: r.metadata.timestamp, reverse=True)[:10]
+        newest = store.newest(10)
         return backup_rows([r.metadata.model_dump() for r in newest], [r.location for r in newest])
 
     publish_table("recent-backups", recent, description=f"The 10 newest backups of {metadata.db_name} in "

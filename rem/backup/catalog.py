@@ -406,13 +406,27 @@ class BackupStore:
             if isinstance(record := self._read(info), BackupRecord):
                 yield record
 
-    def _read_all(self, infos: list[ObjectInfo]) -> list[BackupRecord | Unreadable | None]:
-        """Each metadata.json read: from a bucket READ_THREADS at a time (each read waits a round trip;
-        5,000 one after another took longer than the whole listing is allowed)."""
-        if self.local or len(infos) < 2:
-            return [self._read(info) for info in infos]
+    def read_each(self, read: Callable[..., Any], items: list) -> list:
+        """read(item) for every item, in order: from a bucket READ_THREADS at a time (each read waits a
+        round trip; 5,000 records one after another took longer than a listing is allowed)."""
+        if self.local or len(items) < 2:
+            return [read(item) for item in items]
         with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="rem-catalog") as pool:
-            return list(pool.map(self._read, infos))
+            return list(pool.map(read, items))
+
+    def _read_all(self, infos: list[ObjectInfo]) -> list[BackupRecord | Unreadable | None]:
+        return self.read_each(self._read, infos)
+
+    def newest(self, count: int) -> list[BackupRecord]:
+        """The count newest backups of every tenant folder, by metadata.json's write time: only their
+        records are read (the recent-backups table after each backup)."""
+        found = []
+        for info in sorted(self._metadata_objects(), key=lambda i: i.modified, reverse=True):
+            if isinstance(record := self._read(info), BackupRecord):
+                found.append(record)
+                if len(found) == count:
+                    break
+        return sorted(found, key=lambda r: r.metadata.timestamp, reverse=True)
 
     def _metadata_objects(self, listing: list[ObjectInfo] | None = None) -> list[ObjectInfo]:
         return [i for i in (self.objects.list(self.root) if listing is None else listing)

@@ -478,11 +478,10 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
         for info in store.objects.list(store.root):
             folder, _, filename = info.key[len(store.root):].rpartition("/")
             folders.setdefault(folder, []).append(info)
-        referenced: set[str] = set()
-        for folder, infos in folders.items():
-            names = {i.key.rpartition("/")[2] for i in infos}
-            if METADATA in names and FILES in names and folder.count("/") == 1:
-                referenced |= _listed_objects(store, *folder.split("/"))
+        listed = [folder for folder, infos in folders.items() if folder.count("/") == 1
+                  and {METADATA, FILES} <= {i.key.rpartition("/")[2] for i in infos}]
+        referenced: set[str] = set().union(*store.read_each(lambda folder: _listed_objects(store, *folder.split("/")),
+                                                            listed))
         leftovers = [i.key for infos in folders.values() if not any(i.key.endswith("/" + METADATA) for i in infos)
                      and all(now - i.modified > grace_seconds for i in infos) for i in infos]
         garbage, young = [], 0
