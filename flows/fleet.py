@@ -3,6 +3,7 @@ db:NAME and host:HOST by `rem deploy`), their runs, artifacts and the databases'
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -39,6 +40,39 @@ def _latest_run(client, deployment_id, states: list[str]):
     return runs[0] if runs else None
 
 
+RECENT = 50  # a database's newest final runs (or events) read at once; each verdict is usually among them
+
+
+def _latest_runs(client, named: dict) -> tuple[dict, Any]:
+    """Each checked deployment's newest final run and the newest completed backup, from one read of
+    their RECENT newest final runs; only when that page is full and one is not on it, its own read."""
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    checked = {name: named[name] for name in CHECKED_FLOWS if name in named}
+    if not checked:
+        return {}, None
+    names = {d.id: name for name, d in checked.items()}
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(names))),
+                                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                                     type=FlowRunFilterStateType(any_=FINAL))),
+                                 sort=FlowRunSort.END_TIME_DESC, limit=RECENT)
+    latest, backup = {}, None
+    for run in runs:
+        name = names[run.deployment_id]
+        latest.setdefault(name, run)
+        if backup is None and name == "full-backup" and run.state and run.state.type.value == "COMPLETED":
+            backup = run
+    if len(runs) == RECENT:
+        for name, deployment in checked.items():
+            if name not in latest:
+                latest[name] = _latest_run(client, deployment.id, FINAL)
+        if backup is None and "full-backup" in checked:
+            backup = _latest_run(client, checked["full-backup"].id, ["COMPLETED"])
+    return {name: latest.get(name) for name in checked}, backup
+
+
 def _scheduled(client, deployment_ids: list) -> list:
     """The runs still waiting, soonest (or most overdue) first."""
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
@@ -51,18 +85,31 @@ def _scheduled(client, deployment_ids: list) -> list:
         sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=20)
 
 
-def _latest_event(name: str, resource_id: str) -> dict | None:
-    """The newest event of that name about the database, through the server's events API."""
-    body = json.dumps({"filter": {"event": {"name": [name]}, "resource": {"id": [resource_id]},
-                                  "order": "DESC"}, "limit": 1}).encode()
+def _latest_events(names: list[str], resource_id: str) -> dict[str, dict | None]:
+    """The newest event of each name about the database: one read of its RECENT newest events of
+    those names, and for a name not among them when that page is full, its own read."""
+    events = _events(names, resource_id, RECENT)
+    latest: dict[str, dict | None] = {}
+    for event in events:
+        latest.setdefault(event["event"], event)
+    for name in names:
+        if name not in latest:
+            found = _events([name], resource_id, 1) if len(events) == RECENT else []
+            latest[name] = found[0] if found else None
+    return latest
+
+
+def _events(names: list[str], resource_id: str, limit: int) -> list[dict]:
+    """The newest events of those names about the database, through the server's events API."""
+    body = json.dumps({"filter": {"event": {"name": names}, "resource": {"id": [resource_id]},
+                                  "order": "DESC"}, "limit": limit}).encode()
     headers = {"Content-Type": "application/json"}
     if key := os.environ.get("PREFECT_API_KEY"):
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(prefect_api_url().rstrip("/") + "/events/filter", data=body, headers=headers,
                                      method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
-        events = json.loads(response.read()).get("events", [])
-    return events[0] if events else None
+        return json.loads(response.read()).get("events", [])
 
 
 PAGE = 200  # the most a Prefect server returns for one read (PREFECT_API_DEFAULT_LIMIT)
@@ -125,7 +172,10 @@ def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
 
     try:
         with ThreadPoolExecutor(ROW_THREADS, thread_name_prefix="rem-fleet") as pool:
-            return list(pool.map(row, sorted(by_db.items())))
+            # each in a copy of this context: Prefect's settings (the API it talks to) live in context
+            # variables, which a pool's threads do not inherit
+            return [f.result() for f in [pool.submit(contextvars.copy_context().run, row, item)
+                                         for item in sorted(by_db.items())]]
     finally:
         for each in opened:
             each.__exit__(None, None, None)
@@ -133,12 +183,10 @@ def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
 
 def _database_row(client, db: str, deployments: list, flows: dict, health: str, now: datetime) -> dict[str, Any]:
     named = {flows.get(d.flow_id): d for d in deployments if not d.name.endswith("-follow")}
-    backup = named.get("full-backup")
-    last_backup = _latest_run(client, backup.id, ["COMPLETED"]) if backup else None
+    results, last_backup = _latest_runs(client, named)
     backup_at = last_backup.end_time if last_backup else None
-    results = {name: _latest_run(client, named[name].id, FINAL) for name in CHECKED_FLOWS if name in named}
-    succeeded = _latest_event("rem.backup.succeeded", f"rem.db.{db}")
-    archived = _latest_event("rem.wal.archived", f"rem.db.{db}")
+    events = _latest_events(["rem.backup.succeeded", "rem.wal.archived"], f"rem.db.{db}")
+    succeeded, archived = events["rem.backup.succeeded"], events["rem.wal.archived"]
     confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
     lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
         if confirmed else None

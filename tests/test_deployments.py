@@ -489,3 +489,22 @@ def test_fleet_status_lists_every_database_past_the_servers_page_of_200_deployme
         with get_client(sync_client=True) as client:
             for deployment_id in created:
                 client.delete_deployment(deployment_id)
+
+
+def test_fleet_rows_read_in_one_page_equal_the_rows_read_one_run_and_one_event_at_a_time(deployed, monkeypatch):
+    """Each database's verdicts come from one read of its newest runs and events; where that page is
+    full the missing ones are read on their own. Forced onto that path (a page of one), every row
+    matches the one-read rows, and the deployed databases have runs and events by now."""
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+
+    from flows import fleet
+
+    now = datetime.now(timezone.utc)
+    with get_client(sync_client=True) as client:
+        paged = fleet.database_rows(client, now)
+        monkeypatch.setattr(fleet, "RECENT", 1)
+        one_by_one = fleet.database_rows(client, now)
+    assert paged == one_by_one
+    assert any(row["last_backup_run"] for row in paged) and any(row["repository_bytes"] for row in paged)
