@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import rem, save_result, target, timed  # noqa: E402
+from benchmarks.run import raw_scan, rem, save_result, target, timed  # noqa: E402
 from rem.stats import directory_size  # noqa: E402
 
 RSS_TARGET_MB = 300
-
-
-def raw_scan(db: Path) -> tuple[int, float]:
-    out = subprocess.run([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
-                          "from rem.db import open_db\nwith open_db(sys.argv[1], 'ro') as db:\n"
-                          " t = time.perf_counter(); n = sum(1 for _ in db.items('entities'));"
-                          " print(n, time.perf_counter() - t)", str(db)],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
-    entities, seconds = out.stdout.split()
-    return int(entities), float(seconds)
 
 
 def main(entities: int, dim: int) -> dict:

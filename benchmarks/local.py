@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import rem, timed  # noqa: E402
+from benchmarks.run import raw_scan, rem, timed  # noqa: E402
 from rem.stats import directory_size  # noqa: E402
 
 
@@ -62,12 +61,7 @@ def measure(db: Path, work: Path, runs: int) -> dict:
         out.mkdir()
         keep("tar -x && sync", timed(["sh", "-c", f"tar -I zstd -xf {work / 'tar-3.tar.zst'} -C {out} && sync"]))
         keep("verify", rem("--db-path", str(db), "db", "verify"))
-    raw = subprocess.run([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
-                          "from rem.db import open_db\nwith open_db(sys.argv[1]) as db:\n"
-                          " t = time.perf_counter(); n = sum(1 for _ in db.items('entities'));"
-                          " print(n, time.perf_counter() - t)", str(db)],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
-    entities, raw_s = raw.stdout.split()
+    entities, raw_s = raw_scan(db)
     return {"db_bytes": directory_size(db), "entities": int(entities), "raw_scan_s": float(raw_s),
             "best": best, "sizes": sizes}
 

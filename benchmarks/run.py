@@ -64,6 +64,17 @@ def timed(cmd: list[str], env: dict | None = None, shell: bool = False) -> tuple
         return elapsed, int(report.read().split()[-1]) // 1024
 
 
+def raw_scan(db: Path) -> tuple[int, float]:
+    """Entities in the database and the seconds a plain scan of them takes (what verify is measured against)."""
+    out = subprocess.run([sys.executable, "-c", "import sys, time; sys.path.insert(0, '.');"
+                          "from rem.db import open_db\nwith open_db(sys.argv[1], 'ro') as db:\n"
+                          " t = time.perf_counter(); n = sum(1 for _ in db.items('entities'));"
+                          " print(n, time.perf_counter() - t)", str(db)],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    entities, seconds = out.stdout.split()
+    return int(entities), float(seconds)
+
+
 def save_result(name: str, result) -> None:
     """A benchmark's figures as benchmarks/out/{name}.json, for the README and the next run to compare."""
     out = REPO / "benchmarks" / "out"
