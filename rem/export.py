@@ -235,6 +235,7 @@ def export_tenant(db: RemDB, layouts: dict[str, SchemaLayout], tenant: str | Non
             if converted[name] and (last or sum(len(b) for b in converted[name]) >= batch_rows):
                 writers[name].write_table(pa.Table.from_batches(converted[name]), row_group_size=batch_rows)
                 converted[name] = []
+                pa.default_memory_pool().release_unused()
 
         for scanned, (key, value) in enumerate(db.items("entities", entity_prefix(tenant) if tenant else b"entity:")):
             if progress and scanned % 4096 == 4095:
