@@ -4,13 +4,14 @@ db:NAME and host:HOST by `rem deploy`), their runs, artifacts and the databases'
 from __future__ import annotations
 
 import contextvars
-import json
-import os
 import re
 import threading
-import urllib.request
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 from rem.health import BACKUP_MAX_AGE_HOURS, WAL_LAG_WARN_SECONDS
 from runtime.observe import publish_table
@@ -41,36 +42,85 @@ def _latest_run(client, deployment_id, states: list[str]):
 
 
 RECENT = 50  # a database's newest final runs (or events) read at once; each verdict is usually among them
+FLEET_PAGE = 200  # runs (or events, 50 at most) a fleet-wide read takes at once
+FLEET_PAGES = 10  # pages a fleet-wide read goes through before the databases it has not settled are read alone
+WAITING = 20  # a database's soonest scheduled runs looked at for overdue ones
 
 
-def _latest_runs(client, named: dict) -> tuple[dict, Any]:
-    """Each checked deployment's newest final run and the newest completed backup, from one read of
-    their RECENT newest final runs; only when that page is full and one is not on it, its own read."""
+def _completed(run) -> bool:
+    return bool(run.state) and run.state.type.value == "COMPLETED"
+
+
+def _fleet_pages(read) -> Iterator[tuple[list, bool]]:
+    """read(limit, offset) page after page (at most FLEET_PAGES), each with whether it was the last.
+    Pages by offset over runs by end time, where two runs rarely share a key: a run that ends while
+    they are read shifts the rest down and one is read twice, never skipped."""
+    for number in range(FLEET_PAGES):
+        page = read(FLEET_PAGE, number * FLEET_PAGE)
+        yield page, len(page) < FLEET_PAGE
+
+
+def _fleet_final_runs(client, deployment_ids: list, with_completed: bool) -> tuple[dict, dict, set]:
+    """Each deployment's newest final run (and newest completed one), read newest first across all of
+    them; and the deployments settled: those whose runs were all read, or whose answers were seen."""
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.sorting import FlowRunSort
 
-    checked = {name: named[name] for name in CHECKED_FLOWS if name in named}
-    if not checked:
-        return {}, None
-    names = {d.id: name for name, d in checked.items()}
-    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(names))),
-                                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                                     type=FlowRunFilterStateType(any_=FINAL))),
-                                 sort=FlowRunSort.END_TIME_DESC, limit=RECENT)
-    latest, backup = {}, None
-    for run in runs:
-        name = names[run.deployment_id]
-        latest.setdefault(name, run)
-        if backup is None and name == "full-backup" and run.state and run.state.type.value == "COMPLETED":
-            backup = run
-    if len(runs) == RECENT:
-        for name, deployment in checked.items():
-            if name not in latest:
-                latest[name] = _latest_run(client, deployment.id, FINAL)
-        if backup is None and "full-backup" in checked:
-            backup = _latest_run(client, checked["full-backup"].id, ["COMPLETED"])
-    return {name: latest.get(name) for name in checked}, backup
+    def read(limit: int, offset: int) -> list:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL))),
+            sort=FlowRunSort.END_TIME_DESC, limit=limit, offset=offset)
+
+    latest, completed = {}, {}
+    answered = completed if with_completed else latest
+    for page, last in _fleet_pages(read):
+        for run in page:
+            latest.setdefault(run.deployment_id, run)
+            if with_completed and _completed(run):
+                completed.setdefault(run.deployment_id, run)
+        if last:
+            return latest, completed, set(deployment_ids)
+        if len(answered) == len(deployment_ids):
+            break
+    return latest, completed, set(answered)
+
+
+def _fleet_waiting(client, db_of: dict, now: datetime) -> tuple[dict, set]:
+    """Each database's overdue scheduled runs (among its WAITING soonest) and its next one, from one
+    read of the fleet's FLEET_PAGE soonest; and the databases settled (every run read, or the answer
+    seen). One page only: every database's cron runs at the same instant, and pages by offset over
+    equal sort keys may skip a run, which here could hide an overdue one."""
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    page = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(db_of))),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=FLEET_PAGE)
+    waiting: dict[str, list] = {db: [] for db in set(db_of.values())}
+    settled: set[str] = set()
+    for run in page:
+        db = db_of[run.deployment_id]
+        if db not in settled:
+            waiting[db].append(run)
+            if len(waiting[db]) == WAITING or not _overdue(run, now):
+                settled.add(db)
+    if len(page) < FLEET_PAGE:
+        settled = set(waiting)
+    return {db: _split_waiting(waiting[db], now) for db in settled}, settled
+
+
+def _overdue(run, now: datetime) -> bool:
+    return bool(run.expected_start_time) and (now - run.expected_start_time).total_seconds() > OVERDUE_MINUTES * 60
+
+
+def _split_waiting(waiting: list, now: datetime) -> tuple[list, Any]:
+    """The overdue runs among a database's soonest scheduled ones, and the first that is not."""
+    overdue = [r for r in waiting if _overdue(r, now)]
+    return overdue, next((r for r in waiting if r not in overdue), None)
 
 
 def _scheduled(client, deployment_ids: list) -> list:
@@ -82,38 +132,63 @@ def _scheduled(client, deployment_ids: list) -> list:
     return client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=20)
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=WAITING)
 
 
-def _latest_events(names: list[str], resource_id: str) -> dict[str, dict | None]:
+EVENTS = ("rem.backup.succeeded", "rem.wal.archived")  # each database's newest of each is in its row
+
+
+def _latest_events(client, names: list[str], resource_id: str) -> dict[str, dict | None]:
     """The newest event of each name about the database: one read of its RECENT newest events of
     those names, and for a name not among them when that page is full, its own read."""
-    events = _events(names, resource_id, RECENT)
+    events = _events(client, {"event": {"name": names}, "resource": {"id": [resource_id]}}, RECENT)["events"]
     latest: dict[str, dict | None] = {}
     for event in events:
         latest.setdefault(event["event"], event)
     for name in names:
         if name not in latest:
-            found = _events([name], resource_id, 1) if len(events) == RECENT else []
+            found = _events(client, {"event": {"name": [name]}, "resource": {"id": [resource_id]}}, 1)["events"] \
+                if len(events) == RECENT else []
             latest[name] = found[0] if found else None
     return latest
 
 
-def _events(names: list[str], resource_id: str, limit: int) -> list[dict]:
-    """The newest events of those names about the database, through the server's events API."""
-    body = json.dumps({"filter": {"event": {"name": names}, "resource": {"id": [resource_id]},
-                                  "order": "DESC"}, "limit": limit}).encode()
-    headers = {"Content-Type": "application/json"}
-    if key := os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(prefect_api_url().rstrip("/") + "/events/filter", data=body, headers=headers,
-                                     method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read()).get("events", [])
+def _fleet_events(client, name: str, dbs: list[str]) -> tuple[dict, set]:
+    """Each database's newest event of that name, read newest first across the fleet (the server's
+    pages of at most RECENT); and the databases settled (every event read, or theirs seen)."""
+    ids = {f"rem.db.{db}": db for db in dbs}
+    page = _events(client, {"event": {"name": [name]}, "resource": {"id": list(ids)}}, min(RECENT, FLEET_PAGE))
+    latest: dict[str, dict] = {}
+    for _ in range(FLEET_PAGES):
+        for event in page["events"]:
+            db = ids.get(event["resource"].get("prefect.resource.id"))
+            if db is not None:
+                latest.setdefault(db, event)
+        if not page.get("next_page") or not page["events"]:
+            return latest, set(dbs)
+        if len(latest) == len(dbs):
+            break
+        page = _next_events(client, page["next_page"])
+    return latest, set(latest)
+
+
+def _events(client, event_filter: dict, limit: int) -> dict:
+    """A page of the newest events the filter matches, through the server's events API."""
+    response = client.request("POST", "/events/filter", json={"filter": {**event_filter, "order": "DESC"},
+                                                              "limit": limit})
+    response.raise_for_status()
+    return response.json()
+
+
+def _next_events(client, url: str) -> dict:
+    response = client.request("GET", "/events/filter/next", params=dict(urllib.parse.parse_qsl(
+        urllib.parse.urlsplit(url).query)))
+    response.raise_for_status()
+    return response.json()
 
 
 PAGE = 200  # the most a Prefect server returns for one read (PREFECT_API_DEFAULT_LIMIT)
-ROW_THREADS = 8  # databases whose runs and events are read at once (each read waits on the server)
+ROW_THREADS = 8  # databases whose remaining reads are made at once (each read waits on the server)
 
 
 def _every(read, **filters) -> list:
@@ -146,10 +221,54 @@ def _age_hours(moment: datetime | None, now: datetime) -> float | None:
     return None if moment is None else round((now - moment).total_seconds() / 3600, 2)
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What the fleet view needs of a deployment: read as JSON, since parsing 2,200 whole deployments
+    (their parameter schemas) took a second of the view's time."""
+
+    id: UUID
+    name: str
+    flow_id: UUID
+    tags: tuple[str, ...]
+    work_queue_name: str | None
+
+
+def _deployments(client) -> list[Deployment]:
+    def read(limit: int, offset: int) -> list[Deployment]:
+        response = client.request("POST", "/deployments/filter", json={"limit": limit, "offset": offset})
+        response.raise_for_status()
+        return [Deployment(UUID(d["id"]), d["name"], UUID(d["flow_id"]), tuple(d.get("tags") or ()),
+                           d.get("work_queue_name")) for d in response.json()]
+
+    return _every(read)
+
+
+@dataclass
+class FleetReads:
+    """What the fleet-wide reads found: per checked flow (latest, completed, settled deployments), per
+    event (newest by database, settled databases), and each settled database's waiting runs."""
+
+    runs: dict[str, tuple[dict, dict, set]]
+    events: dict[str, tuple[dict, set]]
+    waiting: dict[str, tuple[list, Any]]
+
+
+def _fleet_reads(client, named: dict[str, dict], by_db: dict[str, list], now: datetime) -> FleetReads:
+    runs = {}
+    for name in CHECKED_FLOWS:
+        if ids := [flows_of[name].id for flows_of in named.values() if name in flows_of]:
+            runs[name] = _fleet_final_runs(client, ids, with_completed=name == "full-backup")
+    events = {name: _fleet_events(client, name, sorted(by_db)) for name in EVENTS}
+    waiting, settled = _fleet_waiting(client, {d.id: db for db, deps in by_db.items() for d in deps}, now)
+    return FleetReads(runs, events, {db: waiting[db] for db in settled})
+
+
 def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
     """One row per database: host, newest successful backup and its age, PITR lag, last verify,
-    health, next scheduled run, and what breaches the runbook's thresholds. The databases' runs and
-    events are read ROW_THREADS at a time, each thread with a client of its own."""
+    health, next scheduled run, and what breaches the runbook's thresholds. Runs and events are read
+    fleet-wide, newest (or soonest) first, a few pages at most: a server answers one request at a
+    time, and 200 databases read one by one took 10 s. What those pages left out is read database by
+    database, ROW_THREADS at a time, each thread with a client of its own."""
     from concurrent.futures import ThreadPoolExecutor
 
     from prefect.client.orchestration import get_client
@@ -157,45 +276,63 @@ def database_rows(client, now: datetime | None = None) -> list[dict[str, Any]]:
     now = now or datetime.now(timezone.utc)
     flows = {f.id: f.name for f in _every(client.read_flows)}
     by_db: dict[str, list] = {}
-    for deployment in _every(client.read_deployments):
-        if db := _tag(deployment.tags or [], "db"):
+    for deployment in _deployments(client):
+        if db := _tag(list(deployment.tags), "db"):
             by_db.setdefault(db, []).append(deployment)
+    if not by_db:
+        return []
     health = _health(client, sorted(by_db))
+    named = {db: {flows.get(d.flow_id): d for d in deps if not d.name.endswith("-follow")}
+             for db, deps in by_db.items()}
+    fleet = _fleet_reads(client, named, by_db, now)
     local = threading.local()
     opened = []
 
-    def row(item: tuple[str, list]) -> dict[str, Any]:
+    def own_client():
         if not hasattr(local, "client"):
             local.client = get_client(sync_client=True).__enter__()
             opened.append(local.client)
-        return _database_row(local.client, *item, flows, health[item[0]], now)
+        return local.client
+
+    def row(db: str) -> dict[str, Any]:
+        return _database_row(own_client, db, by_db[db], named[db], flows, health[db], now, fleet)
 
     try:
         with ThreadPoolExecutor(ROW_THREADS, thread_name_prefix="rem-fleet") as pool:
             # each in a copy of this context: Prefect's settings (the API it talks to) live in context
             # variables, which a pool's threads do not inherit
-            return [f.result() for f in [pool.submit(contextvars.copy_context().run, row, item)
-                                         for item in sorted(by_db.items())]]
+            return [f.result() for f in [pool.submit(contextvars.copy_context().run, row, db) for db in sorted(by_db)]]
     finally:
         for each in opened:
             each.__exit__(None, None, None)
 
 
-def _database_row(client, db: str, deployments: list, flows: dict, health: str, now: datetime) -> dict[str, Any]:
-    named = {flows.get(d.flow_id): d for d in deployments if not d.name.endswith("-follow")}
-    results, last_backup = _latest_runs(client, named)
+def _database_row(client, db: str, deployments: list, named: dict, flows: dict, health: str, now: datetime,
+                  fleet: FleetReads) -> dict[str, Any]:
+    """client(): this thread's client, for what the fleet-wide reads did not settle."""
+    results, last_backup = {}, None
+    for name in CHECKED_FLOWS:
+        if name not in named:
+            continue
+        deployment_id = named[name].id
+        latest, completed, settled = fleet.runs[name]
+        results[name] = latest.get(deployment_id) if deployment_id in latest or deployment_id in settled \
+            else _latest_run(client(), deployment_id, FINAL)
+        if name == "full-backup":
+            last_backup = completed.get(deployment_id) if deployment_id in settled \
+                else _latest_run(client(), deployment_id, ["COMPLETED"])
     backup_at = last_backup.end_time if last_backup else None
-    events = _latest_events(["rem.backup.succeeded", "rem.wal.archived"], f"rem.db.{db}")
+    unsettled = [name for name in EVENTS if db not in fleet.events[name][1]]
+    found = _latest_events(client(), unsettled, f"rem.db.{db}") if unsettled else {}
+    events = {name: found[name] if name in found else fleet.events[name][0].get(db) for name in EVENTS}
     succeeded, archived = events["rem.backup.succeeded"], events["rem.wal.archived"]
     confirmed = (archived or {}).get("payload", {}).get("confirmed_timestamp")
     lag = round((now - datetime.fromisoformat(confirmed.replace("Z", "+00:00"))).total_seconds(), 1) \
         if confirmed else None
-    waiting = _scheduled(client, [d.id for d in deployments])
-    overdue = [r for r in waiting if r.expected_start_time and
-               (now - r.expected_start_time).total_seconds() > OVERDUE_MINUTES * 60]
-    upcoming = next((r for r in waiting if r not in overdue), None)
+    overdue, upcoming = fleet.waiting[db] if db in fleet.waiting else \
+        _split_waiting(_scheduled(client(), [d.id for d in deployments]), now)
     last = {name: (run.state.name if run and run.state else None) for name, run in results.items()}
-    row = {"db": db, "status": "ok", "why": "", "host": _tag(deployments[0].tags or [], "host"),
+    row = {"db": db, "status": "ok", "why": "", "host": _tag(list(deployments[0].tags), "host"),
            "work_queue": deployments[0].work_queue_name,
            "last_backup": backup_at.isoformat() if backup_at else None,
            "backup_age_hours": _age_hours(backup_at, now),

@@ -491,10 +491,11 @@ def test_fleet_status_lists_every_database_past_the_servers_page_of_200_deployme
                 client.delete_deployment(deployment_id)
 
 
-def test_fleet_rows_read_in_one_page_equal_the_rows_read_one_run_and_one_event_at_a_time(deployed, monkeypatch):
-    """Each database's verdicts come from one read of its newest runs and events; where that page is
-    full the missing ones are read on their own. Forced onto that path (a page of one), every row
-    matches the one-read rows, and the deployed databases have runs and events by now."""
+def test_fleet_rows_read_fleet_wide_equal_the_rows_read_database_by_database(deployed, monkeypatch):
+    """Runs and events are read fleet-wide, newest first, and what those pages leave out database by
+    database. Forced onto every path (pages of one through as many pages as it takes; then pages of
+    one and no second, so nearly everything is read alone), every row matches the fleet-wide rows,
+    and the deployed databases have runs and events by now."""
     from datetime import datetime, timezone
 
     from prefect.client.orchestration import get_client
@@ -503,8 +504,13 @@ def test_fleet_rows_read_in_one_page_equal_the_rows_read_one_run_and_one_event_a
 
     now = datetime.now(timezone.utc)
     with get_client(sync_client=True) as client:
+        wide = fleet.database_rows(client, now)
+        monkeypatch.setattr(fleet, "FLEET_PAGE", 1)
+        monkeypatch.setattr(fleet, "FLEET_PAGES", 10_000)
         paged = fleet.database_rows(client, now)
+        monkeypatch.setattr(fleet, "FLEET_PAGES", 1)
         monkeypatch.setattr(fleet, "RECENT", 1)
-        one_by_one = fleet.database_rows(client, now)
-    assert paged == one_by_one
-    assert any(row["last_backup_run"] for row in paged) and any(row["repository_bytes"] for row in paged)
+        alone = fleet.database_rows(client, now)
+    assert wide == paged == alone
+    assert len(wide) >= 2
+    assert any(row["last_backup_run"] for row in wide) and any(row["repository_bytes"] for row in wide)
