@@ -28,16 +28,24 @@ CHECKED_FLOWS = ("full-backup", "verify", "recovery-drill")  # their last result
 OVERDUE_MINUTES = 15
 
 
-def _latest_run(client, deployment_id, states: list[str]):
-    """The deployment's newest run in one of states, by when it ended (a scheduled run has not)."""
+def _runs(client, deployment_ids: list, states: list[str], soonest: bool = False, limit: int = 1,
+          offset: int = 0) -> list:
+    """The deployments' runs in one of states: newest first by when they ended, or soonest first by
+    when they are expected to start."""
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.sorting import FlowRunSort
 
-    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                                     type=FlowRunFilterStateType(any_=states))),
-                                 sort=FlowRunSort.END_TIME_DESC, limit=1)
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids))),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC if soonest else FlowRunSort.END_TIME_DESC, limit=limit,
+        offset=offset)
+
+
+def _latest_run(client, deployment_id, states: list[str]):
+    """The deployment's newest run in one of states, by when it ended (a scheduled run has not)."""
+    runs = _runs(client, [deployment_id], states)
     return runs[0] if runs else None
 
 
@@ -63,19 +71,10 @@ def _fleet_pages(read) -> Iterator[tuple[list, bool]]:
 def _fleet_final_runs(client, deployment_ids: list, with_completed: bool) -> tuple[dict, dict, set]:
     """Each deployment's newest final run (and newest completed one), read newest first across all of
     them; and the deployments settled: those whose runs were all read, or whose answers were seen."""
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    def read(limit: int, offset: int) -> list:
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL))),
-            sort=FlowRunSort.END_TIME_DESC, limit=limit, offset=offset)
-
     latest, completed = {}, {}
     answered = completed if with_completed else latest
-    for page, last in _fleet_pages(read):
+    for page, last in _fleet_pages(lambda limit, offset: _runs(client, deployment_ids, FINAL, limit=limit,
+                                                               offset=offset)):
         for run in page:
             latest.setdefault(run.deployment_id, run)
             if with_completed and _completed(run):
@@ -92,14 +91,7 @@ def _fleet_waiting(client, db_of: dict, now: datetime) -> tuple[dict, set]:
     read of the fleet's FLEET_PAGE soonest; and the databases settled (every run read, or the answer
     seen). One page only: every database's cron runs at the same instant, and pages by offset over
     equal sort keys may skip a run, which here could hide an overdue one."""
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    page = client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(db_of))),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=FLEET_PAGE)
+    page = _runs(client, list(db_of), ["SCHEDULED"], soonest=True, limit=FLEET_PAGE)
     waiting: dict[str, list] = {db: [] for db in set(db_of.values())}
     settled: set[str] = set()
     for run in page:
@@ -125,14 +117,7 @@ def _split_waiting(waiting: list, now: datetime) -> tuple[list, Any]:
 
 def _scheduled(client, deployment_ids: list) -> list:
     """The runs still waiting, soonest (or most overdue) first."""
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    return client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=WAITING)
+    return _runs(client, deployment_ids, ["SCHEDULED"], soonest=True, limit=WAITING)
 
 
 EVENTS = ("rem.backup.succeeded", "rem.wal.archived")  # each database's newest of each is in its row
