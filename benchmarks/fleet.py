@@ -43,6 +43,22 @@ def flow_run_seconds(env: dict) -> list[float]:
     return json.loads(out.stdout)
 
 
+def settle(env: dict, most_seconds: float = 180) -> float:
+    """Wait until the server's scheduler has made the new deployments' runs (the count of scheduled
+    runs stops changing): the state an operator's fleet is in, not the minute after 200 deploys."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import time\n"
+                    "from prefect.client.orchestration import get_client\n"
+                    "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType\n"
+                    "seen, same, start = -1, 0, time.monotonic()\n"
+                    "with get_client(sync_client=True) as c:\n"
+                    f" while same < 3 and time.monotonic() - start < {most_seconds}:\n"
+                    "  n = c.count_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=['SCHEDULED']))))\n"
+                    "  same, seen = (same + 1, n) if n == seen else (0, n)\n"
+                    "  time.sleep(10)\n"], env=env, cwd=REPO, check=True)
+    return time.perf_counter() - started
+
+
 def main(databases: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rem-bench-fleet-", dir=os.environ.get("BENCH_DIR")))
     home = work / "prefect-home"
@@ -71,15 +87,20 @@ def main(databases: int) -> dict:
         runs = [fleet_status(env) for _ in range(3)]
         listed = {row["db"] for row in runs[-1][1]["databases"]}
         assert listed == {f"db-{n:03d}" for n in range(databases)}, f"fleet status listed {len(listed)} of {databases}"
+        settled_after = settle(env)
+        settled = [fleet_status(env) for _ in range(3)]
         flow_runs = flow_run_seconds(env)
         result = {"databases": databases, "queues": QUEUES, "deploy_s": deploys,
                   "deploy_median_s": statistics.median(deploys), "deploy_max_s": max(deploys),
                   "deploy_first_s": deploys[0], "deploy_last_s": deploys[-1],
                   "fleet_status_s": min(s for s, _ in runs), "fleet_status_runs_s": [s for s, _ in runs],
+                  "settled_after_s": settled_after, "fleet_status_settled_s": min(s for s, _ in settled),
+                  "fleet_status_settled_runs_s": [s for s, _ in settled],
                   "fleet_flow_s": min(flow_runs)}
         print(f"{databases} databases on {QUEUES} queues: rem deploy median {result['deploy_median_s']:.1f} s "
               f"(first {deploys[0]:.1f} s, last {deploys[-1]:.1f} s, max {max(deploys):.1f} s); "
-              f"`rem fleet status` {result['fleet_status_s']:.2f} s (target < 5 s); fleet-status flow run "
+              f"`rem fleet status` {result['fleet_status_s']:.2f} s right after, {result['fleet_status_settled_s']:.2f} s "
+              f"settled (target < 5 s); fleet-status flow run "
               f"{result['fleet_flow_s']:.2f} s", flush=True)
         save_result("fleet", result)
         return result
@@ -93,8 +114,10 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     where = f"{r['databases']} databases deployed on one Prefect server ({r['queues']} queues)"
     return [(f"`rem deploy`, each of {where}", f"median {r['deploy_median_s']:.1f} s (first {r['deploy_first_s']:.1f} s, "
              f"last {r['deploy_last_s']:.1f} s, max {r['deploy_max_s']:.1f} s)", "measured (#25)"),
-            (f"`rem fleet status`, {where}", f"{r['fleet_status_s']:.2f} s (the fleet-status flow run: "
-             f"{r['fleet_flow_s']:.2f} s)", target("< 5 s", r["fleet_status_s"] < 5))]
+            (f"`rem fleet status`, {where}", f"{r['fleet_status_s']:.2f} s right after the last deploy, "
+             f"{r['fleet_status_settled_s']:.2f} s once the scheduler had made their runs (the fleet-status "
+             f"flow run: {r['fleet_flow_s']:.2f} s)",
+             target("< 5 s", max(r["fleet_status_s"], r["fleet_status_settled_s"]) < 5))]
 
 
 if __name__ == "__main__":
