@@ -233,7 +233,10 @@ def main() -> None:
                      (f"a new incremental backup's overhead from the catalog, {where}",
                       f"{figures['catalog_overhead_s']:.2f} s ({figures['backup_with_many_s']:.2f} s vs "
                       f"{figures['backup_with_one_s']:.2f} s with one backup)",
-                      target("< 1 s", figures["catalog_overhead_s"] < 1))]
+                      target("< 1 s", figures["catalog_overhead_s"] < 1)),
+                     (f"the first backup after the 5,000 were copied in behind rem's back (it enters them into the "
+                      f"catalog file, once, as after an upgrade), {where}", f"{figures['backup_building_catalog_s']:.2f} s",
+                      "measured")]
         # 10. a 10 GB database: each runbook command's time and peak RSS (its own database)
         from benchmarks.large import main as large_bench, rows as large_rows
 

@@ -58,7 +58,7 @@ def prune(keep_daily: int | None = None, keep_weekly: int | None = None, keep_mo
         claim_name(store.objects, me, write=False)
     records, unreadable = [], []
     for store in stores:  # an unreadable record is an unknown backup: nothing is deleted while one exists
-        found, bad = store.scan()
+        found, bad = store.scan(exact=not dry_run)  # what is deleted is judged on every object as it is now
         records += found
         unreadable += bad
     if unreadable:
@@ -70,8 +70,8 @@ def prune(keep_daily: int | None = None, keep_weekly: int | None = None, keep_mo
     plan.wal_segments_to_delete = segments_past_lock(archive, plan.wal_segments_to_delete)
     result = {"dry_run": dry_run, **plan.to_dict(), "locked": locked}
     if not dry_run:
-        for record in plan.delete:
-            record.store.delete(record)
+        changed = [r for store in stores for r in store.delete([r for r in plan.delete if r.store is store])]
+        result["not_deleted_changed"] = [r.name for r in changed]
         if plan.wal_segments_to_delete and archive is not None:
             drop_wal_segments(archive, plan.wal_segments_to_delete)
     # The shared SSTs no remaining backup names (and what interrupted runs left) go after the backups.

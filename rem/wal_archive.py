@@ -537,10 +537,21 @@ class RestorePlan:
     segments: list[Segment]
 
 
+def confirmed_base(window: RecoveryWindow) -> RecoveryWindow:
+    """The window, once its base's metadata.json says what the listing did (a listing may come from
+    the catalog file, a cache: what a restore starts from is read again)."""
+    now = window.record.store.confirmed(window.record)
+    if now is None or now.metadata != window.base:
+        raise RemError(f"base backup {window.base.name} ({window.record.location}) was deleted or changed while the "
+                       "restore was planned; run the command again")
+    return window
+
+
 def restore_plan(stores: list, archive: WalArchive, target: datetime) -> RestorePlan:
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
-    window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), target)
+    window = confirmed_base(choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)),
+                                          target))
     return RestorePlan(archive, window, segments_to_fetch(window, target))
 
 
@@ -574,7 +585,7 @@ def log_plan(stores: list, archive: WalArchive, start: datetime, end: datetime) 
         raise UsageError(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
     manifest, _ = archive.read_manifest()
     records = [r for s in stores for r in s.list()]
-    window = choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), start)
+    window = confirmed_base(choose_window(recovery_windows(records, manifest, archive.all_segments(manifest)), start))
     if end > parse_time(window.end):
         gap = window.broken_after
         why = (f"sequence numbers {gap.first_missing_seq}-{gap.last_missing_seq} are missing from the archive "

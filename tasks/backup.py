@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rem.backup.catalog import METADATA, SCHEMAS, BackupMetadata, BackupStore, NameTaken, backup_tags
 from rem.backup.create import SnapshotFacts, describe_snapshot
-from rem.backup.incremental import PreviousBackup, repository_bytes
+from rem.backup.incremental import PreviousBackup
 from rem.backup.layout import Layout, layout_of
 from rem.snapshot import Snapshot, take_snapshot, take_tenant_snapshot
 from rem.storage import cleanup_quietly
@@ -65,7 +65,7 @@ def store_data(layout: Layout, snap: Snapshot, store: BackupStore, tenant_folder
 @task("measure-repository", retries=2, retry_delay_seconds=5)
 def measure_repository(store: BackupStore) -> int:
     """The bytes the database's backups occupy in the store, this one included."""
-    return repository_bytes(store)
+    return store.repository_bytes()
 
 
 @task("store-schemas", retries=3, retry_delay_seconds=5)
@@ -78,5 +78,6 @@ def store_schemas(store: BackupStore, tenant_folder: str, name: str, facts: Snap
 def store_metadata(store: BackupStore, metadata: BackupMetadata) -> None:
     """Write metadata.json last (the backup becomes visible), then tag the objects."""
     store.put_file_bytes(metadata.tenant_folder, metadata.name, METADATA, metadata.model_dump_json(indent=2).encode())
+    store.record_written(metadata)
     layout = layout_of(metadata)
     store.finish(metadata.tenant_folder, metadata.name, backup_tags(metadata), layout.data_file, layout.record_files)

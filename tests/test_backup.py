@@ -55,7 +55,7 @@ def test_s3_round_trip_through_download_is_byte_identical(make_sample, tmp_path,
     assert meta["location"] == f"s3://{bucket}/{home}" and meta["db_name"] == db_name_of(db)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {home + f for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")} | {
-        f"{db_name_of(db)}/database.json"}
+        f"{db_name_of(db)}/database.json", f"{db_name_of(db)}/backups/.catalog.json.zst"}
     head = s3.head_object(Bucket=bucket, Key=home + "rocksdb.tar.zst")
     assert head["StorageClass"] == "STANDARD_IA" and head["ContentLength"] == meta["size_bytes"]
     assert meta["size_bytes"] > 5 * 1024 * 1024, "want a multipart upload"
@@ -325,7 +325,7 @@ def test_a_killed_upload_is_cleaned_up_by_the_next_run(make_sample, tmp_path, s3
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     home = f"{db_name_of(db)}/backups/full/_all/{meta['name']}/"
     assert keys == {home + f for f in ("metadata.json", "rocksdb.tar.zst", "schemas.json")} | {
-        f"{db_name_of(db)}/database.json"}
+        f"{db_name_of(db)}/database.json", f"{db_name_of(db)}/backups/.catalog.json.zst"}
 
 
 def test_an_interrupted_download_resumes_without_fetching_finished_parts_again(make_sample, tmp_path, s3_endpoint,

@@ -101,7 +101,9 @@ def test_a_key_file_backup_shows_no_tenant_data_restores_byte_for_byte_and_stays
     assert leaks(stored, wanted) == {}
     sealed = [k for k, blob in stored.items() if blob.startswith(b"REMAEAD1")]
     assert any(k.endswith(".zst") and "/sst/" in k for k in sealed) and any(k.endswith("small.tar.zst") for k in sealed)
-    assert all(k.endswith(("metadata.json", "database.json")) or "/keys/" in k for k in set(stored) - set(sealed))
+    # readable: the records (the catalog file repeats the metadata.json files) and the wrapped keys
+    assert all(k.endswith(("metadata.json", "database.json", ".catalog.json.zst")) or "/keys/" in k
+               for k in set(stored) - set(sealed))
     meta = json.loads(stored[next(k for k in stored if k.endswith("metadata.json"))])
     assert meta["encryption"]["mode"] == "key-file" and meta["encryption"]["data_key"]
     assert all(os.stat(tmp_path / "backups" / k).st_mode & 0o077 == 0 for k in stored)

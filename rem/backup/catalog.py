@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from rem.backup.archive import sha256_file
+from rem.backup.catalog_file import CATALOG_FILE, CatalogFile, Entries, entry_key
 from rem.errors import RemError, UsageError
 from rem.format import check_tenant
 from rem.identity import DatabaseIdentity, claim_name
@@ -50,6 +51,7 @@ LATEST = "latest"  # as a name to find: the newest backup (unless one is really 
 # An S3 claim older than this whose backup never got its metadata.json was left by a run that died.
 CLAIM_STALE_SECONDS = 6 * 3600
 READ_THREADS = 16
+FOLDER_LISTINGS_MAX = 64  # folders a look lists one by one; with more unknown to the catalog, one listing of all
 
 
 class BackupMetadata(BaseModel):
@@ -142,6 +144,7 @@ class BackupRecord:
     tenant_folder: str
     folder: str
     archived: list[str] = field(default_factory=list)  # its objects a lifecycle rule moved to Glacier
+    written: float = 0.0  # when its metadata.json was written (Unix time): newest_first's order
 
     @property
     def name(self) -> str:
@@ -228,16 +231,41 @@ def _parse_found(body: bytes, where: str, tenant_folder: str, folder: str,
         why = f"not valid backup metadata ({str(exc).splitlines()[0]})"
         log.warning("skipping %s: %s", where, why)
         return Unreadable(where, why)
+    return metadata if _belongs(metadata, where, tenant_folder, folder, db) else None
+
+
+def _belongs(metadata: BackupMetadata, where: str, tenant_folder: str, folder: str, db: str | None) -> bool:
+    """Whether a record names the place it was found in (warned of when not)."""
     if (metadata.tenant_folder, metadata.name) != (tenant_folder, folder):
         log.warning("skipping %s: it says backup %r of %r but lies in %s/%s; rem did not write it there, "
                              "so it is neither listed nor acted on", where, metadata.name, metadata.tenant_folder,
                              tenant_folder, folder)
-        return None
+        return False
     if db is not None and metadata.db_name not in (None, db):
         log.warning("skipping %s: it is a backup of database %r, found under %r; rem did not write it there",
                     where, metadata.db_name, db)
-        return None
-    return metadata
+        return False
+    return True
+
+
+Folder = tuple[str, str]  # (tenant_folder, folder)
+
+
+@dataclass
+class StoreLook:
+    """One look at a database's backups: the catalog file checked against a listing."""
+
+    records: list[BackupRecord]
+    unreadable: list[Unreadable]
+    unfinished: dict[Folder, list[ObjectInfo]]  # folders without metadata.json: in progress, or left by a dead run
+    guarded: list[Folder]  # folders whose metadata.json is there but names another place or does not parse
+    folder_bytes: dict[Folder, int]  # of the folders listed object by object (the catalog has the others')
+    entries: Entries  # the catalog's entries as read
+    fresh: dict[Folder, str]  # backups read from their metadata.json (the catalog lacked or misdescribed them): ETag
+
+    def found(self) -> list[Folder]:
+        """Every folder holding a metadata.json."""
+        return [(r.tenant_folder, r.folder) for r in self.records] + self.guarded
 
 
 class BackupStore:
@@ -248,6 +276,9 @@ class BackupStore:
                  owner: DatabaseIdentity | None = None):
         self.objects, self.db, self.owner = objects, db, owner
         self.root = root if root is not None else f"{db}/backups/full/"
+        self.catalog = CatalogFile(objects, self.root.removesuffix("full/") + CATALOG_FILE)
+        self._changes_unseen: bool | None = None  # see _changed_unseen
+        self.last_look: StoreLook | None = None
 
     @property
     def legacy(self) -> bool:
@@ -316,10 +347,17 @@ class BackupStore:
         except PreconditionFailed:
             raise busy from None
 
-    def live_claims(self) -> list[str]:
-        """The claims of backups of this database being written right now."""
-        return [info.key for info in self.objects.list(self.root) if info.key.endswith("/" + CLAIM)
-                and (claim := self.read_claim(info.key)) is not None and not claim_is_stale(claim[0])]
+    def live_claims(self, look: StoreLook | None = None) -> list[str]:
+        """The claims of backups of this database being written right now: a run claims its folder
+        before it writes anything there and releases it after metadata.json, so a live claim lies only
+        in a folder without one."""
+        look = look or self.look()
+        return [key for key in self._claims(look) if (claim := self.read_claim(key)) is not None
+                and not claim_is_stale(claim[0])]
+
+    def _claims(self, look: StoreLook, tenant_folder: str | None = None) -> list[str]:
+        return [info.key for (tenant, _), infos in look.unfinished.items() for info in infos
+                if info.key.endswith("/" + CLAIM) and tenant_folder in (None, tenant)]
 
     def clean_abandoned(self, tenant_folder: str) -> None:
         """Remove what runs that died left in this tenant's backups: unfinished uploads with no claim
@@ -336,9 +374,9 @@ class BackupStore:
             return abandoned[folder]
 
         self.objects.abort_uploads(base, is_abandoned)
-        for info in list(self.objects.list(base)):
-            folder, _, filename = info.key[len(base):].partition("/")
-            if filename == CLAIM and is_abandoned(info.key) and not self.exists(tenant_folder, folder):
+        for key in self._claims(self.look(), tenant_folder):
+            folder = key[len(base):].partition("/")[0]
+            if is_abandoned(key) and not self.exists(tenant_folder, folder):
                 self.objects.delete([self.key(tenant_folder, folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
                                                                                    CLAIM)])
 
@@ -363,9 +401,16 @@ class BackupStore:
         body, etag = self.objects.get_with_etag(key)
         updated = BackupMetadata.model_validate_json(body).model_copy(update=changes)
         try:
-            self.objects.put(key, updated.model_dump_json(indent=2).encode(), if_match=etag)
+            new_etag = self.objects.put(key, updated.model_dump_json(indent=2).encode(), if_match=etag)
         except PreconditionFailed:
             raise RemError(f"{self.objects.url(key)} changed while it was updated; run the command again") from None
+        folder = entry_key(record.tenant_folder, record.folder)
+
+        def change(entries: Entries) -> None:
+            if folder in entries:
+                entries[folder] = {**entries[folder], "metadata": updated.model_dump(mode="json"), "etag": new_etag}
+
+        self.catalog.update(change)
         return updated
 
     def discard(self, tenant_folder: str, name: str) -> None:
@@ -384,27 +429,166 @@ class BackupStore:
     def list(self) -> list[BackupRecord]:
         return self.scan()[0]
 
-    def scan(self) -> tuple[list[BackupRecord], list[Unreadable]]:
+    def scan(self, exact: bool = False) -> tuple[list[BackupRecord], list[Unreadable]]:
         """Every backup found (with the objects of it that are archived), and every metadata.json
         that could not be read."""
-        listing = list(self.objects.list(self.root))
-        archived: dict[tuple[str, str], list[str]] = {}
-        for info in listing:
-            if info.storage_class in ARCHIVED_CLASSES and (parts := info.key[len(self.root):].split("/")) and \
-                    len(parts) == 3:
-                archived.setdefault((parts[0], parts[1]), []).append(info.key)
-        found = self._read_all(self._metadata_objects(listing))
-        for record in found:
-            if isinstance(record, BackupRecord):
-                record.archived = sorted(archived.get((record.tenant_folder, record.folder), []))
-        return [r for r in found if isinstance(r, BackupRecord)], [r for r in found if isinstance(r, Unreadable)]
+        look = self.look(exact)
+        return look.records, look.unreadable
+
+    def look(self, exact: bool = False) -> StoreLook:
+        """The backups as the catalog file has them, checked against a listing of the folders: a folder
+        the catalog lacks is read from its metadata.json, an entry whose folder is gone is left out.
+        Exact (asked for, in a local store where listing is cheap, and where objects may change class or
+        vanish without rem, as under an S3 lifecycle rule): every object is listed, and an entry is
+        taken only while its metadata.json has the ETag it recorded."""
+        entries, _ = self.catalog.read()
+        listed: dict[Folder, list[ObjectInfo]] = {}
+        if exact or self.local or self._changed_unseen():
+            for info in self.objects.list(self.root):
+                parts = info.key[len(self.root):].split("/")
+                if len(parts) == 3:
+                    listed.setdefault((parts[0], parts[1]), []).append(info)
+            taken = {f for f, infos in listed.items() if (entry := entries.get(entry_key(*f))) is not None
+                     and any(i.key.endswith("/" + METADATA) and i.etag == entry.get("etag")
+                             and i.storage_class not in ARCHIVED_CLASSES for i in infos)}
+        else:
+            tenants = self.objects.list_folder(self.root)[0]
+            folders = [(t, f) for t, names in zip(tenants, self.read_each(
+                lambda t: self.objects.list_folder(f"{self.root}{t}/")[0], tenants)) for f in names]
+            taken = {f for f in folders if entry_key(*f) in entries}
+            unknown = [f for f in folders if f not in taken]
+            if len(unknown) > FOLDER_LISTINGS_MAX:  # no catalog yet: one listing beats a request per folder
+                every = {f: [] for f in unknown}
+                for info in self.objects.list(self.root):
+                    parts = info.key[len(self.root):].split("/")
+                    if len(parts) == 3 and (parts[0], parts[1]) in every:
+                        every[(parts[0], parts[1])].append(info)
+                listed = every
+            else:
+                listed = dict(zip(unknown, self.read_each(lambda f: list(self.objects.list(self.key(*f))),
+                                                          unknown)))
+        records: list[BackupRecord] = []
+        for folder in sorted(taken):
+            record = self._from_entry(folder, entries[entry_key(*folder)])
+            if record is None:  # an entry that does not hold: its metadata.json is the truth
+                listed.setdefault(folder, list(self.objects.list(self.key(*folder))))
+            else:
+                records.append(record)
+        unfinished: dict[Folder, list[ObjectInfo]] = {}
+        to_read: list[ObjectInfo] = []
+        from_entries = {(r.tenant_folder, r.folder) for r in records}
+        for folder, infos in listed.items():
+            if folder in from_entries:
+                continue
+            meta = next((i for i in infos if i.key.endswith("/" + METADATA)), None)
+            (to_read.append(meta) if meta else unfinished.__setitem__(folder, infos))
+        unreadable: list[Unreadable] = []
+        guarded: list[Folder] = []
+        fresh: dict[Folder, str] = {}
+        for info, found in zip(to_read, self.read_each(self._read, to_read)):
+            folder = tuple(info.key[len(self.root):].split("/")[:2])
+            if isinstance(found, BackupRecord):
+                records.append(found)
+                fresh[folder] = info.etag
+            elif isinstance(found, Unreadable):
+                unreadable.append(found)
+                guarded.append(folder)
+            elif self.objects.head(info.key) is not None:  # names another place (None: pruned while listed)
+                guarded.append(folder)
+        archived = {f: sorted(i.key for i in infos if i.storage_class in ARCHIVED_CLASSES)
+                    for f, infos in listed.items()}
+        for record in records:
+            record.archived = archived.get((record.tenant_folder, record.folder), [])
+        look = StoreLook(records, unreadable, unfinished, guarded,
+                         {f: sum(i.size for i in infos) for f, infos in listed.items()}, entries, fresh)
+        self.last_look = look
+        return look
+
+    def _from_entry(self, folder: Folder, entry: dict) -> BackupRecord | None:
+        """A catalog entry as a record, when it holds one of this folder's backup."""
+        try:
+            metadata = BackupMetadata.model_validate(entry["metadata"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not _belongs(metadata, self.objects.url(self.catalog.key) + f" ({entry_key(*folder)})", *folder, self.db):
+            return None
+        return BackupRecord(metadata, self.location(*folder), self, *folder, written=float(entry.get("written", 0)))
+
+    def _changed_unseen(self) -> bool:
+        """Whether objects here may change class or vanish without rem: an S3 lifecycle rule that moves
+        or expires objects under these backups, or uploads made straight to an archive class."""
+        if self._changes_unseen is None:
+            rules = getattr(self.objects, "lifecycle_rules", None)
+            cfg = getattr(self.objects, "cfg", None)
+            if rules is None or cfg is None:
+                self._changes_unseen = False
+            else:
+                where = self.objects.full_key(self.root)
+                self._changes_unseen = getattr(cfg, "storage_class", "") in ARCHIVED_CLASSES or any(
+                    rule.get("Status") == "Enabled" and (rule.get("Transitions") or rule.get("Expiration"))
+                    and (where.startswith(p) or p.startswith(where)) for rule in rules()
+                    for p in [_rule_prefix(rule)])
+        return self._changes_unseen
+
+    def confirmed(self, record: BackupRecord) -> BackupRecord | None:
+        """The record as its metadata.json says now (what acts on a backup reads it again: the catalog
+        is a cache); None when it is gone or no longer describes a backup in that folder."""
+        info = self.objects.head(self.key(record.tenant_folder, record.folder, METADATA))
+        found = self._read(info) if info is not None else None
+        if not isinstance(found, BackupRecord):
+            return None
+        found.archived, found.written = record.archived, info.modified
+        return found
+
+    def record_written(self, metadata: BackupMetadata) -> None:
+        """Enter a backup whose metadata.json was just written into the catalog file, with what the
+        last look found that the catalog lacked (and without what it found gone)."""
+        folder = (metadata.tenant_folder, metadata.name)
+        infos = list(self.objects.list(self.key(*folder)))
+        meta = next((i for i in infos if i.key.endswith("/" + METADATA)), None)
+        if meta is None:
+            return
+        entry = {"metadata": metadata.model_dump(mode="json"), "etag": meta.etag, "written": meta.modified,
+                 "bytes": sum(i.size for i in infos)}
+        look = self.last_look
+
+        def change(entries: Entries) -> None:
+            if look is not None:
+                self._reconcile(entries, look)
+            entries[entry_key(*folder)] = entry
+
+        self.catalog.update(change)
+
+    def _reconcile(self, entries: Entries, look: StoreLook) -> None:
+        """Bring entries in line with what a look found: backups read from metadata.json in, and out the
+        entries it found no backup for, if they are as that look read them (an entry written since is
+        of a backup it could not see: clocks are not compared, hosts' and the store's differ)."""
+        found = {(r.tenant_folder, r.folder): r for r in look.records}
+        for key in [k for k, e in entries.items() if tuple(k.split("/", 1)) not in found
+                    and look.entries.get(k) == e]:
+            del entries[key]
+        for folder, etag in look.fresh.items():
+            record = found[folder]
+            entries[entry_key(*folder)] = {"metadata": record.metadata.model_dump(mode="json"), "etag": etag,
+                                           "written": record.written, "bytes": look.folder_bytes[folder]}
+
+    def repository_bytes(self) -> int:
+        """Everything the database's backups occupy in the store: each backup's folder (the catalog's
+        count, or a listing's), and every object beside the backups (shared SSTs, the log archive)."""
+        look = self.look()
+        own = sum(look.folder_bytes.get(f, int(look.entries.get(entry_key(*f), {}).get("bytes", 0)))
+                  for f in look.found()) + sum(look.folder_bytes.get(f, 0) for f in look.unfinished)
+        top = self.root.removesuffix("full/")
+        folders, loose = self.objects.list_folder(top)
+        return own + sum(i.size for i in loose) + sum(i.size for f in folders if top + f + "/" != self.root
+                                                      for i in self.objects.list(f"{top}{f}/"))
 
     def newest_first(self, tenant_folder: str) -> Iterator[BackupRecord]:
-        """One tenant folder's backups, the most recently written first, each read only when asked for."""
-        found = [i for i in self._metadata_objects() if i.key[len(self.root):].split("/")[0] == tenant_folder]
-        for info in sorted(found, key=lambda i: i.modified, reverse=True):
-            if isinstance(record := self._read(info), BackupRecord):
-                yield record
+        """One tenant folder's backups, the most recently written first (from the last look, when this
+        run took one: what may be reused is proven object by object)."""
+        look = self.last_look or self.look()
+        yield from sorted((r for r in look.records if r.tenant_folder == tenant_folder), key=lambda r: r.written,
+                          reverse=True)
 
     def read_each(self, read: Callable[..., Any], items: list) -> list:
         """read(item) for every item, in order: from a bucket READ_THREADS at a time (each read waits a
@@ -414,23 +598,11 @@ class BackupStore:
         with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="rem-catalog") as pool:
             return list(pool.map(read, items))
 
-    def _read_all(self, infos: list[ObjectInfo]) -> list[BackupRecord | Unreadable | None]:
-        return self.read_each(self._read, infos)
-
     def newest(self, count: int) -> list[BackupRecord]:
-        """The count newest backups of every tenant folder, by metadata.json's write time: only their
-        records are read (the recent-backups table after each backup)."""
-        found = []
-        for info in sorted(self._metadata_objects(), key=lambda i: i.modified, reverse=True):
-            if isinstance(record := self._read(info), BackupRecord):
-                found.append(record)
-                if len(found) == count:
-                    break
+        """The count newest backups of every tenant folder, by metadata.json's write time (the
+        recent-backups table after each backup)."""
+        found = sorted(self.look().records, key=lambda r: r.written, reverse=True)[:count]
         return sorted(found, key=lambda r: r.metadata.timestamp, reverse=True)
-
-    def _metadata_objects(self, listing: list[ObjectInfo] | None = None) -> list[ObjectInfo]:
-        return [i for i in (self.objects.list(self.root) if listing is None else listing)
-                if (parts := i.key[len(self.root):].split("/")) and len(parts) == 3 and parts[2] == METADATA]
 
     def _read(self, info: ObjectInfo) -> BackupRecord | Unreadable | None:
         tenant_folder, folder, _ = info.key[len(self.root):].split("/")
@@ -447,18 +619,50 @@ class BackupStore:
         metadata = _parse_found(body, self.objects.url(info.key), tenant_folder, folder, self.db)
         if not isinstance(metadata, BackupMetadata):
             return metadata
-        return BackupRecord(metadata, self.location(tenant_folder, folder), self, tenant_folder, folder)
+        return BackupRecord(metadata, self.location(tenant_folder, folder), self, tenant_folder, folder,
+                            written=info.modified)
 
     @property
     def prune_lease_key(self) -> str:
         """Held by a prune while it collects garbage (rem.backup.incremental.collection_lease)."""
         return self.root.removesuffix("full/") + PRUNE_LEASE
 
-    def delete(self, record: BackupRecord) -> None:
-        """metadata.json first: a half-deleted backup is at once invisible, never mistaken for whole."""
-        self.objects.delete([self.key(record.tenant_folder, record.folder, METADATA)])
-        self.objects.delete([self.key(record.tenant_folder, record.folder, f) for f in (ARCHIVE, FILES, SMALL, SCHEMAS,
-                                                                                  CLAIM)])
+    def delete(self, records: list[BackupRecord]) -> list[BackupRecord]:
+        """Delete backups, each only if its metadata.json still says what the caller decided on (else it
+        is left, and returned, for the next prune to judge): out of the catalog file first, then
+        metadata.json, so a half-deleted backup is at once invisible, never mistaken for whole."""
+        found = dict(zip((entry_key(r.tenant_folder, r.folder) for r in records),
+                         self.read_each(self.confirmed, records)))
+        doomed = [r for r in records if (now := found[entry_key(r.tenant_folder, r.folder)]) is not None
+                  and now.metadata == r.metadata]
+        gone = {entry_key(r.tenant_folder, r.folder) for r in doomed}
+        changed = [r for r in records if entry_key(r.tenant_folder, r.folder) not in gone]
+        for record in changed:
+            log.warning("not deleting %s: its metadata.json changed since it was listed (or is gone); the next prune "
+                        "decides", record.location)
+        look = self.last_look
+
+        def change(entries: Entries) -> None:
+            if look is not None:
+                self._reconcile(entries, look)
+            for key, now in found.items():
+                if now is None or key in gone:
+                    entries.pop(key, None)
+                elif key in entries:  # the catalog said otherwise: it takes what metadata.json says
+                    entries[key] = {**entries[key], "metadata": now.metadata.model_dump(mode="json")}
+
+        if records or (look is not None and look.fresh):
+            self.catalog.update(change)
+        for record in doomed:
+            self.objects.delete([self.key(record.tenant_folder, record.folder, METADATA)])
+            self.objects.delete([self.key(record.tenant_folder, record.folder, f)
+                                 for f in (ARCHIVE, FILES, SMALL, SCHEMAS, CLAIM)])
+        return changed
+
+def _rule_prefix(rule: dict) -> str:
+    """The key prefix an S3 lifecycle rule applies to ('' for every key)."""
+    where = rule.get("Filter", {})
+    return where.get("Prefix") or where.get("And", {}).get("Prefix") or rule.get("Prefix") or ""
 
 
 def download_checked(objects: ObjectStore, key: str, target: Path, sha256: str,
@@ -501,11 +705,14 @@ def find_backup(stores: list[BackupStore], name: str, tenant: str | None = None,
                                  f"{'the old layout' if holder.legacy else 'database ' + repr(holder.db)}: "
                                  f"restore it with --from-db {holder.db or 'legacy'}")
         raise BackupNotFound(f"no backup named {name!r} in {where}; see `rem backup list`")
-    if len(matches) == 1:
-        return matches[0]
     local = [r for r in matches if r.store.local]
-    if len(local) == 1:
-        return local[0]
+    if len(matches) == 1 or len(local) == 1:
+        chosen = matches[0] if len(matches) == 1 else local[0]
+        confirmed = chosen.store.confirmed(chosen)  # restored from what metadata.json says, not the catalog's copy
+        if confirmed is None:
+            raise BackupNotFound(f"backup {name!r} in {chosen.store.url()} was deleted or changed while it was "
+                                 "looked up; see `rem backup list`")
+        return confirmed
     raise UsageError(f"several backups are named {name!r}: {', '.join(r.location for r in matches)}; add --tenant")
 
 

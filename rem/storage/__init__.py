@@ -79,6 +79,10 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with prefix."""
 
+    def list_folder(self, folder: str) -> tuple[list[str], list[ObjectInfo]]:
+        """One level of a folder ('a/b/'): the names of the folders in it, and the objects directly in it
+        (S3's delimiter listing: a page per 1,000 entries, however many objects lie below them)."""
+
     def delete(self, keys: Iterable[str]) -> None:
         """Remove objects; an absent key is not an error."""
 

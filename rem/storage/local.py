@@ -177,6 +177,26 @@ class LocalObjectStore:
                 continue  # deleted while listed
             yield ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
 
+    def list_folder(self, folder: str) -> tuple[list[str], list[ObjectInfo]]:
+        folders: list[str] = []
+        objects: list[ObjectInfo] = []
+        try:
+            entries = list(os.scandir(self.path(folder.rstrip("/")) if folder else self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return folders, objects
+        for entry in entries:
+            if entry.is_symlink() or entry.name == LOCK or PARTIAL in entry.name:
+                continue
+            if entry.is_dir():
+                folders.append(entry.name)
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted while listed
+            objects.append(ObjectInfo(folder + entry.name, st.st_size, _etag(st), st.st_mtime))
+        return sorted(folders), sorted(objects, key=lambda o: o.key)
+
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             path = self.path(key)

@@ -376,6 +376,18 @@ class S3ObjectStore:
                 yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"], obj["LastModified"].timestamp(),
                                  obj.get("StorageClass", ""))
 
+    def list_folder(self, folder: str) -> tuple[list[str], list[ObjectInfo]]:
+        folders: list[str] = []
+        objects: list[ObjectInfo] = []
+        start = len(self.full_key(folder))
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=self.full_key(folder), Delimiter="/"):
+            folders += [p["Prefix"][start:-1] for p in page.get("CommonPrefixes", [])]
+            objects += [ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"],
+                                   obj["LastModified"].timestamp(), obj.get("StorageClass", ""))
+                        for obj in page.get("Contents", [])]
+        return folders, objects
+
     def delete(self, keys: Iterable[str]) -> None:
         batch: list[str] = []
         for key in keys:
