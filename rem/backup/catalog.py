@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -178,9 +179,11 @@ def backup_name(now: datetime | None = None) -> str:
     return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%S") + "Z"
 
 
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9-][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
+
+
 def check_name(name: str) -> str:
-    if (not name or len(name) > NAME_MAX or name.startswith((".", "_"))
-            or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in name)):
+    if not NAME_PATTERN.fullmatch(name):
         shown = name if len(name) <= 40 else name[:40] + f"... ({len(name)} characters)"
         raise UsageError(f"backup name {shown!r}: use 1 to {NAME_MAX} letters, digits, '-', '_' or '.', "
                          "not starting with '.' or '_'")
@@ -278,6 +281,8 @@ class BackupStore:
         self.root = root if root is not None else f"{db}/backups/full/"
         self.catalog = CatalogFile(objects, self.root.removesuffix("full/") + CATALOG_FILE)
         self._changes_unseen: bool | None = None  # see _changed_unseen
+        self._parsed: dict[str, tuple[dict, BackupMetadata, str]] = {}  # catalog entries already validated
+        self._read_before: dict[str, tuple[str, BackupMetadata]] = {}  # metadata.json read, by key: (ETag, it)
         self.last_look: StoreLook | None = None
 
     @property
@@ -438,35 +443,12 @@ class BackupStore:
     def look(self, exact: bool = False) -> StoreLook:
         """The backups as the catalog file has them, checked against a listing of the folders: a folder
         the catalog lacks is read from its metadata.json, an entry whose folder is gone is left out.
-        Exact (asked for, in a local store where listing is cheap, and where objects may change class or
-        vanish without rem, as under an S3 lifecycle rule): every object is listed, and an entry is
-        taken only while its metadata.json has the ETag it recorded."""
-        entries, _ = self.catalog.read()
-        listed: dict[Folder, list[ObjectInfo]] = {}
-        if exact or self.local or self._changed_unseen():
-            for info in self.objects.list(self.root):
-                parts = info.key[len(self.root):].split("/")
-                if len(parts) == 3:
-                    listed.setdefault((parts[0], parts[1]), []).append(info)
-            taken = {f for f, infos in listed.items() if (entry := entries.get(entry_key(*f))) is not None
-                     and any(i.key.endswith("/" + METADATA) and i.etag == entry.get("etag")
-                             and i.storage_class not in ARCHIVED_CLASSES for i in infos)}
-        else:
-            tenants = self.objects.list_folder(self.root)[0]
-            folders = [(t, f) for t, names in zip(tenants, self.read_each(
-                lambda t: self.objects.list_folder(f"{self.root}{t}/")[0], tenants)) for f in names]
-            taken = {f for f in folders if entry_key(*f) in entries}
-            unknown = [f for f in folders if f not in taken]
-            if len(unknown) > FOLDER_LISTINGS_MAX:  # no catalog yet: one listing beats a request per folder
-                every = {f: [] for f in unknown}
-                for info in self.objects.list(self.root):
-                    parts = info.key[len(self.root):].split("/")
-                    if len(parts) == 3 and (parts[0], parts[1]) in every:
-                        every[(parts[0], parts[1])].append(info)
-                listed = every
-            else:
-                listed = dict(zip(unknown, self.read_each(lambda f: list(self.objects.list(self.key(*f))),
-                                                          unknown)))
+        Locally each entry also holds only while its metadata.json has the ETag it recorded (a stat).
+        Exact (asked for, and where objects may change class or vanish without rem, as under an S3
+        lifecycle rule): every object is listed, and entries are held to their ETags likewise."""
+        with ThreadPoolExecutor(1, thread_name_prefix="rem-catalog-file") as beside:
+            reading = beside.submit(self.catalog.read)  # one round trip or two, while the folders are listed
+            entries, listed, taken = self._list_against(reading, exact)
         records: list[BackupRecord] = []
         for folder in sorted(taken):
             record = self._from_entry(folder, entries[entry_key(*folder)])
@@ -504,15 +486,58 @@ class BackupStore:
         self.last_look = look
         return look
 
+    def _list_against(self, reading: Future, exact: bool) -> tuple[Entries, dict[Folder, list[ObjectInfo]], set[Folder]]:
+        """The catalog's entries (reading: their read under way), the folders listed object by object,
+        and the folders whose entries stand (see look)."""
+        listed: dict[Folder, list[ObjectInfo]] = {}
+        if exact or self._changed_unseen():
+            for info in self.objects.list(self.root):
+                parts = info.key[len(self.root):].split("/")
+                if len(parts) == 3:
+                    listed.setdefault((parts[0], parts[1]), []).append(info)
+            entries = reading.result()[0]
+            taken = {f for f, infos in listed.items() if (entry := entries.get(entry_key(*f))) is not None
+                     and any(i.key.endswith("/" + METADATA) and i.etag == entry.get("etag")
+                             and i.storage_class not in ARCHIVED_CLASSES for i in infos)}
+        else:
+            tenants = self.objects.list_folder(self.root)[0]
+            folders = [(t, f) for t, names in zip(tenants, self.read_each(
+                lambda t: self.objects.list_folder(f"{self.root}{t}/")[0], tenants)) for f in names]
+            entries = reading.result()[0]
+            taken = {f for f in folders if entry_key(*f) in entries}
+            if self.local:  # a stat each: an entry holds only while its metadata.json is the one it recorded
+                heads = self.objects.heads([self.key(*f, METADATA) for f in sorted(taken)])
+                taken = {f for f, info in zip(sorted(taken), heads)
+                         if info is not None and info.etag == entries[entry_key(*f)].get("etag")}
+            unknown = [f for f in folders if f not in taken]
+            if len(unknown) > FOLDER_LISTINGS_MAX:  # no catalog yet: one listing beats a request per folder
+                every: dict[Folder, list[ObjectInfo]] = {f: [] for f in unknown}
+                for info in self.objects.list(self.root):
+                    parts = info.key[len(self.root):].split("/")
+                    if len(parts) == 3 and (parts[0], parts[1]) in every:
+                        every[(parts[0], parts[1])].append(info)
+                listed = every
+            else:
+                listed = dict(zip(unknown, self.read_each(lambda f: list(self.objects.list(self.key(*f))),
+                                                          unknown)))
+        return entries, listed, taken
+
     def _from_entry(self, folder: Folder, entry: dict) -> BackupRecord | None:
-        """A catalog entry as a record, when it holds one of this folder's backup."""
-        try:
-            metadata = BackupMetadata.model_validate(entry["metadata"])
-        except (ValueError, KeyError, TypeError):
-            return None
-        if not _belongs(metadata, self.objects.url(self.catalog.key) + f" ({entry_key(*folder)})", *folder, self.db):
-            return None
-        return BackupRecord(metadata, self.location(*folder), self, *folder, written=float(entry.get("written", 0)))
+        """A catalog entry as a record, when it holds one of this folder's backup (parsed once per
+        process: while the catalog file is unchanged, its entries are the same objects)."""
+        key = entry_key(*folder)
+        parsed = self._parsed.get(key)
+        if parsed is None or parsed[0] is not entry:
+            try:
+                metadata = BackupMetadata.model_validate(entry["metadata"])
+            except (ValueError, KeyError, TypeError):
+                return None
+            if (metadata.tenant_folder, metadata.name) != folder or (
+                    self.db is not None and metadata.db_name not in (None, self.db)):
+                _belongs(metadata, f"{self.objects.url(self.catalog.key)} ({key})", *folder, self.db)  # warns
+                return None
+            parsed = self._parsed[key] = (entry, metadata, self.location(*folder))
+        return BackupRecord(parsed[1], parsed[2], self, *folder, written=float(entry.get("written", 0)))
 
     def _changed_unseen(self) -> bool:
         """Whether objects here may change class or vanish without rem: an S3 lifecycle rule that moves
@@ -574,10 +599,12 @@ class BackupStore:
 
     def repository_bytes(self) -> int:
         """Everything the database's backups occupy in the store: each backup's folder (the catalog's
-        count, or a listing's), and every object beside the backups (shared SSTs, the log archive)."""
-        look = self.look()
+        count, or a listing's) as the run's last look found them, and every object beside the backups
+        (shared SSTs, the log archive)."""
+        look = self.last_look or self.look()  # the run's own look: its folders unfinished then are listed now
+        unfinished = self.read_each(lambda f: sum(i.size for i in self.objects.list(self.key(*f))), list(look.unfinished))
         own = sum(look.folder_bytes.get(f, int(look.entries.get(entry_key(*f), {}).get("bytes", 0)))
-                  for f in look.found()) + sum(look.folder_bytes.get(f, 0) for f in look.unfinished)
+                  for f in look.found()) + sum(unfinished)
         top = self.root.removesuffix("full/")
         folders, loose = self.objects.list_folder(top)
         return own + sum(i.size for i in loose) + sum(i.size for f in folders if top + f + "/" != self.root
@@ -606,6 +633,10 @@ class BackupStore:
 
     def _read(self, info: ObjectInfo) -> BackupRecord | Unreadable | None:
         tenant_folder, folder, _ = info.key[len(self.root):].split("/")
+        known = self._read_before.get(info.key)
+        if known is not None and info.etag and known[0] == info.etag:  # this run read these bytes already
+            return BackupRecord(known[1], self.location(tenant_folder, folder), self, tenant_folder, folder,
+                                written=info.modified)
         try:
             body = self.objects.get(info.key)
         except ObjectMissing:
@@ -619,6 +650,7 @@ class BackupStore:
         metadata = _parse_found(body, self.objects.url(info.key), tenant_folder, folder, self.db)
         if not isinstance(metadata, BackupMetadata):
             return metadata
+        self._read_before[info.key] = (info.etag, metadata)
         return BackupRecord(metadata, self.location(tenant_folder, folder), self, tenant_folder, folder,
                             written=info.modified)
 

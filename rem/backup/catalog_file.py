@@ -13,10 +13,10 @@ whose contents it repeats."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
+import orjson
 import zstandard
 
 from rem.storage import ObjectMissing, ObjectStore, PreconditionFailed
@@ -52,11 +52,11 @@ class CatalogFile:
         except ObjectMissing:
             return {}, None
         try:
-            document = json.loads(zstandard.ZstdDecompressor().decompress(body))
+            document = orjson.loads(zstandard.ZstdDecompressor().decompress(body))
             entries = document["backups"] if document.get("format") == FORMAT else {}
             if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
                 raise ValueError("backups is not a table of entries")
-        except (zstandard.ZstdError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (zstandard.ZstdError, orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s is unreadable (%s): every backup is read from its metadata.json until a backup, keep or "
                         "prune writes it again", self.objects.url(self.key), exc)
             entries = {}
@@ -71,8 +71,7 @@ class CatalogFile:
             for _ in range(UPDATE_TRIES):
                 entries, etag = self.read()
                 change(entries)
-                body = zstandard.ZstdCompressor(level=3).compress(
-                    json.dumps({"format": FORMAT, "backups": entries}, separators=(",", ":")).encode())
+                body = zstandard.ZstdCompressor(level=3).compress(orjson.dumps({"format": FORMAT, "backups": entries}))
                 try:
                     new_etag = self.objects.put(self.key, body, **({"if_match": etag} if etag else
                                                                   {"if_none_match": True}))

@@ -40,7 +40,7 @@ import zstandard
 from pydantic import BaseModel, Field
 
 from rem.backup.archive import COPY_BUFFER, ROCKSDB_FILE, CountingWriter, write_archive
-from rem.backup.catalog import (FILES, READ_THREADS, SMALL, BackupRecord, BackupStore, StoreLook,
+from rem.backup.catalog import (CLAIM, FILES, READ_THREADS, SMALL, BackupRecord, BackupStore, StoreLook,
                                 Unreadable, UnreadableRecord,
                                 claim_is_stale, download_checked)
 from rem.errors import RemError
@@ -185,8 +185,13 @@ def store_incremental(snap_dir: Path, store: BackupStore, tenant_folder: str, na
         return FileEntry(name=path.name, size=st.st_size, sha256=sha, object=object_key(db, sha), ino=st.st_ino,
                          mtime_ns=st.st_mtime_ns)
 
-    if all(key.split("/")[-2] == name for key in store.live_claims()):  # only this run: what dead runs left
-        store.objects.abort_uploads(sst_root(db), lambda key: True)
+    # What dead runs left: SST uploads begun before this run's claim, when the look taken just after
+    # that claim (prepare's) saw no other live one. A run that began uploading earlier claimed earlier,
+    # so that look saw its claim; the store's clock, not ours, and a second's margin for its rounding.
+    look = store.last_look or store.look()
+    mine = [i for i in look.unfinished.get((tenant_folder, name), []) if i.key.endswith("/" + CLAIM)]
+    if mine and all(key.split("/")[-2] == name for key in store.live_claims(look)):
+        store.objects.abort_uploads(sst_root(db), lambda key: True, started_before=mine[0].modified - 1)
     wait_for_collection(store)  # this run's claim is written: from here no prune starts deleting
     recorded = {f.object: f for f in earlier.files if f.object} if earlier else {}
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rem-sst") as pool:
@@ -467,13 +472,15 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
     younger than the grace period, and nothing any files.json beside a metadata.json names, read or
     not. An interrupted collection is finished by the next. A dry run takes no lease."""
     now = time.time() if now is None else now
-    if busy := store.live_claims():
+    look = store.look(exact=not dry_run)
+    if busy := store.live_claims(look):
         return GarbageReport(f"a backup is being written ({busy[0]}); collected by the next prune", 0, 0, 0, 0)
     with nullcontext() if dry_run else collection_lease(store) as refused:
         if refused:
             return GarbageReport(f"{refused}; collected by the next prune", 0, 0, 0, 0)
-        look = store.look(exact=not dry_run)
-        if busy := store.live_claims(look):  # a backup claimed a name before it could see the lease
+        if not dry_run:  # looked at again under the lease: a backup may have claimed a name before it saw it
+            look = store.look(exact=True)
+        if busy := store.live_claims(look):
             return GarbageReport(f"a backup started while garbage was being found ({busy[0]}); collected by the "
                                  "next prune", 0, 0, 0, 0)
         leftovers = [i.key for infos in look.unfinished.values() if all(now - i.modified > grace_seconds

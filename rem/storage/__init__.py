@@ -86,6 +86,9 @@ class ObjectStore(Protocol):
     def delete(self, keys: Iterable[str]) -> None:
         """Remove objects; an absent key is not an error."""
 
+    # A store whose objects are local files also answers heads(keys) -> list[ObjectInfo | None]: head()
+    # of many keys at a stat each (a bucket would need a request each, so it offers none).
+
     def download(self, key: str, dest: Path, progress: Callable[[int], None] | None = None) -> None:
         """Copy an object to a local file (parallel and resumable where the backend allows)."""
 
@@ -104,8 +107,9 @@ class ObjectStore(Protocol):
     def locked_until(self, key: str):
         """When the object's lock ends, if it is locked now (a datetime), else None."""
 
-    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
-        """Abort unfinished stream uploads under prefix whose key abandoned() says no run owns."""
+    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool], started_before: float | None = None) -> int:
+        """Abort unfinished stream uploads under prefix whose key abandoned() says no run owns (with
+        started_before, only those begun before that time by the store's clock, a Unix time)."""
 
 
 class StoreWrapper:

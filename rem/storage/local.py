@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -60,7 +61,9 @@ class LocalObjectStore:
         return target
 
     def url(self, key: str = "") -> str:
-        return str(self.root / key) + ("/" if key.endswith("/") else "")
+        if not key:
+            return str(self.root)
+        return os.path.join(str(self.root), key.rstrip("/")) + ("/" if key.endswith("/") else "")
 
     def check(self) -> None:
         probe = self.root / f".rem-check-{os.getpid()}"
@@ -177,6 +180,23 @@ class LocalObjectStore:
                 continue  # deleted while listed
             yield ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
 
+    def heads(self, keys: list[str]) -> list[ObjectInfo | None]:
+        """head() of many keys, a stat each: keys name files under folders a listing of this store
+        found, so they are checked as keys but not resolved one by one (what a symbolic link is, is
+        not followed: it reads as absent)."""
+        root = os.fspath(self.root)
+        found: list[ObjectInfo | None] = []
+        for key in keys:
+            if key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+                raise UsageError(f"{key!r}: not a key this store writes")
+            try:
+                st = os.lstat(os.path.join(root, key))
+            except (FileNotFoundError, NotADirectoryError):
+                found.append(None)
+                continue
+            found.append(ObjectInfo(key, st.st_size, _etag(st), st.st_mtime) if stat.S_ISREG(st.st_mode) else None)
+        return found
+
     def list_folder(self, folder: str) -> tuple[list[str], list[ObjectInfo]]:
         folders: list[str] = []
         objects: list[ObjectInfo] = []
@@ -232,10 +252,12 @@ class LocalObjectStore:
     def restore_hint(self, key: str) -> str:
         return ""  # a directory has no archive class
 
-    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
+    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool], started_before: float | None = None) -> int:
         aborted = 0
         for key, entry in self._files(prefix):
             base, sep, pid = key.rpartition(PARTIAL + "-")
+            if started_before is not None and entry.stat().st_mtime >= started_before:
+                continue  # written since: not a dead run's
             if sep and base.startswith(prefix) and not _alive(pid) and abandoned(base):
                 os.unlink(entry.path)
                 aborted += 1

@@ -3,6 +3,7 @@ IfMatch), multipart uploads spooled to disk, parallel resumable ranged downloads
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -134,9 +135,20 @@ def s3_client(cfg: S3Settings, client_factory: Callable[..., Any] | None = None)
                     read_timeout=cfg.read_timeout, max_pool_connections=max(10, cfg.concurrency * 2 + 2))
     if client_factory is not None:  # a prefect-aws AwsCredentials block's get_client
         return client_factory(config)
+    with _SESSION_LOCK:  # a session makes clients one at a time; its clients are safe to share
+        return _session().client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, config=config)
+
+
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _session():
+    """One boto3 session per process: a session loads S3's service model once for every client it makes
+    (a new session per store cost 0.15 s each)."""
     import boto3
 
-    return boto3.session.Session().client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, config=config)
+    return boto3.session.Session()
 
 
 
@@ -428,11 +440,13 @@ class S3ObjectStore:
         self.client.put_object_tagging(Bucket=self.cfg.bucket, Key=self.full_key(key), Tagging={
             "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
 
-    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool]) -> int:
+    def abort_uploads(self, prefix: str, abandoned: Callable[[str], bool], started_before: float | None = None) -> int:
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=self.full_key(prefix)):
             for upload in page.get("Uploads", []):
+                if started_before is not None and upload["Initiated"].timestamp() >= started_before:
+                    continue
                 if abandoned(upload["Key"][len(self.prefix):]):
                     self.client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=upload["Key"],
                                                        UploadId=upload["UploadId"])
