@@ -1,7 +1,7 @@
 """A store at scale: 5,000 backups of one database beside 49 other databases (10 backups each),
 in a local store: `rem backup list` (target < 2 s), `rem backup prune --dry-run` (< 5 s) and the
 catalog's overhead on a new incremental backup (its time with 5,000 backups in the store minus its
-time with one; target < 1 s). The 5,000 are copies of one real backup's records under new names,
+time with a few; target < 1 s). Each figure is the best of three runs. The 5,000 are copies of one real backup's records under new names,
 an hour apart, all naming the same shared SSTs (what a year of hourly backups of a quiet database
 looks like to the catalog). Then the same in a bucket (moto's S3 server on 127.0.0.1): the records
 are copied server-side from one uploaded backup; the other databases get their records only (their
@@ -48,13 +48,24 @@ def copies(folder: Path, count: int, start: datetime) -> None:
             timespec="seconds").replace("+00:00", "Z")}))
 
 
+RUNS = 3  # each figure is the best of three: one run can land on the setup's writeback or moto's garbage collection
+
+
 def timed_list(db: Path, env: dict, backups: int) -> float:
-    started = time.perf_counter()
-    listed = json.loads(subprocess.run([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "list",
-                                        "--json"], env=env, capture_output=True, text=True, cwd=REPO).stdout)
-    seconds = time.perf_counter() - started
-    assert len(listed) == backups, len(listed)
-    return seconds
+    best = float("inf")
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        listed = json.loads(subprocess.run([sys.executable, "-m", "cli.main", "--db-path", str(db), "backup", "list",
+                                            "--json"], env=env, capture_output=True, text=True, cwd=REPO).stdout)
+        best = min(best, time.perf_counter() - started)
+        assert len(listed) == backups, len(listed)
+    return best
+
+
+def best_of(db: Path, env: dict, *args: str, name: str | None = None) -> float:
+    """The best of RUNS runs of a rem command (a backup: RUNS backups, named name-1, name-2, ...)."""
+    return min(rem("--db-path", str(db), *args, *(("--name", f"{name}-{i}") if name else ()), env=env)[0]
+               for i in range(1, RUNS + 1))
 
 
 def bucket_copies(s3, bucket: str, root: str, count: int, start: datetime, into: str | None = None) -> None:
@@ -97,9 +108,9 @@ def in_bucket(backups: int, databases: int) -> dict:
         env = {**ENV, "P8_S3_BUCKET": "scale", "P8_S3_ENDPOINT_URL": endpoint, "P8_DB_NAME": "main"}
         rem("--db-path", str(db), "db", "init", "--sample", "20000")
         rem("--db-path", str(db), "backup", "create", "--upload", "--name", "seed", env=env)
-        one, _ = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "with-one", env=env)
+        one = best_of(db, env, "backup", "create", "--upload", name="with-one")
         now = datetime.now(timezone.utc)
-        bucket_copies(s3, "scale", "main/backups/full/_all/seed/", backups - 3, now)
+        bucket_copies(s3, "scale", "main/backups/full/_all/seed/", backups - 2 - RUNS, now)
         identity = json.loads(s3.get_object(Bucket="scale", Key="main/database.json")["Body"].read())
         for n in range(databases - 1):
             bucket_copies(s3, "scale", "main/backups/full/_all/seed/", 10, now, into=f"other-{n:02d}")
@@ -109,8 +120,8 @@ def in_bucket(backups: int, databases: int) -> dict:
         # catalog file (once, as after an upgrade from a version without one).
         first, _ = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "builds-catalog", env=env)
         list_s = timed_list(db, env, backups)
-        prune_s, _ = rem("--db-path", str(db), "backup", "prune", "--dry-run", env=env)
-        many, _ = rem("--db-path", str(db), "backup", "create", "--upload", "--name", "with-many", env=env)
+        prune_s = best_of(db, env, "backup", "prune", "--dry-run")
+        many = best_of(db, env, "backup", "create", "--upload", name="with-many")
         return {"backups": backups, "databases": databases, "list_s": list_s, "prune_dry_run_s": prune_s,
                 "backup_with_one_s": one, "backup_with_many_s": many, "catalog_overhead_s": many - one,
                 "backup_building_catalog_s": first}
@@ -127,26 +138,28 @@ def main(backups: int = 5000, databases: int = 50) -> dict:
         env = {**ENV, "P8_BACKUP_DIR": str(store), "P8_DB_NAME": "main"}
         rem("--db-path", str(db), "db", "init", "--sample", "20000")
         rem("--db-path", str(db), "backup", "create", "--name", "seed", env=env)
-        one, _ = rem("--db-path", str(db), "backup", "create", "--name", "with-one", env=env)
+        one = best_of(db, env, "backup", "create", name="with-one")
         seed = store / "main" / "backups" / "full" / "_all" / "seed"
-        copies(seed, backups - 3, datetime.now(timezone.utc))
-        for n in range(databases - 1):
-            other = store / f"other-{n:02d}"
-            shutil.copytree(store / "main", other, copy_function=lambda s, d: Path(d).hardlink_to(s))
-            for folder in sorted((other / "backups" / "full" / "_all").iterdir())[10:]:
-                shutil.rmtree(folder)
+        copies(seed, backups - 2 - RUNS, datetime.now(timezone.utc))
+        keep = {p.name for p in sorted((store / "main" / "backups" / "full" / "_all").iterdir())[:10]}
+        for n in range(databases - 1):  # links to the ten oldest backups and the shared SSTs of main: the same
+            other = store / f"other-{n:02d}"  # store as a copy of all and a delete, without 250,000 links churned
+            shutil.copytree(store / "main", other, copy_function=lambda s, d: Path(d).hardlink_to(s),
+                            ignore=lambda where, names: [x for x in names if Path(where).name == "_all"
+                                                         and x not in keep])
             identity = json.loads((other / "database.json").read_text())
             (other / "database.json").write_text(json.dumps({**identity, "name": other.name}))
+        os.sync()  # the copies' writeback is the setup's, not the commands'
         first, _ = rem("--db-path", str(db), "backup", "create", "--name", "builds-catalog", env=env)
         list_s = timed_list(db, env, backups)
-        prune_s, _ = rem("--db-path", str(db), "backup", "prune", "--dry-run", env=env)
-        many, _ = rem("--db-path", str(db), "backup", "create", "--name", "with-many", env=env)
+        prune_s = best_of(db, env, "backup", "prune", "--dry-run")
+        many = best_of(db, env, "backup", "create", name="with-many")
         result = {"backups": backups, "databases": databases, "list_s": list_s, "prune_dry_run_s": prune_s,
                   "backup_with_one_s": one, "backup_with_many_s": many, "catalog_overhead_s": many - one,
                   "backup_building_catalog_s": first}
         print(f"store with {backups:,} backups of one database among {databases}: `rem backup list` {list_s:.2f} s "
               f"(target < 2 s), `rem backup prune --dry-run` {prune_s:.2f} s (< 5 s), a new incremental backup "
-              f"{many:.2f} s vs {one:.2f} s with one backup: catalog overhead {many - one:.2f} s (< 1 s); the backup "
+              f"{many:.2f} s vs {one:.2f} s with 1-3 backups: catalog overhead {many - one:.2f} s (< 1 s); the backup "
               f"that entered the 5,000 into the catalog file {first:.2f} s (once)", flush=True)
         result["s3"] = s3 = in_bucket(backups, databases)
         print(f"the same in a bucket (moto): `rem backup list` {s3['list_s']:.2f} s, `rem backup prune --dry-run` "

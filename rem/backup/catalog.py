@@ -443,7 +443,7 @@ class BackupStore:
     def look(self, exact: bool = False) -> StoreLook:
         """The backups as the catalog file has them, checked against a listing of the folders: a folder
         the catalog lacks is read from its metadata.json, an entry whose folder is gone is left out.
-        Locally each entry also holds only while its metadata.json has the ETag it recorded (a stat).
+        In a directory each entry also holds only while its metadata.json has the ETag it recorded (a stat).
         Exact (asked for, and where objects may change class or vanish without rem, as under an S3
         lifecycle rule): every object is listed, and entries are held to their ETags likewise."""
         with ThreadPoolExecutor(1, thread_name_prefix="rem-catalog-file") as beside:
@@ -505,9 +505,9 @@ class BackupStore:
                 lambda t: self.objects.list_folder(f"{self.root}{t}/")[0], tenants)) for f in names]
             entries = reading.result()[0]
             taken = {f for f in folders if entry_key(*f) in entries}
-            if self.local:  # a stat each: an entry holds only while its metadata.json is the one it recorded
-                heads = self.objects.heads([self.key(*f, METADATA) for f in sorted(taken)])
-                taken = {f for f, info in zip(sorted(taken), heads)
+            heads = getattr(self.objects, "heads", None)  # files on this host (sealed or not): a stat each
+            if heads is not None:  # an entry holds only while its metadata.json is the one it recorded
+                taken = {f for f, info in zip(sorted(taken), heads([self.key(*f, METADATA) for f in sorted(taken)]))
                          if info is not None and info.etag == entries[entry_key(*f)].get("etag")}
             unknown = [f for f in folders if f not in taken]
             if len(unknown) > FOLDER_LISTINGS_MAX:  # no catalog yet: one listing beats a request per folder
@@ -780,9 +780,17 @@ def list_reachable(stores: list) -> tuple[list[BackupRecord], dict[str, str]]:
     """Every backup in the stores that answer, and for each one that does not, why."""
     records: list[BackupRecord] = []
     failed: dict[str, str] = {}
-    for store in stores:
+
+    def listed(store) -> list[BackupRecord] | Exception:
         try:
-            records.extend(store.list())
+            return store.list()
         except Exception as exc:  # one unreachable store must not hide the others' backups
-            failed[store.url()] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return exc
+
+    with ThreadPoolExecutor(max(1, len(stores)), thread_name_prefix="rem-stores") as pool:  # each waits on its own
+        for store, found in zip(stores, list(pool.map(listed, stores))):
+            if isinstance(found, Exception):
+                failed[store.url()] = f"{type(found).__name__}: {str(found).splitlines()[0] if str(found) else ''}"
+            else:
+                records.extend(found)
     return records, failed

@@ -472,7 +472,8 @@ def collect_garbage(store: BackupStore, grace_seconds: float = GRACE_SECONDS, no
     younger than the grace period, and nothing any files.json beside a metadata.json names, read or
     not. An interrupted collection is finished by the next. A dry run takes no lease."""
     now = time.time() if now is None else now
-    look = store.look(exact=not dry_run)
+    # A dry run only reports: the look prune's own plan was made from serves (a real run looks again, exactly).
+    look = store.last_look if dry_run and store.last_look is not None else store.look(exact=not dry_run)
     if busy := store.live_claims(look):
         return GarbageReport(f"a backup is being written ({busy[0]}); collected by the next prune", 0, 0, 0, 0)
     with nullcontext() if dry_run else collection_lease(store) as refused:
