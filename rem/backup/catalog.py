@@ -532,9 +532,7 @@ class BackupStore:
                 metadata = BackupMetadata.model_validate(entry["metadata"])
             except (ValueError, KeyError, TypeError):
                 return None
-            if (metadata.tenant_folder, metadata.name) != folder or (
-                    self.db is not None and metadata.db_name not in (None, self.db)):
-                _belongs(metadata, f"{self.objects.url(self.catalog.key)} ({key})", *folder, self.db)  # warns
+            if not _belongs(metadata, f"{self.objects.url(self.catalog.key)} ({key})", *folder, self.db):
                 return None
             parsed = self._parsed[key] = (entry, metadata, self.location(*folder))
         return BackupRecord(parsed[1], parsed[2], self, *folder, written=float(entry.get("written", 0)))

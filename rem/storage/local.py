@@ -40,6 +40,14 @@ def space_checked(path: Path, what: str) -> Iterator[None]:
         raise
 
 
+def _key_parts(key: str) -> list[str]:
+    """A key's parts, refused when it could name anything outside the store."""
+    parts = key.split("/")
+    if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(f"{key!r}: not a key this store writes")
+    return parts
+
+
 def _etag(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
@@ -50,10 +58,7 @@ class LocalObjectStore:
         self.setting = setting  # named in a full-disk error
 
     def path(self, key: str) -> Path:
-        parts = key.split("/")
-        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise UsageError(f"{key!r}: not a key this store writes")
-        target = self.root.joinpath(*parts)
+        target = self.root.joinpath(*_key_parts(key))
         real, root = os.path.realpath(target), os.path.realpath(self.root)
         if real != root and not real.startswith(root + os.sep):
             raise UsageError(f"{target}: a symbolic link inside the backup directory leads out of it (to {real}); "
@@ -187,8 +192,7 @@ class LocalObjectStore:
         root = os.fspath(self.root)
         found: list[ObjectInfo | None] = []
         for key in keys:
-            if key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
-                raise UsageError(f"{key!r}: not a key this store writes")
+            _key_parts(key)
             try:
                 st = os.lstat(os.path.join(root, key))
             except (FileNotFoundError, NotADirectoryError):
