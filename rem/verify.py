@@ -183,6 +183,7 @@ def _scan_entities(db: RemDB, spill: _Spill, checks: tuple[str, ...], lo: bytes 
     report = VerifyReport()
     schemas = _load_schemas(db, VerifyReport())  # compile errors are the caller's to report
     stored = {name: s.info for name, s in schemas.items()}
+    dims = {name: info.embedding_dim for name, info in stored.items()} if "embeddings" in checks else {}
     decoder, typed = typed_decoder({name: (s.body, s.info.key_field) for name, s in schemas.items()
                                     if s.validate is not None})
     ids, owners, current = spill.hashes("ids"), spill.hashes("owners"), spill.hashes("current")
@@ -221,14 +222,9 @@ def _scan_entities(db: RemDB, spill: _Spill, checks: tuple[str, ...], lo: bytes 
             except (msgspec.ValidationError, msgspec.DecodeError):
                 entity = None
             if entity is not None and entity.id == uuid and _timestamps_hold(entity) and \
-                    (schema := typed[type(entity)]).formats_hold(entity.properties):
+                    (schema := typed[type(entity)]).holds(entity.properties, dims.get(schema.name)):
                 value_of_key = schema.key_value(entity.properties)
                 keyed(key, None if value_of_key is None else f"key:{tenant}:{value_of_key}:{uuid}".encode())
-                vector = schema.embedding(entity.properties)
-                if "embeddings" in checks and isinstance(vector, list):
-                    dim = stored[schema.name].embedding_dim
-                    if not schema.vector_checked or (dim and len(vector) != dim):
-                        _check_vector(report, "entities", key, uuid, vector, dim)
                 continue
         try:
             entity = orjson.loads(value)
@@ -263,7 +259,8 @@ def _scan_entities(db: RemDB, spill: _Spill, checks: tuple[str, ...], lo: bytes 
 
 
 def _timestamps_hold(entity) -> bool:
-    for value in (entity.created_at, entity.modified_at, entity.deleted_at):
+    created = entity.created_at
+    for value in (created, entity.modified_at if entity.modified_at != created else None, entity.deleted_at):
         if value is not None:
             try:
                 datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -564,17 +561,25 @@ def _check_key_rows(db: RemDB, spill: _Spill, lo: bytes | None, hi: bytes | None
         spill.keys("key_index")
     for chunk in _chunks(db.keys("key_index", start=lo, end=hi), _TICK):
         _tick(len(chunk))
+        report.checked["key_index"] += len(chunk)
         for key in chunk:
-            report.checked["key_index"] += 1
-            try:
-                parsed = parse_key_index_key(key)
-            except DecodeError as exc:
-                report.add("critical", "decode", "key_index", key, None, exc.reason, "`rem index rebuild --type keys`")
-                continue
+            head, _, rest = key.partition(b":")  # parse_key_index_key's rule, without its cost, for ASCII keys
+            tenant, _, rest = rest.partition(b":")
+            _, colon, uuid = rest.rpartition(b":")
+            if head == b"key" and colon and key.isascii():
+                owner = b"entity:" + tenant + b":" + uuid
+            else:
+                try:
+                    parsed = parse_key_index_key(key)
+                except DecodeError as exc:
+                    report.add("critical", "decode", "key_index", key, None, exc.reason,
+                               "`rem index rebuild --type keys`")
+                    continue
+                owner = entity_key(parsed.tenant, parsed.uuid)
             tag = row_keys.add(key)
             rows.hashes.append(hash(key))
             rows.tags.append(tag)
-            owned.hashes.append(hash(entity_key(parsed.tenant, parsed.uuid)))
+            owned.hashes.append(hash(owner))
             owned.tags.append(tag)
         if rows.full():
             _flushed(rows, owned)

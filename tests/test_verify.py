@@ -135,3 +135,38 @@ def test_verify_joined_from_many_small_partitions_names_each_planted_relation_fa
             assert report.counts[("critical", "decode")] == 1
             assert report.counts == whole.counts and report.checked == whole.checked
     assert not list(path.parent.glob(".rem-verify-*"))
+
+
+def test_inline_vectors_are_judged_alike_on_the_fast_path_and_the_exact_one(make_sample, monkeypatch):
+    """Verify reads an inline embedding's bytes instead of building its floats: each planted vector
+    gets the same findings as when every entity takes the exact path (orjson, fastjsonschema and the
+    element loop), a plain vector written with exponents passes, and each broken one is critical."""
+    import rem.verify as verify_module
+
+    path = make_sample(entities=800)
+    rows = dump_all(path)
+    articles = sorted((k, v) for k, v in rows["entities"].items()
+                      if k.startswith(b"entity:acme:") and orjson.loads(v)["entity_type"] == "articles")
+    vectors = {"exponents": b"[1e-07,-2.5E+3,0.5,3e2]", "spaced": b"[ 1.5 , -2 ]", "empty": b"[]",
+               "null": b"[null,1.0]", "string": b'["a",1.0]', "nested": b"[[1.0],[2.0]]",
+               "past float range": b"[1e999,1.0]", "not an array": b"7"}
+    planted = {}
+    for (key, value), (name, vector) in zip(articles, vectors.items()):
+        entity = orjson.loads(value)
+        entity["properties"]["embedding"] = "VECTOR"  # written as bytes: orjson would not write 1e999 or spaces
+        planted[key.decode()] = name
+        plant(path, [("entities", key, orjson.dumps(entity).replace(b'"VECTOR"', vector))])
+    with open_db(path, "ro") as db:
+        assert {db.get("entities", k.encode()).count(b'"embedding":' + v) for k, v in zip(planted, vectors.values())} == {1}
+        fast = verify_database_issues(db)
+        monkeypatch.setattr(verify_module, "typed_decoder", lambda schemas: (None, {}))
+        exact = verify_database_issues(db)
+    assert fast == exact
+    broken = {planted[key] for severity, _, key in fast if key in planted and severity == "critical"}
+    assert broken == {"null", "string", "nested", "past float range", "not an array"}
+
+
+def verify_database_issues(db) -> list:
+    from rem.verify import verify_database
+
+    return sorted((i.severity, i.category, i.key) for i in verify_database(db, workers=1).issues)
