@@ -150,11 +150,34 @@ def test_deploying_a_second_database_changes_nothing_of_the_first(deployed):
         assert slots[0] != slots[1] and all(limits.get(s) == 1 for s in slots)  # one writer slot per database
         # the path with every run of characters outside [A-Za-z0-9.-] as one '-' (tmp names carry '_')
         assert all(re.sub(r"[^A-Za-z0-9.-]+", "-", str(db["db"]).strip("/")) in s for db, s in zip((a, b), slots))
+        # every block type is offered in the UI, the encryption one too though no block of it was saved
+        assert deployed["first"]["block_types"] == ["rem-backup-encryption", "rem-backup-storage", "rem-database"]
+        for slug in deployed["first"]["block_types"]:
+            assert client.read_block_type_by_slug(slug).slug == slug
         for name in deployed["first"]["automations"]:
             found = client.read_automations_by_name(name)
             assert len(found) == 1
             trigger = found[0].trigger
             assert trigger.expect and trigger.match.root  # never a trigger that matches every event
+
+
+def test_a_deploy_with_nowhere_to_notify_is_refused_in_one_line_before_it_writes_anything(deployed, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from tests.engine.sample import engine_sample
+
+    db = tmp_path / "db"
+    engine_sample(db, 50, 1, 3, 16)
+    name = db_name_of(db)
+    env = {**deployed["env"], "P8_DB_PATH": str(db), "P8_ALERT_WEBHOOK_URL": ""}
+    with get_client(sync_client=True) as client:
+        before = {b.name for b in client.read_block_documents()}
+        for args in ([], ["--notification-block", "custom-webhook/nowhere"]):
+            proc = rem("deploy", "--work-pool", "rem-test", "--work-queue", "host-c", *args, env=env)
+            assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert "notif" in proc.stderr
+        assert not [d for d in client.read_deployments() if name in d.name]
+        assert {b.name for b in client.read_block_documents()} == before
 
 
 def _schedule(db_name, parameters=None):
