@@ -15,11 +15,11 @@ from rem.settings import Settings, load_settings
 from rem.storage import ObjectStore
 from rem.storage.local import LocalObjectStore
 from rem.storage.s3 import BOUNDED, S3ObjectStore, S3Settings, encryption_args
-from rem.wal_archive import WalArchive
 from runtime.observe import current_db, db_label, label_run
 
 if TYPE_CHECKING:
     from rem.health import Watched
+    from rem.wal_archive import WalArchive
     from rem.storage.keys import DataKeys, KeyWrap
     from rem.storage.throttled import RateLimiter
 
@@ -220,6 +220,8 @@ def database_names(objects: ObjectStore) -> list[str]:
 def log_archive(cfg: Settings, bounded: bool = False, from_db: str | None = None) -> WalArchive:
     """The database's log archive: in [pitr] bucket when one is set, else beside its backups (the
     configured bucket, or the local backup directory)."""
+    from rem.wal_archive import WalArchive  # numpy and the log format: not every command's start pays for them
+
     if cfg.pitr_bucket:
         objects: ObjectStore = remote_store(cfg, bounded, bucket=cfg.pitr_bucket)
     else:
