@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -38,6 +39,22 @@ def prefect_api_url() -> str | None:
 
 
 ORCHESTRATED = bool(prefect_api_url() or os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+def send_pending_prefect_work() -> None:
+    """Send the events and run logs Prefect still holds now, not at exit: a busy server made its exit
+    drain print "Still processing items" after the command's own last line. That progress note is
+    kept off the console: the command's line is the one thing the operator needs."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    workers = (APILogWorker, EventsWorker)
+    for worker in workers:  # first: one worker's drain_all may stop the other's instances too
+        logging.getLogger(worker.__name__).setLevel(logging.ERROR)
+    for worker in workers:
+        worker.drain_all()
 
 
 class LocalTask:
