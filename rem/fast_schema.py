@@ -9,8 +9,9 @@ So msgspec never decides that something is wrong, only that something is right, 
 that in C instead of fastjsonschema's Python loop over every element (25 us per entity each for
 schema and vector checks, against 5 us to decode). An embedding (undeclared, or an array of
 numbers) is not built as Python floats at all: msgspec checks it is JSON and hands its bytes over,
-and an array of nothing but digits, signs, points and commas is finite numbers, its dimension its
-commas plus one (a third of the decode's time was building those floats).
+and an array of nothing but digits, signs, points and commas, and never 309 digits in a row, is
+finite numbers, its dimension its commas plus one (a third of the decode's time was building
+those floats); one with an exponent or such a run is decoded after all.
 
 Supported: type (one of string, integer, number, boolean, null, array, object), enum of strings,
 items, properties, required, format date-time (checked after decoding with fastjsonschema's own
@@ -36,8 +37,10 @@ UNSET = msgspec.UNSET
 # fastjsonschema's own rule for format date-time, matched directly (its validator's checks around it cost more)
 _date_time = fastjsonschema.compile({"type": "string", "format": "date-time"}).__globals__["REGEX_PATTERNS"][
     "date-time_re_pattern"].match
-NUMBER_BYTES = b"0123456789.-, \t\n\r"  # what a JSON array of plain decimals holds besides its brackets
+NUMBER_BYTES = b"0.-, \t\n\r"  # what a JSON array of plain decimals holds besides its brackets, digits as 0
 EXPONENT_BYTES = b"eE+"  # an exponent may leave float range (1e999): such arrays are decoded to be sure
+DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+PAST_FLOAT_RANGE = b"0" * 309  # 309 digits in a row: an integer part past 1.8e308 is possible
 NUMBER_ARRAY = {"type": "array", "items": {"type": "number"}}
 
 
@@ -142,13 +145,13 @@ class TypedSchema:
             return True
         if not self.raw_embedding:
             return not isinstance(value, list) or (self.vector_checked and (not dim or len(value) == dim))
-        raw = bytes(value)
+        raw = bytes(value).translate(DIGITS_AS_ZERO)  # the shape only: the numbers are decoded from value
         rest = raw.translate(None, NUMBER_BYTES)
-        if rest != b"[]":
+        if rest != b"[]" or PAST_FLOAT_RANGE in raw:
             if rest.translate(None, EXPONENT_BYTES) != b"[]":
                 return False
             try:
-                msgspec.json.decode(raw, type=list[float])
+                msgspec.json.decode(value, type=list[float])
             except msgspec.ValidationError:
                 return False
         return not dim or (raw.count(b",") + 1 if raw.translate(None, b"[] \t\n\r") else 0) == dim
