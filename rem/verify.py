@@ -34,7 +34,7 @@ from rem.db import RemDB, open_db
 from rem.engine import SYSTEM_KEY_FIELDS, current_key_row
 from rem.errors import DecodeError
 from rem.fast_schema import typed_decoder
-from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, edge_key, edge_reverse_key,
+from rem.format import (SCHEMA_ENTITY_TYPE, SchemaInfo, decode_edge, decode_wal_entry, edge_reverse_key,
                         entity_key, parse_edge_key, parse_edge_reverse_key, parse_embedding_key, parse_entity_key,
                         parse_index_key, parse_key_index_key, parse_wal_key, schema_info)
 from rem.scratch import remove_scratch, scratch_dir
@@ -396,7 +396,9 @@ def _verify(db: RemDB, checks: tuple[str, ...], workers: int | None) -> VerifyRe
                           default=0))
     # the entity ranges (the longest jobs) first, cut finer so the others fill the workers around them
     jobs = [(_scan_entities, (checks, lo, hi)) for lo, hi in key_ranges(db, "entities", b"entity:", 2 * workers)]
-    jobs += [(_check_edges, ())] if edges else []
+    jobs += [(_check_edges, (lo, hi)) for lo, hi in key_ranges(db, "edges", b"src:", workers)] if edges else []
+    jobs += [(_check_reverse_edges, (lo, hi)) for lo, hi in key_ranges(db, "edges_reverse", b"dst:", workers)] \
+        if edges else []
     jobs += [(_check_key_rows, (lo, hi)) for lo, hi in key_ranges(db, "key_index", b"key:", workers)] if indexes else []
     directory = scratch_dir(db.path, "verify")
     try:
@@ -408,6 +410,7 @@ def _verify(db: RemDB, checks: tuple[str, ...], workers: int | None) -> VerifyRe
         if indexes:
             _report_key_rows(db, report, schemas, directory, parts, unreadable)
         if edges:
+            _report_edge_twins(report, directory, parts)
             _report_missing_ends(report, directory, parts)
         _check_rare(db, report, schemas, checks, unreadable)
     finally:
@@ -476,55 +479,94 @@ def _chunks(rows, size: int = 4096):
         yield chunk
 
 
-def _check_edges(db: RemDB, spill: _Spill) -> tuple[VerifyReport, set]:
-    """Each edge row against its twin (looked up, not held: memory stays flat); both its ends are
-    spilled, tagged with its key, for _report_missing_ends."""
+def _check_edges(db: RemDB, spill: _Spill, lo: bytes | None, hi: bytes | None) -> tuple[VerifyReport, set]:
+    """One range of forward edges: each decoded; spilled for the joins (no lookups: a random read per
+    edge cost more than the rest of the check): the twin each implies, by key and by key and value,
+    and both its ends, all tagged with its key."""
     report = VerifyReport()
+    forward, twins, twin_rows = spill.hashes("edge-fwd"), spill.hashes("edge-twin", tagged=True), \
+        spill.hashes("edge-twin-row", tagged=True)
     sources, targets, edge_keys = spill.hashes("edge-src", tagged=True), spill.hashes("edge-dst", tagged=True), \
         spill.keys("edges")
-    for chunk in _chunks(db.items("edges"), _TICK):
-        _tick(len(chunk))
-        parsed = []
-        for key, value in chunk:
-            report.checked["edges"] += 1
+    for key, value in db.items("edges", start=lo, end=hi):
+        report.checked["edges"] += 1
+        if report.checked["edges"] % _TICK == 0:
+            _tick()
+            if twins.full():
+                _flushed(forward, twins, twin_rows, sources, targets)
+        try:
+            src, dst, rel = parse_edge_key(key)
+        except DecodeError as exc:
+            report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
+            continue
+        twin = edge_reverse_key(src, dst, rel)
+        forward.hashes.append(hash(twin))  # an undecodable edge still has its reverse row's twin
+        try:
+            decode_edge(key, value)
+        except DecodeError as exc:
+            report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
+            continue
+        tag = edge_keys.add(key)
+        for spilled, hashed in ((twins, hash(twin)), (twin_rows, hash((twin, value))), (sources, hash(src)),
+                                (targets, hash(dst))):
+            spilled.hashes.append(hashed)
+            spilled.tags.append(tag)
+    _flushed(forward, twins, twin_rows, sources, targets, edge_keys)
+    return report, set()
+
+
+def _check_reverse_edges(db: RemDB, spill: _Spill, lo: bytes | None, hi: bytes | None) -> tuple[VerifyReport, set]:
+    """One range of reverse edges, spilled by key and by key and value, tagged with its key: a row no
+    forward edge implies is parsed when it is reported (a forward edge's twin parses)."""
+    report = VerifyReport()
+    rows, row_values, reverse_keys = spill.hashes("edge-rev", tagged=True), spill.hashes("edge-rev-row"), \
+        spill.keys("edges_reverse")
+    for key, value in db.items("edges_reverse", start=lo, end=hi):
+        report.checked["edges_reverse"] += 1
+        if report.checked["edges_reverse"] % _TICK == 0:
+            _tick()
+            if rows.full():
+                _flushed(rows, row_values)
+        rows.hashes.append(hash(key))
+        rows.tags.append(reverse_keys.add(key))
+        row_values.hashes.append(hash((key, value)))
+    _flushed(rows, row_values, reverse_keys)
+    return report, set()
+
+
+def _report_edge_twins(report: VerifyReport, directory: Path, parts: int) -> None:
+    """Each edge row against its twin, joined from the spills, in key order: forward edges without
+    their reverse row, reverse rows that differ from their forward edge, reverse rows (parsed now)
+    no forward edge implies."""
+    without_reverse = tags_where(directory, "edge-twin", parts, "edge-rev", present=False)
+    differing = np.setdiff1d(tags_where(directory, "edge-twin-row", parts, "edge-rev-row", present=False),
+                             without_reverse, assume_unique=True)
+    for tags, severity, message, fix in (
+            (without_reverse, "critical", "forward edge without its reverse twin",
+             "re-add the edge (writes both) or delete this row"),
+            (differing, "error", "differs from its forward twin", "re-add the edge")):
+        for key in _listable(report, (severity, "edge"), directory, "edges", tags):
+            src, dst, rel = parse_edge_key(key)
+            where = ("edges", key) if severity == "critical" else ("edges_reverse", edge_reverse_key(src, dst, rel))
+            report.add(severity, "edge", *where, src, message, fix)
+    without_forward = tags_where(directory, "edge-rev", parts, "edge-fwd", present=False)
+    for start in range(0, len(without_forward), _TICK):
+        for key in keys_of(directory, "edges_reverse", without_forward[start:start + _TICK]):
             try:
-                src, dst, rel = parse_edge_key(key)
-                decode_edge(key, value)
-            except DecodeError as exc:
-                report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
-                continue
-            parsed.append((key, value, src, dst, rel))
-            tag = edge_keys.add(key)
-            sources.hashes.append(hash(src))
-            sources.tags.append(tag)
-            targets.hashes.append(hash(dst))
-            targets.tags.append(tag)
-        if sources.full():
-            _flushed(sources, targets)
-        twins = db.get_many("edges_reverse", [edge_reverse_key(src, dst, rel) for _, _, src, dst, rel in parsed])
-        for (key, value, src, dst, rel), twin in zip(parsed, twins):
-            if twin is None:
-                report.add("critical", "edge", "edges", key, src, "forward edge without its reverse twin",
-                           "re-add the edge (writes both) or delete this row")
-            elif twin != value:
-                report.add("error", "edge", "edges_reverse", edge_reverse_key(src, dst, rel), src,
-                           "differs from its forward twin", "re-add the edge")
-    _flushed(sources, targets, edge_keys)
-    for chunk in _chunks(db.keys("edges_reverse"), _TICK):
-        _tick(len(chunk))
-        parsed = []
-        for key in chunk:
-            report.checked["edges_reverse"] += 1
-            try:
-                parsed.append((key, *parse_edge_reverse_key(key)))
+                src, _, _ = parse_edge_reverse_key(key)
             except DecodeError as exc:
                 report.add("critical", "decode", "edges_reverse", key, None, exc.reason, "delete the row")
-        twins = db.get_many("edges", [edge_key(src, dst, rel) for _, src, dst, rel in parsed])
-        for (key, src, _, _), twin in zip(parsed, twins):
-            if twin is None:
-                report.add("critical", "edge", "edges_reverse", key, src, "reverse edge without its forward twin",
-                           "re-add the edge (writes both) or delete this row")
-    return report, set()
+                continue
+            report.add("critical", "edge", "edges_reverse", key, src, "reverse edge without its forward twin",
+                       "re-add the edge (writes both) or delete this row")
+
+
+def _listable(report: VerifyReport, category: tuple[str, str], directory: Path, name: str, tags: np.ndarray):
+    """The keys of as many tags as the category's listing has room for; the rest are counted."""
+    shown = tags[:max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])]
+    if len(tags) > len(shown):
+        report.counts[category] += len(tags) - len(shown)
+    return keys_of(directory, name, shown)
 
 
 def _report_missing_ends(report: VerifyReport, directory: Path, parts: int) -> None:

@@ -41,6 +41,8 @@ FAULTS = {  # damage the engine's write paths cannot produce is critical; states
     "schema violation": ("critical", "schema"),
     "NaN embedding": ("critical", "embedding"),
     "forward edge without twin": ("critical", "edge"),
+    "reverse edge without twin": ("critical", "edge"),
+    "edge twins that differ": ("error", "edge"),
     "edge to a missing entity": ("info", "edge"),
     "orphan key row": ("info", "key-row"),
     "keyed entity without key row": ("info", "key-row"),
@@ -66,6 +68,15 @@ def test_each_planted_fault_is_found_with_severity_and_fix(make_sample, fault):
         edge_key = next(iter(rows["edges"]))
         src, dst, rel = f.parse_edge_key(edge_key)
         plant(path, deletes=[("edges_reverse", f.edge_reverse_key(src, dst, rel))])
+    elif fault == "reverse edge without twin":
+        edge_key = next(iter(rows["edges"]))
+        plant(path, deletes=[("edges", edge_key)])
+    elif fault == "edge twins that differ":
+        edge_key, value = next(iter(rows["edges"].items()))
+        src, dst, rel = f.parse_edge_key(edge_key)
+        changed = orjson.loads(value)
+        changed["data"]["properties"]["weight"] = 0.125
+        plant(path, [("edges_reverse", f.edge_reverse_key(src, dst, rel), orjson.dumps(changed))])
     elif fault == "edge to a missing entity":
         ghost = "00000000-dead-4000-8000-000000000000"
         value = orjson.dumps({"src": uuid, "dst": ghost, "rel_type": "references",
@@ -119,6 +130,10 @@ def test_verify_joined_from_many_small_partitions_names_each_planted_relation_fa
                  ("key_index", orphan_row, b'{"type":"articles"}'), ("entities", broken_key, b"{broken")],
           deletes=[("key_index", unkeyed_row)])
     broken_row = f.key_index_key("acme", broken["properties"]["uri"], broken["id"]).decode()
+    forward_only, reverse_only, differing = sorted(rows["edges"])[:3]  # twins joined from the spills too
+    other = {**orjson.loads(rows["edges"][differing]), "rel_type": "changed"}
+    plant(path, [("edges_reverse", f.edge_reverse_key(*f.parse_edge_key(differing)), orjson.dumps(other))],
+          deletes=[("edges_reverse", f.edge_reverse_key(*f.parse_edge_key(forward_only))), ("edges", reverse_only)])
     with open_db(path, "ro") as db:
         whole = verify_database(db, workers=2)
         monkeypatch.setattr(spill, "PART_ROWS", 500)
@@ -132,6 +147,11 @@ def test_verify_joined_from_many_small_partitions_names_each_planted_relation_fa
             assert "points at no entity" in listed[("key-row", orphan_row.decode())]
             assert "no key row" in listed[("key-row", unkeyed_row.decode())]
             assert ("key-row", broken_row) not in listed
+            assert "without its reverse twin" in listed[("edge", forward_only.decode())]
+            reverse_of = lambda key: f.edge_reverse_key(*f.parse_edge_key(key)).decode()  # noqa: E731
+            assert "without its forward twin" in listed[("edge", reverse_of(reverse_only))]
+            assert "differs from its forward twin" in listed[("edge", reverse_of(differing))]
+            assert report.counts[("critical", "edge")] == 2 and report.counts[("error", "edge")] == 1
             assert report.counts[("critical", "decode")] == 1
             assert report.counts == whole.counts and report.checked == whole.checked
     assert not list(path.parent.glob(".rem-verify-*"))
