@@ -75,6 +75,16 @@ class VerifyReport:
             shown = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
             self.issues.append(Issue(severity, category, cf, shown, entity_id, message, fix))
 
+    def room(self, category: tuple[str, str]) -> int:
+        """How many more findings of category its listing takes."""
+        return max(0, MAX_ISSUES_PER_CATEGORY - self.counts[category])
+
+    def add_unlisted(self, category: tuple[str, str], n: int) -> None:
+        """Count n findings of category past its listing: after the listed ones are added, which
+        add() lists only while the count leaves room."""
+        if n > 0:
+            self.counts[category] += n
+
     def merge(self, other: "VerifyReport") -> None:
         """Add another pass's findings, keeping at most MAX_ISSUES_PER_CATEGORY listed per category."""
         listed = Counter((i.severity, i.category) for i in self.issues)
@@ -174,6 +184,18 @@ def _flushed(*spills) -> None:
         spill.flush()
 
 
+def _scanned(rows, report: VerifyReport, cf: str, spills: tuple[HashSpill, ...]):
+    """rows, each counted as a row of cf checked; progress told, and the spills flushed once the first
+    is full, every _TICK rows."""
+    for row in rows:
+        report.checked[cf] += 1
+        if report.checked[cf] % _TICK == 0:
+            _tick()
+            if spills[0].full():
+                _flushed(*spills)
+        yield row
+
+
 def _scan_entities(db: RemDB, spill: _Spill, checks: tuple[str, ...], lo: bytes | None,
                    hi: bytes | None) -> tuple[VerifyReport, set]:
     """One range of `entities`: each value decoded and checked, and spilled for the relation checks:
@@ -196,12 +218,8 @@ def _scan_entities(db: RemDB, spill: _Spill, checks: tuple[str, ...], lo: bytes 
             keyed_owners.hashes.append(hash(key))
             keyed_owners.tags.append(entity_keys.add(key))
 
-    for key, value in db.items("entities", start=lo, end=hi):
-        report.checked["entities"] += 1
-        if report.checked["entities"] % _TICK == 0:
-            _tick()
-            if ids.full():
-                _flushed(ids, owners, current, keyed_owners)
+    for key, value in _scanned(db.items("entities", start=lo, end=hi), report, "entities",
+                               (ids, owners, current, keyed_owners)):
         try:
             head, tenant, uuid = key.decode().split(":")  # parse_entity_key's rule, without its cost
             if head != "entity":
@@ -488,20 +506,12 @@ def _check_edges(db: RemDB, spill: _Spill, lo: bytes | None, hi: bytes | None) -
         spill.hashes("edge-twin-row", tagged=True)
     sources, targets, edge_keys = spill.hashes("edge-src", tagged=True), spill.hashes("edge-dst", tagged=True), \
         spill.keys("edges")
-    for key, value in db.items("edges", start=lo, end=hi):
-        report.checked["edges"] += 1
-        if report.checked["edges"] % _TICK == 0:
-            _tick()
-            if twins.full():
-                _flushed(forward, twins, twin_rows, sources, targets)
+    for key, value in _scanned(db.items("edges", start=lo, end=hi), report, "edges",
+                               (forward, twins, twin_rows, sources, targets)):
         try:
             src, dst, rel = parse_edge_key(key)
-        except DecodeError as exc:
-            report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
-            continue
-        twin = edge_reverse_key(src, dst, rel)
-        forward.hashes.append(hash(twin))  # an undecodable edge still has its reverse row's twin
-        try:
+            twin = edge_reverse_key(src, dst, rel)
+            forward.hashes.append(hash(twin))  # an edge whose value does not decode still has a twin
             decode_edge(key, value)
         except DecodeError as exc:
             report.add("critical", "decode", "edges", key, None, exc.reason, "delete the edge and re-add it")
@@ -521,12 +531,8 @@ def _check_reverse_edges(db: RemDB, spill: _Spill, lo: bytes | None, hi: bytes |
     report = VerifyReport()
     rows, row_values, reverse_keys = spill.hashes("edge-rev", tagged=True), spill.hashes("edge-rev-row"), \
         spill.keys("edges_reverse")
-    for key, value in db.items("edges_reverse", start=lo, end=hi):
-        report.checked["edges_reverse"] += 1
-        if report.checked["edges_reverse"] % _TICK == 0:
-            _tick()
-            if rows.full():
-                _flushed(rows, row_values)
+    for key, value in _scanned(db.items("edges_reverse", start=lo, end=hi), report, "edges_reverse",
+                               (rows, row_values)):
         rows.hashes.append(hash(key))
         rows.tags.append(reverse_keys.add(key))
         row_values.hashes.append(hash((key, value)))
@@ -545,10 +551,12 @@ def _report_edge_twins(report: VerifyReport, directory: Path, parts: int) -> Non
             (without_reverse, "critical", "forward edge without its reverse twin",
              "re-add the edge (writes both) or delete this row"),
             (differing, "error", "differs from its forward twin", "re-add the edge")):
-        for key in _listable(report, (severity, "edge"), directory, "edges", tags):
+        shown = tags[:report.room((severity, "edge"))]
+        for key in keys_of(directory, "edges", shown):
             src, dst, rel = parse_edge_key(key)
             where = ("edges", key) if severity == "critical" else ("edges_reverse", edge_reverse_key(src, dst, rel))
             report.add(severity, "edge", *where, src, message, fix)
+        report.add_unlisted((severity, "edge"), len(tags) - len(shown))
     without_forward = tags_where(directory, "edge-rev", parts, "edge-fwd", present=False)
     for start in range(0, len(without_forward), _TICK):
         for key in keys_of(directory, "edges_reverse", without_forward[start:start + _TICK]):
@@ -561,28 +569,18 @@ def _report_edge_twins(report: VerifyReport, directory: Path, parts: int) -> Non
                        "re-add the edge (writes both) or delete this row")
 
 
-def _listable(report: VerifyReport, category: tuple[str, str], directory: Path, name: str, tags: np.ndarray):
-    """The keys of as many tags as the category's listing has room for; the rest are counted."""
-    shown = tags[:max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])]
-    if len(tags) > len(shown):
-        report.counts[category] += len(tags) - len(shown)
-    return keys_of(directory, name, shown)
-
-
 def _report_missing_ends(report: VerifyReport, directory: Path, parts: int) -> None:
     """Edges whose source or target is no entity (joined from the spills), in key order."""
     category = ("info", "edge")
     missing = sorted([(int(tag), 0) for tag in tags_where(directory, "edge-src", parts, "ids", present=False)] +
                      [(int(tag), 1) for tag in tags_where(directory, "edge-dst", parts, "ids", present=False)])
-    room = max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])
-    shown = missing[:room]
+    shown = missing[:report.room(category)]
     for key, (_, role) in zip(keys_of(directory, "edges", [tag for tag, _ in shown]), shown):
         src, dst, _ = parse_edge_key(key)
         end, name = (src, "source") if role == 0 else (dst, "target")
         report.add(*category, "edges", key, src, f"{name} entity {end} does not exist (the engine's hard_delete "
                    "leaves edge rows behind)", "`rem db vacuum` removes them")
-    if len(missing) > len(shown):
-        report.counts[category] += len(missing) - len(shown)
+    report.add_unlisted(category, len(missing) - len(shown))
 
 
 def _parsed_keys(db: RemDB, report: VerifyReport, cf: str, parse, fix: str):
@@ -643,11 +641,10 @@ def _report_key_rows(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema
                      "key)", "`rem db vacuum` removes it") for tag in ownerless] +
                    [(int(tag), "an old key of the entity (the engine's update never touches key rows)",
                      "nothing to do: lookups by the old key still find it") for tag in old])
-    shown = found[:max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])]
+    shown = found[:report.room(category)]
     for key, (_, message, fix) in zip(keys_of(directory, "key_index", [tag for tag, _, _ in shown]), shown):
         report.add(*category, "key_index", key, parse_key_index_key(key).uuid, message, fix)
-    if len(found) > len(shown):
-        report.counts[category] += len(found) - len(shown)
+    report.add_unlisted(category, len(found) - len(shown))
     _report_unkeyed(db, report, schemas, tags_where(directory, "keyed", parts, "row-owner", present=False), directory)
 
 
@@ -656,7 +653,7 @@ def _report_unkeyed(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema]
     """Entities whose current key implies a row and that have no key row at all (tags of their keys):
     counted; listed, looked up again, while the listing of their category has room."""
     category = ("info", "key-row")
-    shown = missing[:max(0, MAX_ISSUES_PER_CATEGORY - report.counts[category])]
+    shown = missing[:report.room(category)]
     stored = {name: s.info for name, s in schemas.items()}
     listed = 0
     for key, value in zip(keys := keys_of(directory, "entities", shown), db.get_many("entities", keys)):
@@ -667,5 +664,4 @@ def _report_unkeyed(db: RemDB, report: VerifyReport, schemas: dict[str, _Schema]
                    "no key row (the engine writes one on insert only: the key was added by an update, or the row "
                    "was lost)", "`rem index rebuild --type keys` writes it if lookups by this key are needed")
         listed += 1
-    if len(missing) > listed:
-        report.counts[category] += len(missing) - listed
+    report.add_unlisted(category, len(missing) - listed)

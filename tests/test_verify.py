@@ -1,6 +1,7 @@
 """rem db verify finds each planted fault kind, and nothing on a clean database."""
 
 import json
+from collections import Counter
 
 import orjson
 import pytest
@@ -155,6 +156,30 @@ def test_verify_joined_from_many_small_partitions_names_each_planted_relation_fa
             assert report.counts[("critical", "decode")] == 1
             assert report.counts == whole.counts and report.checked == whole.checked
     assert not list(path.parent.glob(".rem-verify-*"))
+
+
+def test_a_category_with_more_findings_than_its_listing_lists_as_many_as_fit_and_counts_them_all(
+        make_sample, monkeypatch):
+    """Each report caps its listing per category: cut to two, every category with findings (planted
+    edge twins, the sample's own key-row and edge states) still lists two and counts as many as before."""
+    from rem import verify as verify_module
+    from rem.verify import verify_database
+
+    path = make_sample(entities=3000)
+    edges = sorted(dump_all(path)["edges"])
+    reverse_of = lambda key: f.edge_reverse_key(*f.parse_edge_key(key))  # noqa: E731
+    plant(path, [("edges_reverse", reverse_of(key), b'{"changed": true}') for key in edges[6:9]],
+          deletes=[("edges_reverse", reverse_of(key)) for key in edges[:3]] + [("edges", key) for key in edges[3:6]])
+    with open_db(path, "ro") as db:
+        whole = verify_database(db, workers=1)
+        assert whole.counts[("critical", "edge")] == 6 and whole.counts[("error", "edge")] == 3
+        monkeypatch.setattr(verify_module, "MAX_ISSUES_PER_CATEGORY", 2)
+        for workers in (1, 2):
+            capped = verify_database(db, workers=workers)
+            assert capped.counts == whole.counts
+            listed = Counter((i.severity, i.category) for i in capped.issues)
+            assert listed == {category: min(2, n) for category, n in whole.counts.items() if n}
+            assert {(i.category, i.key) for i in capped.issues} <= {(i.category, i.key) for i in whole.issues}
 
 
 def test_inline_vectors_are_judged_alike_on_the_fast_path_and_the_exact_one(make_sample, monkeypatch):
