@@ -92,8 +92,6 @@ def main() -> None:
     import shlex
     import sys
 
-    from typer import rich_utils
-
     try:  # typer 0.20+ carries its own copy of click, and keeps Abort in typer.exceptions
         from typer._click import exceptions as click
         from typer.exceptions import Abort
@@ -103,14 +101,14 @@ def main() -> None:
 
     try:
         code = app(standalone_mode=False)
-    except click.NoSuchOption as exc:
-        globals_ = {name for param in typer.main.get_command(app).params for name in param.opts}
-        if exc.option_name in globals_:  # `rem db stats --db-path X`: say where it goes
+    except click.ClickException as exc:
+        from typer import rich_utils  # with rich's markdown and traceback: imported only for a usage error
+
+        if isinstance(exc, click.NoSuchOption) and exc.option_name in {
+                name for param in typer.main.get_command(app).params for name in param.opts}:
+            # `rem db stats --db-path X`: say where it goes
             fixed = " ".join(shlex.quote(a) for a in ["rem", *_moved_before_command(sys.argv[1:], exc.option_name)])
             exc.message = f"{exc.option_name} is a global option: give it before the command, as in: {fixed}"
-        rich_utils.rich_format_error(exc)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
         rich_utils.rich_format_error(exc)
         sys.exit(exc.exit_code)
     except Abort:
