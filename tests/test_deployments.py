@@ -500,18 +500,20 @@ def test_fleet_status_lists_every_database_past_the_servers_page_of_200_deployme
     from prefect.client.orchestration import get_client
 
     names = [f"bulk-{n:03d}" for n in range(210)]
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("full-backup")
-        created = [client.create_deployment(flow_id, name, tags=[f"db:{name}", "host:bulk-host"]) for name in names]
     try:
+        with get_client(sync_client=True) as client:
+            flow_id = client.create_flow_from_name("full-backup")
+            for name in names:
+                client.create_deployment(flow_id, name, tags=[f"db:{name}", "host:bulk-host"])
         fleet = rem("fleet", "status", "--json", env=deployed["env"])
         rows = {r["db"]: r for r in json.loads(fleet.stdout)["databases"]}
         assert set(names) <= set(rows), f"{len(set(names) - set(rows))} databases missing"
         assert all(rows[name]["host"] == "bulk-host" and rows[name]["status"] == "BREACH" for name in names)
     finally:
-        with get_client(sync_client=True) as client:
-            for deployment_id in created:
-                client.delete_deployment(deployment_id)
+        with get_client(sync_client=True) as client:  # 200 a request: 11 s here, against 25 s one by one
+            while client.request("POST", "/deployments/bulk_delete", json={
+                    "deployments": {"tags": {"all_": ["host:bulk-host"]}}}).json()["deleted"]:
+                pass
 
 
 def test_fleet_rows_read_fleet_wide_equal_the_rows_read_database_by_database(deployed, monkeypatch):
