@@ -106,3 +106,17 @@ def make_sample(_sample_cache, tmp_path):
         return target
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `make test` (tests/parallel.py), only this process's shard of the suite runs."""
+    shard = os.environ.get("REM_TEST_SHARD")
+    if not shard:
+        return
+    from tests.parallel import shard_of
+
+    mine = [item for item in items if shard_of(item.fixturenames, item.path.name) == shard]
+    others = [item for item in items if shard_of(item.fixturenames, item.path.name) != shard]
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = mine

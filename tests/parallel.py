@@ -1,14 +1,22 @@
-"""`make test`: the suite as two pytest processes at once, one per core, split by file.
+"""`make test`: the suite as three pytest processes at once on the machine's two cores.
 
-Each process has its own session fixtures (moto, a Prefect server, samples) and its own basetemp.
+Each process has its own session fixtures (moto, samples) and its own basetemp, and chooses its
+tests at collection (REM_TEST_SHARD, read by conftest.py):
+- "prefect": every test that needs the Prefect server (the `prefect_api` fixture, directly or
+  through another fixture), so the suite starts one server, not one per process. Those tests spend
+  much of their time waiting on the server, its workers and its automations: the other two
+  processes use that time.
+- "first": the rest of the files named in FIRST (about half of what is left, by time).
+- "rest": everything else, so a new test file always runs.
 Plain processes rather than pytest-xdist: a test that forks a multiprocessing pool (sample, verify)
 is as safe as in a serial run, with no execnet threads in the process to hold a lock across the fork.
-The first shard is named (the slowest files, about half the time); every other file is in the second,
-so a new test file always runs. `python -m pytest` still runs everything in one process.
+`python -m pytest` still runs everything in one process.
 """
 
 from __future__ import annotations
 
+import compileall
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,37 +24,48 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-# Seconds each took alone (pytest --store-durations, 2026-12-04): 117 + 64 + 43 + 22 + 20 + 15 + 6 of
-# 568, then test_keep and test_object_lock (about 35 s together) when #24 added 60 s to the second.
-FIRST = ["test_deployments.py", "test_pitr.py", "test_backup.py", "test_fleet.py", "test_incremental.py",
-         "test_operator.py", "test_verify.py", "test_keep.py", "test_object_lock.py"]
+# Seconds each file's tests without the Prefect server took with three shards (2026-12-07):
+# pitr 167, hostile 138, backup 96, incremental 55, fleet 48 of about 1000.
+FIRST = ["test_pitr.py", "test_hostile.py", "test_backup.py", "test_incremental.py", "test_fleet.py"]
+SHARDS = ["prefect", "first", "rest"]
 
 
-def shards() -> list[list[str]]:
-    first = [str(TESTS / name) for name in FIRST]
-    return [first, [str(TESTS), *(f"--ignore={path}" for path in first)]]
+def shard_of(fixturenames: list[str], filename: str) -> str:
+    if "prefect_api" in fixturenames:
+        return "prefect"
+    return "first" if filename in FIRST else "rest"
+
+
+def compile_sources() -> None:
+    """Byte-compile the project once. With PYTHONDONTWRITEBYTECODE set (as on this project's CI
+    machines) nothing caches a compiled module, so each of the suite's 600-odd command-line runs
+    (and each engine writer) would compile the modules it imports from source again: about 60 ms
+    of CPU a run, a minute of the suite's two cores."""
+    for package in ("rem", "cli", "runtime", "flows", "tasks", "blocks", "deployments", "tests"):
+        compileall.compile_dir(TESTS.parent / package, quiet=1)
 
 
 def main(extra: list[str]) -> int:
     started = time.monotonic()
+    compile_sources()
     with tempfile.TemporaryDirectory(prefix="rem-tests-") as tmp:
         runs = []
-        for n, args in enumerate(shards(), 1):
-            log = open(Path(tmp) / f"shard-{n}.log", "w+")
+        for name in SHARDS:
+            log = open(Path(tmp) / f"shard-{name}.log", "w+")
             proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                     f"--basetemp={tmp}/shard-{n}", *args, *extra],
-                                    stdout=log, stderr=subprocess.STDOUT)
-            runs.append((n, proc, log))
+                                     f"--basetemp={tmp}/shard-{name}", str(TESTS), *extra],
+                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "REM_TEST_SHARD": name})
+            runs.append((name, proc, log))
         codes = []
-        for n, proc, log in runs:
+        for name, proc, log in runs:
             codes.append(proc.wait())
             log.seek(0)
-            print(f"===== shard {n} of {len(runs)} (exit {codes[-1]}) =====", flush=True)
+            print(f"===== shard {name} (exit {codes[-1]}) =====", flush=True)
             sys.stdout.write(log.read())
             log.close()
-    failed = [n for n, code in enumerate(codes, 1) if code]
+    failed = [name for (name, _, _), code in zip(runs, codes) if code]
     print(f"===== {len(runs)} shards in {time.monotonic() - started:.0f} s: "
-          f"{'shard ' + ', '.join(map(str, failed)) + ' failed' if failed else 'all passed'} =====")
+          f"{'shard ' + ', '.join(failed) + ' failed' if failed else 'all passed'} =====")
     return max(codes)
 
 
