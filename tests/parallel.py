@@ -25,8 +25,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 # Seconds each file's tests without the Prefect server took with three shards (2026-12-07):
-# pitr 167, hostile 138, backup 96, incremental 55, fleet 48 of about 1000.
-FIRST = ["test_pitr.py", "test_hostile.py", "test_backup.py", "test_incremental.py", "test_fleet.py"]
+# pitr 167, hostile 138, backup 96, incremental 55, fleet 48 and keep 30 of about 1000.
+FIRST = ["test_pitr.py", "test_hostile.py", "test_backup.py", "test_incremental.py", "test_fleet.py", "test_keep.py"]
 SHARDS = ["prefect", "first", "rest"]
 
 
