@@ -106,6 +106,9 @@ def main(sizes: list[int]) -> list[tuple[str, str, str]]:
 
 
 if __name__ == "__main__":
+    from tests.parallel import compile_sources
+
+    compile_sources()
     result = main([int(a) for a in sys.argv[1:]] or [170000, 660000])
     Path(__file__).resolve().parent.joinpath("out").mkdir(exist_ok=True)
     Path(__file__).resolve().parent.joinpath("out", "local.json").write_text(json.dumps(result, indent=2))

@@ -94,6 +94,9 @@ def main() -> None:
     if not shutil.which("zstd") or not os.path.exists("/usr/bin/time"):
         sys.exit("make bench needs the zstd command for the baseline and GNU time for peak memory: "
                  "apt-get install zstd time")
+    from tests.parallel import compile_sources
+
+    compile_sources()  # as an installed package is: each timed command must not compile rem's modules
     entities = int(os.environ.get("BENCH_ENTITIES", "450000"))
     dim = int(os.environ.get("BENCH_DIM", "128"))
     work = Path(tempfile.mkdtemp(prefix="rem-bench-"))

@@ -37,10 +37,10 @@ def shard_of(fixturenames: list[str], filename: str) -> str:
 
 
 def compile_sources() -> None:
-    """Byte-compile the project once. With PYTHONDONTWRITEBYTECODE set (as on this project's CI
-    machines) nothing caches a compiled module, so each of the suite's 600-odd command-line runs
-    (and each engine writer) would compile the modules it imports from source again: about 60 ms
-    of CPU a run, a minute of the suite's two cores."""
+    """Byte-compile the project once, as installing a package does. With PYTHONDONTWRITEBYTECODE set
+    (it is on this project's development machines) nothing caches a compiled module, so each of the
+    suite's 600-odd command-line runs (and each engine writer) compiled the modules it imports from
+    source again, about 60 ms of CPU a run, and the benchmarks timed that compile too."""
     for package in ("rem", "cli", "runtime", "flows", "tasks", "blocks", "deployments", "tests"):
         compileall.compile_dir(TESTS.parent / package, quiet=1)
 
