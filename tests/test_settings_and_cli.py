@@ -54,6 +54,17 @@ def test_every_runbook_group_exists():
         assert group in proc.stdout
 
 
+def test_a_misplaced_global_option_or_an_unknown_one_is_a_usage_error_that_says_what_to_type(make_sample):
+    db = make_sample()
+    before = snapshot_dir(db)
+    moved = rem("db", "stats", "--db-path", str(db))
+    assert moved.returncode == 2 and "--db-path is a global option" in moved.stderr, moved.stderr
+    assert f"rem --db-path {db} db stats" in " ".join(moved.stderr.replace("│", " ").split())  # the line to type
+    unknown = rem("--db-path", str(db), "db", "stats", "--no-such-flag")
+    assert unknown.returncode == 2 and "No such option: --no-such-flag" in unknown.stderr, unknown.stderr
+    assert "Traceback" not in moved.stderr + unknown.stderr and snapshot_dir(db) == before
+
+
 def test_json_mode_prints_exactly_one_document_even_on_failure(tmp_path):
     proc = rem("--db-path", str(tmp_path / "missing"), "db", "stats", "--json")
     assert proc.returncode == 2
