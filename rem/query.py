@@ -9,7 +9,6 @@ from pathlib import Path
 
 from rem.db import open_db
 from rem.errors import UsageError
-from rem.export import export_tenant, schema_layouts
 from rem.format import check_tenant, file_stem
 from rem.tenant import require_tenant
 
@@ -39,6 +38,8 @@ def run_query(sql: str, db_path: str, tenant: str | None = None, include_deleted
     import threading
 
     import duckdb
+
+    from rem.export import export_tenant, schema_layouts  # with pyarrow: not for every command that imports this
 
     if tenant is not None:
         check_tenant(tenant)
