@@ -115,8 +115,9 @@ def pytest_collection_modifyitems(config, items):
         return
     from tests.parallel import shard_of
 
-    mine = [item for item in items if shard_of(item.fixturenames, item.path.name) == shard]
-    others = [item for item in items if shard_of(item.fixturenames, item.path.name) != shard]
+    mine, others = [], []
+    for item in items:
+        (mine if shard_of(item.fixturenames, item.path.name) == shard else others).append(item)
     if others:
         config.hook.pytest_deselected(items=others)
         items[:] = mine
