@@ -36,7 +36,7 @@ import orjson
 
 from rem.engine import rfc3339_micros
 from rem.errors import RemError
-from rem.rocksdb_log import (BLOCK_SIZE, LogCorruption, WriteBatch, last_record_from_tail, parse_write_batch,
+from rem.rocksdb_log import (BLOCK_SIZE, LogCorruption, WriteBatch, last_log_sequence, parse_write_batch,
                             read_log)
 
 LOG_NAME = re.compile(r"^(\d+)\.log$")
@@ -538,19 +538,6 @@ def format_micros(micros: int) -> str:
     moment = datetime.fromtimestamp(micros // 1_000_000, timezone.utc).replace(microsecond=micros % 1_000_000)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
-
-def last_log_sequence(path: Path) -> int | None:
-    """The last sequence number in a log's complete batches, None when it holds none (read from its tail)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return None
-        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
-            last = last_record_from_tail(data, str(path))
-    if last is None:
-        return None
-    sequence, count = _header(last.payload)
-    return sequence + count - 1
 
 def live_last_sequence(db_path: str | os.PathLike) -> int:
     """The live database's last sequence number: its newest log's last batch, else RocksDB's own

@@ -16,6 +16,8 @@ and the archiver ships only complete records. A checksum that fails before the e
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,17 +120,35 @@ def read_log(data: bytes, name: str = "log", verify: bool = True, start: int = 0
 
 def last_record_from_tail(data, name: str = "log") -> LogRecord | None:
     """A log's last complete logical record, read from its last blocks only (read_log reads the whole
-    file): every 32 KiB block starts with a record header, so reading can start at the last block
-    where a record starts, going back a block at a time while none has completed."""
+    file): every 32 KiB block starts with a physical record, so reading can start at the last block
+    where a record starts (or right after the last part of one begun before it: records longer than
+    the space left in a block end most blocks that way), going back a block at a time while none has
+    completed."""
     block = (len(data) - 1) // BLOCK_SIZE if len(data) else -1
     while block >= 0:
         start = block * BLOCK_SIZE
-        if start + HEADER <= len(data) and RECYCLABLE.get(data[start + 6], data[start + 6]) in STARTS:
-            records = read_log(data, name, start=start).records
-            if records:
-                return records[-1]
+        if start + HEADER <= len(data):
+            kind, first = RECYCLABLE.get(data[start + 6], data[start + 6]), start
+            if kind == LAST:  # the end of a record begun before this block: the next one starts after it
+                first += (RECYCLABLE_HEADER if data[start + 6] in RECYCLABLE else HEADER) + \
+                    struct.unpack_from("<H", data, start + 4)[0]
+            if kind in STARTS or kind == LAST and first < min(len(data), start + BLOCK_SIZE):
+                records = read_log(data, name, start=first).records
+                if records:
+                    return records[-1]
         block -= 1
     return None
+
+
+def last_log_sequence(path: str | Path) -> int | None:
+    """The last sequence number in a log's complete batches, None when it holds none (read from its tail)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return None
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
+            last = last_record_from_tail(data, str(path))
+    return parse_write_batch(last.payload).last_sequence if last else None
 
 
 def read_log_file(path: str | Path, verify: bool = True) -> LogRead:

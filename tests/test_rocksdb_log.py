@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rem.rocksdb_log import LogCorruption, last_record_from_tail, log_batches, read_log
+from rem import rocksdb_log
+from rem.rocksdb_log import BLOCK_SIZE, LogCorruption, last_record_from_tail, log_batches, read_log
 from tests.engine import engine_write
 from tests.engine.scenario import scenario
 
@@ -99,16 +100,20 @@ def test_a_torn_tail_ends_the_read_before_the_unfinished_record(tmp_path):
     assert whole.complete_bytes == len(data)
 
 
-def test_the_last_complete_record_found_from_the_tail_agrees_with_a_whole_read(tmp_path):
+def test_the_last_complete_record_found_from_the_tail_agrees_with_a_whole_read(tmp_path, monkeypatch):
     log = max(engine_logs(tmp_path, "standalone"), key=lambda p: p.stat().st_size)
     data = log.read_bytes()
     whole = {r.end: r.payload for r in read_log(data).records}
     ends = list(whole)
+    starts = []
+    monkeypatch.setattr(rocksdb_log, "read_log", lambda *a, **kw: starts.append(kw["start"]) or read_log(*a, **kw))
     cuts = sorted({*range(0, len(data), 997), *(e + d for e in ends[:40] for d in (-1, 0, 1)), len(data)})
     for cut in cuts:  # wherever a writer stopped, mid-record, mid-block or exactly at a record's end
         last = last_record_from_tail(data[:cut])
         assert (last.end if last else 0) == max([e for e in ends if e <= cut], default=0), cut
         assert last is None or last.payload == whole[last.end]  # the whole batch, as a full read gives it
+        # read from the block where that record starts, not from an earlier block that begins with one
+        assert last is None or starts[-1] >= last.offset - last.offset % BLOCK_SIZE, cut
 
 
 def test_a_flipped_byte_before_the_end_is_corruption_naming_the_offset(tmp_path):
