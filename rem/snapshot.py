@@ -8,14 +8,18 @@ the database holds.
    MANIFEST and log: the engine may delete them meanwhile, our links keep them readable.
 2. Into a scratch directory beside the database: every SST and blob file hard-linked (RocksDB
    never changes one), CURRENT, IDENTITY and OPTIONS copied, and the MANIFEST and every log copied
-   up to their last complete record (rem.rocksdb_log: the engine may be appending to both).
-3. RocksDB checks the copy: it opens read-only (replaying the copied logs: every acknowledged
-   write), every SST its version lists must be there at the size the MANIFEST records, and an SST
-   no version lists (a compaction's or flush's output still being written) is dropped from the
-   copy. A flush or compaction that finished between the listing and the MANIFEST copy names a
-   file the view lacks: then it starts over.
+   up to their last complete record (rem.rocksdb_log: the engine may be appending to both). The
+   logs go beside the copy until it is checked.
+3. RocksDB checks the copy without its logs: it opens read-only, every SST its version lists must
+   be there at the size the MANIFEST records, and an SST no version lists (a compaction's or
+   flush's output still being written) is dropped from the copy. A flush or compaction that
+   finished between the listing and the MANIFEST copy names a file the view lacks: then it starts
+   over. Then the logs join the copy.
 
-The last sequence number of the opened copy is the backup's. The database directory is never
+The snapshot's last sequence number is the MANIFEST's or its logs' last batch's, whichever is
+later. Replaying 61 MB of log in that open cost ten times the rest of the snapshot, and describing
+the snapshot replays it anyway, while the upload runs: there RocksDB's replay must reach that
+number (rem.backup.create.describe_snapshot), or the backup fails. The database directory is never
 written to. A tenant snapshot is logical instead: a new database holding that tenant's rows.
 """
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
 from rem.engine import now_rfc3339
 from rem.errors import DatabaseNotFound
-from rem.rocksdb_log import last_record_from_tail
+from rem.rocksdb_log import last_log_sequence, last_record_from_tail
 from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
@@ -72,17 +76,21 @@ def copy_complete_records(source: Path, target: Path) -> None:
             left -= copied
 
 
-def physical_copy(source: Path, target: Path) -> None:
+def physical_copy(source: Path, target: Path, logs_to: Path | None = None) -> None:
     """A database directory's files in target: SSTs and blob files hard-linked (RocksDB never changes
     one), CURRENT, IDENTITY and OPTIONS copied, the MANIFEST and every log up to their last complete
-    record (a live engine may be appending to both); never LOCK or the info logs. From a linked view
-    of a live database, or from a database whose lock we hold."""
+    record (a live engine may be appending to both), the logs into logs_to when given; never LOCK or
+    the info logs. From a linked view of a live database, or from a database whose lock we hold."""
     target.mkdir()
+    if logs_to is not None:
+        logs_to.mkdir()
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
         name, source = entry.name, Path(entry.path)
         if name.endswith((".sst", ".blob")):
             os.link(source, target / name)
-        elif name.endswith(".log") or name.startswith("MANIFEST-"):
+        elif name.endswith(".log"):
+            copy_complete_records(source, (logs_to or target) / name)
+        elif name.startswith("MANIFEST-"):
             copy_complete_records(source, target / name)
         elif name in ("CURRENT", "IDENTITY") or name.startswith("OPTIONS-"):
             shutil.copyfile(source, target / name)
@@ -93,9 +101,10 @@ class SnapshotRace(Exception):
 
 
 def _checked(target: Path) -> int:
-    """Open the copy read-only: its last sequence number. Every SST its version lists must be in it at
-    the size the MANIFEST records, and every other SST goes: a compaction or flush still writing its
-    output has a file in the directory that no version names yet, and that file keeps growing."""
+    """Open the copy read-only: its last sequence number (with no logs in it, the MANIFEST's). Every
+    SST its version lists must be in it at the size the MANIFEST records, and every other SST goes: a
+    compaction or flush still writing its output has a file in the directory that no version names
+    yet, and that file keeps growing."""
     try:
         copy = open_db(target, "ro")
     except Exception as exc:  # RocksDB's own error: the copy's MANIFEST names a file it lacks
@@ -122,17 +131,22 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
         raise DatabaseNotFound(str(db_path))
     live = lock_is_held(db_path)
     work = scratch_dir(db_path, "snapshot")
-    target = work / "db"
+    target, logs = work / "db", work / "logs"
     try:
         for attempt in range(SNAPSHOT_ATTEMPTS):
             view = linked_view(db_path)
             try:
-                physical_copy(view, target)
+                physical_copy(view, target, logs_to=logs)
                 copied_at = now_rfc3339()
                 last_sequence = _checked(target)
+                for log in logs.iterdir():
+                    last_sequence = max(last_sequence, last_log_sequence(log) or 0)
+                    log.rename(target / log.name)
+                logs.rmdir()
                 return Snapshot(work, live, database_rocksdb_version(db_path), last_sequence, copied_at)
             except (SnapshotRace, FileNotFoundError):  # only a race with the engine is worth another try
                 shutil.rmtree(target, ignore_errors=True)
+                shutil.rmtree(logs, ignore_errors=True)
                 if attempt == SNAPSHOT_ATTEMPTS - 1:
                     raise
             finally:

@@ -37,7 +37,7 @@ def snapshot(db_path: str, tenant: str | None) -> Snapshot:
 @task("describe-snapshot", retries=0)
 def snapshot_facts(snap: Snapshot) -> SnapshotFacts:
     """What the snapshot holds: estimated keys per column family and entities, schemas, last WAL sequence."""
-    return describe_snapshot(snap.path / "db")
+    return describe_snapshot(snap)
 
 
 @task("find-previous-backup", retries=2, retry_delay_seconds=5)

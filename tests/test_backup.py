@@ -204,6 +204,33 @@ def test_online_backup_keeps_every_acknowledged_unflushed_write_and_leaves_the_d
     assert json.loads(restored["entities"][f"entity:acme:{first}".encode()])["deleted_at"] is not None
 
 
+def test_a_log_damaged_before_its_end_fails_the_backup_where_rocksdb_stops_replaying_and_keeps_nothing(tmp_path):
+    """The snapshot reads its last sequence number from the logs' tails; RocksDB's replay, when the
+    backup is described, stops at a damaged record before that. Recording either number would be
+    wrong: RocksDB's loses the writes after the damage, the tail's names writes a restore lacks."""
+    from rem.rocksdb_log import BLOCK_SIZE, HEADER, parse_write_batch, read_log
+
+    db = tmp_path / "db"
+    engine_write(db, [["insert", "acme", "resources", {"uri": f"u-{i}", "content": "x" * 300}] for i in range(300)],
+                 crash=True)  # a killed engine: every write is in its log only
+    log = max(db.glob("*.log"), key=lambda p: p.stat().st_size)
+    data = bytearray(log.read_bytes())
+    records = read_log(bytes(data)).records
+    victim = next(r for r in records[len(records) // 3:] if r.offset % BLOCK_SIZE + HEADER + 40 < BLOCK_SIZE)
+    data[victim.offset + HEADER + 30] ^= 0x01  # inside the batch: its checksum no longer matches
+    log.write_bytes(bytes(data))
+    replayable, last = parse_write_batch(victim.payload).sequence - 1, parse_write_batch(records[-1].payload).last_sequence
+    before = snapshot_dir(db)
+    env = {"P8_BACKUP_DIR": str(tmp_path / "backups")}
+    for layout in ([], ["--archive"]):
+        proc = rem("--db-path", str(db), "backup", "create", *layout, env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert f"only up to sequence {replayable:,}, not to its last write {last:,}" in proc.stderr, proc.stderr
+    assert json.loads(rem("--db-path", str(db), "backup", "list", "--json", env=env, check=True).stdout) == []
+    assert not list((tmp_path / "backups").rglob("metadata.json"))
+    assert snapshot_dir(db) == before
+
+
 def test_tenant_backup_holds_only_that_tenant_and_restore_replaces_only_its_rows(make_sample, tmp_path):
     db = make_sample(entities=1500, tenants=3)
     meta = create(db, "--tenant", "globex")

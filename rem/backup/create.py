@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as pkg_metadata
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from rem.backup.catalog import SCHEMAS, BackupMetadata, BackupStore
 from rem.backup.incremental import PreviousBackup, unchanged_since
 from rem.backup.layout import Layout
 from rem.db import open_db, tools_rocksdb_version
+from rem.errors import RemError
 from rem.format import wal_key
 from rem.identity import DatabaseIdentity
 from rem.snapshot import Snapshot
@@ -39,10 +39,24 @@ class SnapshotFacts:
     exact: bool = False
 
 
-def describe_snapshot(db_dir: Path) -> SnapshotFacts:
+class LogReplayStopped(RemError):
+    """RocksDB's replay of a snapshot's logs stopped before their last write."""
+
+
+def describe_snapshot(snap: Snapshot) -> SnapshotFacts:
     """Key counts are RocksDB's estimates: counting exactly would read every block while compression
-    already uses every core, and a restore proves its copy by bytes, not by counts."""
-    with open_db(db_dir, "ro") as db:
+    already uses every core, and a restore proves its copy by bytes, not by counts.
+
+    This open replays a whole-database snapshot's logs, the one replay a backup makes of them: it
+    must reach the snapshot's last sequence number, which point-in-time recovery takes the backup to
+    hold. It stops short only at a damaged record before a log's end."""
+    with open_db(snap.path / "db", "ro") as db:
+        replayed = db.rdict.latest_sequence_number()
+        if snap.last_sequence is not None and replayed != snap.last_sequence:
+            raise LogReplayStopped(
+                f"RocksDB replays the database's log only up to sequence {replayed:,}, not to its last write "
+                f"{snap.last_sequence:,}: a damaged record in it, and the engine loses the writes after it when it "
+                "restarts; this backup is not made: check the disk, then back up again once the engine has flushed")
         counts = {cf: estimate_keys(db, cf) for cf in db.cf_names if cf != "default"}
         entities, schemas = entity_totals(db, counts["entities"]) if db.has_cf("entities") else (0, 0)
         schema_docs = [orjson.loads(v) for _, v in schema_rows(db)] if db.has_cf("entities") else []
@@ -75,8 +89,10 @@ def build_metadata(name: str, tenant: str | None, taken_at: datetime, facts: Sna
 
 def facts_if_unchanged(store: BackupStore, previous: PreviousBackup | None, snap: Snapshot) -> SnapshotFacts | None:
     """When the snapshot holds exactly the previous backup's files, that backup's counts and schemas
-    describe it too, and counting every key again (about 1.5 CPU-s per GB) is skipped."""
-    if previous is None or not unchanged_since(previous.files, snap.path / "db"):
+    describe it too, and counting every key again (about 1.5 CPU-s per GB) is skipped, as long as that
+    backup's logs replayed to the sequence number this snapshot finds in them."""
+    if previous is None or previous.record.metadata.last_sequence != snap.last_sequence \
+            or not unchanged_since(previous.files, snap.path / "db"):
         return None
     record, m = previous.record, previous.record.metadata
     schemas = store.objects.get(store.key(record.tenant_folder, record.folder, SCHEMAS))
