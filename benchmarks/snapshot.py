@@ -37,7 +37,7 @@ time.sleep(600)
 """
 
 
-def timed_snapshots(db: Path, runs: int = 3) -> float:
+def timed_snapshots(db: Path, runs: int = 9) -> float:
     seconds = []
     for _ in range(runs):
         started = time.perf_counter()

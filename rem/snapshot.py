@@ -9,7 +9,7 @@ the database holds.
 2. Into a scratch directory beside the database: every SST and blob file hard-linked (RocksDB
    never changes one), CURRENT, IDENTITY and OPTIONS copied, and the MANIFEST and every log copied
    up to their last complete record (rem.rocksdb_log: the engine may be appending to both). The
-   logs go beside the copy until it is checked.
+   logs are copied beside the copy, in the kernel, while step 3 runs.
 3. RocksDB checks the copy without its logs: it opens read-only, every SST its version lists must
    be there at the size the MANIFEST records, and an SST no version lists (a compaction's or
    flush's output still being written) is dropped from the copy. A flush or compaction that
@@ -29,6 +29,7 @@ import mmap
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,24 +77,27 @@ def copy_complete_records(source: Path, target: Path) -> None:
             left -= copied
 
 
-def physical_copy(source: Path, target: Path, logs_to: Path | None = None) -> None:
+def physical_copy(source: Path, target: Path, logs: bool = True) -> None:
     """A database directory's files in target: SSTs and blob files hard-linked (RocksDB never changes
-    one), CURRENT, IDENTITY and OPTIONS copied, the MANIFEST and every log up to their last complete
-    record (a live engine may be appending to both), the logs into logs_to when given; never LOCK or
-    the info logs. From a linked view of a live database, or from a database whose lock we hold."""
+    one), CURRENT, IDENTITY and OPTIONS copied, the MANIFEST and (unless logs is False) every log up
+    to their last complete record (a live engine may be appending to both); never LOCK or the info
+    logs. From a linked view of a live database, or from a database whose lock we hold."""
     target.mkdir()
-    if logs_to is not None:
-        logs_to.mkdir()
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
         name, source = entry.name, Path(entry.path)
         if name.endswith((".sst", ".blob")):
             os.link(source, target / name)
-        elif name.endswith(".log"):
-            copy_complete_records(source, (logs_to or target) / name)
-        elif name.startswith("MANIFEST-"):
+        elif (name.endswith(".log") and logs) or name.startswith("MANIFEST-"):
             copy_complete_records(source, target / name)
         elif name in ("CURRENT", "IDENTITY") or name.startswith("OPTIONS-"):
             shutil.copyfile(source, target / name)
+
+
+def copy_logs(source: Path, target: Path) -> None:
+    """Every log of a database directory, up to its last complete record, into target."""
+    target.mkdir()
+    for log in source.glob("*.log"):
+        copy_complete_records(log, target / log.name)
 
 
 class SnapshotRace(Exception):
@@ -136,9 +140,12 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
         for attempt in range(SNAPSHOT_ATTEMPTS):
             view = linked_view(db_path)
             try:
-                physical_copy(view, target, logs_to=logs)
+                physical_copy(view, target, logs=False)
+                with ThreadPoolExecutor(1) as pool:  # the kernel copies the logs while RocksDB checks the rest
+                    copying = pool.submit(copy_logs, view, logs)
+                    last_sequence = _checked(target)
+                    copying.result()
                 copied_at = now_rfc3339()
-                last_sequence = _checked(target)
                 for log in logs.iterdir():
                     last_sequence = max(last_sequence, last_log_sequence(log) or 0)
                     log.rename(target / log.name)

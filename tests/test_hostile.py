@@ -75,6 +75,41 @@ def test_an_sst_a_compaction_is_still_writing_never_enters_a_backup(db, tmp_path
     half.unlink()
 
 
+def test_a_snapshot_that_loses_a_race_with_the_engine_starts_over_and_keeps_nothing_of_the_first_try(
+        tmp_path, monkeypatch):
+    """The logs are copied beside the copy while RocksDB checks it; a check that finds the engine
+    moved on (a flush between the listing and the MANIFEST copy) must wait for that copy, clear both,
+    and start again."""
+    from rem import snapshot
+    from rem.rocksdb_log import last_log_sequence
+
+    db = tmp_path / "db"
+    engine_write(db, [["insert", "acme", "resources", {"uri": f"u-{i}", "content": "x" * 300}] for i in range(200)],
+                 crash=True)  # every write is in the log only
+    log = max(db.glob("*.log"), key=lambda p: p.stat().st_size)
+    checked = snapshot._checked
+    tries = []
+
+    def loses_the_first_race(target):
+        tries.append(sorted(p.name for p in target.iterdir()))
+        if len(tries) == 1:
+            raise snapshot.SnapshotRace("a flush finished during the copy")
+        return checked(target)
+
+    monkeypatch.setattr(snapshot, "_checked", loses_the_first_race)
+    before = snapshot_dir(db)
+    snap = snapshot.take_snapshot(db)
+    try:
+        assert len(tries) == 2 and tries[1] == tries[0]  # the second try starts as clean as the first
+        assert not [name for name in tries[0] if name.endswith(".log")]  # RocksDB checks the copy without them
+        assert not (snap.path / "logs").exists()
+        assert (snap.path / "db" / log.name).read_bytes() == log.read_bytes()
+        assert snap.last_sequence == last_log_sequence(log) > 0
+    finally:
+        snap.remove()
+    assert snapshot_dir(db) == before
+
+
 # -------------------------------------------------------------------- 1: a damaged store object
 
 
