@@ -36,7 +36,7 @@ def snapshot(db_path: str, tenant: str | None) -> Snapshot:
 
 @task("describe-snapshot", retries=0)
 def snapshot_facts(snap: Snapshot) -> SnapshotFacts:
-    """What the snapshot holds: estimated keys per column family and entities, schemas, last WAL sequence."""
+    """What the snapshot holds (estimated keys, entities, schemas, last WAL sequence), its logs replayed to its end."""
     return describe_snapshot(snap)
 
 
