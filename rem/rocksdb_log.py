@@ -132,7 +132,7 @@ def last_record_from_tail(data, name: str = "log") -> LogRecord | None:
             if kind == LAST:  # the end of a record begun before this block: the next one starts after it
                 first += (RECYCLABLE_HEADER if data[start + 6] in RECYCLABLE else HEADER) + \
                     struct.unpack_from("<H", data, start + 4)[0]
-            if kind in STARTS or kind == LAST and first < min(len(data), start + BLOCK_SIZE):
+            if kind in STARTS or (kind == LAST and first < min(len(data), start + BLOCK_SIZE)):
                 records = read_log(data, name, start=first).records
                 if records:
                     return records[-1]

@@ -84,18 +84,19 @@ def physical_copy(source: Path, target: Path, logs: bool = True) -> None:
     logs. From a linked view of a live database, or from a database whose lock we hold."""
     target.mkdir()
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
-        name, source = entry.name, Path(entry.path)
+        name, source_file = entry.name, Path(entry.path)
         if name.endswith((".sst", ".blob")):
-            os.link(source, target / name)
-        elif (name.endswith(".log") and logs) or name.startswith("MANIFEST-"):
-            copy_complete_records(source, target / name)
+            os.link(source_file, target / name)
+        elif name.startswith("MANIFEST-"):
+            copy_complete_records(source_file, target / name)
         elif name in ("CURRENT", "IDENTITY") or name.startswith("OPTIONS-"):
-            shutil.copyfile(source, target / name)
+            shutil.copyfile(source_file, target / name)
+    if logs:
+        copy_logs(source, target)
 
 
 def copy_logs(source: Path, target: Path) -> None:
-    """Every log of a database directory, up to its last complete record, into target."""
-    target.mkdir()
+    """Every log of a database directory, up to its last complete record, into the directory target."""
     for log in source.glob("*.log"):
         copy_complete_records(log, target / log.name)
 
@@ -141,6 +142,7 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
             view = linked_view(db_path)
             try:
                 physical_copy(view, target, logs=False)
+                logs.mkdir()
                 with ThreadPoolExecutor(1) as pool:  # the kernel copies the logs while RocksDB checks the rest
                     copying = pool.submit(copy_logs, view, logs)
                     last_sequence = _checked(target)
