@@ -25,7 +25,7 @@ from tasks.restore import build_tenant_replacement, download, put_into_place, un
 @flow("download-backup", description="Download a backup from S3 with parallel, resumable ranged GETs.")
 def download_backup(name: str, output: str, settings: dict[str, Any] | None = None, tenant: str | None = None,
                     from_db: str | None = None) -> dict[str, Any]:
-    dest = download(name, Path(output), settings, tenant, from_db)
+    dest = download(name, Path(output), settings, tenant, from_db, self_contained=True)
     return {"name": name, "path": str(dest)}
 
 

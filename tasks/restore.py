@@ -21,15 +21,15 @@ from runtime.progress import RunProgress
 
 @task("download", retries=3, retry_delay_seconds=10)
 def download(name: str, output: Path, settings_dict: dict[str, Any] | None, tenant: str | None = None,
-             from_db: str | None = None, keep_from: Path | None = None) -> Path:
+             from_db: str | None = None, keep_from: Path | None = None, self_contained: bool = False) -> Path:
     """Fetch a backup into output/{name}/ (resuming a partial download; with keep_from, none of the
-    shared files that database already holds byte for byte)."""
+    shared files that database already holds byte for byte; self_contained for another process)."""
     from runtime.wiring import find_record, resolve_settings  # boto3: only for a backup found by name
 
     record = find_record(resolve_settings(settings_dict), name, tenant, from_db)
     progress = RunProgress(f"Downloading backup {name}", record.metadata.size_bytes)
     try:
-        path = fetch(record, output, progress, keep_from)
+        path = fetch(record, output, progress, keep_from, self_contained)
     except ObjectCorrupt as exc:
         raise needed_by(record, exc) from None
     progress.finish()

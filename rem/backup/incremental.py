@@ -46,7 +46,7 @@ from rem.backup.catalog import (CLAIM, FILES, READ_THREADS, SMALL, BackupRecord,
 from rem.errors import RemError
 from rem.scratch import remove_scratch, scratch_dir
 from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
-from rem.storage.encrypted import encryption_of
+from rem.storage.encrypted import encryption_of, open_object_file
 from rem.storage.local import private_file
 
 SHARED = re.compile(r"^\d+\.(sst|blob)$")
@@ -275,7 +275,7 @@ def decompress_checked(path: Path, entry: FileEntry, out=None) -> None:
     bytes: its size and SHA-256."""
     digest, size, key = hashlib.sha256(), 0, entry.object
     try:
-        with open(path, "rb") as raw:
+        with open_object_file(path) as raw:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_BUFFER)
             while chunk := reader.read(COPY_BUFFER):
                 size += len(chunk)
@@ -536,10 +536,12 @@ def _listed_objects(store: BackupStore, tenant_folder: str, folder: str) -> set[
 
 
 def download_objects(store: BackupStore, record, dest: Path, progress: Callable[[int], None] | None = None,
-                     concurrency: int = 4, keep_from: Path | None = None) -> None:
+                     concurrency: int = 4, keep_from: Path | None = None, self_contained: bool = True) -> None:
     """files.json, small.tar.zst and every object the list names into dest (objects/), in parallel;
     an object already there with its stored size is not fetched again (an interrupted run resumes),
-    nor one whose file keep_from holds byte for byte (restore --delta)."""
+    nor one whose file keep_from holds byte for byte (restore --delta). Unless self_contained (dest
+    is for this process's restore), an encrypted local store's objects are linked sealed, opened as
+    the restore reads them rather than opened into dest first."""
     body = store.objects.get(store.key(record.tenant_folder, record.folder, FILES))
     listing = FileList.model_validate_json(body)
     with private_file(dest / FILES) as f:
@@ -550,6 +552,7 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
     kept = kept_in(listing, keep_from)
     entries = {e.object: e for e in listing.files if e.object and e.name not in kept}
     wanted = {key: e.stored_bytes for key, e in entries.items()}
+    link_sealed = None if self_contained else getattr(store.objects, "link_sealed", None)
 
     def whole(target: Path, key: str) -> bool:
         """A copy an earlier run left is kept only when it holds exactly the file's bytes."""
@@ -569,7 +572,8 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
         if not whole(target, key):
             target.unlink(missing_ok=True)
             try:
-                store.objects.download(key, target)
+                if not (link_sealed and link_sealed(key, target)):
+                    store.objects.download(key, target)
             except ObjectMissing:
                 raise ObjectCorrupt(key, "missing from the repository") from None
         if progress:

@@ -46,8 +46,10 @@ class Layout(Protocol):
 
     def added_bytes(self, metadata: BackupMetadata) -> int: ...
 
-    def download(self, record: BackupRecord, dest: Path, progress: Progress, keep_from: Path | None = None) -> None:
-        """keep_from: a database whose files matching the backup's need not be fetched (incremental only)."""
+    def download(self, record: BackupRecord, dest: Path, progress: Progress, keep_from: Path | None,
+                 self_contained: bool) -> None:
+        """keep_from: a database whose files matching the backup's need not be fetched (incremental only);
+        self_contained: see fetch."""
 
     def verify(self, source: Path, metadata: BackupMetadata, while_extracting: bool) -> None: ...
 
@@ -81,7 +83,7 @@ class ArchiveLayout:
     def added_bytes(self, metadata: BackupMetadata) -> int:
         return metadata.size_bytes
 
-    def download(self, record, dest, progress, keep_from=None) -> None:
+    def download(self, record, dest, progress, keep_from, self_contained) -> None:
         store = record.store
         download_checked(store.objects, store.key(record.tenant_folder, record.folder, ARCHIVE), dest / ARCHIVE,
                          record.metadata.checksum_sha256, progress)
@@ -122,8 +124,8 @@ class IncrementalLayout:
     def added_bytes(self, metadata: BackupMetadata) -> int:
         return metadata.added_bytes
 
-    def download(self, record, dest, progress, keep_from=None) -> None:
-        download_objects(record.store, record, dest, progress, keep_from=keep_from)
+    def download(self, record, dest, progress, keep_from, self_contained) -> None:
+        download_objects(record.store, record, dest, progress, keep_from=keep_from, self_contained=self_contained)
 
     def verify(self, source, metadata, while_extracting) -> None:
         """The file list against metadata.json and the small files' archive against the list (each
@@ -160,9 +162,12 @@ def layout_of(metadata: BackupMetadata) -> Layout:
     return INCREMENTAL_LAYOUT if metadata.layout == INCREMENTAL_LAYOUT.name else ARCHIVE_LAYOUT
 
 
-def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None, keep_from: Path | None = None) -> Path:
+def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None, keep_from: Path | None = None,
+          self_contained: bool = False) -> Path:
     """The backup as a local directory: a local store's own folder (restored in place), else a
-    download to out_dir/{name}/ with parallel ranged GETs (an interrupted run resumes)."""
+    download to out_dir/{name}/ with parallel ranged GETs (an interrupted run resumes). Unless
+    self_contained (`rem backup download`: another process may read it), an encrypted local store's
+    objects are linked sealed, for this process to open as it reads them."""
     store = record.store
     here = store.objects.local_path(store.key(record.tenant_folder, record.folder, METADATA))
     if here is not None:
@@ -178,7 +183,7 @@ def fetch(record: BackupRecord, out_dir: Path, progress: Progress = None, keep_f
         with space_checked(dest, "--output"):
             with private_file(dest / SCHEMAS) as f:
                 f.write(store.objects.get(store.key(record.tenant_folder, record.folder, SCHEMAS)))
-            layout_of(record.metadata).download(record, dest, progress, keep_from)
+            layout_of(record.metadata).download(record, dest, progress, keep_from, self_contained)
             # metadata.json last, as on upload: a directory without it is an unfinished download.
             with private_file(dest / METADATA) as f:
                 f.write(record.metadata.model_dump_json(indent=2).encode())

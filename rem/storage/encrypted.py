@@ -21,6 +21,7 @@ before encryption was turned on is restored, and how nothing planted by someone 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -141,6 +142,52 @@ class Opener:
         return HEADER.size + index * self.sealed_chunk
 
 
+class _OpenedReader(io.RawIOBase):
+    """A sealed object's plaintext, read from its file a chunk at a time, each chunk opened (and so
+    authenticated) before a byte of it is returned."""
+
+    def __init__(self, opener: Opener, sealed: BinaryIO):
+        self.opener, self.sealed, self.index, self.plain = opener, sealed, 0, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self.plain:
+            if self.index == self.opener.chunks:
+                return 0
+            self.plain = memoryview(self.opener.open(self.index, self.sealed.read(self.opener.sealed_chunk)))
+            self.index += 1
+        n = min(len(buffer), len(self.plain))
+        buffer[:n] = self.plain[:n]
+        self.plain = self.plain[n:]
+        return n
+
+
+# The sealed objects link_sealed linked into this process's restores, by file (device, inode): the
+# store that opens each and its key there (bound into every chunk). Only these are opened.
+_LINKED: dict[tuple[int, int], tuple["EncryptedObjectStore", str]] = {}
+
+
+@contextmanager
+def open_object_file(path: Path) -> Iterator[BinaryIO]:
+    """A file of a backup's object read as the object's plaintext: opened chunk by chunk when it is
+    one link_sealed linked, as it is when it was downloaded opened."""
+    with open(path, "rb") as f:
+        header = f.read(HEADER.size)
+        if not header.startswith(MAGIC):
+            f.seek(0)
+            yield f
+            return
+        stat = os.fstat(f.fileno())
+        linked = _LINKED.get((stat.st_dev, stat.st_ino))
+        if linked is None:
+            raise RemError(f"{path} is sealed and this process holds no key for it: restore the backup by name "
+                           "(`rem backup restore --name`) with its encryption settings")
+        store, key = linked
+        yield _OpenedReader(store._opener(key, header, stat.st_size), f)
+
+
 def encryption_of(objects, db: str | None) -> dict[str, str] | None:
     """How a backup written to objects now is encrypted by rem (None: it is not)."""
     return objects.encryption(db) if isinstance(objects, EncryptedObjectStore) and db else None
@@ -227,6 +274,24 @@ class EncryptedObjectStore(StoreWrapper):
             return body  # written before encryption was on (or a readable name)
         opener = self._opener(key, body[:HEADER.size], len(body))
         return b"".join(opener.open(i, body[opener.offset(i):opener.offset(i + 1)]) for i in range(opener.chunks))
+
+    def link_sealed(self, key: str, dest: Path) -> bool:
+        """A local store's sealed object hard-linked at dest, no byte written, for a restore that opens
+        it as it reads it (open_object_file): the data is read and written once, not opened into a
+        copy first. False, with nothing done, where it cannot be (a bucket, another filesystem, an
+        object left unsealed): download it then."""
+        here = self.inner.local_path(key)
+        if here is None or not is_sealed_file(here):
+            return False
+        try:
+            os.link(here, dest)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        stat = os.stat(dest)
+        _LINKED[(stat.st_dev, stat.st_ino)] = (self, key)
+        return True
 
     def download(self, key: str, dest: Path, progress: Callable[[int], None] | None = None) -> None:
         """The object opened into dest: a local store's file read in place, a bucket's fetched first
