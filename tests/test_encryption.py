@@ -156,6 +156,7 @@ def test_a_key_file_restore_writes_the_data_once_and_refuses_a_changed_object_be
         assert all((db / p.name).read_bytes() == p.read_bytes() for p in target.glob("*.sst"))
     # the sealed restore writes what the plain one does, plus the small files opened: not the SSTs twice
     assert written["sealed"] - written["plain"] < stored // 4, (written, stored)
+    assert ok(rem("--db-path", str(db), "backup", "verify", "--name", "b", "--json", env=env))["ok"]
 
     # one flipped byte in one shared object: refused naming it, nothing restored, the store's file as it was
     victim = max(sst_objects, key=lambda p: p.stat().st_size)
@@ -166,6 +167,8 @@ def test_a_key_file_restore_writes_the_data_once_and_refuses_a_changed_object_be
     assert proc.returncode == 1 and victim.name in proc.stderr and "authentication" in proc.stderr, proc.stderr
     assert not (tmp_path / "no").exists() and victim.read_bytes() == bytes(body)
     assert not [p for p in tmp_path.glob(".rem-*") if p.is_dir()]
+    proc = rem("--db-path", str(db), "backup", "verify", "--name", "b", env=env)
+    assert proc.returncode == 1 and victim.name in proc.stderr and "authentication" in proc.stderr, proc.stderr
 
 
 def test_a_downloaded_encrypted_backup_restores_in_a_process_without_the_key(make_sample, tmp_path):
