@@ -20,6 +20,7 @@ from typing import BinaryIO
 import zstandard
 
 from rem.errors import NoSpace, RemError
+from rem.storage.encrypted import open_object_file
 
 ARCHIVE_ROOT = "rocksdb"
 COPY_BUFFER = 1 << 20
@@ -219,7 +220,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, sha256: str | Non
     scratch, never the target. Each file is fsynced in the background while the next is written."""
     check_free_space(dest, max_bytes)
     dest.mkdir(parents=True, exist_ok=True)
-    with open(archive, "rb") as raw, ThreadPoolExecutor(1, thread_name_prefix="rem-fsync") as syncer:
+    with open_object_file(archive) as raw, ThreadPoolExecutor(1, thread_name_prefix="rem-fsync") as syncer:
         hashed = HashingReader(raw)
         reader = ReadAhead(zstandard.ZstdDecompressor().stream_reader(hashed, read_size=COPY_BUFFER))
         synced = []

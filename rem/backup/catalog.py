@@ -32,7 +32,7 @@ from rem.errors import RemError, UsageError
 from rem.format import check_tenant
 from rem.identity import DatabaseIdentity, claim_name
 from rem.storage import ARCHIVED_CLASSES, ObjectArchived, ObjectInfo, ObjectMissing, ObjectStore, PreconditionFailed
-from rem.storage.encrypted import is_sealed_file
+from rem.storage.encrypted import sealed_without_key
 
 log = logging.getLogger("rem")
 
@@ -767,7 +767,7 @@ def read_local_backup(source: Path) -> BackupMetadata:
         metadata = BackupMetadata.model_validate_json(meta.read_bytes())
     except ValueError as exc:
         raise RemError(f"{meta}: unreadable backup metadata ({str(exc).splitlines()[0]})") from None
-    sealed = [p.name for p in (source / ARCHIVE, source / SMALL, source / FILES) if is_sealed_file(p)]
+    sealed = [p.name for p in (source / ARCHIVE, source / SMALL, source / FILES) if sealed_without_key(p)]
     if sealed:
         raise UsageError(f"{source / sealed[0]} is encrypted as it lies in the store: restore it with --name "
                          f"{metadata.name} (the store opens it with the data key), or `rem backup download` it first")

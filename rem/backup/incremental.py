@@ -46,7 +46,7 @@ from rem.backup.catalog import (CLAIM, FILES, READ_THREADS, SMALL, BackupRecord,
 from rem.errors import RemError
 from rem.scratch import remove_scratch, scratch_dir
 from rem.storage import ObjectInfo, ObjectMissing, PreconditionFailed, cleanup_quietly
-from rem.storage.encrypted import encryption_of, open_object_file
+from rem.storage.encrypted import encryption_of, linked_sealed, open_object_file
 from rem.storage.local import private_file
 
 SHARED = re.compile(r"^\d+\.(sst|blob)$")
@@ -552,7 +552,6 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
     kept = kept_in(listing, keep_from)
     entries = {e.object: e for e in listing.files if e.object and e.name not in kept}
     wanted = {key: e.stored_bytes for key, e in entries.items()}
-    link_sealed = None if self_contained else getattr(store.objects, "link_sealed", None)
 
     def whole(target: Path, key: str) -> bool:
         """A copy an earlier run left is kept only when it holds exactly the file's bytes."""
@@ -572,7 +571,7 @@ def download_objects(store: BackupStore, record, dest: Path, progress: Callable[
         if not whole(target, key):
             target.unlink(missing_ok=True)
             try:
-                if not (link_sealed and link_sealed(key, target)):
+                if self_contained or not linked_sealed(store.objects, key, target):
                     store.objects.download(key, target)
             except ObjectMissing:
                 raise ObjectCorrupt(key, "missing from the repository") from None

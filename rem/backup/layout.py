@@ -23,6 +23,7 @@ from rem.backup.incremental import (FileList, PreviousBackup, download_objects, 
                                     previous_backup, store_incremental)
 from rem.errors import RemError
 from rem.storage import ObjectArchived, ObjectMissing
+from rem.storage.encrypted import linked_sealed
 from rem.storage.local import private_file, space_checked
 
 Progress = Callable[[int], None] | None
@@ -85,8 +86,9 @@ class ArchiveLayout:
 
     def download(self, record, dest, progress, keep_from, self_contained) -> None:
         store = record.store
-        download_checked(store.objects, store.key(record.tenant_folder, record.folder, ARCHIVE), dest / ARCHIVE,
-                         record.metadata.checksum_sha256, progress)
+        key = store.key(record.tenant_folder, record.folder, ARCHIVE)
+        if self_contained or not linked_sealed(store.objects, key, dest / ARCHIVE):
+            download_checked(store.objects, key, dest / ARCHIVE, record.metadata.checksum_sha256, progress)
 
     def verify(self, source, metadata, while_extracting) -> None:
         if not while_extracting:  # a restore checks the archive in the pass that extracts it

@@ -87,9 +87,7 @@ class ObjectStore(Protocol):
         """Remove objects; an absent key is not an error."""
 
     # A store whose objects are local files also answers heads(keys) -> list[ObjectInfo | None]: head()
-    # of many keys at a stat each (a bucket would need a request each, so it offers none). An encrypted
-    # store also answers link_sealed(key, dest) -> bool: a local object linked sealed, for a restore
-    # in this process to open as it reads it (rem.storage.encrypted).
+    # of many keys at a stat each (a bucket would need a request each, so it offers none).
 
     def download(self, key: str, dest: Path, progress: Callable[[int], None] | None = None) -> None:
         """Copy an object to a local file (parallel and resumable where the backend allows)."""

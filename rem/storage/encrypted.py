@@ -65,6 +65,14 @@ def is_sealed_file(path: Path) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
+def sealed_without_key(path: Path) -> bool:
+    """A sealed file this process cannot open: one it did not link for its restore (link_sealed)."""
+    if not is_sealed_file(path):
+        return False
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino) not in _LINKED
+
+
 def database_of(key: str) -> str:
     return key.split("/", 1)[0]
 
@@ -186,6 +194,12 @@ def open_object_file(path: Path) -> Iterator[BinaryIO]:
                            "(`rem backup restore --name`) with its encryption settings")
         store, key = linked
         yield _OpenedReader(store._opener(key, header, stat.st_size), f)
+
+
+def linked_sealed(objects, key: str, dest: Path) -> bool:
+    """Whether the store linked the object's sealed file at dest for this process's restore to open
+    as it reads it (an encrypted local store: EncryptedObjectStore.link_sealed); False: download it."""
+    return isinstance(objects, EncryptedObjectStore) and objects.link_sealed(key, dest)
 
 
 def encryption_of(objects, db: str | None) -> dict[str, str] | None:
