@@ -175,6 +175,25 @@ def test_a_key_file_restore_writes_the_data_once_and_refuses_a_changed_object_be
     assert proc.returncode == 1 and victim.name in proc.stderr and "authentication" in proc.stderr, proc.stderr
 
 
+def test_a_fetch_retried_into_its_own_folder_links_again_and_restores(make_sample, tmp_path, monkeypatch):
+    """The download step retries into the folder its first try left (a tenant's or --archive backup:
+    one linked rocksdb.tar.zst): the retry replaces its own link and the restore still opens it."""
+    from rem.backup.layout import fetch
+    from runtime.wiring import find_record, resolve_settings
+    from tasks.restore import unpacked
+
+    db = make_sample(300, 2, 15, 16)
+    env = key_file_env(new_key(tmp_path / "backup.key"), tmp_path / "backups")
+    ok(rem("--db-path", str(db), "backup", "create", "--archive", "--name", "a", "--json", env=env))
+    for name, value in {**env, "P8_DB_PATH": str(db)}.items():
+        monkeypatch.setenv(name, value)
+    record = find_record(resolve_settings(None), "a", None, None)
+    sources = [fetch(record, tmp_path / "download") for _ in range(2)]
+    assert sources[0] == sources[1] and (sources[1] / "rocksdb.tar.zst").read_bytes().startswith(b"REMAEAD1")
+    with unpacked(sources[1], tmp_path / "trial") as base:
+        assert digest(dump_all(base.db_dir)) == digest(dump_all(db))
+
+
 def test_a_downloaded_encrypted_backup_restores_in_a_process_without_the_key(make_sample, tmp_path):
     """`rem backup download` is for another process, or another host: its objects are opened into it."""
     db = make_sample(1500, 3, 11, 16)

@@ -297,6 +297,7 @@ class EncryptedObjectStore(StoreWrapper):
         here = self.inner.local_path(key)
         if here is None or not is_sealed_file(here):
             return False
+        dest.unlink(missing_ok=True)  # a retried download's own earlier link
         try:
             os.link(here, dest)
         except OSError as exc:
