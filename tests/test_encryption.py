@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,14 +138,26 @@ def bytes_written(*args: str, env: dict, io_file: Path) -> int:
     return int(next(line.split()[1] for line in io_file.read_text().splitlines() if line.startswith("wchar:")))
 
 
-@pytest.mark.parametrize("layout", ["incremental", "archive"])
+@pytest.fixture
+def other_filesystem(tmp_path):
+    """A folder on another filesystem than tmp_path (tmpfs), removed afterwards."""
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the tests' folder")
+    folder = Path(tempfile.mkdtemp(prefix="rem-test-", dir="/dev/shm"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("layout, store_on", [("incremental", "same"), ("archive", "same"), ("incremental", "other")])
 def test_a_key_file_restore_writes_the_data_once_and_refuses_a_changed_object_before_the_target(
-        make_sample, tmp_path, layout):
+        make_sample, tmp_path, request, layout, store_on):
     """A local encrypted store's objects are opened as the restore reads them, as a plain store's are
     read in place: no opened copy is written first (it doubled what a restore wrote and took 1.4x as
-    long); every chunk is still authenticated before its bytes are used."""
+    long); every chunk is still authenticated before its bytes are used. Backups usually live on
+    another disk than the database: there too."""
     db = make_sample(1500, 3, 11, 16)
-    plain, sealed = tmp_path / "plain-backups", tmp_path / "backups"
+    stores = request.getfixturevalue("other_filesystem") if store_on == "other" else tmp_path
+    plain, sealed = stores / "plain-backups", stores / "backups"
     env = key_file_env(new_key(tmp_path / "backup.key"), sealed)
     archive = ["--archive"] if layout == "archive" else []
     ok(rem("--db-path", str(db), "backup", "create", "--name", "b", *archive, "--json",

@@ -290,10 +290,11 @@ class EncryptedObjectStore(StoreWrapper):
         return b"".join(opener.open(i, body[opener.offset(i):opener.offset(i + 1)]) for i in range(opener.chunks))
 
     def link_sealed(self, key: str, dest: Path) -> bool:
-        """A local store's sealed object hard-linked at dest, no byte written, for a restore that opens
-        it as it reads it (open_object_file): the data is read and written once, not opened into a
-        copy first. False, with nothing done, where it cannot be (a bucket, another filesystem, an
-        object left unsealed): download it then."""
+        """A local store's sealed object linked at dest, no byte written, for a restore that opens it
+        as it reads it (open_object_file): the data is read and written once, not opened into a copy
+        first. A hard link, which keeps the file even if prune deletes it meanwhile; on another
+        filesystem a symbolic link to it (as a plain store's objects are read in place). False, with
+        nothing done, for a bucket's object or one left unsealed: download it then."""
         here = self.inner.local_path(key)
         if here is None or not is_sealed_file(here):
             return False
@@ -301,9 +302,9 @@ class EncryptedObjectStore(StoreWrapper):
         try:
             os.link(here, dest)
         except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                return False
-            raise
+            if exc.errno != errno.EXDEV:
+                raise
+            os.symlink(os.path.abspath(here), dest)
         stat = os.stat(dest)
         _LINKED[(stat.st_dev, stat.st_ino)] = (self, key)
         return True
