@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import crc32c
 
@@ -140,15 +141,24 @@ def last_record_from_tail(data, name: str = "log") -> LogRecord | None:
     return None
 
 
+def last_record_in_file(f: BinaryIO, name: str) -> LogRecord | None:
+    """The last complete record of an open log-format file (a WAL or a MANIFEST), read from its tail."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return None
+    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
+        return last_record_from_tail(data, name)
+
+
+def batch_last_sequence(record: LogRecord | None) -> int | None:
+    """The last sequence number of a log record's WriteBatch (None: no record)."""
+    return parse_write_batch(record.payload).last_sequence if record else None
+
+
 def last_log_sequence(path: str | Path) -> int | None:
     """The last sequence number in a log's complete batches, None when it holds none (read from its tail)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return None
-        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as data:
-            last = last_record_from_tail(data, str(path))
-    return parse_write_batch(last.payload).last_sequence if last else None
+        return batch_last_sequence(last_record_in_file(f, str(path)))
 
 
 def read_log_file(path: str | Path, verify: bool = True) -> LogRead:

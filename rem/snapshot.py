@@ -25,7 +25,6 @@ written to. A tenant snapshot is logical instead: a new database holding that te
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from pathlib import Path
 from rem.db import RemDB, database_rocksdb_version, init_like, linked_view, lock_is_held, open_db
 from rem.engine import now_rfc3339
 from rem.errors import DatabaseNotFound
-from rem.rocksdb_log import last_log_sequence, last_record_from_tail
+from rem.rocksdb_log import LogRecord, batch_last_sequence, last_record_in_file
 from rem.scratch import remove_scratch, scratch_dir
 from rem.tenant import schema_rows, tenant_entity_ids, tenant_rows
 
@@ -58,15 +57,11 @@ class Snapshot:
 SNAPSHOT_ATTEMPTS = 5
 
 
-def copy_complete_records(source: Path, target: Path) -> None:
+def copy_complete_records(source: Path, target: Path) -> LogRecord | None:
     """A log-format file (a WAL or a MANIFEST) copied up to its last complete record, found from its
-    tail and copied in the kernel: a live log may hold tens of MB."""
+    tail and copied in the kernel (a live log may hold tens of MB); that record."""
     with open(source, "rb") as src, open(target, "wb") as dst:
-        size = os.fstat(src.fileno()).st_size
-        if size == 0:
-            return
-        with mmap.mmap(src.fileno(), size, access=mmap.ACCESS_READ) as data:
-            last = last_record_from_tail(data, str(source))
+        last = last_record_in_file(src, str(source))
         left = last.end if last else 0
         offset = 0
         while left > 0:
@@ -75,6 +70,7 @@ def copy_complete_records(source: Path, target: Path) -> None:
                 raise OSError(f"{source} shrank while it was copied")
             offset += copied
             left -= copied
+    return last
 
 
 def physical_copy(source: Path, target: Path, logs: bool = True) -> None:
@@ -95,10 +91,11 @@ def physical_copy(source: Path, target: Path, logs: bool = True) -> None:
         copy_logs(source, target)
 
 
-def copy_logs(source: Path, target: Path) -> None:
-    """Every log of a database directory, up to its last complete record, into the directory target."""
-    for log in source.glob("*.log"):
-        copy_complete_records(log, target / log.name)
+def copy_logs(source: Path, target: Path) -> int | None:
+    """Every log of a database directory, up to its last complete record, into the directory target;
+    the last sequence number of their complete batches (None: they hold none)."""
+    lasts = [batch_last_sequence(copy_complete_records(log, target / log.name)) for log in source.glob("*.log")]
+    return max((last for last in lasts if last is not None), default=None)
 
 
 class SnapshotRace(Exception):
@@ -146,10 +143,9 @@ def take_snapshot(db_path: str | os.PathLike) -> Snapshot:
                 with ThreadPoolExecutor(1) as pool:  # the kernel copies the logs while RocksDB checks the rest
                     copying = pool.submit(copy_logs, view, logs)
                     last_sequence = _checked(target)
-                    copying.result()
+                    last_sequence = max(last_sequence, copying.result() or 0)
                 copied_at = now_rfc3339()
                 for log in logs.iterdir():
-                    last_sequence = max(last_sequence, last_log_sequence(log) or 0)
                     log.rename(target / log.name)
                 logs.rmdir()
                 return Snapshot(work, live, database_rocksdb_version(db_path), last_sequence, copied_at)
