@@ -133,6 +133,11 @@ class Opener:
             raise ObjectTampered(url, "not a sealed object's header")
         self.aead = AESGCM(data_key(key_id.hex()))
 
+    def opened_chunks(self, sealed: BinaryIO) -> Iterator[bytes]:
+        """The plaintext of each chunk of the sealed object read from sealed (just past its header), in order."""
+        for index in range(self.chunks):
+            yield self.open(index, sealed.read(self.sealed_chunk))
+
     def open(self, index: int, sealed: bytes) -> bytes:
         from cryptography.exceptions import InvalidTag
 
@@ -152,24 +157,36 @@ class Opener:
 
 class _OpenedReader(io.RawIOBase):
     """A sealed object's plaintext, read from its file a chunk at a time, each chunk opened (and so
-    authenticated) before a byte of it is returned."""
+    authenticated) before a byte of it is returned; a read of a whole chunk returns it uncopied."""
 
     def __init__(self, opener: Opener, sealed: BinaryIO):
-        self.opener, self.sealed, self.index, self.plain = opener, sealed, 0, memoryview(b"")
+        self.chunks = opener.opened_chunks(sealed)
+        self.plain, self.at = b"", 0
+        self.refused: ObjectTampered | None = None  # every later read raises it too, never a clean end
 
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(1 << 30), b""))
+        if self.refused:
+            raise self.refused
+        if self.at == len(self.plain):  # the next chunk (b"" past the last: the end)
+            try:
+                self.plain, self.at = next(self.chunks, b""), 0
+            except ObjectTampered as exc:
+                self.refused = exc
+                raise
+        end = min(len(self.plain), self.at + size)
+        part = self.plain if self.at == 0 and end == len(self.plain) else self.plain[self.at:end]
+        self.at = end
+        return part
+
     def readinto(self, buffer) -> int:
-        if not self.plain:
-            if self.index == self.opener.chunks:
-                return 0
-            self.plain = memoryview(self.opener.open(self.index, self.sealed.read(self.opener.sealed_chunk)))
-            self.index += 1
-        n = min(len(buffer), len(self.plain))
-        buffer[:n] = self.plain[:n]
-        self.plain = self.plain[n:]
-        return n
+        part = self.read(len(buffer))
+        buffer[:len(part)] = part
+        return len(part)
 
 
 # The sealed objects link_sealed linked into this process's restores, by file (device, inode): the
@@ -331,8 +348,7 @@ class EncryptedObjectStore(StoreWrapper):
                     shutil.copyfileobj(src, out, CHUNK)
                 else:
                     opener = self._opener(key, header, os.fstat(src.fileno()).st_size)
-                    for index in range(opener.chunks):
-                        plain = opener.open(index, src.read(opener.sealed_chunk))
+                    for plain in opener.opened_chunks(src):
                         out.write(plain)
                         if progress:
                             progress(len(plain))
