@@ -99,12 +99,11 @@ def cli_run(ctx: typer.Context, as_json: bool, settings: bool = True) -> Iterato
 def command(as_json: bool) -> Iterator[None]:
     """Turn errors into one line and the right exit code (REM_DEBUG=1 keeps the traceback of the
     unexpected ones); under Prefect, tag the runs as ad hoc."""
-    from runtime.orchestration import ORCHESTRATED, adhoc_tags
+    from runtime.orchestration import adhoc_tags, when_prefect_loads
 
-    if ORCHESTRATED:
-        _one_line_for_expected_errors()
     try:
-        with bars(as_json), adhoc_tags(PAGE_ON_FAILURE.get("page", False)):
+        with bars(as_json), when_prefect_loads(_one_line_for_expected_errors), \
+                adhoc_tags(PAGE_ON_FAILURE.get("page", False)):
             yield
     except (ConfigError, UsageError) as exc:
         fail(str(exc), 2, as_json)

@@ -12,9 +12,15 @@ from typing import Any
 from runtime.orchestration import ORCHESTRATED, log
 
 
+def _in_prefect() -> bool:
+    """Whether this process may be in a Prefect run: Prefect loaded. A command that runs no flow
+    does not load it (runtime.orchestration.when_prefect_loads), so it is not imported to find no run."""
+    return ORCHESTRATED and "prefect" in sys.modules
+
+
 def get_logger() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger inside a Prefect run, the `rem` logger otherwise."""
-    if ORCHESTRATED:
+    if _in_prefect():
         from prefect.exceptions import MissingContextError
         from prefect.logging import get_run_logger
 
@@ -32,7 +38,7 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
 
 def _artifact(create: str, **kwargs: Any):
     """prefect.artifacts.<create>(**kwargs) inside a Prefect run; None in-process or outside a run."""
-    if not ORCHESTRATED:
+    if not _in_prefect():
         return None
     import prefect.artifacts
     from prefect.exceptions import MissingContextError
@@ -63,7 +69,7 @@ def label_run(db: str) -> None:
     """Give the current flow run a name an operator can tell apart (`full-backup/orders-a
     2026-12-02T02:00Z`, not `huge-yak`) and the database's `db:` tag, which subflows and command-line
     runs otherwise lack; quietly nothing outside a flow run."""
-    if not ORCHESTRATED:
+    if not _in_prefect():
         return
     from datetime import datetime, timezone
 
