@@ -110,6 +110,9 @@ def fleet_status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> Non
     """Host, last successful backup and its age, PITR lag, last verify, health and next run of every
     database; exit 1 when any breaches the runbook's thresholds."""
     with cli_run(ctx, as_json, settings=False):
+        from runtime.orchestration import prefect_server
+
+        prefect_server("rem fleet status")  # before the flow is defined: one line, not a warning and an error
         from flows.fleet import fleet_status
 
         result = fleet_status()

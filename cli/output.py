@@ -73,10 +73,9 @@ def fail(message: str, code: int, as_json: bool = False) -> NoReturn:
     from rem.errors import redact
 
     message = redact(message)
-    from runtime.orchestration import ORCHESTRATED, send_pending_prefect_work
+    from runtime.orchestration import send_pending_prefect_work
 
-    if ORCHESTRATED:
-        send_pending_prefect_work()  # so that this line stays the last one
+    send_pending_prefect_work()  # so that this line stays the last one (nothing to send without Prefect)
     if as_json:
         sys.stdout.write(orjson.dumps({"ok": False, "error": message}).decode() + "\n")
     from rich.text import Text

@@ -196,11 +196,10 @@ def deploy_everything(work_pool: str, work_queue: str, cfg, webhook_url: str | N
     from prefect.client.orchestration import get_client
 
     from deployments.automations import automation_specs, sync_automations
-    from runtime.orchestration import prefect_api_url, writer_limit_name
+    from runtime.orchestration import prefect_server, writer_limit_name
     from runtime.wiring import identity
 
-    if not prefect_api_url():
-        raise UsageError("rem deploy needs a Prefect server: set PREFECT_API_URL (or a Prefect profile with one)")
+    prefect_server("rem deploy")
     if not (webhook_url or notification_block):  # refused before anything is written to the server
         raise UsageError("automations need somewhere to notify: set P8_ALERT_WEBHOOK_URL (or --alert-webhook-url), "
                          "or name a notification block with --notification-block")

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from rem.health import BACKUP_MAX_AGE_HOURS, WAL_LAG_WARN_SECONDS
 from runtime.observe import publish_table
-from runtime.orchestration import flow, prefect_api_url
+from runtime.orchestration import flow, prefect_server
 
 
 def _tag(tags: list[str], kind: str) -> str | None:
@@ -354,10 +354,7 @@ def _database_row(client, db: str, deployments: list, named: dict, flows: dict, 
 def fleet_status() -> dict[str, Any]:
     from prefect.client.orchestration import get_client
 
-    from rem.errors import UsageError
-
-    if not prefect_api_url():
-        raise UsageError("rem fleet status reads the Prefect server: set PREFECT_API_URL")
+    prefect_server("rem fleet status")
     with get_client(sync_client=True) as client:
         rows = database_rows(client)
     publish_table("fleet-status", [{k: v for k, v in r.items() if k not in ("breaches", "overdue")} for r in rows],

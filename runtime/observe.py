@@ -9,13 +9,13 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from runtime.orchestration import ORCHESTRATED, log
+from runtime.orchestration import log, orchestrated
 
 
 def _in_prefect() -> bool:
     """Whether this process may be in a Prefect run: Prefect loaded. A command that runs no flow
     does not load it (runtime.orchestration.when_prefect_loads), so it is not imported to find no run."""
-    return ORCHESTRATED and "prefect" in sys.modules
+    return "prefect" in sys.modules and orchestrated()
 
 
 def get_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -106,7 +106,7 @@ def publish_report(key: str, markdown: str, description: str | None = None) -> N
 def publish_table(key: str, rows: list[dict] | Callable[[], list[dict]], description: str | None = None) -> None:
     """A table artifact on the run in the Prefect UI; rows may be a function, called only when there is
     a run to publish on (a listing costs S3 requests an in-process run would waste)."""
-    if not ORCHESTRATED:
+    if not _in_prefect():
         return
     _artifact("create_table_artifact", key=artifact_key(key), table=rows() if callable(rows) else rows,
               description=description)
@@ -123,7 +123,7 @@ def db_resource(cfg) -> dict[str, str]:
 
 def send_event(event: str, cfg, payload: dict[str, Any]) -> None:
     """A Prefect event about the database when a Prefect API is configured (automations match these)."""
-    if not ORCHESTRATED:
+    if not orchestrated():
         return
     from prefect.events import emit_event
 

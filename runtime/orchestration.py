@@ -1,12 +1,13 @@
 """Prefect when a Prefect API is configured; the same functions and retry policy in-process otherwise.
 
 Prefect's ephemeral server takes 11-17 s to start here, and importing Prefect about 1 s, while
-on-call types `rem backup create` by hand. So the decision is made once, at import: with a
-Prefect API configured (PREFECT_API_URL in the environment or in the active Prefect profile, or
-inside a flow run a worker started) `task` and `flow` are Prefect's own decorators and every run
-appears in the UI; without one they are thin wrappers that run the function in-process and retry
-it with exactly the policy the Prefect task would use. The writer slot and the ad-hoc tags are
-the other two things that exist only under Prefect.
+on-call types `rem backup create` by hand. So the decision is made once, when the first flow or task
+is defined (orchestrated()): with a Prefect API configured that answers (PREFECT_API_URL in the
+environment or in the active Prefect profile), or inside a flow run a worker started, `task` and
+`flow` are Prefect's own decorators and every run appears in the UI; otherwise they are thin
+wrappers that run the function in-process and retry it with exactly the policy the Prefect task
+would use. A command that defines no flow never imports Prefect. The writer slot and the ad-hoc
+tags are the other two things that exist only under Prefect.
 """
 
 from __future__ import annotations
@@ -38,7 +39,63 @@ def prefect_api_url() -> str | None:
     return (profiles.get("profiles", {}).get(active, {}) or {}).get("PREFECT_API_URL") or None
 
 
-ORCHESTRATED = bool(prefect_api_url() or os.environ.get("PREFECT__FLOW_RUN_ID"))
+_orchestrated: bool | None = None
+API_TIMEOUT_SECONDS = 10
+
+
+def orchestrated() -> bool:
+    """Whether this process runs its flows under Prefect: inside a worker's flow run, or with a
+    Prefect API configured that answers. Decided once, on first need (a command that runs no flow
+    never asks). An API that does not answer (its server down, the host gone) is one warning, and
+    the command runs in-process: on the night the Prefect server is lost too, a restore must still run."""
+    global _orchestrated
+    if _orchestrated is None:
+        url = prefect_api_url()
+        why = None if os.environ.get("PREFECT__FLOW_RUN_ID") or not url else _unanswered(url)
+        _orchestrated = bool(os.environ.get("PREFECT__FLOW_RUN_ID") or url) and why is None
+        if why:
+            from runtime.observe import get_logger
+
+            get_logger().warning("the Prefect API at %s did not answer (%s): running in-process, so this "
+                                 "command's runs will not appear in the Prefect UI", url, why)
+    return _orchestrated
+
+
+def prefect_server(command: str) -> str:
+    """The Prefect API's address, for a command that works on the server itself (`rem deploy`,
+    `rem fleet status`): one line, exit 2, when none is configured or nothing answers there."""
+    from rem.errors import UsageError
+
+    url = prefect_api_url()
+    if not url:
+        raise UsageError(f"{command} needs a Prefect server: set PREFECT_API_URL (or a Prefect profile with one)")
+    if not os.environ.get("PREFECT__FLOW_RUN_ID") and (why := _unanswered(url)):
+        raise UsageError(f"{command} needs the Prefect server at {url}, and it did not answer ({why}): start it, "
+                         "or point PREFECT_API_URL at the one that runs")
+    return url
+
+
+@functools.cache
+def _unanswered(url: str) -> str | None:
+    """Why nothing answers at the Prefect API's address (refused, no such host, no connection within
+    API_TIMEOUT_SECONDS), or None. Whatever connects counts as an answer, an HTTP or TLS error or a
+    slow reply included: a busy server is Prefect's client's to wait for, as it did before."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=API_TIMEOUT_SECONDS).close()
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as exc:  # urllib's wrapping of what failed before a request was sent
+        return None if isinstance(exc.reason, ssl.SSLError) else str(exc.reason)
+    except ValueError as exc:  # not a URL
+        return str(exc)
+    except OSError:  # connected, then no reply in time or the connection cut
+        return None
+    return None
+
 
 # Set up once this process defines its first Prefect flow or task (see when_prefect_loads).
 _prefect_loaded = False
@@ -139,7 +196,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 def task(name: str, retries: int = 0, retry_delay_seconds: float = 0) -> Callable[[Callable], Any]:
     def decorate(fn: Callable) -> Any:
-        if ORCHESTRATED:
+        if orchestrated():
             _load_prefect()
             from prefect import task as prefect_task
             from prefect.cache_policies import NO_CACHE
@@ -162,7 +219,7 @@ def _prefect_retry_condition(task, task_run, state) -> bool:
 
 def flow(name: str, description: str | None = None) -> Callable[[Callable], Any]:
     def decorate(fn: Callable) -> Any:
-        if ORCHESTRATED:
+        if orchestrated():
             _load_prefect()
             from prefect import flow as prefect_flow
 
@@ -181,10 +238,10 @@ PAGE_TAG = "rem-page"  # an ad-hoc run whose failure pages as a deployment run's
 def adhoc_tags(page: bool):
     """Runs started by hand from the command line carry the tag `adhoc`; the failure pages match
     deployment runs only, unless the operator asked with --page."""
-    if not ORCHESTRATED or os.environ.get("PREFECT__FLOW_RUN_ID"):
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a worker's run: tagged by its deployment
         yield
         return
-    with ExitStack() as stack:
+    with ExitStack() as stack:  # entered only if a flow is defined under Prefect (see when_prefect_loads)
         def tag() -> None:
             from prefect import tags
 
@@ -208,7 +265,7 @@ def writer_limit_name(db_path, host: str | None = None) -> str:
 def writer_slot(db_path):
     """Under Prefect, hold the database's global concurrency slot (limit 1, made by `rem deploy`) so
     two scheduled writers never touch one database; in-process, RocksDB's own lock is the guard."""
-    if not ORCHESTRATED:
+    if not orchestrated():
         yield
         return
     from prefect.concurrency.sync import concurrency
@@ -223,9 +280,9 @@ def wait_for_approval(description: str, timeout_seconds: int) -> tuple[bool, boo
     caller writes nothing. Only under Prefect: an approval needs someone who can see the run."""
     from rem.errors import UsageError
 
-    if not ORCHESTRATED:
-        raise UsageError("an approval waits in the Prefect UI: set PREFECT_API_URL (or run the pitr-undo "
-                         "deployment), or leave out --wait-for-approval")
+    if not orchestrated():
+        raise UsageError("an approval waits in the Prefect UI: set PREFECT_API_URL to a server that answers "
+                         "(or run the pitr-undo deployment), or leave out --wait-for-approval")
     from prefect.flow_runs import pause_flow_run
     from prefect.input import RunInput
     from pydantic import Field

@@ -50,6 +50,53 @@ def test_restore_takes_a_backup_by_name_or_latest(db, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rem-")]
 
 
+def test_with_the_prefect_server_gone_too_backup_and_restore_still_run_and_say_so(db, tmp_path):
+    from tests.helpers import free_port
+
+    api = f"http://127.0.0.1:{free_port()}/api"  # configured, but nothing answers there
+    env = {**local(tmp_path), "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect")}
+    made = rem("--db-path", str(db), "backup", "create", "--name", "b", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["name"] == "b"
+    restored = rem("--db-path", str(db), "backup", "restore", "--name", "b", "--target", str(tmp_path / "r"), env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert dump_all(tmp_path / "r") == dump_all(db)
+    for proc in (made, restored):  # one line each: where Prefect was looked for, and what that means
+        warnings = [line for line in proc.stderr.splitlines() if "Prefect" in line]
+        assert len(warnings) == 1 and api in warnings[0] and "in-process" in warnings[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+    # what works on the server itself says so in one line, and exits 2
+    for args in (("fleet", "status"), ("--db-path", str(db), "deploy", "--alert-webhook-url", "http://127.0.0.1:9/x")):
+        proc = rem(*args, env=env)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+        assert f"needs the Prefect server at {api}, and it did not answer" in proc.stderr, proc.stderr
+
+
+def test_a_prefect_api_that_answers_at_all_is_left_to_prefect_and_only_silence_is_not():
+    import http.server
+    import threading
+
+    from runtime.orchestration import _unanswered
+    from tests.helpers import free_port
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # Prefect Cloud without a key, say: an answer all the same
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _unanswered(f"http://127.0.0.1:{server.server_port}/api") is None
+    finally:
+        server.shutdown()
+    assert "refused" in _unanswered(f"http://127.0.0.1:{free_port()}/api").lower()
+    assert _unanswered("127.0.0.1:4200/api")  # no scheme: not an address Prefect could use either
+
+
 def test_a_pitr_restore_into_a_non_empty_output_names_the_option_it_has(db, tmp_path):
     env = local(tmp_path)
     rem("--db-path", str(db), "backup", "create", "--archive", env=env, check=True)
