@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from runtime.orchestration import log, orchestrated
+from runtime.orchestration import local_log, log, orchestrated
 
 
 def _in_prefect() -> bool:
@@ -28,12 +28,7 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
             return get_run_logger()
         except MissingContextError:
             pass
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.WARNING)
-    return log
+    return local_log()
 
 
 def _artifact(create: str, **kwargs: Any):

@@ -26,6 +26,16 @@ from typing import Any
 log = logging.getLogger("rem")
 
 
+def local_log() -> logging.Logger:
+    """The `rem` logger, warnings and worse on stderr: what a run reports outside Prefect."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+    return log
+
+
 def prefect_api_url() -> str | None:
     """The Prefect API this process reports to, or None, found without importing Prefect."""
     if url := os.environ.get("PREFECT_API_URL"):
@@ -54,9 +64,7 @@ def orchestrated() -> bool:
         why = None if os.environ.get("PREFECT__FLOW_RUN_ID") or not url else _unanswered(url)
         _orchestrated = bool(os.environ.get("PREFECT__FLOW_RUN_ID") or url) and why is None
         if why:
-            from runtime.observe import get_logger
-
-            get_logger().warning("the Prefect API at %s did not answer (%s): running in-process, so this "
+            local_log().warning("the Prefect API at %s did not answer (%s): running in-process, so this "
                                  "command's runs will not appear in the Prefect UI", url, why)
     return _orchestrated
 
