@@ -72,10 +72,12 @@ def test_with_the_prefect_server_gone_too_backup_and_restore_still_run_and_say_s
         assert f"needs the Prefect server at {api}, and it did not answer" in proc.stderr, proc.stderr
 
 
-def test_a_prefect_api_that_answers_at_all_is_left_to_prefect_and_only_silence_is_not():
+def test_a_prefect_api_that_answers_at_all_is_left_to_prefect_and_only_silence_is_not(monkeypatch):
     import http.server
+    import socket
     import threading
 
+    import runtime.orchestration
     from runtime.orchestration import _unanswered
     from tests.helpers import free_port
 
@@ -95,6 +97,20 @@ def test_a_prefect_api_that_answers_at_all_is_left_to_prefect_and_only_silence_i
         server.shutdown()
     assert "refused" in _unanswered(f"http://127.0.0.1:{free_port()}/api").lower()
     assert _unanswered("127.0.0.1:4200/api")  # no scheme: not an address Prefect could use either
+    # a host that drops packets: a listener whose queue is full never completes another connection
+    monkeypatch.setattr(runtime.orchestration, "API_TIMEOUT_SECONDS", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        queued = [socket.socket() for _ in range(3)]
+        for sock in queued:
+            sock.setblocking(False)
+            sock.connect_ex(silent.getsockname())
+        started = time.monotonic()
+        assert "timed out" in _unanswered(f"http://127.0.0.1:{silent.getsockname()[1]}/api")
+        assert time.monotonic() - started < 5
+        for sock in queued:
+            sock.close()
 
 
 def test_a_pitr_restore_into_a_non_empty_output_names_the_option_it_has(db, tmp_path):
