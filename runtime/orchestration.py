@@ -49,24 +49,23 @@ def prefect_api_url() -> str | None:
     return (profiles.get("profiles", {}).get(active, {}) or {}).get("PREFECT_API_URL") or None
 
 
-_orchestrated: bool | None = None
 API_TIMEOUT_SECONDS = 10
 
 
+@functools.cache
 def orchestrated() -> bool:
     """Whether this process runs its flows under Prefect: inside a worker's flow run, or with a
     Prefect API configured that answers. Decided once, on first need (a command that runs no flow
     never asks). An API that does not answer (its server down, the host gone) is one warning, and
     the command runs in-process: on the night the Prefect server is lost too, a restore must still run."""
-    global _orchestrated
-    if _orchestrated is None:
-        url = prefect_api_url()
-        why = None if os.environ.get("PREFECT__FLOW_RUN_ID") or not url else _unanswered(url)
-        _orchestrated = bool(os.environ.get("PREFECT__FLOW_RUN_ID") or url) and why is None
-        if why:
-            local_log().warning("the Prefect API at %s did not answer (%s): running in-process, so this "
-                                 "command's runs will not appear in the Prefect UI", url, why)
-    return _orchestrated
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return True
+    url = prefect_api_url()
+    why = _unanswered(url) if url else None
+    if why:
+        local_log().warning("the Prefect API at %s did not answer (%s): running in-process, so this "
+                            "command's runs will not appear in the Prefect UI", url, why)
+    return bool(url) and not why
 
 
 def prefect_server(command: str) -> str:
@@ -77,7 +76,7 @@ def prefect_server(command: str) -> str:
     url = prefect_api_url()
     if not url:
         raise UsageError(f"{command} needs a Prefect server: set PREFECT_API_URL (or a Prefect profile with one)")
-    if not os.environ.get("PREFECT__FLOW_RUN_ID") and (why := _unanswered(url)):
+    if why := _unanswered(url):
         raise UsageError(f"{command} needs the Prefect server at {url}, and it did not answer ({why}): start it, "
                          "or point PREFECT_API_URL at the one that runs")
     return url
