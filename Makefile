@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/python -m tests.parallel
 
-bench: $(STAMP)
+bench: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
