@@ -6,10 +6,14 @@
    compactions RocksDB runs on its own): the bytes the next backup adds, against the full backup
    and against the new SST bytes plus the small files.
 4. Restore: `rem backup download` + `rem backup restore` vs `aws s3 cp` + `tar -I zstd -xf`.
+5. Delta restore: the first backup ("last night's") restored with `--delta` over the database after
+   those writes, against a full restore of it: the bytes fetched from the bucket (counted by a proxy
+   both go through), the time, and the two results compared file by file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,9 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import ENV, rem, timed
+from benchmarks.run import ENV, rem, target, timed
 from rem.stats import directory_size
 from tests.engine import engine_write
+from tests.faultproxy import FaultProxy
 from tests.helpers import free_port, wait_http
 
 
@@ -34,6 +39,21 @@ def backup(db: Path, env: dict) -> tuple[float, dict]:
 
 def ssts(db: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in db.glob("*.sst")}
+
+
+def files(db: Path) -> dict[str, str]:
+    """SHA-256 of each of a database's files, but the ones every open rewrites."""
+    return {p.name: hashlib.file_digest(p.open("rb"), "sha256").hexdigest() for p in db.iterdir()
+            if p.is_file() and p.name not in ("LOCK", "rocksdict-config.json") and not p.name.startswith("LOG")}
+
+
+def restored_through_proxy(endpoint: str, env: dict, *args: str) -> tuple[float, int]:
+    """The wall time of `rem ARGS` (a restore) and the bytes it fetched from the bucket."""
+    import boto3
+
+    with FaultProxy(endpoint) as proxy:
+        seconds, _ = rem(*args, env={**env, "P8_S3_ENDPOINT_URL": proxy.url})
+    return seconds, proxy.fetched_bytes(boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"), "bench")
 
 
 def main(entities: int = 450_000) -> list[tuple[str, str, str]]:
@@ -95,6 +115,19 @@ def main(entities: int = 450_000) -> list[tuple[str, str, str]]:
         rows.append(("restore of an incremental backup: `rem backup download` + `rem backup restore` vs "
                      "`aws s3 cp` + `tar -I zstd -xf`", f"{ours:.1f} s vs {theirs:.1f} s (ratio {ours / theirs:.2f})",
                      "ratio <= 1.0"))
+
+        full = work / "full"
+        full_s, full_bytes = restored_through_proxy(endpoint, env, "--db-path", str(db), "backup", "restore", "--name",
+                                                    first["name"], "--target", str(full))
+        delta_s, delta_bytes = restored_through_proxy(endpoint, env, "--db-path", str(db), "backup", "restore", "--name",
+                                                      first["name"], "--target", str(db), "--delta")
+        same = files(db) == files(full)
+        share = delta_bytes / full_bytes
+        rows.append((f"`rem backup restore --delta` of the first backup over the database after the {changed:,} "
+                     "writes, vs a full restore of it (both through a proxy that counts the bytes fetched)",
+                     f"fetched {delta_bytes / 1e6:.1f} MB of {full_bytes / 1e6:.0f} MB ({share:.1%}) in {delta_s:.1f} s "
+                     f"vs {full_s:.1f} s; " + ("identical file by file" if same else "**files differ**"),
+                     target("<= 5% of the bytes, byte-identical", share <= 0.05 and same)))
     finally:
         moto.terminate()
         moto.wait()

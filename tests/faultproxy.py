@@ -132,6 +132,19 @@ class FaultProxy:
     def faults(self) -> int:
         return sum(1 for r in self.requests if r.outcome != "ok")
 
+    def fetched_bytes(self, s3, bucket: str) -> int:
+        """The bytes of every object asked for through the proxy (each part of a ranged download counted)."""
+        total = 0
+        for r in self.requests:
+            if r.method != "GET" or "?" in r.path or r.outcome != "ok":
+                continue
+            if r.range:
+                start, end = r.range.removeprefix("bytes=").split("-")
+                total += int(end) - int(start) + 1
+            else:
+                total += s3.head_object(Bucket=bucket, Key=r.path.split("/", 2)[2])["ContentLength"]
+        return total
+
     def __enter__(self) -> "FaultProxy":
         self.thread.start()
         return self

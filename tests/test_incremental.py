@@ -182,21 +182,6 @@ def test_a_killed_upload_and_an_interrupted_prune_leave_nothing_a_later_run_trip
     assert dump_all(out) == dump_all(db) and good["name"] == "good"
 
 
-def _fetched_bytes(s3, bucket, proxy) -> int:
-    """The bytes of every object the restore asked the bucket for (each part of a ranged download counted)."""
-    total = 0
-    for r in proxy.requests:
-        if r.method != "GET" or "?" in r.path or r.outcome != "ok":
-            continue
-        if r.range:
-            start, end = r.range.removeprefix("bytes=").split("-")
-            total += int(end) - int(start) + 1
-        else:
-            key = r.path.split("/", 2)[2]
-            total += s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-    return total
-
-
 def test_a_delta_restore_over_a_database_changed_since_fetches_only_what_changed_and_equals_a_full_one(
         tmp_path, s3_endpoint, bucket, s3):
     db = tmp_path / "db"
@@ -207,13 +192,13 @@ def test_a_delta_restore_over_a_database_changed_since_fetches_only_what_changed
     with FaultProxy(s3_endpoint) as proxy:
         rem("--db-path", str(db), "backup", "restore", "--name", "night", "--target", str(full), "--json",
             env={**env, "P8_S3_ENDPOINT_URL": proxy.url}, check=True)
-    full_bytes = _fetched_bytes(s3, bucket, proxy)
+    full_bytes = proxy.fetched_bytes(s3, bucket)
 
     engine_write(db, writes(9, 60))  # about 1% more; the engine's flush on close writes a new SST
     with FaultProxy(s3_endpoint) as proxy:
         result = json.loads(rem("--db-path", str(db), "backup", "restore", "--name", "night", "--target", str(db),
                                 "--delta", "--json", env={**env, "P8_S3_ENDPOINT_URL": proxy.url}, check=True).stdout)
-    delta_bytes = _fetched_bytes(s3, bucket, proxy)
+    delta_bytes = proxy.fetched_bytes(s3, bucket)
     print(f"delta fetched {delta_bytes:,} of a full restore's {full_bytes:,} bytes")
     assert delta_bytes <= 0.05 * full_bytes, (delta_bytes, full_bytes)
     ssts = sum(p.stat().st_size for p in full.glob("*.sst"))

@@ -479,8 +479,6 @@ def test_a_restore_from_a_bucket_fetches_only_the_base_files_the_live_database_l
     """A point-in-time restore links the live database's SSTs that match the base's recorded size and
     SHA-256 (held by hard links, so the engine's compactions cannot pull them away) and fetches only
     the rest; the result is the engine's state at that instant."""
-    from tests.test_incremental import _fetched_bytes
-
     db, engine, env = live
     bucket = env["P8_S3_BUCKET"]
     engine.call("batch_insert", "acme", "articles", [{**article(f"a-{i}"), "title": os.urandom(400).hex()}
@@ -493,7 +491,7 @@ def test_a_restore_from_a_bucket_fetches_only_the_base_files_the_live_database_l
     ok(rem("--db-path", str(db), "pitr", "archive", "--json", env=env))
     with FaultProxy(env["P8_S3_ENDPOINT_URL"]) as proxy:
         restore_to(db, {**env, "P8_S3_ENDPOINT_URL": proxy.url}, moment, tmp_path / "then")
-    fetched = _fetched_bytes(s3, bucket, proxy)
+    fetched = proxy.fetched_bytes(s3, bucket)
     listing = json.loads(s3.get_object(Bucket=bucket, Key=f"{db_name_of(db)}/backups/full/_all/{base['name']}/"
                                                          "files.json")["Body"].read())
     stored = sum(f.get("stored_bytes") or 0 for f in listing["files"] if f.get("object"))
