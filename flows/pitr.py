@@ -250,12 +250,15 @@ def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None
 
 
 def _decoded(cfg: Settings, t1, t2, keep: ChangeFilter, from_db: str | None, tmp: Path):
-    """The plan for (t1, t2] and the changes in it that keep accepts, decoded against the base."""
+    """The plan for (t1, t2] and the changes in it that keep accepts, decoded against the base (its
+    files the live database holds byte for byte linked, not fetched, as a point-in-time restore does)."""
     plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
     pieces = fetch_segments(plan.archive, plan.segments, tmp / "wal", cfg.backup_upload_concurrency)
-    source = fetch(plan.window.record, tmp / "base")
-    with unpacked(source, tmp / "base-db", check=False) as base:
-        changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
+    live = cfg.db_path if from_db is None and _keeps_live_files(plan.window.record) else None
+    with linked_files(live, tmp / "base-db") as keep_from:
+        source = fetch(plan.window.record, tmp / "base", keep_from=keep_from)
+        with unpacked(source, tmp / "base-db", check=False, keep_from=keep_from) as base:
+            changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
     return plan, changes
 
 
