@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from benchmarks.run import ENV, rem, target, timed
 from rem.stats import directory_size
 from tests.engine import engine_write
 from tests.faultproxy import FaultProxy
-from tests.helpers import free_port, wait_http
+from tests.helpers import database_files, free_port, wait_http
 
 
 def backup(db: Path, env: dict) -> tuple[float, dict]:
@@ -39,12 +38,6 @@ def backup(db: Path, env: dict) -> tuple[float, dict]:
 
 def ssts(db: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in db.glob("*.sst")}
-
-
-def files(db: Path) -> dict[str, str]:
-    """SHA-256 of each of a database's files, but the ones every open rewrites."""
-    return {p.name: hashlib.file_digest(p.open("rb"), "sha256").hexdigest() for p in db.iterdir()
-            if p.is_file() and p.name not in ("LOCK", "rocksdict-config.json") and not p.name.startswith("LOG")}
 
 
 def restored_through_proxy(endpoint: str, env: dict, *args: str) -> tuple[float, int]:
@@ -121,7 +114,7 @@ def main(entities: int = 450_000) -> list[tuple[str, str, str]]:
                                                     first["name"], "--target", str(full))
         delta_s, delta_bytes = restored_through_proxy(endpoint, env, "--db-path", str(db), "backup", "restore", "--name",
                                                       first["name"], "--target", str(db), "--delta")
-        same = files(db) == files(full)
+        same = database_files(db) == database_files(full)
         share = delta_bytes / full_bytes
         rows.append((f"`rem backup restore --delta` of the first backup over the database after the {changed:,} "
                      "writes, vs a full restore of it (both through a proxy that counts the bytes fetched)",

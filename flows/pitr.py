@@ -176,9 +176,7 @@ def pitr_restore(timestamp: str, output: str | None = None, tenant: str | None =
         if lock is not None:
             held.callback(lock.release)
         pieces = fetch_segments(archive, segments, Path(tmp) / "wal", cfg.backup_upload_concurrency)
-        keep_from = held.enter_context(linked_files(cfg.db_path if _keeps_live_files(window.record) else None, out))
-        source = fetch(window.record, Path(tmp) / "base", keep_from=keep_from)
-        with unpacked(source, out, check=False, keep_from=keep_from) as base:
+        with _unpacked_base(cfg, window.record, Path(tmp) / "base", out) as base:
             metadata, db_dir = base.metadata, base.db_dir
             placed = place_archived_logs(db_dir, pieces, metadata.last_sequence, micros(target))
             recover(db_dir, placed.last_sequence)
@@ -194,10 +192,17 @@ def pitr_restore(timestamp: str, output: str | None = None, tenant: str | None =
             "tenant": tenant}
 
 
-def _keeps_live_files(record) -> bool:
-    """A base in a bucket, stored file by file: the live database's files that match it are linked
-    instead of fetched (a delta restore; in a local store the files are on this host already)."""
-    return not record.store.local and layout_of(record.metadata).keeps_files
+@contextlib.contextmanager
+def _unpacked_base(cfg: Settings, record, download: Path, out: Path):
+    """The base backup fetched into download and unpacked beside out, unchecked (the log's replay or
+    decode that follows is its check). From a bucket, stored file by file, the live database's files
+    that match it are linked instead of fetched (a delta restore; in a local store the files are on
+    this host already)."""
+    keeps_live = not record.store.local and layout_of(record.metadata).keeps_files
+    with linked_files(cfg.db_path if keeps_live else None, out) as keep_from:
+        source = fetch(record, download, keep_from=keep_from)
+        with unpacked(source, out, check=False, keep_from=keep_from) as base:
+            yield base
 
 
 @flow("pitr-verify", description="Check the base, every segment and their continuity, without writing a database.")
@@ -250,15 +255,12 @@ def pitr_log(start: str, end: str, tenant: str | None = None, schema: str | None
 
 
 def _decoded(cfg: Settings, t1, t2, keep: ChangeFilter, from_db: str | None, tmp: Path):
-    """The plan for (t1, t2] and the changes in it that keep accepts, decoded against the base (its
-    files the live database holds byte for byte linked, not fetched, as a point-in-time restore does)."""
+    """The plan for (t1, t2] and the changes in it that keep accepts, decoded against the base
+    (fetched as a point-in-time restore fetches it: _unpacked_base)."""
     plan = log_plan(all_stores(cfg, from_db=from_db), log_archive(cfg, from_db=from_db), t1, t2)
     pieces = fetch_segments(plan.archive, plan.segments, tmp / "wal", cfg.backup_upload_concurrency)
-    live = cfg.db_path if from_db is None and _keeps_live_files(plan.window.record) else None
-    with linked_files(live, tmp / "base-db") as keep_from:
-        source = fetch(plan.window.record, tmp / "base", keep_from=keep_from)
-        with unpacked(source, tmp / "base-db", check=False, keep_from=keep_from) as base:
-            changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
+    with _unpacked_base(cfg, plan.window.record, tmp / "base", tmp / "base-db") as base:
+        changes = decode_log(pieces, base.db_dir, base.metadata.last_sequence, micros(t1), micros(t2), keep)
     return plan, changes
 
 

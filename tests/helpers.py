@@ -92,6 +92,17 @@ def snapshot_dir(path) -> dict[str, tuple[int, int, bytes]]:
     return found
 
 
+def database_files(path) -> dict[str, str]:
+    """SHA-256 of each file of a database, but those every open rewrites (its LOCK, LOGs and
+    rocksdict's config), for "the same database, file by file" checks."""
+    found = {}
+    for p in Path(path).iterdir():
+        if p.is_file() and p.name not in ("LOCK", "rocksdict-config.json") and not p.name.startswith("LOG"):
+            with open(p, "rb") as f:
+                found[p.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return found
+
+
 @contextmanager
 def holding_lock(path):
     """Another process holds the database read-write (as the running engine does) until the block ends."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.engine import engine_write
 from tests.engine.sample import engine_sample
 from tests.faultproxy import FaultProxy
-from tests.helpers import REPO, db_name_of, dump_all, rem
+from tests.helpers import REPO, database_files, db_name_of, dump_all, rem
 
 
 def backup(db, env, *extra) -> dict:
@@ -203,9 +203,7 @@ def test_a_delta_restore_over_a_database_changed_since_fetches_only_what_changed
     assert delta_bytes <= 0.05 * full_bytes, (delta_bytes, full_bytes)
     ssts = sum(p.stat().st_size for p in full.glob("*.sst"))
     assert result["delta"]["kept_bytes"] >= 0.95 * ssts  # linked from the target, not written again
-    files = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()  # noqa: E731
-                       if p.is_file() and p.name not in ("LOCK", "rocksdict-config.json") and not p.name.startswith("LOG")}
-    assert files(db) == files(full)
+    assert database_files(db) == database_files(full)
     assert dump_all(db) == dump_all(full)
 
 
